@@ -1,0 +1,1 @@
+//! The beat loop.

@@ -1,0 +1,1 @@
+//! Celery protocol v2.
