@@ -17,3 +17,4 @@ pub mod config;
 pub mod entry;
 pub mod protocol;
 pub mod schedule;
+pub mod testkit;
