@@ -11,10 +11,15 @@
 //! - [`beat`]: the scheduler loop over small traits (leader lock, emitter, state).
 //! - edges: Redis and embedded implementations of those traits, the worker, the CLI.
 
+pub mod app;
 pub mod beat;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod embedded;
 pub mod entry;
 pub mod protocol;
 pub mod schedule;
+pub mod shutdown;
+pub mod telemetry;
 pub mod testkit;

@@ -1,1 +1,325 @@
-//! The beat loop.
+//! The scheduler loop: leadership, the plan, and emission, over the small traits in
+//! [`ports`]. Owns when things are sent; owns no I/O of its own (Redis, files and the queue
+//! are behind the traits) and reads time only through a [`Clock`].
+//!
+//! Glossary, mapped to Celery Beat's names:
+//!
+//! | beatd | Celery Beat |
+//! |---|---|
+//! | entry | `ScheduleEntry` (one item of `beat_schedule`) |
+//! | fire time | the instant `is_due()` turns true |
+//! | plan | the heap in `Scheduler.tick()` |
+//! | emit | `Scheduler.apply_async()` |
+//! | last run | `last_run_at` in the shelve file (here: per replica set, in Redis or a state file) |
+//! | catch-up | what Celery does implicitly (one run at start) — here an explicit policy |
+//! | leader, epoch | (none: Celery Beat is a singleton) |
+
+pub mod plan;
+pub mod ports;
+
+use crate::clock::SharedClock;
+use crate::entry::Entry;
+use chrono::{DateTime, Utc};
+use plan::{Due, Plan};
+use ports::{EmitOutcome, Emitter, Error, Fire, LeaderLock, Lease, StateStore};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Turns a due entry into its message; built from `protocol` by the caller, so the loop stays
+/// free of wire details.
+pub trait FireEncoder: Send + Sync {
+    /// Encodes the message of `entry` for the scheduled fire time `at` under fencing `epoch`.
+    fn encode(&self, entry: &Entry, at: DateTime<Utc>, epoch: u64) -> Fire;
+}
+
+/// Live facts about the beat, read by `/readyz`, `/metrics` and the logs.
+#[derive(Debug, Default)]
+pub struct BeatStatus {
+    /// Whether this replica holds the lease.
+    pub is_leader: AtomicBool,
+    /// The fencing epoch of the current or last lease.
+    pub epoch: AtomicU64,
+    /// Whether the last call to the store succeeded (readiness).
+    pub store_reachable: AtomicBool,
+    /// Messages sent.
+    pub sent: AtomicU64,
+    /// Fires found already sent by someone else.
+    pub already_sent: AtomicU64,
+    /// Leases acquired.
+    pub acquisitions: AtomicU64,
+    /// Renewals that succeeded.
+    pub renewals: AtomicU64,
+    /// Leases lost (renewal failed, TTL ran out, or fenced at emission).
+    pub losses: AtomicU64,
+    /// Store errors.
+    pub store_errors: AtomicU64,
+}
+
+/// Timing knobs of the loop.
+#[derive(Debug, Clone)]
+pub struct BeatOptions {
+    /// How often a standby tries to take the lock.
+    pub acquire_interval: Duration,
+    /// Longest wait between retries after a store error.
+    pub max_backoff: Duration,
+}
+
+impl Default for BeatOptions {
+    fn default() -> Self {
+        Self { acquire_interval: Duration::from_secs(1), max_backoff: Duration::from_secs(5) }
+    }
+}
+
+/// The parts a beat runs on.
+pub struct Beat {
+    /// Wall time.
+    pub clock: SharedClock,
+    /// Leadership.
+    pub leader: Arc<dyn LeaderLock>,
+    /// Atomic push-and-record.
+    pub emitter: Arc<dyn Emitter>,
+    /// Last runs.
+    pub state: Arc<dyn StateStore>,
+    /// Message encoder.
+    pub encoder: Arc<dyn FireEncoder>,
+    /// The current entries; a new value is a reload.
+    pub entries: watch::Receiver<Arc<[Entry]>>,
+    /// Shared status.
+    pub status: Arc<BeatStatus>,
+    /// Timing knobs.
+    pub options: BeatOptions,
+}
+
+/// Why a leadership term ended.
+enum TermEnd {
+    /// Shutdown requested: release the lock and stop.
+    Cancelled,
+    /// The lease is gone: become a standby.
+    LeaseLost,
+    /// The store failed: back off, then compete again (and catch up).
+    StoreError,
+}
+
+impl Beat {
+    /// Runs until `shutdown` is cancelled; releases the lock on the way out.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(self.options.max_backoff);
+        loop {
+            let wait = match self.leader.try_acquire().await {
+                Ok(Some(lease)) => {
+                    self.status.store_reachable.store(true, Ordering::Relaxed);
+                    backoff.reset();
+                    match self.lead(&lease, &shutdown).await {
+                        TermEnd::Cancelled => {
+                            self.step_down(&lease).await;
+                            return;
+                        }
+                        TermEnd::LeaseLost => {
+                            self.status.losses.fetch_add(1, Ordering::Relaxed);
+                            self.status.is_leader.store(false, Ordering::Relaxed);
+                            tracing::warn!(epoch = lease.epoch, "leadership lost; now standby");
+                            self.options.acquire_interval
+                        }
+                        TermEnd::StoreError => {
+                            self.step_down(&lease).await;
+                            backoff.next()
+                        }
+                    }
+                }
+                Ok(None) => {
+                    self.status.store_reachable.store(true, Ordering::Relaxed);
+                    backoff.reset();
+                    self.options.acquire_interval
+                }
+                Err(e) => {
+                    self.store_failed(&e);
+                    backoff.next()
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn store_failed(&self, e: &Error) {
+        self.status.store_errors.fetch_add(1, Ordering::Relaxed);
+        self.status.store_reachable.store(false, Ordering::Relaxed);
+        tracing::warn!(error = %e, "store unavailable; retrying");
+    }
+
+    async fn step_down(&self, lease: &Lease) {
+        self.status.is_leader.store(false, Ordering::Relaxed);
+        match tokio::time::timeout(Duration::from_secs(2), self.leader.release(lease)).await {
+            Ok(Ok(())) => tracing::info!(epoch = lease.epoch, "leadership released"),
+            Ok(Err(e)) => tracing::warn!(epoch = lease.epoch, error = %e, "release failed"),
+            Err(_) => tracing::warn!(epoch = lease.epoch, "release timed out"),
+        }
+    }
+
+    /// One leadership term: plan from the recorded state, then send what falls due, renew
+    /// the lease every ttl/3, and stop the moment the lease may have run out.
+    async fn lead(&mut self, lease: &Lease, shutdown: &CancellationToken) -> TermEnd {
+        self.status.is_leader.store(true, Ordering::Relaxed);
+        self.status.epoch.store(lease.epoch, Ordering::Relaxed);
+        self.status.acquisitions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(epoch = lease.epoch, "leadership acquired");
+        let mut valid_until = lease.acquired_at + lease.ttl;
+        let mut renew_at = lease.acquired_at + lease.ttl / 3;
+        let Some(mut plan) = self.replan().await else { return TermEnd::StoreError };
+        loop {
+            let wake = plan.next_wake().map(|at| {
+                let left = (at - self.clock.now()).to_std().unwrap_or_default();
+                Instant::now() + left
+            });
+            let until = wake.map_or(renew_at, |w| w.min(renew_at));
+            tokio::select! {
+                () = shutdown.cancelled() => return TermEnd::Cancelled,
+                () = tokio::time::sleep_until(until) => {}
+                changed = self.entries.changed() => {
+                    if changed.is_ok() {
+                        let Some(new_plan) = self.reload(&plan).await else {
+                            return TermEnd::StoreError;
+                        };
+                        plan = new_plan;
+                    }
+                }
+            }
+            if Instant::now() >= valid_until {
+                // Paused or starved past the TTL: another replica may lead already.
+                return TermEnd::LeaseLost;
+            }
+            if Instant::now() >= renew_at {
+                let sent_at = Instant::now();
+                match self.leader.renew(lease).await {
+                    Ok(true) => {
+                        self.status.renewals.fetch_add(1, Ordering::Relaxed);
+                        valid_until = sent_at + lease.ttl;
+                        renew_at = sent_at + lease.ttl / 3;
+                    }
+                    Ok(false) => return TermEnd::LeaseLost,
+                    Err(e) => {
+                        self.store_failed(&e);
+                        // Keep trying within the TTL; the check above ends the term in time.
+                        renew_at = Instant::now() + Duration::from_millis(200);
+                    }
+                }
+            }
+            let due = plan.pop_due(self.clock.now());
+            if due.is_empty() {
+                continue;
+            }
+            if Instant::now() >= valid_until {
+                return TermEnd::LeaseLost;
+            }
+            if let Err(end) = self.emit(lease, &mut plan, due).await {
+                return end;
+            }
+        }
+    }
+
+    /// Loads the recorded state and plans the current entries from it.
+    async fn replan(&self) -> Option<Plan> {
+        match self.state.last_runs().await {
+            Ok(last) => {
+                let entries = self.entries.borrow().clone();
+                let plan = Plan::new(entries, &last, self.clock.now());
+                tracing::info!(entries = plan.entries().len(), "schedule planned");
+                Some(plan)
+            }
+            Err(e) => {
+                self.store_failed(&e);
+                None
+            }
+        }
+    }
+
+    /// Replaces the plan after a reload and forgets the state of removed entries.
+    async fn reload(&mut self, old: &Plan) -> Option<Plan> {
+        let new_entries = self.entries.borrow_and_update().clone();
+        let removed: Vec<String> = old
+            .entries()
+            .iter()
+            .filter(|o| !new_entries.iter().any(|n| n.name == o.name))
+            .map(|o| o.name.clone())
+            .collect();
+        if !removed.is_empty() {
+            if let Err(e) = self.state.forget(&removed).await {
+                self.store_failed(&e);
+                return None;
+            }
+            tracing::info!(removed = ?removed, "entries removed from the schedule");
+        }
+        self.replan().await
+    }
+
+    async fn emit(&self, lease: &Lease, plan: &mut Plan, due: Vec<Due>) -> Result<(), TermEnd> {
+        let entries = plan.entries().clone();
+        let fires: Vec<Fire> = due
+            .iter()
+            .map(|d| self.encoder.encode(&entries[d.idx], d.at, lease.epoch))
+            .collect();
+        match self.emitter.emit(lease, &fires).await {
+            Ok(outcomes) => {
+                let now = self.clock.now();
+                for (d, outcome) in due.iter().zip(outcomes) {
+                    let entry = &entries[d.idx];
+                    let lateness_ms = (now - d.at).num_milliseconds();
+                    match outcome {
+                        EmitOutcome::Sent => {
+                            self.status.sent.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(
+                                entry = %entry.name, task = %entry.task, scheduled = %d.at,
+                                lateness_ms, epoch = lease.epoch, catch_up = d.catch_up,
+                                "fire"
+                            );
+                        }
+                        EmitOutcome::AlreadySent => {
+                            self.status.already_sent.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(entry = %entry.name, scheduled = %d.at, "already sent");
+                        }
+                    }
+                    plan.complete(*d);
+                }
+                Ok(())
+            }
+            Err(Error::LeaseLost { .. }) => Err(TermEnd::LeaseLost),
+            Err(e) => {
+                self.store_failed(&e);
+                Err(TermEnd::StoreError)
+            }
+        }
+    }
+}
+
+/// Capped exponential backoff.
+#[derive(Debug)]
+struct Backoff {
+    /// The next wait.
+    current: Duration,
+    /// The cap.
+    max: Duration,
+}
+
+impl Backoff {
+    const START: Duration = Duration::from_millis(100);
+
+    fn new(max: Duration) -> Self {
+        Self { current: Self::START, max }
+    }
+
+    fn reset(&mut self) {
+        self.current = Self::START;
+    }
+
+    fn next(&mut self) -> Duration {
+        let wait = self.current;
+        self.current = (self.current * 2).min(self.max);
+        wait
+    }
+}

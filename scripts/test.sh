@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone on a fresh Debian machine:
+#   ./scripts/test.sh
+# Installs what the tests need (redis-server from Debian's packages, a Python venv with
+# celery[redis] for the interoperability tests), then runs formatting, lint and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
+if ((${#need_apt[@]})); then
+  echo "== installing ${need_apt[*]} (Debian packages)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# Python Celery for the interoperability tests (a private venv, never the system's).
+VENV="${BEATD_TEST_VENV:-$PWD/.venv-celery}"
+if ! "$VENV/bin/python" -c 'import celery, redis' >/dev/null 2>&1; then
+  echo "== creating $VENV with celery[redis]"
+  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+    # Debian splits venv support (ensurepip) into its own package.
+    rm -rf "$VENV"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$VENV"
+  fi
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'celery[redis]>=5.4,<6'
+fi
+export BEATD_TEST_PYTHON="$VENV/bin/python"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --all-targets --quiet 2>&1 | tee target/test-output.txt

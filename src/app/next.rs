@@ -1,0 +1,64 @@
+//! `beatd next`: upcoming fire times per entry, in the entry's zone with its UTC offset.
+//! The cheapest way to see what a DST transition does to a schedule.
+
+use crate::entry::Entry;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+/// One entry's upcoming fires, as printed by `--format json`.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct NextFires {
+    /// Entry name.
+    pub entry: String,
+    /// IANA zone name.
+    pub timezone: String,
+    /// RFC 3339 instants with the zone's offset.
+    pub fires: Vec<String>,
+}
+
+/// The next `count` fire times after `from` of each entry (all, or those named in `only`).
+#[must_use]
+pub fn next_fires(
+    entries: &[Entry],
+    only: &[String],
+    from: DateTime<Utc>,
+    count: usize,
+) -> Vec<NextFires> {
+    entries
+        .iter()
+        .filter(|e| only.is_empty() || only.contains(&e.name))
+        .map(|e| {
+            let mut fires = Vec::with_capacity(count);
+            let mut after = from;
+            while fires.len() < count {
+                let Some(at) = e.next_fire_after(after) else { break };
+                fires.push(rfc3339_in(e, at));
+                after = at;
+            }
+            NextFires { entry: e.name.clone(), timezone: e.timezone.name().to_string(), fires }
+        })
+        .collect()
+}
+
+fn rfc3339_in(e: &Entry, at: DateTime<Utc>) -> String {
+    at.with_timezone(&e.timezone).to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}
+
+/// Text rendering: one block per entry, local time then UTC.
+#[must_use]
+pub fn render_text(list: &[NextFires]) -> String {
+    let mut out = String::new();
+    for n in list {
+        out.push_str(&format!("{} ({})\n", n.entry, n.timezone));
+        if n.fires.is_empty() {
+            out.push_str("  (no upcoming fire time)\n");
+        }
+        for f in &n.fires {
+            let utc = DateTime::parse_from_rfc3339(f)
+                .map(|d| d.to_utc().to_rfc3339_opts(SecondsFormat::AutoSi, true))
+                .unwrap_or_default();
+            out.push_str(&format!("  {f}  {utc}\n"));
+        }
+    }
+    out
+}

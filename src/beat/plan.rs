@@ -1,0 +1,134 @@
+//! The beat's plan: a min-heap of (next fire time, entry) that says what is due and when to
+//! wake. Pure and synchronous; the loop in `beat` owns time and I/O.
+
+use crate::beat::ports::LastRun;
+use crate::entry::Entry;
+use chrono::{DateTime, Utc};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+/// Index of an entry in the plan's entry list.
+pub type EntryIdx = usize;
+
+/// Planned fires of a set of entries.
+#[derive(Debug)]
+pub struct Plan {
+    /// The entries, in file order.
+    entries: Arc<[Entry]>,
+    /// Pending fire times, earliest first: one regular fire per entry plus catch-up fires.
+    heap: BinaryHeap<Reverse<Pending>>,
+}
+
+/// A pending fire. Only a regular fire plans the entry's next one when it goes out, so
+/// catch-up fires never duplicate the regular chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Pending {
+    /// Scheduled fire time.
+    at: DateTime<Utc>,
+    /// The entry.
+    idx: EntryIdx,
+    /// Whether this is a catch-up fire.
+    catch_up: bool,
+}
+
+/// A fire that is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    /// The entry.
+    pub idx: EntryIdx,
+    /// Scheduled fire time.
+    pub at: DateTime<Utc>,
+    /// Whether this is a catch-up fire (a regular fire plans the next one when sent).
+    pub catch_up: bool,
+}
+
+/// The fingerprint of what decides an entry's fire times. A different fingerprint means the
+/// schedule changed, so the old last run must not trigger a catch-up of the new schedule.
+#[must_use]
+pub fn fingerprint(entry: &Entry) -> String {
+    use crate::schedule::Schedule;
+    let base = match &entry.schedule {
+        Schedule::Cron(c) => format!("cron:{}@{}", c.expr, c.tz),
+        Schedule::Every { interval, anchor } => {
+            format!("every:{}ms@{}", interval.as_millis(), anchor.timestamp_millis())
+        }
+        Schedule::At(at) => format!("at:{}", at.timestamp_millis()),
+    };
+    format!("{base}+{}ms", entry.jitter_offset.as_millis())
+}
+
+impl Plan {
+    /// Plans `entries` as seen at `now`, given the recorded last runs: missed fire times
+    /// (per each entry's catch-up policy) are due at once, the rest at their next fire time.
+    #[must_use]
+    pub fn new(
+        entries: Arc<[Entry]>,
+        last_runs: &HashMap<String, LastRun>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut heap = BinaryHeap::with_capacity(entries.len());
+        for (idx, entry) in entries.iter().enumerate() {
+            let last = last_runs
+                .get(&entry.name)
+                .filter(|l| l.fingerprint == fingerprint(entry))
+                .and_then(|l| DateTime::from_timestamp_millis(l.fire_at_ms));
+            for at in entry.missed_fires(last, now) {
+                heap.push(Reverse(Pending { at, idx, catch_up: true }));
+            }
+            // A last run in the future (another host's clock ran ahead) must not be repeated.
+            let after = last.map_or(now, |l| l.max(now));
+            if let Some(at) = entry.next_fire_after(after) {
+                heap.push(Reverse(Pending { at, idx, catch_up: false }));
+            }
+        }
+        Self { entries, heap }
+    }
+
+    /// The entries planned.
+    #[must_use]
+    pub fn entries(&self) -> &Arc<[Entry]> {
+        &self.entries
+    }
+
+    /// The earliest pending fire time.
+    #[must_use]
+    pub fn next_wake(&self) -> Option<DateTime<Utc>> {
+        self.heap.peek().map(|Reverse(p)| p.at)
+    }
+
+    /// Removes and returns every fire due at or before `now`, oldest first.
+    pub fn pop_due(&mut self, now: DateTime<Utc>) -> Vec<Due> {
+        let mut due = Vec::new();
+        while let Some(Reverse(p)) = self.heap.peek().copied() {
+            if p.at > now {
+                break;
+            }
+            self.heap.pop();
+            due.push(Due { idx: p.idx, at: p.at, catch_up: p.catch_up });
+        }
+        due
+    }
+
+    /// Marks `due` as done: a regular fire plans the entry's next fire time.
+    pub fn complete(&mut self, due: Due) {
+        if due.catch_up {
+            return;
+        }
+        if let Some(at) = self.entries[due.idx].next_fire_after(due.at) {
+            self.heap.push(Reverse(Pending { at, idx: due.idx, catch_up: false }));
+        }
+    }
+
+    /// Number of pending fires.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Whether nothing is pending.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}

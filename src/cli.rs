@@ -1,0 +1,240 @@
+//! The command line: subcommands and flags (clap derive). Every flag can also come from a
+//! `BEATD_*` environment variable; values left unset fall back to `beatd.toml`, then to the
+//! built-in defaults (see `app`).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Highly available, Celery-compatible periodic-task scheduler with a minimal worker.
+#[derive(Debug, Parser)]
+#[command(name = "beatd", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Application config file [default: ./beatd.toml when it exists].
+    #[arg(long, global = true, env = "BEATD_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log format: human text or one JSON object per line.
+    #[arg(long, global = true, env = "BEATD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Output format of `next` and `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned text.
+    Text,
+    /// JSON.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The scheduler: reads schedules, joins the leader election, sends due tasks to Redis.
+    Beat(BeatArgs),
+    /// The worker: runs Celery messages from Redis as exec, http or Rust tasks.
+    Worker(WorkerArgs),
+    /// Beat and worker in one process; without a Redis URL, fully embedded (in-process queue,
+    /// local state file).
+    Run(RunArgs),
+    /// Validates schedule files (and beatd.toml); every problem as file:line:column.
+    Check(CheckArgs),
+    /// Prints the next fire times of entries, in their time zone and UTC.
+    Next(NextArgs),
+    /// Enqueues one task now, like Celery's `send_task`, and prints its id.
+    Send(SendArgs),
+    /// Shows the leader and each entry's last and next fire time.
+    Status(StatusArgs),
+}
+
+/// Where schedules are read from.
+#[derive(Debug, Clone, Args)]
+pub struct ScheduleArgs {
+    /// Schedule file or directory of *.toml files (repeatable) [default: schedules/].
+    #[arg(long = "schedules", env = "BEATD_SCHEDULES", value_name = "PATH", value_delimiter = ',')]
+    pub schedules: Vec<PathBuf>,
+}
+
+/// How to reach Redis.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL (redis:// or rediss://); else BEATD_REDIS_URL, CELERY_BROKER_URL, REDIS_URL.
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Key namespace for the lock and last-run state [default: beatd].
+    #[arg(long, env = "BEATD_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+/// The HTTP endpoint and shutdown timing shared by long-running commands.
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    /// Address for /healthz, /readyz and /metrics, or `off` [default: 127.0.0.1:9808].
+    #[arg(long, env = "BEATD_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<String>,
+    /// Longest graceful stop, e.g. `30s` [default: 30s].
+    #[arg(long, env = "BEATD_SHUTDOWN_GRACE", value_name = "DURATION")]
+    pub shutdown_grace: Option<humantime::Duration>,
+}
+
+/// Beat-only options.
+#[derive(Debug, Clone, Args)]
+pub struct LeaderArgs {
+    /// Leader lock time-to-live, e.g. `10s` [default: 10s].
+    #[arg(long, env = "BEATD_LOCK_TTL", value_name = "DURATION")]
+    pub lock_ttl: Option<humantime::Duration>,
+}
+
+/// Worker options.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerOpts {
+    /// Queues to consume, comma-separated [default: celery].
+    #[arg(long, env = "BEATD_QUEUES", value_delimiter = ',')]
+    pub queues: Vec<String>,
+    /// Tasks run at once [default: number of CPUs].
+    #[arg(long, env = "BEATD_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Unacknowledged messages of a dead worker are restored after this long [default: 1h].
+    #[arg(long, env = "BEATD_VISIBILITY_TIMEOUT", value_name = "DURATION")]
+    pub visibility_timeout: Option<humantime::Duration>,
+}
+
+/// `beatd beat`.
+#[derive(Debug, Clone, Args)]
+pub struct BeatArgs {
+    #[command(flatten)]
+    pub schedules: ScheduleArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// `beatd worker`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub worker: WorkerOpts,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// `beatd run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub schedules: ScheduleArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+    #[command(flatten)]
+    pub worker: WorkerOpts,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// Last-run state file of the embedded mode [default: $STATE_DIRECTORY/beatd-state.json,
+    /// else ./beatd-state.json].
+    #[arg(long, env = "BEATD_STATE_FILE", value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
+}
+
+/// `beatd check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Schedule files or directories to check (same meaning as --schedules).
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub schedules: ScheduleArgs,
+}
+
+/// `beatd next`.
+#[derive(Debug, Clone, Args)]
+pub struct NextArgs {
+    #[command(flatten)]
+    pub schedules: ScheduleArgs,
+    /// Fire times per entry.
+    #[arg(long, default_value_t = 5)]
+    pub count: usize,
+    /// Only this entry (repeatable).
+    #[arg(long)]
+    pub entry: Vec<String>,
+    /// Start from this instant (RFC 3339) instead of now.
+    #[arg(long, value_name = "RFC3339")]
+    pub from: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+}
+
+/// `beatd send`.
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    /// Celery task name.
+    pub task: String,
+    /// Positional arguments, a JSON array.
+    #[arg(long, default_value = "[]")]
+    pub args: String,
+    /// Keyword arguments, a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+    /// Destination queue.
+    #[arg(long, default_value = "celery")]
+    pub queue: String,
+    /// kombu Redis priority 0-9 (0 runs first).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub priority: Option<u8>,
+    /// Message expiry from now, e.g. `1h`.
+    #[arg(long, value_name = "DURATION")]
+    pub expires: Option<humantime::Duration>,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+}
+
+/// `beatd status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub schedules: ScheduleArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Embedded mode: read this state file instead of Redis.
+    #[arg(long, env = "BEATD_STATE_FILE", value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn schedules_flag_repeats_and_splits() {
+        let cli = Cli::parse_from(["beatd", "next", "--schedules", "a.toml", "--schedules", "b,c"]);
+        let Command::Next(next) = cli.command else { panic!("not next") };
+        assert_eq!(next.schedules.schedules, ["a.toml", "b", "c"].map(PathBuf::from));
+    }
+}
