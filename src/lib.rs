@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod embedded;
 pub mod entry;
+pub mod ops;
 pub mod protocol;
 pub mod schedule;
 pub mod shutdown;

@@ -19,6 +19,7 @@ pub mod ports;
 
 use crate::clock::SharedClock;
 use crate::entry::Entry;
+use crate::ops::metrics::Metrics;
 use chrono::{DateTime, Utc};
 use plan::{Due, Plan};
 use ports::{EmitOutcome, Emitter, Error, Fire, LeaderLock, Lease, StateStore};
@@ -36,7 +37,7 @@ pub trait FireEncoder: Send + Sync {
     fn encode(&self, entry: &Entry, at: DateTime<Utc>, epoch: u64) -> Fire;
 }
 
-/// Live facts about the beat, read by `/readyz`, `/metrics` and the logs.
+/// Live facts about the beat, read by `/readyz` and tests; counters live in [`Metrics`].
 #[derive(Debug, Default)]
 pub struct BeatStatus {
     /// Whether this replica holds the lease.
@@ -45,18 +46,8 @@ pub struct BeatStatus {
     pub epoch: AtomicU64,
     /// Whether the last call to the store succeeded (readiness).
     pub store_reachable: AtomicBool,
-    /// Messages sent.
+    /// Messages sent by this process.
     pub sent: AtomicU64,
-    /// Fires found already sent by someone else.
-    pub already_sent: AtomicU64,
-    /// Leases acquired.
-    pub acquisitions: AtomicU64,
-    /// Renewals that succeeded.
-    pub renewals: AtomicU64,
-    /// Leases lost (renewal failed, TTL ran out, or fenced at emission).
-    pub losses: AtomicU64,
-    /// Store errors.
-    pub store_errors: AtomicU64,
 }
 
 /// Timing knobs of the loop.
@@ -90,6 +81,8 @@ pub struct Beat {
     pub entries: watch::Receiver<Arc<[Entry]>>,
     /// Shared status.
     pub status: Arc<BeatStatus>,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
     /// Timing knobs.
     pub options: BeatOptions,
 }
@@ -119,8 +112,8 @@ impl Beat {
                             return;
                         }
                         TermEnd::LeaseLost => {
-                            self.status.losses.fetch_add(1, Ordering::Relaxed);
-                            self.status.is_leader.store(false, Ordering::Relaxed);
+                            self.metrics.lock_losses.inc();
+                            self.set_leader(false);
                             tracing::warn!(epoch = lease.epoch, "leadership lost; now standby");
                             self.options.acquire_interval
                         }
@@ -147,14 +140,19 @@ impl Beat {
         }
     }
 
+    fn set_leader(&self, leader: bool) {
+        self.status.is_leader.store(leader, Ordering::Relaxed);
+        self.metrics.is_leader.set(i64::from(leader));
+    }
+
     fn store_failed(&self, e: &Error) {
-        self.status.store_errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.redis_errors.inc();
         self.status.store_reachable.store(false, Ordering::Relaxed);
         tracing::warn!(error = %e, "store unavailable; retrying");
     }
 
     async fn step_down(&self, lease: &Lease) {
-        self.status.is_leader.store(false, Ordering::Relaxed);
+        self.set_leader(false);
         match tokio::time::timeout(Duration::from_secs(2), self.leader.release(lease)).await {
             Ok(Ok(())) => tracing::info!(epoch = lease.epoch, "leadership released"),
             Ok(Err(e)) => tracing::warn!(epoch = lease.epoch, error = %e, "release failed"),
@@ -165,9 +163,10 @@ impl Beat {
     /// One leadership term: plan from the recorded state, then send what falls due, renew
     /// the lease every ttl/3, and stop the moment the lease may have run out.
     async fn lead(&mut self, lease: &Lease, shutdown: &CancellationToken) -> TermEnd {
-        self.status.is_leader.store(true, Ordering::Relaxed);
+        self.set_leader(true);
         self.status.epoch.store(lease.epoch, Ordering::Relaxed);
-        self.status.acquisitions.fetch_add(1, Ordering::Relaxed);
+        self.metrics.epoch.set(i64::try_from(lease.epoch).unwrap_or(i64::MAX));
+        self.metrics.lock_acquisitions.inc();
         tracing::info!(epoch = lease.epoch, "leadership acquired");
         let mut valid_until = lease.acquired_at + lease.ttl;
         let mut renew_at = lease.acquired_at + lease.ttl / 3;
@@ -198,7 +197,7 @@ impl Beat {
                 let sent_at = Instant::now();
                 match self.leader.renew(lease).await {
                     Ok(true) => {
-                        self.status.renewals.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.lock_renewals.inc();
                         valid_until = sent_at + lease.ttl;
                         renew_at = sent_at + lease.ttl / 3;
                     }
@@ -273,6 +272,13 @@ impl Beat {
                     match outcome {
                         EmitOutcome::Sent => {
                             self.status.sent.fetch_add(1, Ordering::Relaxed);
+                            self.metrics
+                                .messages_sent
+                                .get_or_create(&vec![("entry", entry.name.clone())])
+                                .inc();
+                            self.metrics
+                                .emission_lateness
+                                .observe((now - d.at).as_seconds_f64().max(0.0));
                             tracing::info!(
                                 entry = %entry.name, task = %entry.task, scheduled = %d.at,
                                 lateness_ms, epoch = lease.epoch, catch_up = d.catch_up,
@@ -280,7 +286,6 @@ impl Beat {
                             );
                         }
                         EmitOutcome::AlreadySent => {
-                            self.status.already_sent.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(entry = %entry.name, scheduled = %d.at, "already sent");
                         }
                     }
