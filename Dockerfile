@@ -16,6 +16,7 @@ COPY --from=build /src/target/release/beatd /usr/local/bin/beatd
 COPY schedules /etc/beatd/schedules
 # Build-time check: the image is not built when a shipped schedule file is broken.
 RUN beatd check /etc/beatd/schedules
+RUN mkdir -p /var/lib/beatd && chown 65532:65532 /var/lib/beatd
 USER 65532:65532
 WORKDIR /var/lib/beatd
 ENV BEATD_SCHEDULES=/etc/beatd/schedules \
