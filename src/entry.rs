@@ -2,8 +2,8 @@
 //! and the message builder consume. Owns per-entry fire-time rules that sit on top of the
 //! bare schedule (jitter, `start_at`/`end_at`, `enabled`, catch-up); owns no I/O.
 
-use crate::schedule::{CatchUp, Schedule};
-use chrono::{DateTime, Utc};
+use crate::schedule::{self, CatchUp, Schedule};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,3 +61,64 @@ pub struct SourceRef {
     /// 1-based line of the entry's `[[entry]]` header.
     pub line: usize,
 }
+
+/// One nanosecond: chrono's resolution, so "the first fire at or after `t`" is exactly "the
+/// first fire strictly after `t - EPSILON`".
+const EPSILON: TimeDelta = TimeDelta::nanoseconds(1);
+
+impl Entry {
+    /// The jitter offset as a signed delta (saturating; offsets are far below its range).
+    fn offset(&self) -> TimeDelta {
+        TimeDelta::from_std(self.jitter_offset).unwrap_or(TimeDelta::MAX)
+    }
+
+    /// The first fire time strictly after `after`: the schedule's time plus the jitter offset,
+    /// within `start_at`..=`end_at`; `None` if disabled or if nothing is left to fire.
+    #[must_use]
+    pub fn next_fire_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if !self.enabled {
+            return None;
+        }
+        let offset = self.offset();
+        let mut from = after;
+        if let Some(start) = self.start_at {
+            from = from.max(start - EPSILON);
+        }
+        let fire = self.schedule.next_after(from.checked_sub_signed(offset)?)? + offset;
+        self.end_at.is_none_or(|end| fire <= end).then_some(fire)
+    }
+
+    /// The last fire time at or before `t` (jitter and windows applied); `None` if disabled.
+    #[must_use]
+    pub fn latest_fire_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if !self.enabled {
+            return None;
+        }
+        let offset = self.offset();
+        let to = self.end_at.map_or(t, |end| end.min(t));
+        let fire = self
+            .schedule
+            .latest_at_or_before(to.checked_sub_signed(offset)?)?
+            + offset;
+        self.start_at
+            .is_none_or(|start| fire >= start)
+            .then_some(fire)
+    }
+
+    /// The fire times in `(last, now]` to send now under the entry's `catch_up` policy and
+    /// `catch_up_window`, oldest first (see `schedule::catchup`). An entry that never ran
+    /// (`last == None`) misses nothing: it starts from now with no immediate fire.
+    #[must_use]
+    pub fn missed_fires(
+        &self,
+        last: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Vec<DateTime<Utc>> {
+        schedule::select_missed(self.catch_up, self.catch_up_window, last, now, |t| {
+            self.latest_fire_at_or_before(t)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,23 @@
 //! Next-fire math: cron in a time zone (croner + chrono-tz, DST policy), anchored intervals,
 //! one-offs, jitter and catch-up. Pure: no I/O, no system clock; every function takes the
-//! instant it reasons about.
+//! instant it reasons about. Per-entry rules layered on top (jitter offset, `start_at` /
+//! `end_at`, `enabled`) live in `impl Entry` in `entry.rs`.
+//!
+//! Civil time (cron, in the entry's zone) and absolute time (`every`, `at`) are kept apart:
+//! only [`CronSchedule`] knows about zones, and the DST policy lives in `dst.rs`.
+
+mod catchup;
+mod cron;
+mod dst;
+#[cfg(test)]
+mod dst_tests;
+mod interval;
+mod jitter;
+
+pub use catchup::default_catch_up_window;
+pub(crate) use catchup::select_missed;
+pub use cron::{CronError, CronSchedule};
+pub use jitter::jitter_offset;
 
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -33,53 +50,26 @@ pub enum Schedule {
     At(DateTime<Utc>),
 }
 
-/// A parsed cron expression bound to a time zone.
-#[derive(Debug, Clone)]
-pub struct CronSchedule {
-    /// The expression as written.
-    pub expr: String,
-    /// Zone the fields are interpreted in.
-    pub tz: chrono_tz::Tz,
-    /// The parsed pattern.
-    cron: croner::Cron,
-}
-
-impl PartialEq for CronSchedule {
-    fn eq(&self, other: &Self) -> bool {
-        self.expr == other.expr && self.tz == other.tz
-    }
-}
-
-/// A cron expression that does not parse; names the field and value at fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct CronError {
-    /// Human message, e.g. `invalid hour field "25": must be 0-23`.
-    pub message: String,
-    /// Byte range inside the expression the error points at, when known.
-    pub span: Option<std::ops::Range<usize>>,
-}
-
-impl CronSchedule {
-    /// Parses a 5-field (or 6-field, seconds first) expression for `tz`.
-    pub fn parse(expr: &str, tz: chrono_tz::Tz) -> Result<Self, CronError> {
-        let _ = (expr, tz);
-        todo!("schedule module")
-    }
-}
-
 impl Schedule {
     /// The first fire time strictly after `after`.
     #[must_use]
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let _ = after;
-        todo!("schedule module")
+        match self {
+            Schedule::Cron(cron) => cron.next_after(after),
+            Schedule::Every { interval, anchor } => interval::next_after(*anchor, *interval, after),
+            Schedule::At(at) => (*at > after).then_some(*at),
+        }
     }
 
     /// The last fire time at or before `t`.
     #[must_use]
     pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let _ = t;
-        todo!("schedule module")
+        match self {
+            Schedule::Cron(cron) => cron.latest_at_or_before(t),
+            Schedule::Every { interval, anchor } => {
+                interval::latest_at_or_before(*anchor, *interval, t)
+            }
+            Schedule::At(at) => (*at <= t).then_some(*at),
+        }
     }
 }

@@ -1,0 +1,165 @@
+//! Per-entry fire-time rules: jitter, `start_at` / `end_at`, `enabled`, catch-up.
+
+use super::*;
+use crate::schedule::{jitter_offset, CronSchedule};
+
+fn utc(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn entry(schedule: Schedule) -> Entry {
+    Entry {
+        name: "nightly-report".into(),
+        task: "reports.generate".into(),
+        schedule,
+        timezone: chrono_tz::UTC,
+        args: Vec::new(),
+        kwargs: Map::new(),
+        queue: "celery".into(),
+        routing_key: None,
+        exchange: None,
+        priority: None,
+        expires: None,
+        headers: Map::new(),
+        jitter_offset: Duration::ZERO,
+        catch_up: CatchUp::Latest,
+        catch_up_window: Duration::from_secs(3600),
+        enabled: true,
+        start_at: None,
+        end_at: None,
+        description: None,
+        source: None,
+    }
+}
+
+fn hourly() -> Entry {
+    entry(Schedule::Cron(
+        CronSchedule::parse("0 * * * *", chrono_tz::UTC).unwrap(),
+    ))
+}
+
+#[test]
+fn jitter_shifts_every_fire_and_searches_from_the_shifted_base() {
+    let mut e = hourly();
+    e.jitter_offset = Duration::from_millis(90_500);
+    // 10:00:30 is before 10:01:30.5, the jittered 10:00 fire.
+    assert_eq!(
+        e.next_fire_after(utc("2026-11-23T10:00:30Z")),
+        Some(utc("2026-11-23T10:01:30.5Z"))
+    );
+    assert_eq!(
+        e.next_fire_after(utc("2026-11-23T10:01:30.5Z")),
+        Some(utc("2026-11-23T11:01:30.5Z"))
+    );
+    assert_eq!(
+        e.latest_fire_at_or_before(utc("2026-11-23T10:01:30Z")),
+        Some(utc("2026-11-23T09:01:30.5Z"))
+    );
+    assert_eq!(
+        e.jitter_offset,
+        e.jitter_offset.min(Duration::from_secs(3600))
+    );
+    // The resolved offset is what jitter_offset() draws for the name.
+    let drawn = jitter_offset(&e.name, Duration::from_secs(300));
+    assert_eq!(
+        drawn,
+        jitter_offset("nightly-report", Duration::from_secs(300))
+    );
+}
+
+#[test]
+fn disabled_entries_never_fire() {
+    let mut e = hourly();
+    e.enabled = false;
+    assert_eq!(e.next_fire_after(utc("2026-11-23T10:00:00Z")), None);
+    assert!(e
+        .missed_fires(
+            Some(utc("2026-11-23T08:00:00Z")),
+            utc("2026-11-23T10:30:00Z")
+        )
+        .is_empty());
+}
+
+#[test]
+fn start_and_end_bound_the_fire_times_inclusively() {
+    let mut e = hourly();
+    e.start_at = Some(utc("2026-11-23T12:00:00Z"));
+    e.end_at = Some(utc("2026-11-23T14:00:00Z"));
+    assert_eq!(
+        e.next_fire_after(utc("2026-11-23T09:10:00Z")),
+        Some(utc("2026-11-23T12:00:00Z"))
+    );
+    assert_eq!(
+        e.next_fire_after(utc("2026-11-23T13:00:00Z")),
+        Some(utc("2026-11-23T14:00:00Z"))
+    );
+    assert_eq!(e.next_fire_after(utc("2026-11-23T14:00:00Z")), None);
+    assert_eq!(
+        e.latest_fire_at_or_before(utc("2026-11-23T20:00:00Z")),
+        Some(utc("2026-11-23T14:00:00Z"))
+    );
+    assert_eq!(
+        e.latest_fire_at_or_before(utc("2026-11-23T11:59:59Z")),
+        None
+    );
+    // The window applies to the jittered fire, not the base time.
+    e.jitter_offset = Duration::from_secs(60);
+    assert_eq!(
+        e.next_fire_after(utc("2026-11-23T09:00:00Z")),
+        Some(utc("2026-11-23T13:01:00Z"))
+    );
+    assert_eq!(e.next_fire_after(utc("2026-11-23T13:01:00Z")), None);
+}
+
+#[test]
+fn one_off_fires_once_and_is_caught_up_within_a_day() {
+    let mut e = entry(Schedule::At(utc("2026-12-01T09:00:00Z")));
+    e.catch_up_window = crate::schedule::default_catch_up_window(&e.schedule);
+    assert_eq!(
+        e.next_fire_after(utc("2026-11-23T00:00:00Z")),
+        Some(utc("2026-12-01T09:00:00Z"))
+    );
+    assert_eq!(e.next_fire_after(utc("2026-12-01T09:00:00Z")), None);
+    let last = Some(utc("2026-11-30T00:00:00Z"));
+    assert_eq!(
+        e.missed_fires(last, utc("2026-12-01T20:00:00Z")),
+        [utc("2026-12-01T09:00:00Z")]
+    );
+    assert!(e.missed_fires(last, utc("2026-12-02T10:00:00Z")).is_empty());
+}
+
+#[test]
+fn catch_up_after_downtime_with_simulated_instants() {
+    let mut e = hourly();
+    e.jitter_offset = Duration::from_secs(7);
+    e.catch_up_window = Duration::from_secs(3 * 3600);
+    // Last sent 06:00:07; beat was down until 10:30.
+    let last = Some(utc("2026-11-23T06:00:07Z"));
+    let now = utc("2026-11-23T10:30:00Z");
+    e.catch_up = CatchUp::None;
+    assert!(e.missed_fires(last, now).is_empty());
+    e.catch_up = CatchUp::Latest;
+    assert_eq!(e.missed_fires(last, now), [utc("2026-11-23T10:00:07Z")]);
+    e.catch_up = CatchUp::All;
+    assert_eq!(
+        e.missed_fires(last, now),
+        [
+            utc("2026-11-23T08:00:07Z"),
+            utc("2026-11-23T09:00:07Z"),
+            utc("2026-11-23T10:00:07Z")
+        ]
+    );
+    // Never ran: start from now, no immediate fire.
+    assert!(e.missed_fires(None, now).is_empty());
+    // A fire time at exactly `now` counts, one a nanosecond later does not.
+    assert_eq!(
+        e.missed_fires(last, utc("2026-11-23T07:00:07Z")),
+        [utc("2026-11-23T07:00:07Z")]
+    );
+    assert!(e
+        .missed_fires(last, utc("2026-11-23T07:00:06.999Z"))
+        .is_empty());
+    // end_at stops catch-up too.
+    e.end_at = Some(utc("2026-11-23T08:30:00Z"));
+    assert_eq!(e.missed_fires(last, now), [utc("2026-11-23T08:00:07Z")]);
+}

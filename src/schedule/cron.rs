@@ -1,0 +1,429 @@
+//! Cron expressions bound to an IANA zone: parsing (with errors that name the field at fault)
+//! and the search for fire instants. Matching civil times comes from croner run on naive wall
+//! clock times; mapping them to instants is `dst.rs`. No I/O, no clock.
+//!
+//! Parser choices, made to match Vixie cron and Celery's `crontab`: 5 fields, or 6 with seconds
+//! first (no year field); day-of-month and day-of-week combine with OR when both are
+//! restricted; Sunday is 0 or 7; `L`, `W`, `#` and `?` as croner reads them; no "sloppy"
+//! ranges such as `5/10`. Nicknames `@yearly`, `@annually`, `@monthly`, `@weekly`, `@daily`
+//! and `@hourly` are accepted.
+//!
+//! croner's own DST handling is bypassed on purpose: it treats any hour field other than a
+//! single value (for example `2,14`) as an interval job and fires it twice in a fold, while
+//! DESIGN.md reserves that for hour `*` and steps.
+
+use super::dst::{self, Instants};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Timelike, Utc};
+use croner::parser::{CronParser, Seconds, Year};
+use std::ops::Range;
+
+/// A parsed cron expression bound to a time zone.
+#[derive(Debug, Clone)]
+pub struct CronSchedule {
+    /// The expression as written.
+    pub expr: String,
+    /// Zone the fields are interpreted in.
+    pub tz: chrono_tz::Tz,
+    /// The parsed pattern, matched against naive wall clock times.
+    cron: croner::Cron,
+    /// The hour field is `*` or a step: the entry follows elapsed time through folds.
+    elapsed: bool,
+}
+
+impl PartialEq for CronSchedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.expr == other.expr && self.tz == other.tz
+    }
+}
+
+/// A cron expression that does not parse; names the field and value at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CronError {
+    /// Human message, e.g. `invalid hour field "25": ...`.
+    pub message: String,
+    /// Byte range inside the expression the error points at, when known.
+    pub span: Option<Range<usize>>,
+}
+
+/// Field names and allowed values, seconds first (the 6-field layout).
+const FIELDS: [(&str, &str); 6] = [
+    ("second", "0-59"),
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31, L, W"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day-of-week", "0-7 or SUN-SAT, L, #"),
+];
+
+/// Upper bound on civil matches examined per search. A search only walks past its answer
+/// inside a fold, so this is never reached by a real schedule; it keeps a pathological one
+/// (every second, a day-long fold) from spinning.
+const MAX_STEPS: usize = 200_000;
+
+fn parser() -> CronParser {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .dom_and_dow(false)
+        .alternative_weekdays(false)
+        .sloppy_ranges(false)
+        .build()
+}
+
+fn nickname(expr: &str) -> Option<&'static str> {
+    Some(match expr.to_ascii_lowercase().as_str() {
+        "@yearly" | "@annually" => "0 0 1 1 *",
+        "@monthly" => "0 0 1 * *",
+        "@weekly" => "0 0 * * 0",
+        "@daily" | "@midnight" => "0 0 * * *",
+        "@hourly" => "0 * * * *",
+        _ => return None,
+    })
+}
+
+/// The whitespace-separated fields of `expr` with their byte ranges.
+fn split_fields(expr: &str) -> Vec<(&str, Range<usize>)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, ch) in expr
+        .char_indices()
+        .chain(std::iter::once((expr.len(), ' ')))
+    {
+        match (ch.is_whitespace(), start) {
+            (true, Some(s)) => {
+                out.push((&expr[s..i], s..i));
+                start = None;
+            }
+            (false, None) => start = Some(i),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// croner reports one error for the whole pattern; re-parse each field alone (the others
+/// `*`) to say which one is wrong.
+fn blame_field(fields: &[(&str, Range<usize>)]) -> Option<CronError> {
+    let skip = 6 - fields.len();
+    for (i, (text, span)) in fields.iter().enumerate() {
+        let mut probe = ["0", "*", "*", "*", "*", "*"];
+        probe[i + skip] = text;
+        if let Err(e) = parser().parse(&probe.join(" ")) {
+            let (name, allowed) = FIELDS[i + skip];
+            let detail = e.to_string();
+            let detail = detail.strip_prefix("Component error: ").unwrap_or(&detail);
+            return Some(CronError {
+                message: format!(
+                    "invalid {name} field \"{text}\": {} (allowed: {allowed})",
+                    detail.trim_end_matches('.')
+                ),
+                span: Some(span.clone()),
+            });
+        }
+    }
+    None
+}
+
+impl CronSchedule {
+    /// Parses a 5-field (or 6-field, seconds first) expression for `tz`.
+    ///
+    /// # Errors
+    /// A [`CronError`] naming the field and value at fault, with its byte span in `expr`, or
+    /// saying that the expression never matches a real date (`0 0 30 2 *`).
+    pub fn parse(expr: &str, tz: chrono_tz::Tz) -> Result<Self, CronError> {
+        let whole = Some(0..expr.len());
+        let trimmed = expr.trim();
+        let text = if trimmed.starts_with('@') {
+            nickname(trimmed).ok_or_else(|| CronError {
+                message: format!(
+                    "unknown cron nickname \"{trimmed}\" (allowed: @yearly, @annually, \
+                     @monthly, @weekly, @daily, @hourly)"
+                ),
+                span: whole.clone(),
+            })?
+        } else {
+            expr
+        };
+        let fields = split_fields(text);
+        if !(5..=6).contains(&fields.len()) {
+            return Err(CronError {
+                message: format!(
+                    "cron expression \"{trimmed}\" has {} fields; expected 5 \
+                     (minute hour day-of-month month day-of-week) or 6 with seconds first",
+                    fields.len()
+                ),
+                span: whole,
+            });
+        }
+        let cron = parser().parse(text).map_err(|e| {
+            blame_field(&fields).unwrap_or_else(|| CronError {
+                message: format!("invalid cron expression \"{trimmed}\": {e}"),
+                span: whole.clone(),
+            })
+        })?;
+        let hour = fields[fields.len() - 4].0;
+        let schedule = CronSchedule {
+            expr: expr.to_owned(),
+            tz,
+            cron,
+            elapsed: hour == "*" || hour.contains('/'),
+        };
+        // Reject patterns such as February 30th now rather than at the first search. Any
+        // satisfiable pattern matches within 28 years of any date (the calendar cycle
+        // repeats), so one search from a fixed date decides it.
+        let origin = NaiveDate::from_ymd_opt(2000, 1, 1).and_then(|d| d.and_hms_opt(0, 0, 0));
+        if origin.and_then(|o| schedule.civil_after(o, true)).is_none() {
+            return Err(CronError {
+                message: format!("cron expression \"{trimmed}\" never matches a real date"),
+                span: whole,
+            });
+        }
+        Ok(schedule)
+    }
+
+    /// Whether the entry follows elapsed time through a fold (hour field `*` or a step).
+    #[must_use]
+    pub fn follows_elapsed_time(&self) -> bool {
+        self.elapsed
+    }
+
+    fn civil_after(&self, civil: NaiveDateTime, inclusive: bool) -> Option<NaiveDateTime> {
+        self.cron.find_next_occurrence(&civil, inclusive).ok()
+    }
+
+    fn civil_before(&self, civil: NaiveDateTime, inclusive: bool) -> Option<NaiveDateTime> {
+        self.cron.find_previous_occurrence(&civil, inclusive).ok()
+    }
+
+    /// The fire instants of one matching civil time under the DST policy.
+    fn fires_of(&self, civil: NaiveDateTime) -> Instants {
+        let mut instants = dst::resolve(self.tz, civil);
+        if !self.elapsed {
+            instants.repeat = None;
+        }
+        instants
+    }
+
+    /// The first fire time strictly after `after`.
+    #[must_use]
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = whole_second(dst::wall(self.tz, after));
+        // A civil time earlier than `after`'s wall clock can still occur later when a fold is
+        // about to repeat it; only elapsed-time entries fire on such a repeat.
+        let margin = if self.elapsed {
+            dst::fold_ahead(self.tz, after)
+        } else {
+            TimeDelta::zero()
+        };
+        let mut civil = self.civil_after(local - margin, margin > TimeDelta::zero())?;
+        let mut best: Option<DateTime<Utc>> = None;
+        for _ in 0..MAX_STEPS {
+            let fires = self.fires_of(civil);
+            for t in std::iter::once(fires.first).chain(fires.repeat) {
+                if t > after && best.is_none_or(|b| t < b) {
+                    best = Some(t);
+                }
+            }
+            // First instants grow with civil time, and a repeat comes after its first
+            // instant, so no later civil time can beat a first instant already past `after`.
+            if fires.first > after {
+                return best;
+            }
+            match self.civil_after(civil, false) {
+                Some(next) => civil = next,
+                None => return best,
+            }
+        }
+        best
+    }
+
+    /// The last fire time at or before `t`.
+    #[must_use]
+    pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = whole_second(dst::wall(self.tz, t));
+        // Just after a fold the wall clock is behind the latest wall clock already shown.
+        let upper = local + dst::fold_behind(self.tz, t);
+        let mut civil = self.civil_before(upper, true)?;
+        let mut best: Option<DateTime<Utc>> = None;
+        for _ in 0..MAX_STEPS {
+            let fires = self.fires_of(civil);
+            for f in std::iter::once(fires.first).chain(fires.repeat) {
+                if f <= t && best.is_none_or(|b| f > b) {
+                    best = Some(f);
+                }
+            }
+            // Walking back, a civil time outside any fold bounds every earlier one's
+            // instants; inside a fold an earlier civil time's repeat may still be later.
+            if best.is_some() && fires.repeat.is_none() {
+                return best;
+            }
+            match self.civil_before(civil, false) {
+                Some(prev) => civil = prev,
+                None => return best,
+            }
+        }
+        best
+    }
+}
+
+/// Cron has whole-second resolution; drop the fraction so the search starts on a second.
+fn whole_second(t: NaiveDateTime) -> NaiveDateTime {
+    t.with_nanosecond(0).unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono_tz::UTC;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn err(expr: &str) -> CronError {
+        CronSchedule::parse(expr, UTC).unwrap_err()
+    }
+
+    #[test]
+    fn error_names_the_field_value_and_span() {
+        let e = err("0 25 * * *");
+        assert!(
+            e.message.starts_with("invalid hour field \"25\": "),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("0-23"), "{}", e.message);
+        assert_eq!(e.span, Some(2..4));
+        let e = err("*/5 * * 13 *");
+        assert!(
+            e.message.starts_with("invalid month field \"13\""),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.span, Some(8..10));
+        let e = err("61 * * * * *");
+        assert!(
+            e.message.starts_with("invalid second field \"61\""),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.span, Some(0..2));
+        let e = err("0 0 * * FUNDAY");
+        assert!(
+            e.message
+                .starts_with("invalid day-of-week field \"FUNDAY\""),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.span, Some(8..14));
+        let e = err("0 0 1W-3 * *");
+        assert!(
+            e.message.starts_with("invalid day-of-month field"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn wrong_field_count_and_impossible_dates_are_errors() {
+        assert!(err("* * * *").message.contains("has 4 fields"));
+        assert!(err("0 0 0 * * * 2030").message.contains("has 7 fields"));
+        assert!(err("").message.contains("has 0 fields"));
+        assert!(err("0 0 30 2 *").message.contains("never matches"));
+        assert!(err("@reboot").message.contains("unknown cron nickname"));
+    }
+
+    #[test]
+    fn accepts_names_ranges_steps_lists_and_specials() {
+        for expr in [
+            "0 9 * * MON-FRI",
+            "0 0 1 JAN,JUL *",
+            "*/10 * * * * *",
+            "0 0 L * *",
+            "0 0 15W * *",
+            "0 0 * * 5#3",
+            "0 0 * * 5L",
+            "0 0 ? * 7",
+            "5-55/10 1,2,3 * * *",
+            "@hourly",
+        ] {
+            CronSchedule::parse(expr, UTC).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        }
+    }
+
+    fn fires(expr: &str, from: &str, n: usize) -> Vec<String> {
+        let s = CronSchedule::parse(expr, UTC).unwrap();
+        let mut t = utc(from);
+        (0..n)
+            .map(|_| {
+                t = s.next_after(t).unwrap();
+                t.to_rfc3339()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn special_characters_fire_on_the_expected_days() {
+        // Last day of February in a leap year, then a common year.
+        assert_eq!(
+            fires("0 12 L 2 *", "2028-01-01T00:00:00Z", 2),
+            ["2028-02-29T12:00:00+00:00", "2029-02-28T12:00:00+00:00"]
+        );
+        // Third Friday; 2026-11-20 and 2026-12-18 are third Fridays.
+        assert_eq!(
+            fires("0 8 * * FRI#3", "2026-11-01T00:00:00Z", 2),
+            ["2026-11-20T08:00:00+00:00", "2026-12-18T08:00:00+00:00"]
+        );
+        // Weekday nearest the 1st: 2026-11-01 is a Sunday, so Monday the 2nd.
+        assert_eq!(
+            fires("0 0 1W * *", "2026-10-31T00:00:00Z", 1),
+            ["2026-11-02T00:00:00+00:00"]
+        );
+        // Vixie OR: the 1st of the month or any Monday.
+        assert_eq!(
+            fires("0 0 1 * MON", "2026-11-28T00:00:00Z", 3),
+            [
+                "2026-11-30T00:00:00+00:00",
+                "2026-12-01T00:00:00+00:00",
+                "2026-12-07T00:00:00+00:00"
+            ]
+        );
+        // Six fields: seconds first.
+        assert_eq!(
+            fires("*/20 * * * * *", "2026-11-23T10:00:00.5Z", 3),
+            [
+                "2026-11-23T10:00:20+00:00",
+                "2026-11-23T10:00:40+00:00",
+                "2026-11-23T10:01:00+00:00"
+            ]
+        );
+    }
+
+    #[test]
+    fn next_and_latest_are_strict_and_inclusive() {
+        let s = CronSchedule::parse("30 2 * * *", UTC).unwrap();
+        let fire = utc("2026-11-23T02:30:00Z");
+        assert_eq!(s.next_after(fire), Some(utc("2026-11-24T02:30:00Z")));
+        assert_eq!(s.next_after(fire - TimeDelta::nanoseconds(1)), Some(fire));
+        assert_eq!(s.latest_at_or_before(fire), Some(fire));
+        assert_eq!(
+            s.latest_at_or_before(fire - TimeDelta::nanoseconds(1)),
+            Some(utc("2026-11-22T02:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn classifies_elapsed_time_entries_by_the_hour_field() {
+        let elapsed = |e: &str| CronSchedule::parse(e, UTC).unwrap().follows_elapsed_time();
+        assert!(elapsed("*/15 * * * *"));
+        assert!(elapsed("0 * * * *"));
+        assert!(elapsed("0 */2 * * *"));
+        assert!(elapsed("0 1-23/2 * * *"));
+        assert!(elapsed("@hourly"));
+        assert!(!elapsed("0 2,14 * * *"));
+        assert!(!elapsed("* 2 * * *"));
+        assert!(!elapsed("0 1-3 * * *"));
+        assert!(!elapsed("@daily"));
+    }
+}

@@ -1,0 +1,177 @@
+//! Turning a wall-clock (civil) time in an IANA zone into the instants it names, under beatd's
+//! DST policy. Owns the gap/fold rules and nothing else: which civil times match a cron
+//! expression is `cron.rs`'s business.
+//!
+//! The policy, in jiff's vocabulary:
+//!
+//! - **gap → `later`** (jiff's `compatible` disambiguation for gaps): a civil time skipped by a
+//!   spring-forward transition maps to the first instant after the gap, i.e. the transition
+//!   itself. Several civil times in one gap (`*/15 2 * * *` in Europe/Paris) therefore collapse
+//!   into a single fire, and that fire coincides with the first civil time after the gap when
+//!   it also matches, so it still runs once.
+//! - **fold → `earlier`**: a civil time repeated by a fall-back transition maps to its first
+//!   occurrence only.
+//! - **elapsed-time entries** (hour field `*` or a step) keep the gap rule but take *both*
+//!   occurrences of a folded civil time, so `*/15 * * * *` keeps firing every 15 real minutes
+//!   through the fold and `0 * * * *` fires every real hour.
+//!
+//! The gap rule is expressed as "the first instant whose wall clock is at or past the civil
+//! time", which is monotone in the civil time; the cron search relies on that to stop early.
+
+use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
+use chrono_tz::Tz;
+
+/// The instants one civil time names in a zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Instants {
+    /// The first instant whose wall clock reaches the civil time: the instant itself, the
+    /// earlier of a fold, or the end of a gap.
+    pub(crate) first: DateTime<Utc>,
+    /// The later occurrence when the civil time sits in a fold.
+    pub(crate) repeat: Option<DateTime<Utc>>,
+}
+
+/// Resolves `civil` in `tz` (gap → later, fold → both occurrences reported).
+pub(crate) fn resolve(tz: Tz, civil: NaiveDateTime) -> Instants {
+    match tz.from_local_datetime(&civil) {
+        LocalResult::Single(dt) => Instants {
+            first: dt.to_utc(),
+            repeat: None,
+        },
+        LocalResult::Ambiguous(earlier, later) => Instants {
+            first: earlier.to_utc(),
+            repeat: Some(later.to_utc()),
+        },
+        LocalResult::None => Instants {
+            first: end_of_gap(tz, civil),
+            repeat: None,
+        },
+    }
+}
+
+/// The wall clock of `t` in `tz`.
+pub(crate) fn wall(tz: Tz, t: DateTime<Utc>) -> NaiveDateTime {
+    t.with_timezone(&tz).naive_local()
+}
+
+/// UTC offset of `tz` at `t`, in seconds.
+fn offset_secs(tz: Tz, t: DateTime<Utc>) -> i64 {
+    i64::from(
+        tz.offset_from_utc_datetime(&t.naive_utc())
+            .fix()
+            .local_minus_utc(),
+    )
+}
+
+/// How far to look for folds around an instant. No zone has a fold anywhere near this long,
+/// and folds are months apart, so at most one transition sits in the window.
+const FOLD_HORIZON: TimeDelta = TimeDelta::hours(26);
+
+/// How far the wall clock will step back in a fold that starts shortly after `t` (zero if
+/// none). A civil time up to this much *before* `t`'s wall clock can still occur after `t`.
+pub(crate) fn fold_ahead(tz: Tz, t: DateTime<Utc>) -> TimeDelta {
+    let drop = offset_secs(tz, t) - offset_secs(tz, t + FOLD_HORIZON);
+    TimeDelta::seconds(drop.max(0))
+}
+
+/// How far the wall clock stepped back in a fold that ended shortly before `t` (zero if
+/// none). A civil time up to this much *after* `t`'s wall clock may already have occurred.
+pub(crate) fn fold_behind(tz: Tz, t: DateTime<Utc>) -> TimeDelta {
+    let drop = offset_secs(tz, t - FOLD_HORIZON) - offset_secs(tz, t);
+    TimeDelta::seconds(drop.max(0))
+}
+
+/// The first instant whose wall clock is at or past `civil`, for a `civil` inside a gap: the
+/// transition instant. chrono-tz does not expose transitions, so bisect; wall clock offsets
+/// stay within ±15 h, which brackets the answer.
+fn end_of_gap(tz: Tz, civil: NaiveDateTime) -> DateTime<Utc> {
+    let guess = civil.and_utc();
+    let mut lo = guess - TimeDelta::hours(15); // wall(lo) < civil
+    let mut hi = guess + TimeDelta::hours(15); // wall(hi) >= civil
+    while hi - lo > TimeDelta::seconds(1) {
+        let mid = lo + (hi - lo) / 2;
+        if wall(tz, mid) >= civil {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    // Transitions fall on whole seconds; `hi` is the first whole second past the jump.
+    hi
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+
+    fn civil(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> NaiveDateTime {
+        NaiveDate::from_ymd_opt(y, mo, d)
+            .unwrap()
+            .and_hms_opt(h, mi, 0)
+            .unwrap()
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn gap_resolves_to_the_transition_instant() {
+        let paris = chrono_tz::Europe::Paris;
+        let got = resolve(paris, civil(2026, 3, 29, 2, 30));
+        assert_eq!(
+            got,
+            Instants {
+                first: utc("2026-03-29T01:00:00Z"),
+                repeat: None
+            }
+        );
+        let lord_howe = chrono_tz::Australia::Lord_Howe;
+        let got = resolve(lord_howe, civil(2026, 10, 4, 2, 15));
+        assert_eq!(got.first, utc("2026-10-03T15:30:00Z"));
+        let apia = chrono_tz::Pacific::Apia;
+        let got = resolve(apia, civil(2011, 12, 30, 12, 0));
+        assert_eq!(got.first, utc("2011-12-30T10:00:00Z"));
+    }
+
+    #[test]
+    fn fold_reports_both_occurrences() {
+        let ny = chrono_tz::America::New_York;
+        let got = resolve(ny, civil(2026, 11, 1, 1, 30));
+        assert_eq!(
+            got,
+            Instants {
+                first: utc("2026-11-01T05:30:00Z"),
+                repeat: Some(utc("2026-11-01T06:30:00Z")),
+            }
+        );
+    }
+
+    #[test]
+    fn fold_margins_only_near_a_fall_back() {
+        let paris = chrono_tz::Europe::Paris;
+        assert_eq!(
+            fold_ahead(paris, utc("2026-10-25T00:30:00Z")),
+            TimeDelta::hours(1)
+        );
+        assert_eq!(
+            fold_ahead(paris, utc("2026-07-01T00:00:00Z")),
+            TimeDelta::zero()
+        );
+        assert_eq!(
+            fold_behind(paris, utc("2026-10-25T01:30:00Z")),
+            TimeDelta::hours(1)
+        );
+        // A spring-forward is a gap, not a fold.
+        assert_eq!(
+            fold_ahead(paris, utc("2026-03-29T00:30:00Z")),
+            TimeDelta::zero()
+        );
+        let lord_howe = chrono_tz::Australia::Lord_Howe;
+        assert_eq!(
+            fold_ahead(lord_howe, utc("2026-04-04T14:45:00Z")),
+            TimeDelta::minutes(30)
+        );
+    }
+}

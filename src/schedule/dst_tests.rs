@@ -1,0 +1,1 @@
+//! DST table tests: expected fire instants written out, per zone.
