@@ -9,12 +9,17 @@
 //! - [`protocol`]: Celery protocol v2 messages and result-backend records (build and parse).
 //! - [`clock`]: the only place that reads the system clock.
 //! - [`beat`]: the scheduler loop over small traits (leader lock, emitter, state).
+//! - [`beat_io`]: those traits (`LeaderLock`, `Emitter`, `StateStore`) and in-memory
+//!   implementations.
+//! - [`redis_edge`]: their Redis implementations, connection and URL handling.
 //! - edges: Redis and embedded implementations of those traits, the worker, the CLI.
 
 pub mod beat;
+pub mod beat_io;
 pub mod clock;
 pub mod config;
 pub mod entry;
 pub mod protocol;
+pub mod redis_edge;
 pub mod schedule;
 pub mod testkit;
