@@ -173,7 +173,7 @@ mod tests {
         assert_eq!(sizes, [4, 4, 2]);
         let by_bytes = EmitOptions {
             max_fires_per_call: 100,
-            max_bytes_per_call: 301,
+            max_bytes_per_call: 303,
         };
         let sizes: Vec<usize> = chunks(&fires, by_bytes).iter().map(|c| c.len()).collect();
         assert_eq!(sizes, [3, 3, 3, 1]);
