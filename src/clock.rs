@@ -39,7 +39,10 @@ impl TokioClock {
     /// A clock that reads `origin` now and advances with tokio's (possibly paused) time.
     #[must_use]
     pub fn starting_at(origin: DateTime<Utc>) -> Self {
-        Self { origin, start: tokio::time::Instant::now() }
+        Self {
+            origin,
+            start: tokio::time::Instant::now(),
+        }
     }
 }
 
@@ -65,7 +68,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn tokio_clock_follows_paused_time() {
-        let origin = DateTime::parse_from_rfc3339("2026-03-29T00:59:59Z").unwrap().to_utc();
+        let origin = DateTime::parse_from_rfc3339("2026-03-29T00:59:59Z")
+            .unwrap()
+            .to_utc();
         let clock = TokioClock::starting_at(origin);
         assert_eq!(clock.now(), origin);
         tokio::time::advance(std::time::Duration::from_millis(1500)).await;

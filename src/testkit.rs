@@ -135,16 +135,24 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
-                return Err(io::Error::other(format!("redis-server exited early: {status}")));
+                return Err(io::Error::other(format!(
+                    "redis-server exited early: {status}"
+                )));
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 self.kill();
-                return Err(io::Error::other("redis-server did not accept connections in 10 s"));
+                return Err(io::Error::other(
+                    "redis-server did not accept connections in 10 s",
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -1,5 +1,5 @@
 //! The scheduler loop: leadership, the plan, and emission, over the small traits in
-//! [`ports`]. Owns when things are sent; owns no I/O of its own (Redis, files and the queue
+//! [`crate::beat_io`]. Owns when things are sent; owns no I/O of its own (Redis, files and the queue
 //! are behind the traits) and reads time only through a [`Clock`].
 //!
 //! Glossary, mapped to Celery Beat's names:
@@ -15,14 +15,13 @@
 //! | leader, epoch | (none: Celery Beat is a singleton) |
 
 pub mod plan;
-pub mod ports;
 
 use crate::clock::SharedClock;
 use crate::entry::Entry;
 use crate::ops::metrics::Metrics;
 use chrono::{DateTime, Utc};
 use plan::{Due, Plan};
-use ports::{EmitOutcome, Emitter, Error, Fire, LeaderLock, Lease, StateStore};
+use crate::beat_io::{EmitOutcome, Emitter, Error, Fire, LeaderLock, Lease, StateStore};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,7 +147,7 @@ impl Beat {
     fn store_failed(&self, e: &Error) {
         self.metrics.redis_errors.inc();
         self.status.store_reachable.store(false, Ordering::Relaxed);
-        tracing::warn!(error = %e, "store unavailable; retrying");
+        tracing::warn!(error = %crate::error_chain(e), "store unavailable; retrying");
     }
 
     async fn step_down(&self, lease: &Lease) {
@@ -293,7 +292,7 @@ impl Beat {
                 }
                 Ok(())
             }
-            Err(Error::LeaseLost { .. }) => Err(TermEnd::LeaseLost),
+            Err(Error::LeaseLost) => Err(TermEnd::LeaseLost),
             Err(e) => {
                 self.store_failed(&e);
                 Err(TermEnd::StoreError)

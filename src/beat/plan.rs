@@ -1,7 +1,7 @@
 //! The beat's plan: a min-heap of (next fire time, entry) that says what is due and when to
 //! wake. Pure and synchronous; the loop in `beat` owns time and I/O.
 
-use crate::beat::ports::LastRun;
+use crate::beat_io::LastRun;
 use crate::entry::Entry;
 use chrono::{DateTime, Utc};
 use std::cmp::Reverse;
@@ -71,7 +71,7 @@ impl Plan {
         for (idx, entry) in entries.iter().enumerate() {
             let last = last_runs
                 .get(&entry.name)
-                .filter(|l| l.fingerprint == fingerprint(entry))
+                .filter(|l| l.fingerprint.as_deref() == Some(fingerprint(entry).as_str()))
                 .and_then(|l| DateTime::from_timestamp_millis(l.fire_at_ms));
             for at in entry.missed_fires(last, now) {
                 heap.push(Reverse(Pending { at, idx, catch_up: true }));

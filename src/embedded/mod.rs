@@ -4,7 +4,9 @@
 
 pub mod state_file;
 
-use crate::beat::ports::{EmitOutcome, Emitter, Error, Fire, LastRun, LeaderLock, Lease, StateStore};
+use crate::beat_io::{
+    EmitOutcome, Emitter, Error, Fire, LastRun, LeaderInfo, LeaderLock, Lease, StateStore,
+};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +20,7 @@ pub use state_file::StateLock;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queued {
     /// The list key it would have had in Redis (queue and priority).
-    pub list_key: Vec<u8>,
+    pub list_key: String,
     /// The Celery envelope, JSON text.
     pub payload: Vec<u8>,
 }
@@ -58,6 +60,14 @@ impl LeaderLock for EmbeddedLeader {
     async fn release(&self, _lease: &Lease) -> Result<(), Error> {
         Ok(())
     }
+
+    async fn holder(&self) -> Result<Option<LeaderInfo>, Error> {
+        Ok(Some(LeaderInfo {
+            holder: "embedded".into(),
+            epoch: 1,
+            ttl_left: Duration::from_secs(3600),
+        }))
+    }
 }
 
 /// Records last runs in the state file, then hands messages to the in-process queue.
@@ -85,8 +95,8 @@ impl FileEmitter {
     }
 }
 
-fn unavailable(e: &state_file::Error) -> Error {
-    Error::Unavailable(e.to_string())
+fn unavailable(e: state_file::Error) -> Error {
+    Error::Unavailable(Box::new(e))
 }
 
 #[async_trait]
@@ -97,18 +107,22 @@ impl Emitter for FileEmitter {
         let outcomes: Vec<EmitOutcome> = fires
             .iter()
             .map(|f| {
-                let rec = next.entry(f.entry.clone()).or_default();
-                if rec.count > 0 && rec.fire_at_ms >= f.fire_at_ms {
+                let rec = next.entry(f.entry.clone()).or_insert(LastRun {
+                    fire_at_ms: i64::MIN,
+                    count: 0,
+                    fingerprint: None,
+                });
+                if rec.fire_at_ms >= f.fire_at_ms {
                     return EmitOutcome::AlreadySent;
                 }
                 rec.fire_at_ms = f.fire_at_ms;
                 rec.count += 1;
-                rec.fingerprint.clone_from(&f.fingerprint);
+                rec.fingerprint = Some(f.schedule_fingerprint.clone());
                 EmitOutcome::Sent
             })
             .collect();
         if outcomes.iter().any(|o| *o == EmitOutcome::Sent) {
-            state_file::write(&self.path, &next).map_err(|e| unavailable(&e))?;
+            state_file::write(&self.path, &next).map_err(unavailable)?;
             *state = next;
         }
         for (fire, outcome) in fires.iter().zip(&outcomes) {
@@ -137,7 +151,7 @@ impl StateStore for FileEmitter {
         for name in entries {
             next.remove(name);
         }
-        state_file::write(&self.path, &next).map_err(|e| unavailable(&e))?;
+        state_file::write(&self.path, &next).map_err(unavailable)?;
         *state = next;
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! new state, never a torn one; plus the exclusive lock that keeps a second `beatd run` off
 //! the same file.
 
-use crate::beat::ports::LastRun;
+use crate::beat_io::LastRun;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -60,7 +60,7 @@ struct OnDisk {
 struct Record {
     fire_at_ms: i64,
     count: u64,
-    fingerprint: String,
+    fingerprint: Option<String>,
 }
 
 /// Exclusive ownership of a state file for the life of the process.
@@ -174,7 +174,7 @@ mod tests {
         let mut state = HashMap::new();
         state.insert(
             "a".to_string(),
-            LastRun { fire_at_ms: 1_000, count: 2, fingerprint: "every:1000ms@0+0ms".into() },
+            LastRun { fire_at_ms: 1_000, count: 2, fingerprint: Some("every:1000ms@0+0ms".into()) },
         );
         write(&path, &state).unwrap();
         assert_eq!(read(&path).unwrap(), state);

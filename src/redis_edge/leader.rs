@@ -1,0 +1,167 @@
+//! The leader lock on Redis: `{ns}:leader` set with `SET NX PX ttl` to a per-acquisition
+//! token, the fencing epoch `{ns}:epoch` incremented in the same script, renewal by
+//! compare-and-`PEXPIRE`, release by compare-and-`DEL`.
+//!
+//! Owns the lock's key protocol only. When to renew, when to stop emitting and when to retry
+//! belong to the beat loop; the emission script re-checks the token, so a paused or partitioned
+//! ex-leader can never push even if it has not noticed yet.
+
+use super::{Error, Keys, RedisConn};
+use crate::beat_io::{self, LeaderInfo, LeaderLock, Lease};
+use async_trait::async_trait;
+use redis::Script;
+use std::sync::LazyLock;
+use std::time::Duration;
+use tokio::time::Instant;
+
+static ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/acquire.lua")));
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/renew.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
+static HOLDER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/holder.lua")));
+
+/// The default lock TTL.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
+/// A [`LeaderLock`] on Redis.
+#[derive(Debug, Clone)]
+pub struct RedisLeader {
+    /// Shared connection.
+    conn: RedisConn,
+    /// Key names.
+    keys: Keys,
+    /// TTL of the lock; renew every third of it.
+    ttl: Duration,
+    /// `hostname:pid`, the readable part of every token.
+    identity: String,
+}
+
+impl RedisLeader {
+    /// A lock under `keys` with leases of `ttl` (at least 1 ms is sent to Redis).
+    #[must_use]
+    pub fn new(conn: RedisConn, keys: Keys, ttl: Duration) -> Self {
+        Self {
+            conn,
+            keys,
+            ttl,
+            identity: format!("{}:{}", hostname(), std::process::id()),
+        }
+    }
+
+    /// The keys this lock uses.
+    #[must_use]
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Like [`LeaderLock::try_acquire`], with the Redis error.
+    ///
+    /// # Errors
+    /// As the connection's.
+    pub async fn acquire(&self) -> Result<Option<Lease>, Error> {
+        // Random per acquisition: a replica that lost the lock and re-acquired it must not
+        // let its old lease pass for the new one.
+        let token = format!("{}:{:016x}", self.identity, rand::random::<u64>());
+        let acquired_at = Instant::now();
+        let (k, ttl) = (&self.keys, self.ttl_ms());
+        let epoch: u64 = self
+            .conn
+            .run(|mut c| {
+                let t = token.clone();
+                async move {
+                    ACQUIRE
+                        .key(&k.leader)
+                        .key(&k.epoch)
+                        .arg(t)
+                        .arg(ttl)
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok((epoch > 0).then(|| Lease {
+            token,
+            epoch,
+            acquired_at,
+            ttl: self.ttl,
+        }))
+    }
+
+    async fn compare_and(&self, script: &Script, lease: &Lease, ttl: bool) -> Result<bool, Error> {
+        let (k, ttl_ms) = (&self.keys, self.ttl_ms());
+        let token = lease.token.clone();
+        let n: i64 = self
+            .conn
+            .run(|mut c| async move {
+                let mut inv = script.key(&k.leader);
+                inv.arg(token);
+                if ttl {
+                    inv.arg(ttl_ms);
+                }
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Like [`LeaderLock::holder`], with the Redis error.
+    ///
+    /// # Errors
+    /// As the connection's.
+    pub async fn current_holder(&self) -> Result<Option<LeaderInfo>, Error> {
+        let k = &self.keys;
+        let (holder, pttl, epoch): (Option<String>, i64, Option<u64>) = self
+            .conn
+            .run(|mut c| async move {
+                HOLDER
+                    .key(&k.leader)
+                    .key(&k.epoch)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(holder.map(|holder| LeaderInfo {
+            holder,
+            epoch: epoch.unwrap_or(0),
+            // -1 (no expiry) cannot happen for a lock beatd set; show it as 0 rather than lie.
+            ttl_left: Duration::from_millis(u64::try_from(pttl).unwrap_or(0)),
+        }))
+    }
+}
+
+#[async_trait]
+impl LeaderLock for RedisLeader {
+    async fn try_acquire(&self) -> Result<Option<Lease>, beat_io::Error> {
+        Ok(self.acquire().await?)
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<bool, beat_io::Error> {
+        Ok(self.compare_and(&RENEW, lease, true).await?)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), beat_io::Error> {
+        self.compare_and(&RELEASE, lease, false).await?;
+        Ok(())
+    }
+
+    async fn holder(&self) -> Result<Option<LeaderInfo>, beat_io::Error> {
+        Ok(self.current_holder().await?)
+    }
+}
+
+/// The host name for lock tokens: `$HOSTNAME` (the pod name in Kubernetes), else the kernel's.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}

@@ -1,0 +1,133 @@
+//! The Redis edge of the beat: connection ([`conn`], [`url`]), the leader lock with fencing
+//! ([`leader`]), atomic emission ([`emit`]) and last-run state ([`state`]), plus the two
+//! one-shot operations the CLI needs ([`send_one`], [`status`]).
+//!
+//! Owns every Redis key beatd itself writes, all under one namespace (default `beatd`):
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `{ns}:leader` | string, PX ttl | the holder's token `hostname:pid:random` |
+//! | `{ns}:epoch` | integer | fencing epoch, `INCR`ed on every acquisition |
+//! | `{ns}:last_run` | hash | entry → last fire time sent (ms since the Unix epoch) |
+//! | `{ns}:run_count` | hash | entry → fires sent, ever |
+//! | `{ns}:fingerprint` | hash | entry → schedule fingerprint of the last fire sent |
+//!
+//! and the Celery queue lists it pushes to. Does not own the message format (`protocol`),
+//! planning or the loop (`beat`): these implement the traits of [`crate::beat_io`].
+
+pub mod conn;
+pub mod emit;
+pub mod leader;
+pub mod state;
+pub mod url;
+
+pub use conn::{connect, ConnectOptions, RedisConn};
+pub use emit::{EmitOptions, RedisEmitter};
+pub use leader::RedisLeader;
+pub use state::{send_one, status, RedisState, Status};
+pub use url::{resolve_url, BrokerUrl, RedactedUrl, UrlSource};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The default key namespace.
+pub const DEFAULT_NAMESPACE: &str = "beatd";
+
+/// Redis failures, named for what happened. Display strings add context; the redis-rs error
+/// is the source.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The URL is not a usable Redis URL; the text shown is redacted.
+    #[error("invalid redis url {url}: {reason}")]
+    InvalidUrl {
+        /// The redacted URL.
+        url: RedactedUrl,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No connection could be made, or the connection broke.
+    #[error("redis at {url} is unreachable")]
+    Unreachable {
+        /// The redacted URL.
+        url: RedactedUrl,
+        /// The client error (shared: the same failure is returned during the backoff).
+        #[source]
+        source: Arc<redis::RedisError>,
+    },
+    /// Wrong or missing password; retrying will not help.
+    #[error("redis at {url} rejected the credentials (check the password in the url)")]
+    AuthFailed {
+        /// The redacted URL.
+        url: RedactedUrl,
+        /// The client error.
+        #[source]
+        source: Arc<redis::RedisError>,
+    },
+    /// A command got no reply in time; it may or may not have run.
+    #[error("redis at {url} did not answer within {timeout:?}")]
+    Timeout {
+        /// The redacted URL.
+        url: RedactedUrl,
+        /// The response timeout.
+        timeout: Duration,
+    },
+    /// The lock no longer holds this replica's token; nothing was written.
+    #[error("lease lost: the leader lock no longer holds this replica's token")]
+    LeaseLost,
+    /// Redis refused a command (wrong key type, script error, read-only replica…).
+    #[error("redis at {url} refused a command")]
+    Command {
+        /// The redacted URL.
+        url: RedactedUrl,
+        /// The server's error.
+        #[source]
+        source: Arc<redis::RedisError>,
+    },
+    /// A script or command answered with something this code does not expect.
+    #[error("unexpected reply from redis: {0}")]
+    UnexpectedReply(String),
+}
+
+impl From<Error> for crate::beat_io::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::LeaseLost => Self::LeaseLost,
+            other => Self::Unavailable(Box::new(other)),
+        }
+    }
+}
+
+/// The names of beatd's own keys under a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// `{ns}:leader`
+    pub leader: String,
+    /// `{ns}:epoch`
+    pub epoch: String,
+    /// `{ns}:last_run`
+    pub last_run: String,
+    /// `{ns}:run_count`
+    pub run_count: String,
+    /// `{ns}:fingerprint`
+    pub fingerprint: String,
+}
+
+impl Keys {
+    /// The keys under namespace `ns`.
+    #[must_use]
+    pub fn new(ns: &str) -> Self {
+        Self {
+            leader: format!("{ns}:leader"),
+            epoch: format!("{ns}:epoch"),
+            last_run: format!("{ns}:last_run"),
+            run_count: format!("{ns}:run_count"),
+            fingerprint: format!("{ns}:fingerprint"),
+        }
+    }
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self::new(DEFAULT_NAMESPACE)
+    }
+}
