@@ -327,3 +327,6 @@ impl Backoff {
         wait
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+//! The beat loop end to end in one process: paused tokio time, a clock that follows it, the
+//! in-memory lock and emitter. No sleeping in real time.
+
+use super::*;
+use crate::beat_io::{MemoryEmitter, MemoryLeader};
+use crate::clock::TokioClock;
+use crate::schedule::{CatchUp, Schedule};
+use serde_json::Map;
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+}
+
+fn every(name: &str, secs: u64, catch_up: CatchUp) -> Entry {
+    Entry {
+        name: name.into(),
+        task: format!("tasks.{name}"),
+        schedule: Schedule::Every {
+            interval: Duration::from_secs(secs),
+            anchor: DateTime::UNIX_EPOCH,
+        },
+        timezone: chrono_tz::UTC,
+        args: vec![],
+        kwargs: Map::new(),
+        queue: "celery".into(),
+        routing_key: None,
+        exchange: None,
+        priority: None,
+        expires: None,
+        headers: Map::new(),
+        jitter_offset: Duration::ZERO,
+        catch_up,
+        catch_up_window: Duration::from_secs(3600),
+        enabled: true,
+        start_at: None,
+        end_at: None,
+        description: None,
+        source: None,
+    }
+}
+
+/// Encodes a fire as `entry@ms` so tests can read pushes back.
+struct TestEncoder;
+
+impl FireEncoder for TestEncoder {
+    fn encode(&self, entry: &Entry, at: DateTime<Utc>, epoch: u64) -> Fire {
+        Fire {
+            entry: entry.name.clone(),
+            fire_at_ms: at.timestamp_millis(),
+            list_key: entry.queue.clone(),
+            payload: format!("{}@{}#{epoch}", entry.name, at.timestamp_millis()).into_bytes(),
+            schedule_fingerprint: plan::fingerprint(entry),
+        }
+    }
+}
+
+struct Harness {
+    leader: Arc<MemoryLeader>,
+    emitter: Arc<MemoryEmitter>,
+    status: Arc<BeatStatus>,
+    entries: watch::Sender<Arc<[Entry]>>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start(
+    origin: DateTime<Utc>,
+    entries: Vec<Entry>,
+    leader: Arc<MemoryLeader>,
+    emitter: Arc<MemoryEmitter>,
+) -> Harness {
+    let (tx, rx) = watch::channel::<Arc<[Entry]>>(entries.into());
+    let status = Arc::new(BeatStatus::default());
+    let shutdown = CancellationToken::new();
+    let beat = Beat {
+        clock: Arc::new(TokioClock::starting_at(origin)),
+        leader: leader.clone(),
+        emitter: emitter.clone(),
+        state: emitter.clone(),
+        encoder: Arc::new(TestEncoder),
+        entries: rx,
+        status: status.clone(),
+        metrics: Arc::new(Metrics::default()),
+        options: BeatOptions::default(),
+    };
+    let task = tokio::spawn(beat.run(shutdown.clone()));
+    Harness { leader, emitter, status, entries: tx, shutdown, task }
+}
+
+fn fired(emitter: &MemoryEmitter, entry: &str) -> Vec<i64> {
+    emitter.pushed().iter().filter(|p| p.entry == entry).map(|p| p.fire_at_ms).collect()
+}
+
+async fn settle(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn fires_every_second_exactly_once_on_time() {
+    let origin = t("2026-11-23T10:00:00.500Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
+    let h = start(origin, vec![every("tick", 1, CatchUp::Latest)], leader, emitter);
+    settle(Duration::from_millis(10_000)).await;
+    let base = t("2026-11-23T10:00:01Z").timestamp_millis();
+    let expected: Vec<i64> = (0..10).map(|k| base + k * 1000).collect();
+    assert_eq!(fired(&h.emitter, "tick"), expected);
+    assert!(h.status.is_leader.load(Ordering::Relaxed));
+    h.shutdown.cancel();
+    h.task.await.unwrap();
+    // Shutdown released the lock so a standby can take over at once.
+    assert_eq!(h.leader.current_token(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_neither_repeats_nor_loses_a_fire() {
+    let origin = t("2026-11-23T10:00:00Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
+    let h = start(
+        origin,
+        vec![every("tick", 2, CatchUp::All)],
+        leader.clone(),
+        emitter.clone(),
+    );
+    settle(Duration::from_millis(4_500)).await; // fires at :02 and :04
+    h.shutdown.cancel();
+    h.task.await.unwrap();
+    // Down for 5.5 s (fires :06, :08, :10 missed), then a new beat on the same state.
+    settle(Duration::from_millis(5_500)).await;
+    let h2 = start(origin + chrono::Duration::seconds(10), vec![every("tick", 2, CatchUp::All)], leader, emitter);
+    settle(Duration::from_millis(3_000)).await;
+    let got: Vec<i64> = fired(&h2.emitter, "tick")
+        .iter()
+        .map(|ms| (ms - origin.timestamp_millis()) / 1000)
+        .collect();
+    assert_eq!(got, vec![2, 4, 6, 8, 10, 12]);
+    h2.shutdown.cancel();
+    h2.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn catch_up_latest_sends_only_the_most_recent_missed_fire() {
+    let origin = t("2026-11-23T10:00:00Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
+    let h = start(origin, vec![every("tick", 2, CatchUp::Latest)], leader.clone(), emitter.clone());
+    settle(Duration::from_millis(2_500)).await;
+    h.shutdown.cancel();
+    h.task.await.unwrap();
+    settle(Duration::from_millis(7_000)).await; // :04 :06 :08 missed; now :09.5
+    let h2 = start(origin + chrono::Duration::milliseconds(9_500), vec![every("tick", 2, CatchUp::Latest)], leader, emitter);
+    settle(Duration::from_millis(1_000)).await;
+    let got: Vec<i64> = fired(&h2.emitter, "tick")
+        .iter()
+        .map(|ms| (ms - origin.timestamp_millis()) / 1000)
+        .collect();
+    assert_eq!(got, vec![2, 8, 10]);
+    h2.shutdown.cancel();
+    h2.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_lease_stops_emission_until_reacquired() {
+    let origin = t("2026-11-23T10:00:00Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(3)));
+    let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
+    let h = start(origin, vec![every("tick", 1, CatchUp::None)], leader.clone(), emitter.clone());
+    settle(Duration::from_millis(2_500)).await;
+    assert_eq!(fired(&emitter, "tick").len(), 2);
+    // Another replica takes the lock: this one is fenced at its next emission.
+    leader.revoke();
+    let other = leader.try_acquire().await.unwrap().expect("free after revoke");
+    settle(Duration::from_millis(2_000)).await;
+    assert_eq!(fired(&emitter, "tick").len(), 2, "a fenced beat sent something");
+    assert!(!h.status.is_leader.load(Ordering::Relaxed));
+    // The other replica goes away without releasing: its lease expires, ours comes back.
+    drop(other);
+    settle(Duration::from_millis(4_000)).await;
+    assert!(h.status.is_leader.load(Ordering::Relaxed));
+    let after = fired(&emitter, "tick");
+    assert!(after.len() > 2, "no fire after re-acquiring");
+    let mut dedup = after.clone();
+    dedup.dedup();
+    assert_eq!(after, dedup, "a fire time was sent twice");
+    h.shutdown.cancel();
+    h.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn reload_adds_and_removes_entries_without_spurious_fires() {
+    let origin = t("2026-11-23T10:00:00.200Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
+    let h = start(origin, vec![every("a", 1, CatchUp::All)], leader, emitter.clone());
+    settle(Duration::from_millis(3_000)).await; // a: :01 :02 :03
+    h.entries.send(vec![every("b", 5, CatchUp::All)].into()).unwrap();
+    settle(Duration::from_millis(3_000)).await; // b: :05 only
+    assert_eq!(fired(&emitter, "a").len(), 3);
+    assert_eq!(
+        fired(&emitter, "b"),
+        vec![t("2026-11-23T10:00:05Z").timestamp_millis()]
+    );
+    // The removed entry's state is gone.
+    assert!(!emitter.last_runs().await.unwrap().contains_key("a"));
+    h.shutdown.cancel();
+    h.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_entries_due_together_go_out_in_one_batch() {
+    let origin = t("2026-11-23T10:00:00.900Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
+    let entries: Vec<Entry> = (0..10_000).map(|i| every(&format!("e{i}"), 60, CatchUp::None)).collect();
+    let h = start(origin, entries, leader, emitter.clone());
+    settle(Duration::from_millis(59_200)).await;
+    let pushed = emitter.pushed();
+    assert_eq!(pushed.len(), 10_000);
+    let due = t("2026-11-23T10:01:00Z").timestamp_millis();
+    assert!(pushed.iter().all(|p| p.fire_at_ms == due));
+    h.shutdown.cancel();
+    h.task.await.unwrap();
+}
