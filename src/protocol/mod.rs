@@ -1,1 +1,23 @@
-//! Celery protocol v2.
+//! Celery protocol v2 messages and result-backend records, built and read exactly as
+//! Celery 5.7 and kombu 5.7 write them on Redis (see `celery-wire/README.md`).
+//!
+//! Owns: envelope building ([`TaskMessage`]), envelope reading ([`Envelope::parse`]),
+//! priority list keys, result records, and the Python text conventions they need
+//! (`json.dumps` separators, `repr()`, `isoformat()`). Owns no I/O and reads no clock:
+//! ids and "now" are arguments, so every output is byte-stable and golden-tested.
+
+mod isotime;
+mod message;
+mod parse;
+mod pyjson;
+mod pyrepr;
+mod result;
+
+pub use isotime::{isoformat, parse_iso, rfc3339_millis};
+pub use message::{
+    beatd_headers, new_uuid, priority_list_key, Encoded, TaskMessage, PRIORITY_SEP, PRIORITY_STEPS,
+};
+pub use parse::{DecodeError, Envelope, ParsedTask};
+pub use pyjson::{dumps, float_repr};
+pub use pyrepr::pyrepr;
+pub use result::{result_key, ExcInfo, ResultRecord, TaskState, RESULT_TTL_SECS};
