@@ -1,9 +1,12 @@
 //! The commands behind the CLI: each turns parsed flags into a run of the library and an
 //! exit code. `main.rs` only parses, sets up logging and calls [`run`].
 
+pub mod daemon;
 pub mod next;
+pub mod reload;
+pub mod settings;
 
-use crate::cli::{CheckArgs, Cli, Command, NextArgs, OutputFormat, ScheduleArgs};
+use crate::cli::{CheckArgs, Cli, Command, NextArgs, OutputFormat};
 use crate::clock::{Clock, SystemClock};
 use crate::config;
 use chrono::DateTime;
@@ -36,9 +39,11 @@ pub mod exit {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
-    let result = match cli.command {
-        Command::Check(args) => check(&args),
-        Command::Next(args) => next(&args),
+    let config = cli.config.as_deref();
+    let result = match &cli.command {
+        Command::Check(args) => check(config, args),
+        Command::Next(args) => next(config, args),
+        Command::Beat(args) => daemon::beat(config, args).await,
         _ => Err(Error::Other("not implemented yet".into())),
     };
     match result {
@@ -58,31 +63,47 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// The schedule paths of a command: given ones, else `schedules/`.
-#[must_use]
-pub fn schedule_paths(args: &ScheduleArgs, extra: &[PathBuf]) -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = extra.iter().chain(&args.schedules).cloned().collect();
-    if paths.is_empty() {
-        paths.push(PathBuf::from("schedules"));
+fn check(config: Option<&std::path::Path>, args: &CheckArgs) -> Result<u8, Error> {
+    // beatd.toml first: it may name the schedule paths.
+    let (file, mut failed) = match settings::app_config(config) {
+        Ok(file) => (file, false),
+        Err(Error::Config(d)) => {
+            eprint!("{d}");
+            (crate::config::AppConfig::default(), true)
+        }
+        Err(e) => return Err(e),
+    };
+    let explicit: Vec<PathBuf> = args.paths.iter().chain(&args.schedules.schedules).cloned().collect();
+    let paths = if explicit.is_empty() {
+        // The default schedule directory is optional for a worker-only host.
+        file.schedules.iter().filter(|p| p.exists()).cloned().collect()
+    } else {
+        explicit
+    };
+    let mut entries = 0;
+    if !paths.is_empty() {
+        match config::load_schedules(&paths, SystemClock.now()) {
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    eprint!("{w}");
+                }
+                entries = loaded.entries.len();
+            }
+            Err(d) => {
+                eprint!("{d}");
+                failed = true;
+            }
+        }
     }
-    paths
-}
-
-fn check(args: &CheckArgs) -> Result<u8, Error> {
-    let paths = schedule_paths(&args.schedules, &args.paths);
-    let loaded = config::load_schedules(&paths, SystemClock.now()).map_err(Error::Config)?;
-    for w in &loaded.warnings {
-        eprint!("{w}");
+    if failed {
+        return Ok(exit::FAILURE);
     }
-    println!(
-        "ok: {} entries in {}",
-        loaded.entries.len(),
-        paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-    );
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    println!("ok: {entries} entries in {}", if shown.is_empty() { "(no schedules)".to_string() } else { shown.join(", ") });
     Ok(exit::OK)
 }
 
-fn next(args: &NextArgs) -> Result<u8, Error> {
+fn next(config: Option<&std::path::Path>, args: &NextArgs) -> Result<u8, Error> {
     let now = SystemClock.now();
     let from = match &args.from {
         Some(s) => DateTime::parse_from_rfc3339(s)
@@ -91,7 +112,7 @@ fn next(args: &NextArgs) -> Result<u8, Error> {
         None => now,
     };
     let loaded =
-        config::load_schedules(&schedule_paths(&args.schedules, &[]), now).map_err(Error::Config)?;
+        config::load_schedules(&settings::schedule_paths(&args.schedules, &settings::app_config(config)?), now).map_err(Error::Config)?;
     for name in &args.entry {
         if !loaded.entries.iter().any(|e| &e.name == name) {
             return Err(Error::Usage(format!("no entry named {name:?}")));

@@ -14,6 +14,7 @@
 //! | catch-up | what Celery does implicitly (one run at start) — here an explicit policy |
 //! | leader, epoch | (none: Celery Beat is a singleton) |
 
+pub mod message;
 pub mod plan;
 
 use crate::clock::SharedClock;

@@ -1,0 +1,103 @@
+//! Schedule reloads: on SIGHUP or a change under the schedule paths (inotify; Kubernetes
+//! swaps a `..data` symlink when a ConfigMap changes, which shows as an event on the
+//! directory). A valid set of files replaces the schedule; an invalid one keeps the old
+//! schedule, logs every diagnostic and counts a failure.
+
+use crate::clock::SharedClock;
+use crate::config;
+use crate::entry::Entry;
+use crate::ops::{metrics::Metrics, notify as sd};
+use notify::{RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// Editors and Kubernetes write in several steps: wait this long after the first event.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Watches `paths` (directories themselves, files through their parent directory) and
+/// forwards a unit event per change. The watcher stops when the returned value is dropped.
+fn watch(paths: &[PathBuf], events: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if !ev.kind.is_access() {
+                let _ = events.try_send(());
+            }
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch schedule files; SIGHUP still reloads"))
+    .ok()?;
+    for path in paths {
+        let dir = if path.is_dir() {
+            path.as_path()
+        } else {
+            path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+        };
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot watch schedule path");
+        }
+    }
+    Some(watcher)
+}
+
+/// Reloads schedules into `entries` until `shutdown`.
+pub async fn run(
+    paths: Vec<PathBuf>,
+    entries: watch::Sender<Arc<[Entry]>>,
+    hup: Arc<Notify>,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let (tx, mut rx) = mpsc::channel(64);
+    let _watcher = watch(&paths, tx);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = hup.notified() => tracing::info!("SIGHUP: reloading schedules"),
+            Some(()) = rx.recv() => {
+                tokio::time::sleep(SETTLE).await;
+                while rx.try_recv().is_ok() {}
+            }
+        }
+        reload_once(&paths, &entries, clock.as_ref(), &metrics);
+    }
+}
+
+/// One reload attempt; returns whether the schedule was replaced.
+pub fn reload_once(
+    paths: &[PathBuf],
+    entries: &watch::Sender<Arc<[Entry]>>,
+    clock: &dyn crate::clock::Clock,
+    metrics: &Metrics,
+) -> bool {
+    sd::reloading();
+    let outcome = match config::load_schedules(paths, clock.now()) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                tracing::warn!("{}", w.to_string().trim_end());
+            }
+            metrics.reloads.inc();
+            let changed = *entries.borrow() != *loaded.entries;
+            if changed {
+                tracing::info!(entries = loaded.entries.len(), "schedules reloaded");
+                entries.send_replace(loaded.entries.into());
+            } else {
+                tracing::info!("schedules unchanged");
+            }
+            changed
+        }
+        Err(diags) => {
+            metrics.reload_failures.inc();
+            tracing::error!(
+                "schedule reload rejected; keeping the previous schedule:\n{}",
+                diags.to_string().trim_end()
+            );
+            false
+        }
+    };
+    sd::ready();
+    outcome
+}
