@@ -18,3 +18,4 @@ pub mod entry;
 pub mod protocol;
 pub mod schedule;
 pub mod testkit;
+pub mod worker;
