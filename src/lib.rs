@@ -47,3 +47,4 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+pub mod worker;

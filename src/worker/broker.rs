@@ -1,0 +1,160 @@
+//! kombu's Redis transport as a consumer sees it (celery-wire §5, §8): the BRPOP key order
+//! over priority sub-queues, the `unacked` hash and `unacked_index` sorted set written in
+//! one MULTI per batch, ack as `MULTI ZREM HDEL`, and returning a message to its list. Owns
+//! the key names and byte layout; when to call these is the consumer's business.
+
+use crate::protocol::{priority_list_key, PRIORITY_STEPS};
+use redis::aio::ConnectionManager;
+use redis::RedisResult;
+
+/// kombu's hash of delivered, unacknowledged messages: tag → `[envelope, exchange, rk]`.
+pub(crate) const UNACKED: &str = "unacked";
+/// kombu's index of `unacked`: tag scored by delivery time (unix seconds, float).
+pub(crate) const UNACKED_INDEX: &str = "unacked_index";
+/// kombu's lock around restores.
+pub(crate) const UNACKED_MUTEX: &str = "unacked_mutex";
+
+/// BRPOP keys in kombu's order: by priority step, the queues interleaved within a step
+/// (`a b a\x06\x163 b\x06\x163 …`), so lower numbers are served first.
+pub(crate) fn brpop_keys(queues: &[String]) -> Vec<String> {
+    let mut keys = Vec::with_capacity(queues.len() * PRIORITY_STEPS.len());
+    for step in PRIORITY_STEPS {
+        for q in queues {
+            keys.push(priority_list_key(q, Some(step)));
+        }
+    }
+    keys
+}
+
+/// One message taken off a list and decoded far enough to be tracked.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    /// The list it was popped from (where it goes back to).
+    pub(crate) list_key: String,
+    /// Its exact bytes.
+    pub(crate) raw: Vec<u8>,
+    /// kombu delivery tag.
+    pub(crate) tag: String,
+    /// `delivery_info.exchange`.
+    pub(crate) exchange: String,
+    /// `delivery_info.routing_key`.
+    pub(crate) routing_key: String,
+}
+
+impl Delivery {
+    /// kombu's `unacked` value: `[envelope, exchange, routing_key]` as JSON text. The
+    /// envelope is embedded verbatim: it was parsed as a JSON object already.
+    fn unacked_value(&self) -> String {
+        let env = String::from_utf8_lossy(&self.raw);
+        let ex = serde_json::Value::from(self.exchange.as_str());
+        let rk = serde_json::Value::from(self.routing_key.as_str());
+        format!("[{env}, {ex}, {rk}]")
+    }
+}
+
+/// Blocks up to `timeout_secs` for a message on `keys`, then takes up to `extra` more
+/// from the same list without blocking. Returns the list and the messages, oldest first.
+pub(crate) async fn pop_batch(
+    conn: &mut ConnectionManager,
+    keys: &[String],
+    timeout_secs: f64,
+    extra: usize,
+) -> RedisResult<Option<(String, Vec<Vec<u8>>)>> {
+    let first: Option<(String, Vec<u8>)> = redis::cmd("BRPOP")
+        .arg(keys)
+        .arg(timeout_secs)
+        .query_async(conn)
+        .await?;
+    let Some((key, msg)) = first else {
+        return Ok(None);
+    };
+    let mut batch = vec![msg];
+    if extra > 0 {
+        let more: Option<Vec<Vec<u8>>> = redis::cmd("RPOP")
+            .arg(&key)
+            .arg(extra)
+            .query_async(conn)
+            .await?;
+        batch.extend(more.unwrap_or_default());
+    }
+    Ok(Some((key, batch)))
+}
+
+/// Records deliveries as unacknowledged, all in one MULTI (`ZADD` + `HSET` each, as kombu).
+pub(crate) async fn mark_unacked(
+    conn: &mut ConnectionManager,
+    deliveries: &[&Delivery],
+    now_unix: f64,
+) -> RedisResult<()> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for d in deliveries {
+        pipe.cmd("ZADD")
+            .arg(UNACKED_INDEX)
+            .arg(now_unix)
+            .arg(&d.tag)
+            .ignore();
+        pipe.cmd("HSET")
+            .arg(UNACKED)
+            .arg(&d.tag)
+            .arg(d.unacked_value())
+            .ignore();
+    }
+    pipe.query_async(conn).await
+}
+
+/// Acknowledges a delivery, pushing a follow-up message (a retry) in the same MULTI.
+pub(crate) async fn ack(
+    conn: &mut ConnectionManager,
+    tag: &str,
+    push: Option<(&str, &str)>,
+) -> RedisResult<()> {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    pipe.cmd("ZREM").arg(UNACKED_INDEX).arg(tag).ignore();
+    pipe.cmd("HDEL").arg(UNACKED).arg(tag).ignore();
+    if let Some((key, payload)) = push {
+        pipe.cmd("LPUSH").arg(key).arg(payload).ignore();
+    }
+    pipe.query_async(conn).await
+}
+
+/// Puts an unstarted delivery back where it came from (RPUSH: it is taken next) and forgets
+/// it as unacknowledged, atomically.
+pub(crate) async fn requeue(conn: &mut ConnectionManager, d: &Delivery) -> RedisResult<()> {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    pipe.cmd("RPUSH").arg(&d.list_key).arg(&d.raw).ignore();
+    pipe.cmd("ZREM").arg(UNACKED_INDEX).arg(&d.tag).ignore();
+    pipe.cmd("HDEL").arg(UNACKED).arg(&d.tag).ignore();
+    pipe.query_async(conn).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brpop_order_matches_kombu_capture() {
+        let keys = brpop_keys(&["celery".into(), "reports".into()]);
+        let want = "celery reports celery\x06\x163 reports\x06\x163 celery\x06\x166 \
+                    reports\x06\x166 celery\x06\x169 reports\x06\x169";
+        assert_eq!(keys.join(" "), want);
+    }
+
+    #[test]
+    fn unacked_value_is_kombu_triple() {
+        let d = Delivery {
+            list_key: "celery".into(),
+            raw: br#"{"a": 1}"#.to_vec(),
+            tag: "t".into(),
+            exchange: String::new(),
+            routing_key: "celery".into(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&d.unacked_value()).unwrap();
+        assert_eq!(v, serde_json::json!([{"a": 1}, "", "celery"]));
+    }
+}

@@ -1,0 +1,219 @@
+//! The Redis consumer loop: takes batches of messages in kombu's priority order, tracks them
+//! as unacknowledged, runs each through the [`Pipeline`] with bounded concurrency, acks, and
+//! on shutdown puts back what has not started. Restores other workers' abandoned messages
+//! at startup and periodically.
+
+use super::broker::{self, Delivery};
+use super::pipeline::{Disposition, Pipeline};
+use super::restore::restore_visible;
+use super::{Shutdown, WorkerOptions};
+use crate::protocol::ParsedTask;
+use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Most messages taken in one round trip after a BRPOP.
+const MAX_BATCH: usize = 64;
+
+/// What every job shares.
+#[derive(Clone)]
+struct Ctx {
+    /// The execution pipeline.
+    pipeline: Pipeline,
+    /// Connection for bookkeeping (acks, requeues).
+    conn: ConnectionManager,
+    /// At most `concurrency` tasks run at once.
+    run_slots: Arc<Semaphore>,
+    /// Stop taking and starting; put unstarted messages back.
+    graceful: CancellationToken,
+    /// Stop everything now; leave unfinished messages unacknowledged.
+    abort: CancellationToken,
+}
+
+/// Runs the consumer until `shutdown`; see `worker::run`.
+pub(crate) async fn consume(
+    opts: &WorkerOptions,
+    pipeline: Pipeline,
+    conn: ConnectionManager,
+    mut pop_conn: ConnectionManager,
+    shutdown: Shutdown,
+) {
+    let abort = shutdown.immediate.child_token();
+    let ctx = Ctx {
+        pipeline,
+        conn: conn.clone(),
+        run_slots: Arc::new(Semaphore::new(opts.concurrency.max(1))),
+        graceful: shutdown.graceful.clone(),
+        abort: abort.clone(),
+    };
+    let prefetch = Arc::new(Semaphore::new(
+        opts.concurrency.max(1) * opts.prefetch_multiplier.max(1),
+    ));
+    let mut jobs = JoinSet::new();
+    let restorer = tokio::spawn(restore_loop(
+        ctx.clone(),
+        opts.visibility_timeout,
+        opts.restore_interval,
+    ));
+    let mut queues = opts.queues.clone();
+    let mut backoff = Duration::from_millis(100);
+    let poll = opts.poll_timeout.as_secs_f64().max(0.01);
+
+    while !ctx.graceful.is_cancelled() && !abort.is_cancelled() {
+        while jobs.try_join_next().is_some() {}
+        let first = tokio::select! {
+            _ = ctx.graceful.cancelled() => break,
+            _ = abort.cancelled() => break,
+            p = prefetch.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let mut permits = vec![first];
+        while permits.len() < MAX_BATCH {
+            match prefetch.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let keys = broker::brpop_keys(&queues);
+        let popped = tokio::select! {
+            _ = ctx.graceful.cancelled() => break,
+            _ = abort.cancelled() => break,
+            r = broker::pop_batch(&mut pop_conn, &keys, poll, permits.len() - 1) => r,
+        };
+        let (list_key, raws) = match popped {
+            Ok(Some(batch)) => batch,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot fetch messages");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = ctx.graceful.cancelled() => break,
+                    _ = abort.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        // kombu rotates the queue order after each delivery so no queue starves.
+        queues.rotate_left(1);
+        let mut accepted = Vec::with_capacity(raws.len());
+        for raw in raws {
+            if let Some(task) = ctx.pipeline.receive(&raw).await {
+                let d = Delivery {
+                    list_key: list_key.clone(),
+                    raw,
+                    tag: task.delivery_tag.clone(),
+                    exchange: task.exchange.clone(),
+                    routing_key: task.routing_key.clone(),
+                };
+                accepted.push((task, d));
+            }
+        }
+        let now = ctx.pipeline.clock().now();
+        #[allow(clippy::cast_precision_loss)]
+        let score = now.timestamp_micros() as f64 / 1e6;
+        let refs: Vec<&Delivery> = accepted.iter().map(|(_, d)| d).collect();
+        let mut mark_conn = ctx.conn.clone();
+        if let Err(e) = broker::mark_unacked(&mut mark_conn, &refs, score).await {
+            // The messages are in memory only now; run them anyway rather than lose them.
+            tracing::error!(error = %e, "cannot record messages as unacked");
+        }
+        for (task, delivery) in accepted {
+            let permit = permits.pop();
+            jobs.spawn(job(ctx.clone(), task, delivery, permit));
+        }
+    }
+
+    restorer.abort();
+    drain(&mut jobs, opts.shutdown_grace, &abort).await;
+}
+
+/// Waits for jobs: unstarted ones return their message at once, running ones get `grace`.
+async fn drain(jobs: &mut JoinSet<()>, grace: Duration, abort: &CancellationToken) {
+    if jobs.is_empty() {
+        return;
+    }
+    tracing::info!(jobs = jobs.len(), grace = ?grace, "waiting for tasks in flight");
+    let all = async { while jobs.join_next().await.is_some() {} };
+    tokio::select! {
+        () = all => return,
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!("shutdown grace elapsed; abandoning tasks (restored after the visibility timeout)");
+        }
+        () = abort.cancelled() => {}
+    }
+    abort.cancel();
+    jobs.abort_all();
+    while jobs.join_next().await.is_some() {}
+}
+
+async fn job(ctx: Ctx, task: ParsedTask, d: Delivery, prefetch: Option<OwnedSemaphorePermit>) {
+    let clock = ctx.pipeline.clock().clone();
+    let mut prefetch = prefetch;
+    let wait = async {
+        if let Some(eta) = task.eta.filter(|eta| *eta > clock.now()) {
+            // A far-away ETA must not hold a prefetch slot (Celery raises its prefetch for them).
+            prefetch.take();
+            crate::clock::sleep_until(clock.as_ref(), eta).await;
+        }
+        ctx.run_slots.clone().acquire_owned().await
+    };
+    let slot = tokio::select! {
+        biased;
+        () = ctx.abort.cancelled() => return,
+        () = ctx.graceful.cancelled() => {
+            let mut conn = ctx.conn.clone();
+            match broker::requeue(&mut conn, &d).await {
+                Ok(()) => tracing::info!(task_id = %task.id, "returned unstarted message to its queue"),
+                Err(e) => tracing::warn!(task_id = %task.id, error = %e,
+                    "cannot return message; it is restored after the visibility timeout"),
+            }
+            return;
+        }
+        slot = wait => slot,
+    };
+    let Ok(_slot) = slot else { return };
+    let disposition = tokio::select! {
+        biased;
+        () = ctx.abort.cancelled() => return,
+        d = ctx.pipeline.execute(&task) => d,
+    };
+    drop(prefetch);
+    let push = match &disposition {
+        Disposition::Done => None,
+        Disposition::Retry {
+            list_key, payload, ..
+        } => Some((list_key.as_str(), payload.as_str())),
+    };
+    let mut conn = ctx.conn.clone();
+    let mut delay = Duration::from_millis(50);
+    for attempt in 0..5 {
+        match broker::ack(&mut conn, &d.tag, push).await {
+            Ok(()) => return,
+            Err(e) if attempt == 4 => {
+                tracing::error!(task_id = %task.id, error = %e,
+                    "cannot ack; the message will be restored and may run again");
+            }
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+}
+
+async fn restore_loop(ctx: Ctx, visibility_timeout: Duration, interval: Duration) {
+    let mut conn = ctx.conn.clone();
+    loop {
+        let now = ctx.pipeline.clock().now();
+        match restore_visible(&mut conn, now, visibility_timeout).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(restored = n, "restored unacknowledged messages"),
+            Err(e) => tracing::warn!(error = %e, "restore of unacknowledged messages failed"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

@@ -1,0 +1,100 @@
+//! The `http` task kind: POSTs `{id, task, args, kwargs, scheduled_at}` as JSON to a
+//! configured URL. 2xx is SUCCESS (the body, as JSON when it parses), 4xx a FAILURE that a
+//! retry would not fix, 5xx and transport errors retryable. Header values may come from the
+//! environment, read once when the task is registered so a missing secret fails at startup.
+
+use super::registry::{Handler, TaskError, TaskRequest, TaskResult};
+use super::spec::HeaderValue;
+use super::Error;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Longest response excerpt put in an error message.
+const EXCERPT: usize = 512;
+
+/// Posts each task to one URL.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpHandler {
+    /// Shared connection pool.
+    client: reqwest::Client,
+    /// Target.
+    url: String,
+    /// Resolved request headers.
+    headers: reqwest::header::HeaderMap,
+}
+
+impl HttpHandler {
+    pub(crate) fn new(
+        task: &str,
+        url: &str,
+        headers: &BTreeMap<String, HeaderValue>,
+        timeout: Option<Duration>,
+    ) -> Result<Self, Error> {
+        let mut map = reqwest::header::HeaderMap::new();
+        for (name, value) in headers {
+            let value = match value {
+                HeaderValue::Value(v) => v.clone(),
+                HeaderValue::Env(var) => std::env::var(var).map_err(|_| Error::MissingEnv {
+                    task: task.into(),
+                    var: var.clone(),
+                })?,
+            };
+            let bad = || Error::BadHeader {
+                task: task.into(),
+                header: name.clone(),
+            };
+            let name =
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+            let value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| bad())?;
+            map.insert(name, value);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(timeout.unwrap_or(Duration::from_secs(30)))
+            .build()
+            .map_err(|e| Error::HttpClient(e.to_string()))?;
+        Ok(Self {
+            client,
+            url: url.into(),
+            headers: map,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for HttpHandler {
+    async fn call(&self, req: TaskRequest) -> TaskResult {
+        let payload = json!({
+            "id": req.id, "task": req.task, "args": req.args, "kwargs": req.kwargs,
+            "scheduled_at": req.scheduled_at,
+        });
+        let resp = self
+            .client
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(payload.to_string())
+            .send()
+            .await
+            .map_err(|e| TaskError::retryable("HttpError", format!("POST {}: {e}", self.url)))?;
+        let status = resp.status();
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| TaskError::retryable("HttpError", format!("reading response: {e}")))?;
+        if status.is_success() {
+            let trimmed = body.trim();
+            if trimmed.is_empty() {
+                return Ok(Value::Null);
+            }
+            return Ok(serde_json::from_str(trimmed).unwrap_or_else(|_| Value::String(body)));
+        }
+        let excerpt: String = body.chars().take(EXCERPT).collect();
+        let msg = format!("POST {} answered {status}: {}", self.url, excerpt.trim());
+        if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+            Err(TaskError::retryable("HttpError", msg))
+        } else {
+            Err(TaskError::fatal("HttpError", msg))
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Handling one message, independent of where it came from: decode (rejecting malformed
+//! messages with a logged reason and, when the id is known, a stored FAILURE), wait for the
+//! ETA, revoke when expired, dispatch to the registered handler under its time limit, store
+//! the result and decide on a retry. The Redis consumer and the embedded in-process queue of
+//! `beatd run` share it; neither acking nor queue I/O happens here.
+
+use super::registry::{Registry, TaskError, TaskRequest};
+use super::results::ResultSink;
+use crate::clock::SharedClock;
+use crate::protocol::{
+    dumps, isoformat, new_uuid, priority_list_key, DecodeError, Envelope, ExcInfo, ParsedTask,
+    ResultRecord,
+};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default cap on one message's size (kombu has none; a 10 MiB task message is a mistake).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 10 << 20;
+
+/// What the transport should do once a message is handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Acknowledge it (it ran, failed for good, was revoked or was malformed).
+    Done,
+    /// Acknowledge it and enqueue this retry message (same id, `retries + 1`, an ETA).
+    Retry {
+        /// Redis list (queue plus priority suffix) to LPUSH onto.
+        list_key: String,
+        /// The new envelope.
+        payload: String,
+        /// When the retry is due.
+        eta: DateTime<Utc>,
+    },
+}
+
+/// The shared "handle one envelope" pipeline.
+#[derive(Clone)]
+pub struct Pipeline {
+    /// Registered tasks.
+    registry: Arc<Registry>,
+    /// Where results go.
+    results: Arc<dyn ResultSink>,
+    /// Wall time (date_done, ETA, expiry).
+    clock: SharedClock,
+    /// Larger messages are rejected.
+    max_message_bytes: usize,
+}
+
+impl Pipeline {
+    /// A pipeline over `registry`, storing into `results`.
+    #[must_use]
+    pub fn new(registry: Arc<Registry>, results: Arc<dyn ResultSink>, clock: SharedClock) -> Self {
+        Self {
+            registry,
+            results,
+            clock,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+
+    /// Sets the message size cap.
+    #[must_use]
+    pub fn with_max_message_bytes(mut self, limit: usize) -> Self {
+        self.max_message_bytes = limit;
+        self
+    }
+
+    /// The clock it reads.
+    #[must_use]
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Handles one message end to end, sleeping until its ETA (embedded mode).
+    pub async fn handle(&self, raw: &[u8]) -> Disposition {
+        let Some(task) = self.receive(raw).await else {
+            return Disposition::Done;
+        };
+        if let Some(eta) = task.eta {
+            crate::clock::sleep_until(self.clock.as_ref(), eta).await;
+        }
+        self.execute(&task).await
+    }
+
+    /// Decodes a message. Malformed ones are logged, get a FAILURE when their id is known,
+    /// and yield `None`: the caller acknowledges and drops them.
+    pub async fn receive(&self, raw: &[u8]) -> Option<ParsedTask> {
+        match Envelope::parse_limited(raw, self.max_message_bytes) {
+            Ok(task) => {
+                tracing::debug!(task_id = %task.id, task = %task.task, "task received");
+                Some(task)
+            }
+            Err(err) => {
+                self.reject(&err).await;
+                None
+            }
+        }
+    }
+
+    async fn reject(&self, err: &DecodeError) {
+        let (exc_type, module) = match err {
+            DecodeError::BadBase64 { .. }
+            | DecodeError::BodyNotJson { .. }
+            | DecodeError::BodyShape { .. } => ("DecodeError", "kombu.exceptions"),
+            DecodeError::UnsupportedContentType { .. } => ("ContentDisallowed", "kombu.exceptions"),
+            _ => ("InvalidTaskError", "celery.exceptions"),
+        };
+        let id = err.task_id().unwrap_or("");
+        tracing::error!(task_id = id, error = %err, "rejected malformed message; acked and dropped");
+        if let Some(id) = err.task_id() {
+            let exc = ExcInfo::new(exc_type, format!("invalid task message: {err}"), module);
+            self.store(ResultRecord::failure(id, &exc, None, self.clock.now()))
+                .await;
+        }
+    }
+
+    /// Runs a decoded message now (its ETA has passed or is ignored) and stores its result.
+    pub async fn execute(&self, task: &ParsedTask) -> Disposition {
+        let now = self.clock.now();
+        let registered = self.registry.get(&task.task).cloned();
+        let options = registered.as_ref().map(|r| r.options).unwrap_or_default();
+        let ignore = task.ignore_result.unwrap_or(options.ignore_result);
+        if task.expires.is_some_and(|e| e <= now) {
+            tracing::info!(task_id = %task.id, task = %task.task, "discarding expired task");
+            if !ignore {
+                self.store(ResultRecord::revoked_expired(&task.id, now))
+                    .await;
+            }
+            return Disposition::Done;
+        }
+        let Some(registered) = registered else {
+            tracing::error!(task_id = %task.id, task = %task.task, "received unregistered task");
+            self.store(ResultRecord::not_registered(&task.id, &task.task, now))
+                .await;
+            return Disposition::Done;
+        };
+        let limit = task
+            .timelimit
+            .0
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64)
+            .or(options.time_limit);
+        let started = tokio::time::Instant::now();
+        let outcome = run_guarded(registered.handler.clone(), request(task), limit).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let done = self.clock.now();
+        match outcome {
+            Ok(value) => {
+                tracing::info!(task_id = %task.id, task = %task.task, elapsed, "task succeeded");
+                if !ignore {
+                    self.store(ResultRecord::success(&task.id, value, done))
+                        .await;
+                }
+                Disposition::Done
+            }
+            Err(e) if e.retryable && task.retries < options.max_retries => {
+                let delay = options.backoff(task.retries);
+                let eta = done + chrono::Duration::from_std(delay).unwrap_or_default();
+                let why = format!("Retry in {}s: {}", delay.as_secs_f64(), exc_text(&e));
+                tracing::warn!(task_id = %task.id, task = %task.task, retries = task.retries,
+                    reason = %exc_text(&e), "task failed; retrying");
+                if !ignore {
+                    self.store(ResultRecord::retry(
+                        &task.id,
+                        &why,
+                        e.traceback.clone(),
+                        done,
+                    ))
+                    .await;
+                }
+                let (list_key, payload) = retry_message(task, eta);
+                Disposition::Retry {
+                    list_key,
+                    payload,
+                    eta,
+                }
+            }
+            Err(e) => {
+                tracing::error!(task_id = %task.id, task = %task.task, elapsed,
+                    reason = %exc_text(&e), "task failed");
+                if !ignore {
+                    self.store(ResultRecord::failure(&task.id, &e.exc, e.traceback, done))
+                        .await;
+                }
+                Disposition::Done
+            }
+        }
+    }
+
+    async fn store(&self, record: ResultRecord) {
+        if let Err(e) = self.results.store(&record).await {
+            tracing::error!(task_id = %record.task_id, error = %e, "cannot store task result");
+        }
+    }
+}
+
+fn exc_text(e: &TaskError) -> String {
+    let msg = e
+        .exc
+        .exc_message
+        .first()
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    format!("{}: {msg}", e.exc.exc_type)
+}
+
+fn request(task: &ParsedTask) -> TaskRequest {
+    TaskRequest {
+        id: task.id.clone(),
+        task: task.task.clone(),
+        args: task.args.clone(),
+        kwargs: task.kwargs.clone(),
+        retries: task.retries,
+        redelivered: task.redelivered,
+        scheduled_at: task
+            .headers
+            .get("beatd_scheduled_at")
+            .and_then(Value::as_str)
+            .map(Into::into),
+        headers: task.headers.clone(),
+    }
+}
+
+/// Runs the handler on its own task so a panic becomes a FAILURE, and aborts it (which
+/// kills an exec child) when the limit passes or when the caller is dropped.
+async fn run_guarded(
+    handler: Arc<dyn super::registry::Handler>,
+    req: TaskRequest,
+    limit: Option<Duration>,
+) -> Result<Value, TaskError> {
+    struct AbortOnDrop(tokio::task::JoinHandle<Result<Value, TaskError>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut guard = AbortOnDrop(tokio::spawn(async move { handler.call(req).await }));
+    let joined = match limit {
+        Some(limit) => match tokio::time::timeout(limit, &mut guard.0).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                let msg = format!("TimeLimitExceeded({})", limit.as_secs_f64());
+                return Err(TaskError {
+                    exc: ExcInfo::new("TimeLimitExceeded", msg, "billiard.exceptions"),
+                    traceback: None,
+                    retryable: false,
+                });
+            }
+        },
+        None => (&mut guard.0).await,
+    };
+    joined.unwrap_or_else(|e| {
+        let what = if e.is_panic() {
+            "task panicked"
+        } else {
+            "task was cancelled"
+        };
+        Err(TaskError::fatal("TaskPanicked", what))
+    })
+}
+
+/// The retry envelope: the same message with `retries + 1`, an ETA, a fresh delivery tag
+/// and no redelivery marks, bound for the list it came from.
+fn retry_message(task: &ParsedTask, eta: DateTime<Utc>) -> (String, String) {
+    let mut env = task.envelope.clone();
+    if let Some(Value::Object(h)) = env.get_mut("headers") {
+        h.insert("retries".into(), (task.retries + 1).into());
+        h.insert("eta".into(), isoformat(eta).into());
+        h.remove("redelivered");
+    }
+    if let Some(Value::Object(p)) = env.get_mut("properties") {
+        p.insert("delivery_tag".into(), new_uuid().into());
+        if let Some(Value::Object(info)) = p.get_mut("delivery_info") {
+            info.remove("redelivered");
+        }
+    }
+    let list_key = priority_list_key(&task.routing_key, task.priority);
+    (list_key, dumps(&Value::Object(env)))
+}

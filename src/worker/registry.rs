@@ -1,0 +1,204 @@
+//! Task name → handler. A handler is anything implementing [`Handler`]: the built-in `exec`
+//! and `http` kinds, or a Rust async closure registered with [`Registry::register`]. Owns
+//! the lookup and the per-task policy ([`TaskOptions`]); running, timing out and retrying
+//! are the pipeline's.
+
+use super::spec::{TaskKind, TaskOptions, TaskSpec};
+use super::Error;
+use crate::protocol::ExcInfo;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+/// What a handler is given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRequest {
+    /// Task id.
+    pub id: String,
+    /// Task name.
+    pub task: String,
+    /// Positional arguments.
+    pub args: Vec<Value>,
+    /// Keyword arguments.
+    pub kwargs: Map<String, Value>,
+    /// How many times it was retried before.
+    pub retries: u32,
+    /// Whether a kombu restore put it back (it may have run before).
+    pub redelivered: bool,
+    /// The `beatd_scheduled_at` header, when beatd sent it.
+    pub scheduled_at: Option<String>,
+    /// Every message header.
+    pub headers: Map<String, Value>,
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskError {
+    /// The exception stored in the FAILURE (or RETRY) record.
+    pub exc: ExcInfo,
+    /// Traceback text (for exec: the stderr tail).
+    pub traceback: Option<String>,
+    /// Whether a retry may help (exit status, HTTP 5xx, connection errors).
+    pub retryable: bool,
+}
+
+impl TaskError {
+    /// A failure that a retry would not fix.
+    #[must_use]
+    pub fn fatal(exc_type: &str, message: impl Into<String>) -> Self {
+        Self {
+            exc: ExcInfo::new(exc_type, message, "beatd"),
+            traceback: None,
+            retryable: false,
+        }
+    }
+
+    /// A failure worth retrying when the task allows retries.
+    #[must_use]
+    pub fn retryable(exc_type: &str, message: impl Into<String>) -> Self {
+        Self {
+            retryable: true,
+            ..Self::fatal(exc_type, message)
+        }
+    }
+
+    /// Adds traceback text.
+    #[must_use]
+    pub fn with_traceback(mut self, tb: impl Into<String>) -> Self {
+        self.traceback = Some(tb.into());
+        self
+    }
+}
+
+/// The outcome of one run: the JSON result, or why it failed.
+pub type TaskResult = Result<Value, TaskError>;
+
+/// Runs one task.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Runs the task once. Dropping the future must stop the work (time limits and
+    /// immediate shutdown rely on it).
+    async fn call(&self, req: TaskRequest) -> TaskResult;
+}
+
+/// Adapts an async closure into a [`Handler`].
+struct FnHandler<F>(F);
+
+#[async_trait::async_trait]
+impl<F, Fut> Handler for FnHandler<F>
+where
+    F: Fn(TaskRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = TaskResult> + Send + 'static,
+{
+    async fn call(&self, req: TaskRequest) -> TaskResult {
+        (self.0)(req).await
+    }
+}
+
+/// A registered task.
+#[derive(Clone)]
+pub struct Registered {
+    /// Runs it.
+    pub handler: Arc<dyn Handler>,
+    /// Its policy.
+    pub options: TaskOptions,
+}
+
+/// The tasks a worker can run, by Celery task name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    /// Name → task.
+    tasks: HashMap<String, Registered>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("tasks", &self.names())
+            .finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers an async Rust function with default options.
+    pub fn register<F, Fut>(&mut self, name: impl Into<String>, f: F) -> &mut Self
+    where
+        F: Fn(TaskRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        self.register_with(name, TaskOptions::default(), f)
+    }
+
+    /// Registers an async Rust function with explicit options.
+    pub fn register_with<F, Fut>(
+        &mut self,
+        name: impl Into<String>,
+        options: TaskOptions,
+        f: F,
+    ) -> &mut Self
+    where
+        F: Fn(TaskRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        self.register_handler(name, options, Arc::new(FnHandler(f)))
+    }
+
+    /// Registers any [`Handler`].
+    pub fn register_handler(
+        &mut self,
+        name: impl Into<String>,
+        options: TaskOptions,
+        handler: Arc<dyn Handler>,
+    ) -> &mut Self {
+        self.tasks
+            .insert(name.into(), Registered { handler, options });
+        self
+    }
+
+    /// Registers a configured `exec` or `http` task.
+    ///
+    /// # Errors
+    /// An empty command, a header whose environment variable is unset, or an HTTP client
+    /// that cannot be built.
+    pub fn add_spec(&mut self, name: impl Into<String>, spec: &TaskSpec) -> Result<(), Error> {
+        let name = name.into();
+        let handler: Arc<dyn Handler> = match &spec.kind {
+            TaskKind::Exec { command, env, cwd } => Arc::new(super::exec::ExecHandler::new(
+                &name,
+                command,
+                env,
+                cwd.as_deref(),
+            )?),
+            TaskKind::Http {
+                url,
+                headers,
+                timeout,
+            } => Arc::new(super::http::HttpHandler::new(
+                &name, url, headers, *timeout,
+            )?),
+        };
+        self.register_handler(name, spec.options(), handler);
+        Ok(())
+    }
+
+    /// Looks a task up.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<&Registered> {
+        self.tasks.get(name)
+    }
+
+    /// Registered names, sorted.
+    #[must_use]
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.tasks.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+}
