@@ -30,6 +30,7 @@ pub mod schedule;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testkit;
+pub mod worker;
 
 /// An error and its sources as one line, `outer: inner: root`, for logs and `main`.
 #[must_use]
@@ -47,4 +48,3 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
-pub mod worker;

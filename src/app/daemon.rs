@@ -223,3 +223,70 @@ pub(crate) fn redis_parts(conn: &RedisConn, namespace: &str, ttl: Duration) -> B
     }
 }
 
+
+/// `beatd run`: beat and worker in one process. Without a Redis URL: the embedded mode
+/// (state file + lock, in-process queue); with one: the Redis beat and worker side by side.
+pub async fn run(config: Option<&std::path::Path>, args: &crate::cli::RunArgs) -> Result<u8, Error> {
+    use crate::app::worker as w;
+    let file = settings::app_config(config)?;
+    let d = Daemon::new(settings::shutdown_grace(&args.daemon, &file))?;
+    let paths = settings::schedule_paths(&args.schedules, &file);
+    let entries = load_entries(&paths, d.clock.as_ref())?;
+    let registry = w::registry(&file)?;
+    let opts = w::options(&args.worker, &args.daemon, &file);
+    let ready: http::ReadyFn = if let Some(url) = settings::redis_url(&args.redis, &file)? {
+        let conn = redis(&url).await?;
+        let parts = redis_parts(
+            &conn,
+            &settings::namespace(&args.redis, &file),
+            settings::lock_ttl(&args.leader, &file),
+        );
+        tracing::info!(entries = entries.len(), redis = %url.redacted(), "beat and worker starting on redis");
+        start_beat(&d, parts, entries, paths);
+        w::start_redis_worker(&d, opts, registry, &url)?;
+        w::redis_ready(conn, &d)
+    } else {
+        let state = settings::state_file(args.state_file.as_deref(), &file);
+        let lock = crate::embedded::StateLock::acquire(&state)
+            .map_err(|e| Error::Other(crate::error_chain(&e)))?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let emitter = Arc::new(
+            crate::embedded::FileEmitter::open(&state, tx)
+                .map_err(|e| Error::Other(crate::error_chain(&e)))?,
+        );
+        tracing::info!(
+            entries = entries.len(),
+            state = %state.display(),
+            tasks = ?registry.names(),
+            "embedded mode (no Redis configured): beat and worker in one process"
+        );
+        let parts = BeatParts {
+            leader: Arc::new(crate::embedded::EmbeddedLeader::new(lock)),
+            emitter: emitter.clone(),
+            state: emitter,
+        };
+        start_beat(&d, parts, entries, paths);
+        let pipeline = crate::worker::Pipeline::new(
+            Arc::new(registry),
+            Arc::new(crate::worker::LogResults),
+            d.clock.clone(),
+        );
+        let shutdown = crate::worker::Shutdown {
+            graceful: d.signals.graceful.clone(),
+            immediate: d.signals.immediate.clone(),
+        };
+        d.tracker.spawn(crate::worker::run_local(
+            pipeline,
+            rx,
+            opts.concurrency,
+            opts.shutdown_grace,
+            shutdown,
+        ));
+        Arc::new(|| true)
+    };
+    let health = Arc::new(Health::new(ready.clone(), d.metrics.clone()));
+    d.serve_http(settings::http_addr(&args.daemon, &file)?, &health).await?;
+    d.notify_when_ready(ready);
+    d.wait(&health).await;
+    Ok(crate::app::exit::OK)
+}

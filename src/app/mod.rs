@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod next;
 pub mod reload;
 pub mod settings;
+pub mod worker;
 
 use crate::cli::{CheckArgs, Cli, Command, NextArgs, OutputFormat};
 use crate::clock::{Clock, SystemClock};
@@ -44,6 +45,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check(config, args),
         Command::Next(args) => next(config, args),
         Command::Beat(args) => daemon::beat(config, args).await,
+        Command::Run(args) => daemon::run(config, args).await,
+        Command::Worker(args) => worker::worker(config, args).await,
         _ => Err(Error::Other("not implemented yet".into())),
     };
     match result {

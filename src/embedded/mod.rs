@@ -16,15 +16,6 @@ use tokio::sync::mpsc;
 
 pub use state_file::StateLock;
 
-/// A message on the in-process queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Queued {
-    /// The list key it would have had in Redis (queue and priority).
-    pub list_key: String,
-    /// The Celery envelope, JSON text.
-    pub payload: Vec<u8>,
-}
-
 /// Leadership in embedded mode: the process that holds the state-file lock is the only beat,
 /// so the lease never expires.
 #[derive(Debug)]
@@ -80,8 +71,8 @@ pub struct FileEmitter {
     path: PathBuf,
     /// The state as last written.
     state: Mutex<HashMap<String, LastRun>>,
-    /// The worker's end of the queue.
-    queue: mpsc::UnboundedSender<Queued>,
+    /// The worker's end of the queue (Celery envelopes).
+    queue: mpsc::UnboundedSender<Vec<u8>>,
 }
 
 impl FileEmitter {
@@ -89,7 +80,10 @@ impl FileEmitter {
     ///
     /// # Errors
     /// When the file exists but cannot be read or parsed.
-    pub fn open(path: &Path, queue: mpsc::UnboundedSender<Queued>) -> Result<Self, state_file::Error> {
+    pub fn open(
+        path: &Path,
+        queue: mpsc::UnboundedSender<Vec<u8>>,
+    ) -> Result<Self, state_file::Error> {
         let state = state_file::read(path)?;
         Ok(Self { path: path.into(), state: Mutex::new(state), queue })
     }
@@ -129,10 +123,7 @@ impl Emitter for FileEmitter {
             if *outcome == EmitOutcome::Sent {
                 // A closed queue means the worker has stopped during shutdown; the fire is
                 // recorded, as it would be once pushed to Redis.
-                let _ = self.queue.send(Queued {
-                    list_key: fire.list_key.clone(),
-                    payload: fire.payload.clone(),
-                });
+                let _ = self.queue.send(fire.payload.clone());
             }
         }
         Ok(outcomes)

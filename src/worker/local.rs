@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 /// `grace` to finish after a graceful stop.
 pub async fn run_local(
     pipeline: Pipeline,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     concurrency: usize,
     grace: Duration,
     shutdown: Shutdown,
