@@ -85,19 +85,20 @@ pub(crate) fn fold_behind(tz: Tz, t: DateTime<Utc>) -> TimeDelta {
 /// transition instant. chrono-tz does not expose transitions, so bisect; wall clock offsets
 /// stay within ±15 h, which brackets the answer.
 fn end_of_gap(tz: Tz, civil: NaiveDateTime) -> DateTime<Utc> {
-    let guess = civil.and_utc();
-    let mut lo = guess - TimeDelta::hours(15); // wall(lo) < civil
-    let mut hi = guess + TimeDelta::hours(15); // wall(hi) >= civil
-    while hi - lo > TimeDelta::seconds(1) {
+    // Transitions fall on whole seconds, so bisect over whole seconds.
+    let guess = civil.and_utc().timestamp();
+    let at = |secs: i64| DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let mut lo = guess - 15 * 3600; // wall(lo) < civil
+    let mut hi = guess + 15 * 3600; // wall(hi) >= civil
+    while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        if wall(tz, mid) >= civil {
+        if wall(tz, at(mid)) >= civil {
             hi = mid;
         } else {
             lo = mid;
         }
     }
-    // Transitions fall on whole seconds; `hi` is the first whole second past the jump.
-    hi
+    at(hi)
 }
 
 #[cfg(test)]
