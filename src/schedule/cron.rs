@@ -18,7 +18,7 @@ use croner::parser::{CronParser, Seconds, Year};
 use std::ops::Range;
 
 /// A parsed cron expression bound to a time zone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CronSchedule {
     /// The expression as written.
     pub expr: String,
@@ -29,6 +29,17 @@ pub struct CronSchedule {
     cron: Box<croner::Cron>,
     /// The hour field is `*` or a step: the entry follows elapsed time through folds.
     elapsed: bool,
+}
+
+// croner's pattern prints several kilobytes of bit fields; the expression says it all.
+impl std::fmt::Debug for CronSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CronSchedule")
+            .field("expr", &self.expr)
+            .field("tz", &self.tz)
+            .field("elapsed", &self.elapsed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PartialEq for CronSchedule {
@@ -103,25 +114,83 @@ fn split_fields(expr: &str) -> Vec<(&str, Range<usize>)> {
     out
 }
 
-/// croner reports one error for the whole pattern; re-parse each field alone (the others
-/// `*`) to say which one is wrong.
+const MONTH_NAMES: [&str; 12] = [
+    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+];
+const DAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+/// A letter that has no meaning in field `index` (6-field numbering). croner substitutes
+/// names across the whole expression, so on its own it would read `MON` in the hour field as
+/// 1 and `JAN` in the day-of-week field as Monday.
+fn stray_letter(index: usize, text: &str) -> Option<char> {
+    let (names, letters): (&[&str], &[char]) = match index {
+        3 => (&[], &['L', 'W']),
+        4 => (&MONTH_NAMES, &[]),
+        5 => (&DAY_NAMES, &['L']),
+        _ => (&[], &[]),
+    };
+    let rest = names
+        .iter()
+        .fold(text.to_ascii_uppercase(), |r, n| r.replace(n, "0"));
+    let bad = rest
+        .chars()
+        .find(|c| c.is_alphabetic() && !letters.contains(c))?;
+    Some(
+        text.chars()
+            .find(|c| c.to_ascii_uppercase() == bad)
+            .unwrap_or(bad),
+    )
+}
+
+/// croner's message, reworded to sit after `invalid hour field "25": `.
+fn reword(err: &croner::errors::CronError, text: &str) -> String {
+    let raw = err.to_string();
+    if raw.contains("illegal character") {
+        if let Some(c) = raw.split('\'').nth(1).and_then(|c| c.chars().next()) {
+            let c = text
+                .chars()
+                .find(|t| t.to_ascii_uppercase() == c)
+                .unwrap_or(c);
+            return format!("illegal character '{c}'");
+        }
+    }
+    let detail = raw
+        .trim_start_matches("Component error: ")
+        .trim_start_matches("Invalid pattern: ")
+        .trim_end_matches('.');
+    match detail {
+        "Number out of bounds" => "out of range".to_owned(),
+        "Range out of bounds" => "range out of bounds or reversed".to_owned(),
+        other => {
+            let mut chars = other.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_lowercase().chain(chars).collect()
+            })
+        }
+    }
+}
+
+/// croner reports one error for the whole pattern; check each field alone (the others `*`)
+/// to say which one is wrong.
 fn blame_field(fields: &[(&str, Range<usize>)]) -> Option<CronError> {
     let skip = 6 - fields.len();
     for (i, (text, span)) in fields.iter().enumerate() {
-        let mut probe = ["0", "*", "*", "*", "*", "*"];
-        probe[i + skip] = text;
-        if let Err(e) = parser().parse(&probe.join(" ")) {
-            let (name, allowed) = FIELDS[i + skip];
-            let detail = e.to_string();
-            let detail = detail.strip_prefix("Component error: ").unwrap_or(&detail);
-            return Some(CronError {
-                message: format!(
-                    "invalid {name} field \"{text}\": {} (allowed: {allowed})",
-                    detail.trim_end_matches('.')
-                ),
-                span: Some(span.clone()),
-            });
-        }
+        let index = i + skip;
+        let reason = if let Some(c) = stray_letter(index, text) {
+            format!("illegal character '{c}'")
+        } else {
+            let mut probe = ["0", "*", "*", "*", "*", "*"];
+            probe[index] = text;
+            match parser().parse(&probe.join(" ")) {
+                Ok(_) => continue,
+                Err(e) => reword(&e, text),
+            }
+        };
+        let (name, allowed) = FIELDS[index];
+        return Some(CronError {
+            message: format!("invalid {name} field \"{text}\": {reason} (allowed: {allowed})"),
+            span: Some(span.clone()),
+        });
     }
     None
 }
@@ -157,11 +226,15 @@ impl CronSchedule {
                 span: whole,
             });
         }
-        let cron = parser().parse(text).map_err(|e| {
-            blame_field(&fields).unwrap_or_else(|| CronError {
-                message: format!("invalid cron expression \"{trimmed}\": {e}"),
-                span: whole.clone(),
-            })
+        if let Some(e) = blame_field(&fields) {
+            return Err(e);
+        }
+        let cron = parser().parse(text).map_err(|e| CronError {
+            message: format!(
+                "invalid cron expression \"{trimmed}\": {}",
+                reword(&e, text)
+            ),
+            span: whole.clone(),
         })?;
         let hour = fields[fields.len() - 4].0;
         let schedule = CronSchedule {

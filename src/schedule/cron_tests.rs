@@ -52,6 +52,53 @@ fn error_names_the_field_value_and_span() {
 }
 
 #[test]
+fn error_messages_read_well() {
+    let msg = |e: &str| err(e).message;
+    assert_eq!(
+        msg("0 25 * * *"),
+        r#"invalid hour field "25": out of range (allowed: 0-23)"#
+    );
+    assert_eq!(
+        msg("0 0 * * funday"),
+        r#"invalid day-of-week field "funday": illegal character 'f' (allowed: 0-7 or SUN-SAT, L, #)"#
+    );
+    assert_eq!(
+        msg("0 9-5 * * *"),
+        r#"invalid hour field "9-5": range out of bounds or reversed (allowed: 0-23)"#
+    );
+    assert_eq!(
+        msg("0 */0 * * *"),
+        r#"invalid hour field "*/0": step cannot be zero (allowed: 0-23)"#
+    );
+}
+
+#[test]
+fn names_only_count_in_their_own_field() {
+    let e = err("0 MON * * *");
+    assert!(
+        e.message
+            .starts_with(r#"invalid hour field "MON": illegal character 'M'"#),
+        "{}",
+        e.message
+    );
+    assert_eq!(e.span, Some(2..5));
+    let e = err("0 0 * * JAN");
+    assert!(
+        e.message.starts_with(r#"invalid day-of-week field "JAN""#),
+        "{}",
+        e.message
+    );
+    let e = err("0 0 * MON *");
+    assert!(
+        e.message.starts_with(r#"invalid month field "MON""#),
+        "{}",
+        e.message
+    );
+    // Lower case names are fine where they belong.
+    assert!(CronSchedule::parse("0 0 * jan-mar mon,fri", UTC).is_ok());
+}
+
+#[test]
 fn wrong_field_count_and_impossible_dates_are_errors() {
     assert!(err("* * * *").message.contains("has 4 fields"));
     assert!(err("0 0 0 * * * 2030").message.contains("has 7 fields"));
