@@ -262,6 +262,12 @@ impl CronSchedule {
         self.elapsed
     }
 
+    /// Whether a wall clock time matches the fields, ignoring the zone (reference tests).
+    #[cfg(test)]
+    pub(super) fn matches_civil(&self, civil: NaiveDateTime) -> bool {
+        self.cron.is_time_matching(&civil).unwrap_or(false)
+    }
+
     fn civil_after(&self, civil: NaiveDateTime, inclusive: bool) -> Option<NaiveDateTime> {
         self.cron.find_next_occurrence(&civil, inclusive).ok()
     }

@@ -230,3 +230,85 @@ fn apia_skipped_day() {
     check("* * * * * *", apia, "2011-12-29T23:59:58-10:00",
         &["2011-12-29T23:59:59-10:00", "2011-12-31T00:00:00+14:00", "2011-12-31T00:00:01+14:00"]);
 }
+
+/// The policy stated minute by minute, with no search: an instant fires when its wall clock
+/// matches (elapsed-time entries), or when it is the first occurrence of a matching wall clock
+/// or the end of a gap that swallowed one (fixed-time entries).
+fn brute_force(s: &CronSchedule, from: DateTime<Utc>, minutes: i64) -> Vec<DateTime<Utc>> {
+    use chrono::{LocalResult, TimeZone};
+    let tz = s.tz;
+    let matches = |c: chrono::NaiveDateTime| s.matches_civil(c);
+    let mut out = Vec::new();
+    for m in 1..=minutes {
+        let i = from + TimeDelta::minutes(m);
+        let wall = i.with_timezone(&tz).naive_local();
+        let prev = (i - TimeDelta::minutes(1)).with_timezone(&tz).naive_local();
+        let fires = if s.follows_elapsed_time() {
+            matches(wall)
+        } else {
+            let first = match tz.from_local_datetime(&wall) {
+                LocalResult::Ambiguous(earlier, _) => earlier.to_utc() == i,
+                _ => true,
+            };
+            let mut swallowed = prev + TimeDelta::minutes(1);
+            let mut gap_match = false;
+            while swallowed < wall {
+                gap_match |= matches(swallowed);
+                swallowed += TimeDelta::minutes(1);
+            }
+            (first && matches(wall)) || gap_match
+        };
+        if fires {
+            out.push(i);
+        }
+    }
+    out
+}
+
+#[test]
+fn search_agrees_with_a_minute_by_minute_reference() {
+    let cases = [
+        (Paris, "2026-03-28T12:00:00Z"),
+        (Paris, "2026-10-24T12:00:00Z"),
+        (New_York, "2026-03-07T18:00:00Z"),
+        (New_York, "2026-10-31T18:00:00Z"),
+        (Lord_Howe, "2026-04-04T00:00:00Z"),
+        (Lord_Howe, "2026-10-03T00:00:00Z"),
+        (Apia, "2011-12-29T00:00:00Z"),
+    ];
+    let exprs = [
+        "30 2 * * *",
+        "0 2,14 * * *",
+        "*/20 2 * * *",
+        "* 1 * * *",
+        "0 * * * *",
+        "30 * * * *",
+        "*/15 * * * *",
+        "7 */2 * * *",
+        "45 1-23/3 * * *",
+        "0 0 * * *",
+        "*/7 1-3 * * *",
+    ];
+    for (tz, from) in cases {
+        for expr in exprs {
+            let s = CronSchedule::parse(expr, tz).unwrap();
+            let from = at(from);
+            let expected = brute_force(&s, from, 48 * 60);
+            let end = from + TimeDelta::hours(48);
+            let got: Vec<_> = std::iter::successors(s.next_after(from), |t| s.next_after(*t))
+                .take_while(|t| *t <= end)
+                .collect();
+            assert_eq!(got, expected, "{expr} in {tz} from {from}");
+            let back: Vec<_> = std::iter::successors(s.latest_at_or_before(end), |t| {
+                s.latest_at_or_before(*t - TimeDelta::nanoseconds(1))
+            })
+            .take_while(|t| *t > from)
+            .collect();
+            assert_eq!(
+                back.into_iter().rev().collect::<Vec<_>>(),
+                expected,
+                "{expr} back"
+            );
+        }
+    }
+}
