@@ -106,6 +106,10 @@ fn start_and_end_bound_the_fire_times_inclusively() {
     e.jitter_offset = Duration::from_secs(60);
     assert_eq!(
         e.next_fire_after(utc("2026-11-23T09:00:00Z")),
+        Some(utc("2026-11-23T12:01:00Z"))
+    );
+    assert_eq!(
+        e.latest_fire_at_or_before(utc("2026-11-23T20:00:00Z")),
         Some(utc("2026-11-23T13:01:00Z"))
     );
     assert_eq!(e.next_fire_after(utc("2026-11-23T13:01:00Z")), None);

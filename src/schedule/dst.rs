@@ -2,21 +2,26 @@
 //! DST policy. Owns the gap/fold rules and nothing else: which civil times match a cron
 //! expression is `cron.rs`'s business.
 //!
-//! The policy, in jiff's vocabulary:
+//! The policy (DESIGN.md "Time semantics"), named with jiff's disambiguation vocabulary:
 //!
-//! - **gap → `later`** (jiff's `compatible` disambiguation for gaps): a civil time skipped by a
-//!   spring-forward transition maps to the first instant after the gap, i.e. the transition
-//!   itself. Several civil times in one gap (`*/15 2 * * *` in Europe/Paris) therefore collapse
-//!   into a single fire, and that fire coincides with the first civil time after the gap when
-//!   it also matches, so it still runs once.
-//! - **fold → `earlier`**: a civil time repeated by a fall-back transition maps to its first
+//! **Fixed-time entries** (any hour field other than `*` or a step, e.g. `30 2 * * *`,
+//! `0 2,14 * * *`, `*/20 2 * * *`):
+//! - gap → **`later`** (jiff's `compatible` for gaps): a civil time skipped by a spring-forward
+//!   transition fires at the first instant after the gap, i.e. the transition itself. Several
+//!   civil times in one gap collapse into that single instant, which may also be the next
+//!   matching civil time after the gap: it runs once.
+//! - fold → **`earlier`**: a civil time repeated by a fall-back transition fires at its first
 //!   occurrence only.
-//! - **elapsed-time entries** (hour field `*` or a step) keep the gap rule but take *both*
-//!   occurrences of a folded civil time, so `*/15 * * * *` keeps firing every 15 real minutes
-//!   through the fold and `0 * * * *` fires every real hour.
 //!
-//! The gap rule is expressed as "the first instant whose wall clock is at or past the civil
-//! time", which is monotone in the civil time; the cron search relies on that to stop early.
+//! **Elapsed-time entries** (hour field `*` or a step, e.g. `*/15 * * * *`, `0 * * * *`,
+//! `30 */2 * * *`) follow real time, as Vixie cron treats its wildcard jobs:
+//! - gap → skipped: no real time passed, so nothing is owed (`30 * * * *` in Paris fires at
+//!   01:30+01:00 then 03:30+02:00, one real hour apart, with no extra run at 03:00).
+//! - fold → **both** occurrences (`*/15 * * * *` fires every 15 real minutes through the
+//!   fold, `0 * * * *` every real hour).
+//!
+//! A gap's civil time is resolved as "the first instant whose wall clock is at or past it",
+//! which is monotone in the civil time; the cron search relies on that to stop early.
 
 use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -29,6 +34,8 @@ pub(crate) struct Instants {
     pub(crate) first: DateTime<Utc>,
     /// The later occurrence when the civil time sits in a fold.
     pub(crate) repeat: Option<DateTime<Utc>>,
+    /// The civil time does not exist (it sits in a gap); `first` is the end of the gap.
+    pub(crate) in_gap: bool,
 }
 
 /// Resolves `civil` in `tz` (gap → later, fold → both occurrences reported).
@@ -37,14 +44,17 @@ pub(crate) fn resolve(tz: Tz, civil: NaiveDateTime) -> Instants {
         LocalResult::Single(dt) => Instants {
             first: dt.to_utc(),
             repeat: None,
+            in_gap: false,
         },
         LocalResult::Ambiguous(earlier, later) => Instants {
             first: earlier.to_utc(),
             repeat: Some(later.to_utc()),
+            in_gap: false,
         },
         LocalResult::None => Instants {
             first: end_of_gap(tz, civil),
             repeat: None,
+            in_gap: true,
         },
     }
 }
@@ -85,19 +95,20 @@ pub(crate) fn fold_behind(tz: Tz, t: DateTime<Utc>) -> TimeDelta {
 /// transition instant. chrono-tz does not expose transitions, so bisect; wall clock offsets
 /// stay within ±15 h, which brackets the answer.
 fn end_of_gap(tz: Tz, civil: NaiveDateTime) -> DateTime<Utc> {
-    let guess = civil.and_utc();
-    let mut lo = guess - TimeDelta::hours(15); // wall(lo) < civil
-    let mut hi = guess + TimeDelta::hours(15); // wall(hi) >= civil
-    while hi - lo > TimeDelta::seconds(1) {
+    // Transitions fall on whole seconds, so bisect over whole seconds.
+    let guess = civil.and_utc().timestamp();
+    let at = |secs: i64| DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let mut lo = guess - 15 * 3600; // wall(lo) < civil
+    let mut hi = guess + 15 * 3600; // wall(hi) >= civil
+    while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        if wall(tz, mid) >= civil {
+        if wall(tz, at(mid)) >= civil {
             hi = mid;
         } else {
             lo = mid;
         }
     }
-    // Transitions fall on whole seconds; `hi` is the first whole second past the jump.
-    hi
+    at(hi)
 }
 
 #[cfg(test)]
@@ -124,7 +135,8 @@ mod tests {
             got,
             Instants {
                 first: utc("2026-03-29T01:00:00Z"),
-                repeat: None
+                repeat: None,
+                in_gap: true,
             }
         );
         let lord_howe = chrono_tz::Australia::Lord_Howe;
@@ -144,6 +156,7 @@ mod tests {
             Instants {
                 first: utc("2026-11-01T05:30:00Z"),
                 repeat: Some(utc("2026-11-01T06:30:00Z")),
+                in_gap: false,
             }
         );
     }

@@ -129,7 +129,8 @@ mod tests {
             out
         };
         let expected = from(restarts[0]);
-        assert_eq!(expected[0], utc("2026-11-25T22:00:00Z"));
+        assert_eq!(expected[0], utc("2026-11-25T03:00:00Z"));
+        assert_eq!(expected[1], utc("2026-11-26T04:00:00Z"));
         for r in &restarts[1..] {
             assert_eq!(from(r), expected, "restart at {r}");
         }

@@ -1,0 +1,238 @@
+//! Stage 1 machinery: TOML text → the `raw` mirrors, reporting every syntax error, every
+//! unknown key (with the closest valid key) and every ill-typed value rather than serde's
+//! first. Owns the narrowing trick: when a table fails to deserialize, each of its keys is
+//! deserialized alone so one bad key does not hide the next. Knows nothing of what values mean.
+
+use super::diagnostic::{Diagnostic, SourceFile};
+use super::raw::RawScheduleFile;
+use super::values::suggest;
+use serde::de::{self, DeserializeOwned, Visitor};
+use std::fmt;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+/// A spanned TOML value borrowed from the file's text.
+pub(crate) type Node<'i> = Spanned<DeValue<'i>>;
+
+/// Descends into a nested table during narrowing; returns true when it handled `key`.
+pub(crate) type Descend<'a> = &'a dyn Fn(&str, &Node<'_>, &mut Vec<Diagnostic>) -> bool;
+
+/// Parses the whole document, with every syntax error the parser can recover past.
+pub(crate) fn document<'i>(file: &'i SourceFile) -> Result<Node<'i>, Vec<Diagnostic>> {
+    let (table, errors) = DeTable::parse_recoverable(&file.text);
+    if errors.is_empty() {
+        let span = table.span();
+        return Ok(Spanned::new(span, DeValue::Table(table.into_inner())));
+    }
+    Err(errors
+        .iter()
+        .map(|e| {
+            let span = e.span().unwrap_or(0..0);
+            // toml puts its "expected ..." part on following lines; one line reads better here.
+            let message = e.message().trim().replace('\n', "; ");
+            file.error(span, format!("invalid TOML: {message}"))
+        })
+        .collect())
+}
+
+/// Stage 1 of a schedule file. Entries are deserialized one by one so that a bad one is
+/// reported without hiding the others, and the good ones still reach stage 2.
+pub(crate) fn schedule_file(file: &SourceFile, out: &mut Vec<Diagnostic>) -> RawScheduleFile {
+    let mut raw = RawScheduleFile::default();
+    let doc = match document(file) {
+        Ok(doc) => doc,
+        Err(errors) => {
+            out.extend(errors);
+            return raw;
+        }
+    };
+    let Some(top) = doc.get_ref().as_table() else {
+        return raw;
+    };
+    let top_keys = fields_of::<RawScheduleFile>();
+    for (key, value) in top.iter() {
+        match key.get_ref().as_ref() {
+            "defaults" => raw.defaults = table(file, "[defaults]", value, &flat, out),
+            "entry" => match value.get_ref() {
+                DeValue::Array(items) => raw.entry.extend(
+                    items
+                        .iter()
+                        .filter_map(|item| table(file, "[[entry]]", item, &flat, out)),
+                ),
+                other => out.push(
+                    file.error(
+                        value.span(),
+                        format!(
+                            "`entry` must be an array of tables, found {}",
+                            other.type_str()
+                        ),
+                    )
+                    .with_help("write each entry under its own `[[entry]]` header"),
+                ),
+            },
+            _ => out.push(unknown_key(
+                file,
+                "the top level of a schedule file",
+                key,
+                top_keys,
+            )),
+        }
+    }
+    raw
+}
+
+/// Deserializes the table `node` (named `what` in messages, e.g. `[[entry]]`) as `T`, or
+/// reports everything wrong with it.
+pub(crate) fn table<T: DeserializeOwned>(
+    file: &SourceFile,
+    what: &str,
+    node: &Node<'_>,
+    descend: Descend<'_>,
+    out: &mut Vec<Diagnostic>,
+) -> Option<Spanned<T>> {
+    let Some(table) = node.get_ref().as_table() else {
+        let found = node.get_ref().type_str();
+        out.push(file.error(
+            node.span(),
+            format!("{what} must be a table, found {found}"),
+        ));
+        return None;
+    };
+    let fields = fields_of::<T>();
+    let mut bad = false;
+    for (key, _) in table.iter() {
+        if !fields.contains(&key.get_ref().as_ref()) {
+            out.push(unknown_key(file, what, key, fields));
+            bad = true;
+        }
+    }
+    let whole = T::deserialize(ValueDeserializer::from(node.clone()));
+    match whole {
+        Ok(value) if !bad => return Some(Spanned::new(node.span(), value)),
+        Ok(_) => return None,
+        Err(e) => {
+            let before = out.len();
+            for (key, value) in table.iter() {
+                if !fields.contains(&key.get_ref().as_ref()) || descend(key.get_ref(), value, out) {
+                    continue;
+                }
+                let mut alone = DeTable::new();
+                alone.insert(key.clone(), value.clone());
+                let alone = Spanned::new(node.span(), DeValue::Table(alone));
+                if let Err(e) = T::deserialize(ValueDeserializer::from(alone)) {
+                    out.push(type_error(file, key.get_ref(), value.span(), &e));
+                }
+            }
+            // A failure that no key shows alone; report it as serde saw it.
+            if out.len() == before && !bad {
+                let span = e.span().unwrap_or_else(|| node.span());
+                out.push(file.error(span, format!("in {what}: {}", e.message().trim())));
+            }
+        }
+    }
+    None
+}
+
+/// Never descends: for tables with no nested tables worth narrowing.
+pub(crate) fn flat(_: &str, _: &Node<'_>, _: &mut Vec<Diagnostic>) -> bool {
+    false
+}
+
+fn unknown_key(
+    file: &SourceFile,
+    what: &str,
+    key: &Spanned<std::borrow::Cow<'_, str>>,
+    fields: &[&str],
+) -> Diagnostic {
+    let name = key.get_ref().as_ref();
+    let d = file.error(key.span(), format!("unknown key `{name}` in {what}"));
+    if let Some(best) = suggest(name, fields.iter().copied()) {
+        return d.with_help(format!("did you mean `{best}`?"));
+    }
+    if what == "[defaults]" && fields_of::<super::raw::RawEntry>().contains(&name) {
+        return d.with_help(format!(
+            "`{name}` can only be set in an [[entry]], not in [defaults]"
+        ));
+    }
+    d.with_help(format!("valid keys in {what}: {}", fields.join(", ")))
+}
+
+fn type_error(
+    file: &SourceFile,
+    key: &str,
+    value: std::ops::Range<usize>,
+    e: &toml::de::Error,
+) -> Diagnostic {
+    let span = e
+        .span()
+        .filter(|s| s.start >= value.start && s.end <= value.end)
+        .unwrap_or(value);
+    file.error(
+        span,
+        format!("invalid value for `{key}`: {}", e.message().trim()),
+    )
+}
+
+/// The field names serde knows for a struct, asked of its derived `Deserialize` itself so that
+/// unknown-key checks can never drift from the struct.
+pub(crate) fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    match T::deserialize(FieldsOf) {
+        Err(Captured(Some(fields))) => fields,
+        _ => &[],
+    }
+}
+
+struct FieldsOf;
+
+#[derive(Debug)]
+struct Captured(Option<&'static [&'static str]>);
+
+impl fmt::Display for Captured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("field names captured")
+    }
+}
+
+impl std::error::Error for Captured {}
+
+impl de::Error for Captured {
+    fn custom<T: fmt::Display>(_: T) -> Self {
+        Captured(None)
+    }
+}
+
+impl<'de> de::Deserializer<'de> for FieldsOf {
+    type Error = Captured;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Captured> {
+        Err(Captured(None))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Captured> {
+        Err(Captured(Some(fields)))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::raw::{RawDefaults, RawEntry};
+    use super::*;
+
+    #[test]
+    fn fields_come_from_the_derived_struct() {
+        let fields = fields_of::<RawEntry>();
+        assert!(fields.contains(&"catch_up_window") && fields.contains(&"name"));
+        assert!(!fields_of::<RawDefaults>().contains(&"task"));
+    }
+}

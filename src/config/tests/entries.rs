@@ -1,0 +1,156 @@
+//! What a valid file turns into: defaults, inheritance and the values of every key.
+
+use super::{at, NOW};
+use crate::config::load_schedule_str;
+use crate::schedule::{self, CatchUp, Schedule};
+use serde_json::json;
+use std::time::Duration;
+
+const FULL: &str = r#"
+[defaults]
+timezone = "Europe/Paris"
+queue = "reports"
+priority = 3
+expires = "10m"
+headers = { team = "ops", tier = "gold" }
+catch_up = "all"
+start_at = "2026-06-01T00:00:00"
+
+[[entry]]
+name = "nightly"
+task = "reports.generate"
+cron = "30 2 * * *"
+args = ["pdf", 2, 1.5, true, 2026-01-02T03:04:05Z]
+kwargs = { to = ["ops@example.com"], depth = { n = 1 } }
+routing_key = "rk"
+exchange = "ex"
+headers = { tier = "platinum" }
+jitter = "5m"
+catch_up_window = "2h"
+end_at = "2027-01-01T00:00:00"
+description = "the nightly report"
+
+[[entry]]
+name = "heartbeat"
+task = "monitoring.ping"
+every = "30s"
+anchor = "2026-01-01T00:00:10Z"
+timezone = "UTC"
+queue = "fast"
+priority = 0
+catch_up = "none"
+enabled = false
+"#;
+
+#[test]
+fn defaults_apply_and_entries_override_them() {
+    let s = load_schedule_str("full.toml", FULL, NOW).unwrap();
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    let [nightly, heartbeat] = &s.entries[..] else {
+        panic!("{:?}", s.entries)
+    };
+
+    assert_eq!(nightly.name, "nightly");
+    assert_eq!(nightly.task, "reports.generate");
+    assert_eq!(nightly.timezone, chrono_tz::Europe::Paris);
+    let Schedule::Cron(cron) = &nightly.schedule else {
+        panic!()
+    };
+    assert_eq!(
+        (cron.expr.as_str(), cron.tz),
+        ("30 2 * * *", chrono_tz::Europe::Paris)
+    );
+    assert_eq!(
+        nightly.args,
+        [
+            json!("pdf"),
+            json!(2),
+            json!(1.5),
+            json!(true),
+            json!("2026-01-02T03:04:05Z")
+        ]
+    );
+    assert_eq!(
+        json!(nightly.kwargs),
+        json!({"to": ["ops@example.com"], "depth": {"n": 1}})
+    );
+    assert_eq!(nightly.queue, "reports");
+    assert_eq!(
+        (nightly.routing_key.as_deref(), nightly.exchange.as_deref()),
+        (Some("rk"), Some("ex"))
+    );
+    assert_eq!(nightly.priority, Some(3));
+    assert_eq!(nightly.expires, Some(Duration::from_secs(600)));
+    assert_eq!(
+        json!(nightly.headers),
+        json!({"team": "ops", "tier": "platinum"})
+    );
+    assert_eq!(
+        nightly.jitter_offset,
+        schedule::jitter_offset("nightly", Duration::from_secs(300))
+    );
+    assert_eq!(nightly.catch_up, CatchUp::All);
+    assert_eq!(nightly.catch_up_window, Duration::from_secs(7200));
+    assert!(nightly.enabled);
+    // Civil datetimes are read in the entry's zone (CEST, then CET).
+    assert_eq!(nightly.start_at, Some(at("2026-05-31T22:00:00Z")));
+    assert_eq!(nightly.end_at, Some(at("2026-12-31T23:00:00Z")));
+    assert_eq!(nightly.description.as_deref(), Some("the nightly report"));
+    let source = nightly.source.as_ref().unwrap();
+    assert_eq!((source.path.to_str(), source.line), (Some("full.toml"), 11));
+
+    let every = Schedule::Every {
+        interval: Duration::from_secs(30),
+        anchor: at("2026-01-01T00:00:10Z"),
+    };
+    assert_eq!(heartbeat.schedule, every);
+    assert_eq!(heartbeat.timezone, chrono_tz::UTC);
+    assert_eq!(
+        (heartbeat.queue.as_str(), heartbeat.priority),
+        ("fast", Some(0))
+    );
+    assert_eq!(heartbeat.catch_up, CatchUp::None);
+    assert_eq!(
+        heartbeat.catch_up_window,
+        schedule::default_catch_up_window(&every)
+    );
+    assert_eq!(heartbeat.start_at, Some(at("2026-06-01T00:00:00Z")));
+    assert!(!heartbeat.enabled);
+}
+
+#[test]
+fn bare_entries_get_the_documented_defaults() {
+    let s = load_schedule_str(
+        "x.toml",
+        "[[entry]]\nname = \"a\"\ntask = \"t\"\nevery = \"1h\"\n",
+        NOW,
+    )
+    .unwrap();
+    let e = &s.entries[0];
+    assert_eq!(
+        e.schedule,
+        Schedule::Every {
+            interval: Duration::from_secs(3600),
+            anchor: at("1970-01-01T00:00:00Z")
+        }
+    );
+    assert_eq!((e.timezone, e.queue.as_str()), (chrono_tz::UTC, "celery"));
+    assert_eq!(
+        (e.routing_key.as_ref(), e.exchange.as_ref(), e.priority),
+        (None, None, None)
+    );
+    assert_eq!((e.expires, e.jitter_offset), (None, Duration::ZERO));
+    assert_eq!(e.catch_up, CatchUp::Latest);
+    assert_eq!(e.catch_up_window, Duration::from_secs(3600));
+    assert!(e.enabled && e.args.is_empty() && e.kwargs.is_empty() && e.headers.is_empty());
+    assert_eq!(
+        (e.start_at, e.end_at, e.description.as_ref()),
+        (None, None, None)
+    );
+}
+
+#[test]
+fn an_empty_file_has_no_entries() {
+    let s = load_schedule_str("x.toml", "# nothing yet\n", NOW).unwrap();
+    assert!(s.entries.is_empty() && s.warnings.is_empty());
+}

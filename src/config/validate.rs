@@ -1,0 +1,406 @@
+//! Stage 2 for schedule files: the `raw` mirror of one file → validated [`Entry`]s, gathering
+//! every error and warning of the file instead of stopping at the first. Owns the per-file
+//! rules (`[defaults]` inheritance, exactly one schedule kind, ranges, `start_at`/`end_at`
+//! order, past one-offs); rules across files (duplicate names) live in `mod.rs`. The current
+//! time comes in as an argument: config never reads the clock.
+
+use super::diagnostic::{Diagnostic, SourceFile};
+use super::raw::{RawDefaults, RawEntry, RawScheduleFile};
+use super::values::{self, catch_up, json_table, nonempty, priority, When};
+use crate::entry::{Entry, SourceRef};
+use crate::schedule::{self, CatchUp, CronSchedule, Schedule};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde_json::{Map, Value};
+use std::ops::Range;
+use std::time::Duration;
+use toml::Spanned;
+
+/// `[defaults]` after validation. A bad default is reported once, here, and then treated as
+/// unset so that it does not echo through every entry.
+#[derive(Debug, Default)]
+struct Defaults {
+    timezone: Option<Tz>,
+    queue: Option<String>,
+    routing_key: Option<String>,
+    exchange: Option<String>,
+    priority: Option<u8>,
+    expires: Option<Duration>,
+    headers: Map<String, Value>,
+    jitter: Option<Duration>,
+    catch_up: Option<CatchUp>,
+    catch_up_window: Option<Duration>,
+    enabled: Option<bool>,
+    // Civil datetimes stay unresolved: each entry reads them in its own zone.
+    start_at: Option<Spanned<When>>,
+    end_at: Option<Spanned<When>>,
+}
+
+/// A validated entry and the span of its name, for the duplicate check across files.
+pub(crate) struct Checked {
+    pub(crate) entry: Entry,
+    pub(crate) name_span: Range<usize>,
+}
+
+/// Validates one parsed file; diagnostics of every severity go to `out`.
+pub(crate) fn file(
+    file: &SourceFile,
+    raw: &RawScheduleFile,
+    now: DateTime<Utc>,
+    out: &mut Vec<Diagnostic>,
+) -> Vec<Checked> {
+    let defaults = raw
+        .defaults
+        .as_ref()
+        .map(|d| defaults(file, d.get_ref(), out))
+        .unwrap_or_default();
+    raw.entry
+        .iter()
+        .filter_map(|e| entry(file, e, &defaults, now, out))
+        .collect()
+}
+
+/// Keeps the value, or records the diagnostic and keeps nothing.
+fn keep<T>(r: Result<T, Diagnostic>, out: &mut Vec<Diagnostic>) -> Option<T> {
+    r.map_err(|d| out.push(d)).ok()
+}
+
+fn defaults(file: &SourceFile, d: &RawDefaults, out: &mut Vec<Diagnostic>) -> Defaults {
+    let dur = |k, v: &Option<Spanned<String>>, out: &mut Vec<_>| {
+        v.as_ref()
+            .and_then(|v| keep(values::duration(file, k, v), out))
+    };
+    let when = |k, v: &Option<Spanned<toml::Value>>, out: &mut Vec<_>| {
+        let v = v.as_ref()?;
+        keep(values::when(file, k, v), out).map(|w| Spanned::new(v.span(), w))
+    };
+    Defaults {
+        timezone: d
+            .timezone
+            .as_ref()
+            .and_then(|v| keep(values::timezone(file, v), out)),
+        queue: d
+            .queue
+            .as_ref()
+            .and_then(|v| keep(nonempty(file, "queue", v), out)),
+        routing_key: d.routing_key.as_ref().map(|v| v.get_ref().clone()),
+        exchange: d.exchange.as_ref().map(|v| v.get_ref().clone()),
+        priority: d
+            .priority
+            .as_ref()
+            .and_then(|v| keep(priority(file, v), out)),
+        expires: dur("expires", &d.expires, out),
+        headers: d
+            .headers
+            .as_ref()
+            .and_then(|v| keep(json_table(file, "headers", v), out))
+            .unwrap_or_default(),
+        jitter: dur("jitter", &d.jitter, out),
+        catch_up: d
+            .catch_up
+            .as_ref()
+            .and_then(|v| keep(catch_up(file, v), out)),
+        catch_up_window: d
+            .catch_up_window
+            .as_ref()
+            .and_then(|v| keep(values::positive_duration(file, "catch_up_window", v), out)),
+        enabled: d.enabled.as_ref().map(|v| *v.get_ref()),
+        start_at: when("start_at", &d.start_at, out),
+        end_at: when("end_at", &d.end_at, out),
+    }
+}
+
+/// The span of an entry's first line (its `[[entry]]` header), where "missing key" errors
+/// point.
+fn header_span(file: &SourceFile, span: Range<usize>) -> Range<usize> {
+    let rest = file.text.get(span.start..span.end).unwrap_or("");
+    let first = rest
+        .split('\n')
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('\r')
+        .trim_end();
+    span.start..span.start + first.len().max(1)
+}
+
+fn entry(
+    file: &SourceFile,
+    raw: &Spanned<RawEntry>,
+    defaults: &Defaults,
+    now: DateTime<Utc>,
+    out: &mut Vec<Diagnostic>,
+) -> Option<Checked> {
+    let errors_before = out.iter().filter(|d| d.is_error()).count();
+    let header = header_span(file, raw.span());
+    let e = raw.get_ref();
+    let missing = |key: &str, help: &str| {
+        file.error(header.clone(), format!("entry has no `{key}`"))
+            .with_help(help.to_owned())
+    };
+    let name = match &e.name {
+        Some(n) => keep(nonempty(file, "name", n), out).map(|s| (s, n.span())),
+        None => {
+            out.push(missing(
+                "name",
+                "add `name = \"...\"`, unique across all schedule files",
+            ));
+            None
+        }
+    };
+    let task = match &e.task {
+        Some(t) => keep(nonempty(file, "task", t), out),
+        None => {
+            out.push(missing(
+                "task",
+                "add `task = \"...\"`, the Celery task name to send",
+            ));
+            None
+        }
+    };
+    let tz = match &e.timezone {
+        Some(v) => keep(values::timezone(file, v), out).unwrap_or(Tz::UTC),
+        None => defaults.timezone.unwrap_or(Tz::UTC),
+    };
+    let schedule = schedule(file, e, header.clone(), tz, now, out);
+
+    let dur = |key, v: &Option<Spanned<String>>, out: &mut Vec<_>| match v {
+        Some(v) => keep(values::duration(file, key, v), out),
+        None => None,
+    };
+    let expires = dur("expires", &e.expires, out).or(defaults.expires);
+    let jitter = dur("jitter", &e.jitter, out).or(defaults.jitter);
+    let catch_up_window = match &e.catch_up_window {
+        Some(v) => keep(values::positive_duration(file, "catch_up_window", v), out),
+        None => defaults.catch_up_window,
+    };
+    let args = e.args.as_ref().and_then(|a| {
+        let json = a
+            .get_ref()
+            .iter()
+            .map(values::to_json)
+            .collect::<Result<Vec<_>, _>>();
+        keep(
+            json.map_err(|m| file.error(a.span(), format!("invalid `args`: {m}"))),
+            out,
+        )
+    });
+    let kwargs = e
+        .kwargs
+        .as_ref()
+        .and_then(|k| keep(json_table(file, "kwargs", k), out));
+    let mut headers = defaults.headers.clone();
+    if let Some(h) = e
+        .headers
+        .as_ref()
+        .and_then(|h| keep(json_table(file, "headers", h), out))
+    {
+        headers.extend(h);
+    }
+    let queue = match &e.queue {
+        Some(q) => keep(nonempty(file, "queue", q), out),
+        None => defaults.queue.clone(),
+    };
+    let priority = match &e.priority {
+        Some(p) => keep(priority(file, p), out),
+        None => defaults.priority,
+    };
+    let catch_up = match &e.catch_up {
+        Some(c) => keep(catch_up(file, c), out),
+        None => defaults.catch_up,
+    };
+    let enabled = e
+        .enabled
+        .as_ref()
+        .map(|v| *v.get_ref())
+        .or(defaults.enabled)
+        .unwrap_or(true);
+    let window = window(file, e, defaults, tz, now, enabled, out);
+
+    if out.iter().filter(|d| d.is_error()).count() > errors_before {
+        return None;
+    }
+    let ((name, name_span), task, schedule) = (name?, task?, schedule?);
+    let (start_at, end_at) = window?;
+    let entry = Entry {
+        jitter_offset: jitter.map_or(Duration::ZERO, |max| schedule::jitter_offset(&name, max)),
+        catch_up_window: catch_up_window
+            .unwrap_or_else(|| schedule::default_catch_up_window(&schedule)),
+        name,
+        task,
+        schedule,
+        timezone: tz,
+        args: args.unwrap_or_default(),
+        kwargs: kwargs.unwrap_or_default(),
+        queue: queue.unwrap_or_else(|| "celery".to_owned()),
+        routing_key: e
+            .routing_key
+            .as_ref()
+            .map(|v| v.get_ref().clone())
+            .or_else(|| defaults.routing_key.clone()),
+        exchange: e
+            .exchange
+            .as_ref()
+            .map(|v| v.get_ref().clone())
+            .or_else(|| defaults.exchange.clone()),
+        priority,
+        expires,
+        headers,
+        catch_up: catch_up.unwrap_or_default(),
+        enabled,
+        start_at,
+        end_at,
+        description: e.description.as_ref().map(|v| v.get_ref().clone()),
+        source: Some(SourceRef {
+            path: file.path.clone(),
+            line: file.line_of(header.start),
+        }),
+    };
+    Some(Checked { entry, name_span })
+}
+
+/// Exactly one of `cron` / `every` / `at`, parsed in the entry's zone.
+fn schedule(
+    file: &SourceFile,
+    e: &RawEntry,
+    header: Range<usize>,
+    tz: Tz,
+    now: DateTime<Utc>,
+    out: &mut Vec<Diagnostic>,
+) -> Option<Schedule> {
+    let given: Vec<(&str, Range<usize>)> = [
+        ("cron", e.cron.as_ref().map(Spanned::span)),
+        ("every", e.every.as_ref().map(Spanned::span)),
+        ("at", e.at.as_ref().map(Spanned::span)),
+    ]
+    .into_iter()
+    .filter_map(|(k, s)| Some((k, s?)))
+    .collect();
+    if let Some(anchor) = &e.anchor {
+        if e.every.is_none() {
+            out.push(
+                file.error(anchor.span(), "`anchor` only applies to `every` intervals")
+                    .with_help("remove `anchor`, or schedule the entry with `every`"),
+            );
+        }
+    }
+    match given.as_slice() {
+        [] => {
+            out.push(
+                file.error(header, "entry has no schedule: none of `cron`, `every` or `at`")
+                    .with_help("add one of `cron = \"*/5 * * * *\"`, `every = \"30s\"` or `at = \"2026-12-01T09:00:00\"`"),
+            );
+            return None;
+        }
+        [(first, _), rest @ ..] if !rest.is_empty() => {
+            for (key, span) in rest {
+                out.push(
+                    file.error(span.clone(), format!("entry has both `{first}` and `{key}`"))
+                        .with_help("an entry has exactly one of `cron`, `every` and `at`; split it into two entries"),
+                );
+            }
+            return None;
+        }
+        _ => {}
+    }
+    if let Some(cron) = &e.cron {
+        return match CronSchedule::parse(cron.get_ref(), tz) {
+            Ok(c) => Some(Schedule::Cron(c)),
+            Err(err) => {
+                let span = match err.span {
+                    Some(inner) => values::inner_span(&file.text, cron.span(), inner),
+                    None => cron.span(),
+                };
+                let d = file.error(span, format!("invalid `cron`: {}", err.message));
+                out.push(if err.message.contains("fields;") {
+                    d
+                } else {
+                    d.with_help("fields are minute hour day-of-month month day-of-week, with an optional seconds field first")
+                });
+                None
+            }
+        };
+    }
+    if let Some(every) = &e.every {
+        let interval = keep(values::positive_duration(file, "every", every), out);
+        let anchor = match &e.anchor {
+            Some(a) => keep(values::when(file, "anchor", a), out).map(|w| w.resolve(tz)),
+            None => Some(DateTime::UNIX_EPOCH),
+        };
+        return Some(Schedule::Every {
+            interval: interval?,
+            anchor: anchor?,
+        });
+    }
+    let at = e.at.as_ref()?;
+    let when = keep(values::when(file, "at", at), out)?.resolve(tz);
+    let enabled = e.enabled.as_ref().is_none_or(|v| *v.get_ref());
+    if when < now && enabled {
+        out.push(
+            file.warning(
+                at.span(),
+                format!("one-off `at` time {} is in the past", when.to_rfc3339()),
+            )
+            .with_help(
+                "it only fires if catch-up still covers it; set a future time or remove the entry",
+            ),
+        );
+    }
+    Some(Schedule::At(when))
+}
+
+/// `start_at` / `end_at` (the entry's own or the file's defaults), read in the entry's zone;
+/// `None` when either is invalid or `end_at` is not after `start_at`.
+#[allow(clippy::type_complexity)]
+fn window(
+    file: &SourceFile,
+    e: &RawEntry,
+    defaults: &Defaults,
+    tz: Tz,
+    now: DateTime<Utc>,
+    enabled: bool,
+    out: &mut Vec<Diagnostic>,
+) -> Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
+    let mut ok = true;
+    let mut pick =
+        |key, own: &Option<Spanned<toml::Value>>, inherited: &Option<Spanned<When>>| match own {
+            Some(v) => match values::when(file, key, v) {
+                Ok(w) => Some(Spanned::new(v.span(), w.resolve(tz))),
+                Err(d) => {
+                    out.push(d);
+                    ok = false;
+                    None
+                }
+            },
+            None => inherited
+                .as_ref()
+                .map(|w| Spanned::new(w.span(), w.get_ref().resolve(tz))),
+        };
+    let start = pick("start_at", &e.start_at, &defaults.start_at);
+    let end = pick("end_at", &e.end_at, &defaults.end_at);
+    if let (Some(s), Some(en)) = (&start, &end) {
+        if en.get_ref() <= s.get_ref() {
+            let msg = format!(
+                "`end_at` ({}) is not after `start_at` ({})",
+                en.get_ref().to_rfc3339(),
+                s.get_ref().to_rfc3339()
+            );
+            out.push(
+                file.error(en.span(), msg)
+                    .with_note(file.note(s.span(), "`start_at` is set here")),
+            );
+            return None;
+        }
+    }
+    if let Some(en) = &end {
+        if *en.get_ref() < now && enabled {
+            out.push(
+                file.warning(
+                    en.span(),
+                    format!("`end_at` {} is in the past", en.get_ref().to_rfc3339()),
+                )
+                .with_help("the entry will never fire again; remove it or move `end_at`"),
+            );
+        }
+    }
+    ok.then(|| (start.map(Spanned::into_inner), end.map(Spanned::into_inner)))
+}
