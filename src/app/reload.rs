@@ -80,7 +80,7 @@ pub fn reload_once(
                 tracing::warn!("{}", w.to_string().trim_end());
             }
             metrics.reloads.inc();
-            let changed = *entries.borrow() != *loaded.entries;
+            let changed = **entries.borrow() != *loaded.entries;
             if changed {
                 tracing::info!(entries = loaded.entries.len(), "schedules reloaded");
                 entries.send_replace(loaded.entries.into());

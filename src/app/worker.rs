@@ -6,7 +6,7 @@ use crate::app::daemon::{self, Daemon};
 use crate::app::{settings, Error};
 use crate::config::{self, AppConfig};
 use crate::ops::http::{self, Health};
-use crate::worker::spec::{HeaderValue, TaskKind, TaskSpec};
+use crate::worker::{HeaderValue, TaskKind, TaskSpec};
 use crate::worker::{Registry, Shutdown, WorkerOptions};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

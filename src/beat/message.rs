@@ -6,7 +6,7 @@ use crate::beat::FireEncoder;
 use crate::beat_io::Fire;
 use crate::clock::SharedClock;
 use crate::entry::Entry;
-use crate::protocol::message::{beatd_headers, TaskMessage};
+use crate::protocol::{beatd_headers, TaskMessage};
 use chrono::{DateTime, Utc};
 
 /// Encodes fires with the Celery protocol.
