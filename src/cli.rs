@@ -13,7 +13,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "BEATD_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Log format: human text or one JSON object per line.
-    #[arg(long, global = true, env = "BEATD_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "BEATD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
@@ -62,7 +68,12 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ScheduleArgs {
     /// Schedule file or directory of *.toml files (repeatable) [default: schedules/].
-    #[arg(long = "schedules", env = "BEATD_SCHEDULES", value_name = "PATH", value_delimiter = ',')]
+    #[arg(
+        long = "schedules",
+        env = "BEATD_SCHEDULES",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
     pub schedules: Vec<PathBuf>,
 }
 
@@ -233,8 +244,20 @@ mod tests {
 
     #[test]
     fn schedules_flag_repeats_and_splits() {
-        let cli = Cli::parse_from(["beatd", "next", "--schedules", "a.toml", "--schedules", "b,c"]);
-        let Command::Next(next) = cli.command else { panic!("not next") };
-        assert_eq!(next.schedules.schedules, ["a.toml", "b", "c"].map(PathBuf::from));
+        let cli = Cli::parse_from([
+            "beatd",
+            "next",
+            "--schedules",
+            "a.toml",
+            "--schedules",
+            "b,c",
+        ]);
+        let Command::Next(next) = cli.command else {
+            panic!("not next")
+        };
+        assert_eq!(
+            next.schedules.schedules,
+            ["a.toml", "b", "c"].map(PathBuf::from)
+        );
     }
 }

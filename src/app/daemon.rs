@@ -35,8 +35,8 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) fn new(grace: Duration) -> Result<Self, Error> {
-        let signals =
-            Signals::install().map_err(|e| Error::Other(format!("installing signal handlers: {e}")))?;
+        let signals = Signals::install()
+            .map_err(|e| Error::Other(format!("installing signal handlers: {e}")))?;
         Ok(Self {
             clock: Arc::new(SystemClock),
             signals,
@@ -87,7 +87,8 @@ impl Daemon {
                 }
             }
         });
-        self.tracker.spawn(sd::watchdog(|| true, self.signals.graceful.clone()));
+        self.tracker
+            .spawn(sd::watchdog(|| true, self.signals.graceful.clone()));
     }
 
     /// Waits for a stop signal, then for every task, within the grace.
@@ -140,7 +141,9 @@ pub(crate) async fn redis(url: &BrokerUrl) -> Result<RedisConn, Error> {
         Err(e @ crate::redis_edge::Error::AuthFailed { .. }) => {
             return Err(Error::Other(crate::error_chain(&e)));
         }
-        Err(e) => tracing::warn!(error = %crate::error_chain(&e), "redis not reachable yet; retrying"),
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "redis not reachable yet; retrying")
+        }
     }
     Ok(conn)
 }
@@ -185,7 +188,10 @@ pub(crate) fn start_beat(
 }
 
 /// `beatd beat`.
-pub async fn beat(config: Option<&std::path::Path>, args: &crate::cli::BeatArgs) -> Result<u8, Error> {
+pub async fn beat(
+    config: Option<&std::path::Path>,
+    args: &crate::cli::BeatArgs,
+) -> Result<u8, Error> {
     let file = settings::app_config(config)?;
     let d = Daemon::new(settings::shutdown_grace(&args.daemon, &file))?;
     let paths = settings::schedule_paths(&args.schedules, &file);
@@ -198,7 +204,11 @@ pub async fn beat(config: Option<&std::path::Path>, args: &crate::cli::BeatArgs)
         ));
     };
     let conn = redis(&url).await?;
-    let parts = redis_parts(&conn, &settings::namespace(&args.redis, &file), settings::lock_ttl(&args.leader, &file));
+    let parts = redis_parts(
+        &conn,
+        &settings::namespace(&args.redis, &file),
+        settings::lock_ttl(&args.leader, &file),
+    );
     tracing::info!(entries = entries.len(), redis = %url.redacted(), "beat starting");
     let status = start_beat(&d, parts, entries, paths);
     let ready: http::ReadyFn = {
@@ -206,7 +216,8 @@ pub async fn beat(config: Option<&std::path::Path>, args: &crate::cli::BeatArgs)
         Arc::new(move || s.store_reachable.load(Ordering::Relaxed))
     };
     let health = Arc::new(Health::new(ready.clone(), d.metrics.clone()));
-    d.serve_http(settings::http_addr(&args.daemon, &file)?, &health).await?;
+    d.serve_http(settings::http_addr(&args.daemon, &file)?, &health)
+        .await?;
     d.notify_when_ready(ready);
     d.wait(&health).await;
     Ok(crate::app::exit::OK)
@@ -218,15 +229,21 @@ pub(crate) fn redis_parts(conn: &RedisConn, namespace: &str, ttl: Duration) -> B
     let keys = Keys::new(namespace);
     BeatParts {
         leader: Arc::new(RedisLeader::new(conn.clone(), keys.clone(), ttl)),
-        emitter: Arc::new(RedisEmitter::new(conn.clone(), keys.clone(), EmitOptions::default())),
+        emitter: Arc::new(RedisEmitter::new(
+            conn.clone(),
+            keys.clone(),
+            EmitOptions::default(),
+        )),
         state: Arc::new(RedisState::new(conn.clone(), keys)),
     }
 }
 
-
 /// `beatd run`: beat and worker in one process. Without a Redis URL: the embedded mode
 /// (state file + lock, in-process queue); with one: the Redis beat and worker side by side.
-pub async fn run(config: Option<&std::path::Path>, args: &crate::cli::RunArgs) -> Result<u8, Error> {
+pub async fn run(
+    config: Option<&std::path::Path>,
+    args: &crate::cli::RunArgs,
+) -> Result<u8, Error> {
     use crate::app::worker as w;
     let file = settings::app_config(config)?;
     let d = Daemon::new(settings::shutdown_grace(&args.daemon, &file))?;
@@ -285,7 +302,8 @@ pub async fn run(config: Option<&std::path::Path>, args: &crate::cli::RunArgs) -
         Arc::new(|| true)
     };
     let health = Arc::new(Health::new(ready.clone(), d.metrics.clone()));
-    d.serve_http(settings::http_addr(&args.daemon, &file)?, &health).await?;
+    d.serve_http(settings::http_addr(&args.daemon, &file)?, &health)
+        .await?;
     d.notify_when_ready(ready);
     d.wait(&health).await;
     Ok(crate::app::exit::OK)

@@ -76,10 +76,19 @@ fn check(config: Option<&std::path::Path>, args: &CheckArgs) -> Result<u8, Error
         }
         Err(e) => return Err(e),
     };
-    let explicit: Vec<PathBuf> = args.paths.iter().chain(&args.schedules.schedules).cloned().collect();
+    let explicit: Vec<PathBuf> = args
+        .paths
+        .iter()
+        .chain(&args.schedules.schedules)
+        .cloned()
+        .collect();
     let paths = if explicit.is_empty() {
         // The default schedule directory is optional for a worker-only host.
-        file.schedules.iter().filter(|p| p.exists()).cloned().collect()
+        file.schedules
+            .iter()
+            .filter(|p| p.exists())
+            .cloned()
+            .collect()
     } else {
         explicit
     };
@@ -102,7 +111,14 @@ fn check(config: Option<&std::path::Path>, args: &CheckArgs) -> Result<u8, Error
         return Ok(exit::FAILURE);
     }
     let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    println!("ok: {entries} entries in {}", if shown.is_empty() { "(no schedules)".to_string() } else { shown.join(", ") });
+    println!(
+        "ok: {entries} entries in {}",
+        if shown.is_empty() {
+            "(no schedules)".to_string()
+        } else {
+            shown.join(", ")
+        }
+    );
     Ok(exit::OK)
 }
 
@@ -114,8 +130,11 @@ fn next(config: Option<&std::path::Path>, args: &NextArgs) -> Result<u8, Error> 
             .to_utc(),
         None => now,
     };
-    let loaded =
-        config::load_schedules(&settings::schedule_paths(&args.schedules, &settings::app_config(config)?), now).map_err(Error::Config)?;
+    let loaded = config::load_schedules(
+        &settings::schedule_paths(&args.schedules, &settings::app_config(config)?),
+        now,
+    )
+    .map_err(Error::Config)?;
     for name in &args.entry {
         if !loaded.entries.iter().any(|e| &e.name == name) {
             return Err(Error::Usage(format!("no entry named {name:?}")));
@@ -124,10 +143,12 @@ fn next(config: Option<&std::path::Path>, args: &NextArgs) -> Result<u8, Error> 
     let list = next::next_fires(&loaded.entries, &args.entry, from, args.count);
     match args.format {
         OutputFormat::Json => {
-            println!("{}", serde_json::to_string_pretty(&list).expect("serializes"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&list).expect("serializes")
+            );
         }
         OutputFormat::Text => print!("{}", next::render_text(&list)),
     }
     Ok(exit::OK)
 }
-

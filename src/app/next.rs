@@ -31,17 +31,24 @@ pub fn next_fires(
             let mut fires = Vec::with_capacity(count);
             let mut after = from;
             while fires.len() < count {
-                let Some(at) = e.next_fire_after(after) else { break };
+                let Some(at) = e.next_fire_after(after) else {
+                    break;
+                };
                 fires.push(rfc3339_in(e, at));
                 after = at;
             }
-            NextFires { entry: e.name.clone(), timezone: e.timezone.name().to_string(), fires }
+            NextFires {
+                entry: e.name.clone(),
+                timezone: e.timezone.name().to_string(),
+                fires,
+            }
         })
         .collect()
 }
 
 fn rfc3339_in(e: &Entry, at: DateTime<Utc>) -> String {
-    at.with_timezone(&e.timezone).to_rfc3339_opts(SecondsFormat::AutoSi, false)
+    at.with_timezone(&e.timezone)
+        .to_rfc3339_opts(SecondsFormat::AutoSi, false)
 }
 
 /// Text rendering: one block per entry, local time then UTC.

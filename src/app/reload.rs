@@ -33,7 +33,9 @@ fn watch(paths: &[PathBuf], events: mpsc::Sender<()>) -> Option<notify::Recommen
         let dir = if path.is_dir() {
             path.as_path()
         } else {
-            path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
         };
         if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
             tracing::warn!(path = %dir.display(), error = %e, "cannot watch schedule path");

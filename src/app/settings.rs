@@ -41,7 +41,9 @@ pub fn redis_url(args: &RedisArgs, file: &AppConfig) -> Result<Option<BrokerUrl>
 /// The key namespace.
 #[must_use]
 pub fn namespace(args: &RedisArgs, file: &AppConfig) -> String {
-    args.namespace.clone().unwrap_or_else(|| file.namespace.clone())
+    args.namespace
+        .clone()
+        .unwrap_or_else(|| file.namespace.clone())
 }
 
 /// Schedule paths: flags/env, else the file's, else `schedules/`.
@@ -78,7 +80,8 @@ pub fn http_addr(args: &DaemonArgs, file: &AppConfig) -> Result<Option<SocketAdd
 /// Graceful stop limit.
 #[must_use]
 pub fn shutdown_grace(args: &DaemonArgs, file: &AppConfig) -> Duration {
-    args.shutdown_grace.map_or(file.worker.shutdown_grace, Into::into)
+    args.shutdown_grace
+        .map_or(file.worker.shutdown_grace, Into::into)
 }
 
 /// The embedded state file: flag/env, file, `$STATE_DIRECTORY/beatd-state.json` (systemd),
@@ -119,5 +122,6 @@ pub fn concurrency(args: &WorkerOpts, file: &AppConfig) -> usize {
 /// Visibility timeout.
 #[must_use]
 pub fn visibility_timeout(args: &WorkerOpts, file: &AppConfig) -> Duration {
-    args.visibility_timeout.map_or(file.worker.visibility_timeout, Into::into)
+    args.visibility_timeout
+        .map_or(file.worker.visibility_timeout, Into::into)
 }

@@ -21,7 +21,11 @@ pub fn task_spec(def: &config::TaskDef) -> TaskSpec {
             env: env.clone(),
             cwd: cwd.clone(),
         },
-        config::TaskKind::Http { url, headers, timeout } => TaskKind::Http {
+        config::TaskKind::Http {
+            url,
+            headers,
+            timeout,
+        } => TaskKind::Http {
             url: url.clone(),
             headers: headers
                 .iter()
@@ -82,8 +86,8 @@ pub(crate) fn start_redis_worker(
     registry: Registry,
     url: &crate::redis_edge::BrokerUrl,
 ) -> Result<(), Error> {
-    let client = redis::Client::open(url.expose())
-        .map_err(|e| Error::Other(format!("redis url: {e}")))?;
+    let client =
+        redis::Client::open(url.expose()).map_err(|e| Error::Other(format!("redis url: {e}")))?;
     let clock = d.clock.clone();
     let shutdown = Shutdown {
         graceful: d.signals.graceful.clone(),
@@ -135,7 +139,8 @@ pub async fn worker(
     start_redis_worker(&d, opts, registry, &url)?;
     let ready: http::ReadyFn = redis_ready(conn, &d);
     let health = Arc::new(Health::new(ready.clone(), d.metrics.clone()));
-    d.serve_http(settings::http_addr(&args.daemon, &file)?, &health).await?;
+    d.serve_http(settings::http_addr(&args.daemon, &file)?, &health)
+        .await?;
     d.notify_when_ready(ready);
     d.wait(&health).await;
     Ok(crate::app::exit::OK)

@@ -17,12 +17,12 @@
 pub mod message;
 pub mod plan;
 
+use crate::beat_io::{EmitOutcome, Emitter, Error, Fire, LeaderLock, Lease, StateStore};
 use crate::clock::SharedClock;
 use crate::entry::Entry;
 use crate::ops::metrics::Metrics;
 use chrono::{DateTime, Utc};
 use plan::{Due, Plan};
-use crate::beat_io::{EmitOutcome, Emitter, Error, Fire, LeaderLock, Lease, StateStore};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,7 +61,10 @@ pub struct BeatOptions {
 
 impl Default for BeatOptions {
     fn default() -> Self {
-        Self { acquire_interval: Duration::from_secs(1), max_backoff: Duration::from_secs(5) }
+        Self {
+            acquire_interval: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+        }
     }
 }
 
@@ -165,12 +168,16 @@ impl Beat {
     async fn lead(&mut self, lease: &Lease, shutdown: &CancellationToken) -> TermEnd {
         self.set_leader(true);
         self.status.epoch.store(lease.epoch, Ordering::Relaxed);
-        self.metrics.epoch.set(i64::try_from(lease.epoch).unwrap_or(i64::MAX));
+        self.metrics
+            .epoch
+            .set(i64::try_from(lease.epoch).unwrap_or(i64::MAX));
         self.metrics.lock_acquisitions.inc();
         tracing::info!(epoch = lease.epoch, "leadership acquired");
         let mut valid_until = lease.acquired_at + lease.ttl;
         let mut renew_at = lease.acquired_at + lease.ttl / 3;
-        let Some(mut plan) = self.replan().await else { return TermEnd::StoreError };
+        let Some(mut plan) = self.replan().await else {
+            return TermEnd::StoreError;
+        };
         loop {
             let wake = plan.next_wake().map(|at| {
                 let left = (at - self.clock.now()).to_std().unwrap_or_default();
@@ -315,7 +322,10 @@ impl Backoff {
     const START: Duration = Duration::from_millis(100);
 
     fn new(max: Duration) -> Self {
-        Self { current: Self::START, max }
+        Self {
+            current: Self::START,
+            max,
+        }
     }
 
     fn reset(&mut self) {

@@ -51,7 +51,11 @@ pub fn fingerprint(entry: &Entry) -> String {
     let base = match &entry.schedule {
         Schedule::Cron(c) => format!("cron:{}@{}", c.expr, c.tz),
         Schedule::Every { interval, anchor } => {
-            format!("every:{}ms@{}", interval.as_millis(), anchor.timestamp_millis())
+            format!(
+                "every:{}ms@{}",
+                interval.as_millis(),
+                anchor.timestamp_millis()
+            )
         }
         Schedule::At(at) => format!("at:{}", at.timestamp_millis()),
     };
@@ -74,12 +78,20 @@ impl Plan {
                 .filter(|l| l.fingerprint.as_deref() == Some(fingerprint(entry).as_str()))
                 .and_then(|l| DateTime::from_timestamp_millis(l.fire_at_ms));
             for at in entry.missed_fires(last, now) {
-                heap.push(Reverse(Pending { at, idx, catch_up: true }));
+                heap.push(Reverse(Pending {
+                    at,
+                    idx,
+                    catch_up: true,
+                }));
             }
             // A last run in the future (another host's clock ran ahead) must not be repeated.
             let after = last.map_or(now, |l| l.max(now));
             if let Some(at) = entry.next_fire_after(after) {
-                heap.push(Reverse(Pending { at, idx, catch_up: false }));
+                heap.push(Reverse(Pending {
+                    at,
+                    idx,
+                    catch_up: false,
+                }));
             }
         }
         Self { entries, heap }
@@ -105,7 +117,11 @@ impl Plan {
                 break;
             }
             self.heap.pop();
-            due.push(Due { idx: p.idx, at: p.at, catch_up: p.catch_up });
+            due.push(Due {
+                idx: p.idx,
+                at: p.at,
+                catch_up: p.catch_up,
+            });
         }
         due
     }
@@ -116,7 +132,11 @@ impl Plan {
             return;
         }
         if let Some(at) = self.entries[due.idx].next_fire_after(due.at) {
-            self.heap.push(Reverse(Pending { at, idx: due.idx, catch_up: false }));
+            self.heap.push(Reverse(Pending {
+                at,
+                idx: due.idx,
+                catch_up: false,
+            }));
         }
     }
 

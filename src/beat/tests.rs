@@ -84,11 +84,23 @@ fn start(
         options: BeatOptions::default(),
     };
     let task = tokio::spawn(beat.run(shutdown.clone()));
-    Harness { leader, emitter, status, entries: tx, shutdown, task }
+    Harness {
+        leader,
+        emitter,
+        status,
+        entries: tx,
+        shutdown,
+        task,
+    }
 }
 
 fn fired(emitter: &MemoryEmitter, entry: &str) -> Vec<i64> {
-    emitter.pushed().iter().filter(|p| p.entry == entry).map(|p| p.fire_at_ms).collect()
+    emitter
+        .pushed()
+        .iter()
+        .filter(|p| p.entry == entry)
+        .map(|p| p.fire_at_ms)
+        .collect()
 }
 
 async fn settle(d: Duration) {
@@ -100,7 +112,12 @@ async fn fires_every_second_exactly_once_on_time() {
     let origin = t("2026-11-23T10:00:00.500Z");
     let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
     let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
-    let h = start(origin, vec![every("tick", 1, CatchUp::Latest)], leader, emitter);
+    let h = start(
+        origin,
+        vec![every("tick", 1, CatchUp::Latest)],
+        leader,
+        emitter,
+    );
     settle(Duration::from_millis(10_000)).await;
     let base = t("2026-11-23T10:00:01Z").timestamp_millis();
     let expected: Vec<i64> = (0..10).map(|k| base + k * 1000).collect();
@@ -128,7 +145,12 @@ async fn a_restart_neither_repeats_nor_loses_a_fire() {
     h.task.await.unwrap();
     // Down for 5.5 s (fires :06, :08, :10 missed), then a new beat on the same state.
     settle(Duration::from_millis(5_500)).await;
-    let h2 = start(origin + chrono::Duration::seconds(10), vec![every("tick", 2, CatchUp::All)], leader, emitter);
+    let h2 = start(
+        origin + chrono::Duration::seconds(10),
+        vec![every("tick", 2, CatchUp::All)],
+        leader,
+        emitter,
+    );
     settle(Duration::from_millis(3_000)).await;
     let got: Vec<i64> = fired(&h2.emitter, "tick")
         .iter()
@@ -144,12 +166,22 @@ async fn catch_up_latest_sends_only_the_most_recent_missed_fire() {
     let origin = t("2026-11-23T10:00:00Z");
     let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
     let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
-    let h = start(origin, vec![every("tick", 2, CatchUp::Latest)], leader.clone(), emitter.clone());
+    let h = start(
+        origin,
+        vec![every("tick", 2, CatchUp::Latest)],
+        leader.clone(),
+        emitter.clone(),
+    );
     settle(Duration::from_millis(2_500)).await;
     h.shutdown.cancel();
     h.task.await.unwrap();
     settle(Duration::from_millis(7_000)).await; // :04 :06 :08 missed; now :09.5
-    let h2 = start(origin + chrono::Duration::milliseconds(9_500), vec![every("tick", 2, CatchUp::Latest)], leader, emitter);
+    let h2 = start(
+        origin + chrono::Duration::milliseconds(9_500),
+        vec![every("tick", 2, CatchUp::Latest)],
+        leader,
+        emitter,
+    );
     settle(Duration::from_millis(1_000)).await;
     let got: Vec<i64> = fired(&h2.emitter, "tick")
         .iter()
@@ -165,14 +197,27 @@ async fn a_lost_lease_stops_emission_until_reacquired() {
     let origin = t("2026-11-23T10:00:00Z");
     let leader = Arc::new(MemoryLeader::new(Duration::from_secs(3)));
     let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
-    let h = start(origin, vec![every("tick", 1, CatchUp::None)], leader.clone(), emitter.clone());
+    let h = start(
+        origin,
+        vec![every("tick", 1, CatchUp::None)],
+        leader.clone(),
+        emitter.clone(),
+    );
     settle(Duration::from_millis(2_500)).await;
     assert_eq!(fired(&emitter, "tick").len(), 2);
     // Another replica takes the lock: this one is fenced at its next emission.
     leader.revoke();
-    let other = leader.try_acquire().await.unwrap().expect("free after revoke");
+    let other = leader
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("free after revoke");
     settle(Duration::from_millis(2_000)).await;
-    assert_eq!(fired(&emitter, "tick").len(), 2, "a fenced beat sent something");
+    assert_eq!(
+        fired(&emitter, "tick").len(),
+        2,
+        "a fenced beat sent something"
+    );
     assert!(!h.status.is_leader.load(Ordering::Relaxed));
     // The other replica goes away without releasing: its lease expires, ours comes back.
     drop(other);
@@ -192,9 +237,16 @@ async fn reload_adds_and_removes_entries_without_spurious_fires() {
     let origin = t("2026-11-23T10:00:00.200Z");
     let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
     let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
-    let h = start(origin, vec![every("a", 1, CatchUp::All)], leader, emitter.clone());
+    let h = start(
+        origin,
+        vec![every("a", 1, CatchUp::All)],
+        leader,
+        emitter.clone(),
+    );
     settle(Duration::from_millis(3_000)).await; // a: :01 :02 :03
-    h.entries.send(vec![every("b", 5, CatchUp::All)].into()).unwrap();
+    h.entries
+        .send(vec![every("b", 5, CatchUp::All)].into())
+        .unwrap();
     settle(Duration::from_millis(3_000)).await; // b: :05 only
     assert_eq!(fired(&emitter, "a").len(), 3);
     assert_eq!(
@@ -212,7 +264,9 @@ async fn ten_thousand_entries_due_together_go_out_in_one_batch() {
     let origin = t("2026-11-23T10:00:00.900Z");
     let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
     let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
-    let entries: Vec<Entry> = (0..10_000).map(|i| every(&format!("e{i}"), 60, CatchUp::None)).collect();
+    let entries: Vec<Entry> = (0..10_000)
+        .map(|i| every(&format!("e{i}"), 60, CatchUp::None))
+        .collect();
     let h = start(origin, entries, leader, emitter.clone());
     settle(Duration::from_millis(59_200)).await;
     let pushed = emitter.pushed();

@@ -85,7 +85,11 @@ impl FileEmitter {
         queue: mpsc::UnboundedSender<Vec<u8>>,
     ) -> Result<Self, state_file::Error> {
         let state = state_file::read(path)?;
-        Ok(Self { path: path.into(), state: Mutex::new(state), queue })
+        Ok(Self {
+            path: path.into(),
+            state: Mutex::new(state),
+            queue,
+        })
     }
 }
 
@@ -115,7 +119,7 @@ impl Emitter for FileEmitter {
                 EmitOutcome::Sent
             })
             .collect();
-        if outcomes.iter().any(|o| *o == EmitOutcome::Sent) {
+        if outcomes.contains(&EmitOutcome::Sent) {
             state_file::write(&self.path, &next).map_err(unavailable)?;
             *state = next;
         }

@@ -78,19 +78,33 @@ impl StateLock {
     pub fn acquire(state: &Path) -> Result<Self, Error> {
         let lock = lock_path(state);
         if let Some(dir) = lock.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir)
-                .map_err(|source| Error::Io { op: "create", path: dir.into(), source })?;
+            fs::create_dir_all(dir).map_err(|source| Error::Io {
+                op: "create",
+                path: dir.into(),
+                source,
+            })?;
         }
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock)
-            .map_err(|source| Error::Io { op: "open", path: lock.clone(), source })?;
+            .map_err(|source| Error::Io {
+                op: "open",
+                path: lock.clone(),
+                source,
+            })?;
         match file.try_lock() {
             Ok(()) => Ok(Self { _file: file }),
-            Err(fs::TryLockError::WouldBlock) => Err(Error::Locked { path: state.into(), lock }),
-            Err(fs::TryLockError::Error(source)) => Err(Error::Io { op: "lock", path: lock, source }),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::Locked {
+                path: state.into(),
+                lock,
+            }),
+            Err(fs::TryLockError::Error(source)) => Err(Error::Io {
+                op: "lock",
+                path: lock,
+                source,
+            }),
         }
     }
 }
@@ -109,21 +123,40 @@ pub fn read(path: &Path) -> Result<HashMap<String, LastRun>, Error> {
     let text = match fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(source) => return Err(Error::Io { op: "read", path: path.into(), source }),
+        Err(source) => {
+            return Err(Error::Io {
+                op: "read",
+                path: path.into(),
+                source,
+            })
+        }
     };
-    let disk: OnDisk = serde_json::from_slice(&text)
-        .map_err(|source| Error::Corrupt { path: path.into(), source })?;
+    let disk: OnDisk = serde_json::from_slice(&text).map_err(|source| Error::Corrupt {
+        path: path.into(),
+        source,
+    })?;
     Ok(disk
         .entries
         .into_iter()
         .map(|(name, r)| {
-            (name, LastRun { fire_at_ms: r.fire_at_ms, count: r.count, fingerprint: r.fingerprint })
+            (
+                name,
+                LastRun {
+                    fire_at_ms: r.fire_at_ms,
+                    count: r.count,
+                    fingerprint: r.fingerprint,
+                },
+            )
         })
         .collect())
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io { op, path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Replaces the state file atomically with `state`.
@@ -155,7 +188,10 @@ pub fn write(path: &Path, state: &HashMap<String, LastRun>) -> Result<(), Error>
     drop(file);
     fs::rename(&tmp, path).map_err(io("rename", path))?;
     // The rename is durable only once the directory entry is.
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if let Ok(d) = File::open(dir) {
         d.sync_all().map_err(io("fsync", dir))?;
     }
@@ -174,7 +210,11 @@ mod tests {
         let mut state = HashMap::new();
         state.insert(
             "a".to_string(),
-            LastRun { fire_at_ms: 1_000, count: 2, fingerprint: Some("every:1000ms@0+0ms".into()) },
+            LastRun {
+                fire_at_ms: 1_000,
+                count: 2,
+                fingerprint: Some("every:1000ms@0+0ms".into()),
+            },
         );
         write(&path, &state).unwrap();
         assert_eq!(read(&path).unwrap(), state);

@@ -29,7 +29,11 @@ impl Health {
     /// Health that is ready when `ready` says so.
     #[must_use]
     pub fn new(ready: ReadyFn, metrics: Arc<Metrics>) -> Self {
-        Self { ready, draining: AtomicBool::new(false), metrics }
+        Self {
+            ready,
+            draining: AtomicBool::new(false),
+            metrics,
+        }
     }
 
     /// Whether `/readyz` answers 200.
@@ -53,7 +57,9 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(health);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
@@ -68,7 +74,10 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
 
 async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         health.metrics.render(),
     )
 }

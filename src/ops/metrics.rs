@@ -56,7 +56,11 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("beatd");
         let messages_sent = Family::<Labels, Counter>::default();
-        registry.register("messages_sent", "Messages sent per entry", messages_sent.clone());
+        registry.register(
+            "messages_sent",
+            "Messages sent per entry",
+            messages_sent.clone(),
+        );
         let emission_lateness = Histogram::new([
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
         ]);
@@ -66,13 +70,29 @@ impl Default for Metrics {
             emission_lateness.clone(),
         );
         let is_leader = Gauge::default();
-        registry.register("is_leader", "1 while this replica is the leader", is_leader.clone());
+        registry.register(
+            "is_leader",
+            "1 while this replica is the leader",
+            is_leader.clone(),
+        );
         let epoch = Gauge::default();
-        registry.register("leader_epoch", "Fencing epoch of the current or last lease", epoch.clone());
+        registry.register(
+            "leader_epoch",
+            "Fencing epoch of the current or last lease",
+            epoch.clone(),
+        );
         let lock_acquisitions = Counter::default();
-        registry.register("lock_acquisitions", "Leader lock acquisitions", lock_acquisitions.clone());
+        registry.register(
+            "lock_acquisitions",
+            "Leader lock acquisitions",
+            lock_acquisitions.clone(),
+        );
         let lock_renewals = Counter::default();
-        registry.register("lock_renewals", "Leader lock renewals", lock_renewals.clone());
+        registry.register(
+            "lock_renewals",
+            "Leader lock renewals",
+            lock_renewals.clone(),
+        );
         let lock_losses = Counter::default();
         registry.register("lock_losses", "Leader leases lost", lock_losses.clone());
         let redis_errors = Counter::default();
@@ -80,11 +100,25 @@ impl Default for Metrics {
         let reloads = Counter::default();
         registry.register("reloads", "Schedule reloads applied", reloads.clone());
         let reload_failures = Counter::default();
-        registry.register("reload_failures", "Schedule reloads rejected", reload_failures.clone());
+        registry.register(
+            "reload_failures",
+            "Schedule reloads rejected",
+            reload_failures.clone(),
+        );
         let worker_tasks = Family::<Labels, Counter>::default();
-        registry.register("worker_tasks", "Worker tasks by task and final state", worker_tasks.clone());
-        let task_duration = Family::<Labels, Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
-        registry.register("worker_task_duration_seconds", "Task run time", task_duration.clone());
+        registry.register(
+            "worker_tasks",
+            "Worker tasks by task and final state",
+            worker_tasks.clone(),
+        );
+        let task_duration = Family::<Labels, Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "worker_task_duration_seconds",
+            "Task run time",
+            task_duration.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register("worker_in_flight", "Tasks running now", in_flight.clone());
         Self {
@@ -123,7 +157,9 @@ mod tests {
     #[test]
     fn renders_documented_names() {
         let m = Metrics::default();
-        m.messages_sent.get_or_create(&vec![("entry", "a".to_string())]).inc();
+        m.messages_sent
+            .get_or_create(&vec![("entry", "a".to_string())])
+            .inc();
         m.emission_lateness.observe(0.003);
         m.is_leader.set(1);
         let text = m.render();

@@ -40,7 +40,9 @@ pub fn watchdog_interval() -> Option<Duration> {
 
 /// Pings the watchdog at half its interval while `alive` holds and until `shutdown`.
 pub async fn watchdog(alive: impl Fn() -> bool + Send, shutdown: CancellationToken) {
-    let Some(interval) = watchdog_interval() else { return };
+    let Some(interval) = watchdog_interval() else {
+        return;
+    };
     let mut tick = tokio::time::interval(interval / 2);
     loop {
         tokio::select! {
