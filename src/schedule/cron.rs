@@ -170,29 +170,39 @@ fn reword(err: &croner::errors::CronError, text: &str) -> String {
     }
 }
 
-/// croner reports one error for the whole pattern; check each field alone (the others `*`)
-/// to say which one is wrong.
+/// A field whose letters are out of place, as an error (cheap: no croner parse).
+fn stray_letters(fields: &[(&str, Range<usize>)]) -> Option<CronError> {
+    let skip = 6 - fields.len();
+    fields.iter().enumerate().find_map(|(i, (text, span))| {
+        let c = stray_letter(i + skip, text)?;
+        Some(field_error(
+            i + skip,
+            text,
+            span,
+            &format!("illegal character '{c}'"),
+        ))
+    })
+}
+
+/// croner reports one error for the whole pattern; parse each field alone (the others `*`)
+/// to say which one is wrong. Only run once the whole pattern failed: each probe costs a
+/// full croner parse.
 fn blame_field(fields: &[(&str, Range<usize>)]) -> Option<CronError> {
     let skip = 6 - fields.len();
-    for (i, (text, span)) in fields.iter().enumerate() {
-        let index = i + skip;
-        let reason = if let Some(c) = stray_letter(index, text) {
-            format!("illegal character '{c}'")
-        } else {
-            let mut probe = ["0", "*", "*", "*", "*", "*"];
-            probe[index] = text;
-            match parser().parse(&probe.join(" ")) {
-                Ok(_) => continue,
-                Err(e) => reword(&e, text),
-            }
-        };
-        let (name, allowed) = FIELDS[index];
-        return Some(CronError {
-            message: format!("invalid {name} field \"{text}\": {reason} (allowed: {allowed})"),
-            span: Some(span.clone()),
-        });
+    fields.iter().enumerate().find_map(|(i, (text, span))| {
+        let mut probe = ["0", "*", "*", "*", "*", "*"];
+        probe[i + skip] = text;
+        let e = parser().parse(&probe.join(" ")).err()?;
+        Some(field_error(i + skip, text, span, &reword(&e, text)))
+    })
+}
+
+fn field_error(index: usize, text: &str, span: &Range<usize>, reason: &str) -> CronError {
+    let (name, allowed) = FIELDS[index];
+    CronError {
+        message: format!("invalid {name} field \"{text}\": {reason} (allowed: {allowed})"),
+        span: Some(span.clone()),
     }
-    None
 }
 
 impl CronSchedule {
@@ -226,15 +236,17 @@ impl CronSchedule {
                 span: whole,
             });
         }
-        if let Some(e) = blame_field(&fields) {
+        if let Some(e) = stray_letters(&fields) {
             return Err(e);
         }
-        let cron = parser().parse(text).map_err(|e| CronError {
-            message: format!(
-                "invalid cron expression \"{trimmed}\": {}",
-                reword(&e, text)
-            ),
-            span: whole.clone(),
+        let cron = parser().parse(text).map_err(|e| {
+            blame_field(&fields).unwrap_or_else(|| CronError {
+                message: format!(
+                    "invalid cron expression \"{trimmed}\": {}",
+                    reword(&e, text)
+                ),
+                span: whole.clone(),
+            })
         })?;
         let hour = fields[fields.len() - 4].0;
         let schedule = CronSchedule {
