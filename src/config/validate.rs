@@ -5,7 +5,8 @@
 //! time comes in as an argument: config never reads the clock.
 
 use super::diagnostic::{Diagnostic, SourceFile};
-use super::raw::{RawDefaults, RawEntry, RawScheduleFile};
+use super::parse::{Parsed, ScheduleFile};
+use super::raw::{RawDefaults, RawEntry};
 use super::values::{self, catch_up, json_table, nonempty, priority, When};
 use crate::entry::{Entry, SourceRef};
 use crate::schedule::{self, CatchUp, CronSchedule, Schedule};
@@ -45,16 +46,16 @@ pub(crate) struct Checked {
 /// Validates one parsed file; diagnostics of every severity go to `out`.
 pub(crate) fn file(
     file: &SourceFile,
-    raw: &RawScheduleFile,
+    raw: &ScheduleFile,
     now: DateTime<Utc>,
     out: &mut Vec<Diagnostic>,
 ) -> Vec<Checked> {
     let defaults = raw
         .defaults
         .as_ref()
-        .map(|d| defaults(file, d.get_ref(), out))
+        .map(|d| defaults(file, d.value.get_ref(), out))
         .unwrap_or_default();
-    raw.entry
+    raw.entries
         .iter()
         .filter_map(|e| entry(file, e, &defaults, now, out))
         .collect()
@@ -125,20 +126,23 @@ fn header_span(file: &SourceFile, span: Range<usize>) -> Range<usize> {
 
 fn entry(
     file: &SourceFile,
-    raw: &Spanned<RawEntry>,
+    raw: &Parsed<RawEntry>,
     defaults: &Defaults,
     now: DateTime<Utc>,
     out: &mut Vec<Diagnostic>,
 ) -> Option<Checked> {
     let errors_before = out.iter().filter(|d| d.is_error()).count();
-    let header = header_span(file, raw.span());
-    let e = raw.get_ref();
+    let header = header_span(file, raw.value.span());
+    let e = raw.value.get_ref();
+    // Keys stage 1 already reported (`tsak`, or `task = 5`) are not "missing" as well.
+    let reported = |key: &str| raw.dropped.iter().any(|d| d == key);
     let missing = |key: &str, help: &str| {
         file.error(header.clone(), format!("entry has no `{key}`"))
             .with_help(help.to_owned())
     };
     let name = match &e.name {
         Some(n) => keep(nonempty(file, "name", n), out).map(|s| (s, n.span())),
+        None if reported("name") => None,
         None => {
             out.push(missing(
                 "name",
@@ -149,6 +153,7 @@ fn entry(
     };
     let task = match &e.task {
         Some(t) => keep(nonempty(file, "task", t), out),
+        None if reported("task") => None,
         None => {
             out.push(missing(
                 "task",
@@ -161,7 +166,8 @@ fn entry(
         Some(v) => keep(values::timezone(file, v), out).unwrap_or(Tz::UTC),
         None => defaults.timezone.unwrap_or(Tz::UTC),
     };
-    let schedule = schedule(file, e, header.clone(), tz, now, out);
+    let quiet = ["cron", "every", "at"].iter().any(|k| reported(k));
+    let schedule = schedule(file, e, header.clone(), quiet, tz, now, out);
 
     let dur = |key, v: &Option<Spanned<String>>, out: &mut Vec<_>| match v {
         Some(v) => keep(values::duration(file, key, v), out),
@@ -216,7 +222,7 @@ fn entry(
         .unwrap_or(true);
     let window = window(file, e, defaults, tz, now, enabled, out);
 
-    if out.iter().filter(|d| d.is_error()).count() > errors_before {
+    if out.iter().filter(|d| d.is_error()).count() > errors_before || !raw.dropped.is_empty() {
         return None;
     }
     let ((name, name_span), task, schedule) = (name?, task?, schedule?);
@@ -263,6 +269,7 @@ fn schedule(
     file: &SourceFile,
     e: &RawEntry,
     header: Range<usize>,
+    quiet: bool,
     tz: Tz,
     now: DateTime<Utc>,
     out: &mut Vec<Diagnostic>,
@@ -284,6 +291,7 @@ fn schedule(
         }
     }
     match given.as_slice() {
+        [] if quiet => return None,
         [] => {
             out.push(
                 file.error(header, "entry has no schedule: none of `cron`, `every` or `at`")

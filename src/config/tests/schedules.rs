@@ -263,3 +263,23 @@ fn one_off_in_a_gap_fires_at_the_end_of_the_gap_and_in_a_fold_at_the_first() {
         ]
     );
 }
+
+#[test]
+fn an_entry_with_a_bad_key_is_still_checked_but_not_called_incomplete() {
+    let ds = diags(
+        "[[entry]]\nname = \"a\"\ntsak = \"t\"\ncron = \"61 * * * *\"\npriority = \"high\"\n",
+    );
+    let got: Vec<_> = ds
+        .iter()
+        .map(|d| (d.line, d.message.split(':').next().unwrap()))
+        .collect();
+    // `tsak` is reported as probably `task`, so "entry has no `task`" would only repeat it.
+    assert_eq!(
+        got,
+        [
+            (3, "unknown key `tsak` in [[entry]]"),
+            (4, "invalid `cron`"),
+            (5, "invalid value for `priority`")
+        ]
+    );
+}
