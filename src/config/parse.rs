@@ -116,11 +116,12 @@ pub(crate) fn table<T: DeserializeOwned>(
     };
     let fields = fields_of::<T>();
     let known = |key: &str| fields.contains(&key);
-    let mut dropped = Vec::new();
+    // `bad` keys are left out of the table; `dropped` adds what unknown ones probably meant.
+    let (mut bad, mut dropped) = (Vec::new(), Vec::new());
     for (key, _) in table.iter().filter(|(k, _)| !known(k.get_ref())) {
         let (d, meant) = unknown_key(file, what, key, fields);
         out.push(d);
-        dropped.push(key.get_ref().to_string());
+        bad.push(key.get_ref().to_string());
         dropped.extend(meant.map(str::to_owned));
     }
     let de = |t: DeTable<'_>| {
@@ -129,7 +130,7 @@ pub(crate) fn table<T: DeserializeOwned>(
             DeValue::Table(t),
         )))
     };
-    if dropped.is_empty() {
+    if bad.is_empty() {
         if let Ok(value) = de(table.clone()) {
             return Some(Parsed {
                 value: Spanned::new(node.span(), value),
@@ -148,16 +149,17 @@ pub(crate) fn table<T: DeserializeOwned>(
             }
         }
         if out.len() > before {
-            dropped.push(key.get_ref().to_string());
+            bad.push(key.get_ref().to_string());
         }
     }
     let mut rest = DeTable::new();
     for (key, value) in table
         .iter()
-        .filter(|(k, _)| !dropped.iter().any(|d| d == k.get_ref()))
+        .filter(|(k, _)| !bad.iter().any(|b| b == k.get_ref()))
     {
         rest.insert(key.clone(), value.clone());
     }
+    dropped.extend(bad);
     match de(rest) {
         Ok(value) => Some(Parsed {
             value: Spanned::new(node.span(), value),
