@@ -2,11 +2,15 @@
 //! and the search for fire instants. Matching civil times comes from croner run on naive wall
 //! clock times; mapping them to instants is `dst.rs`. No I/O, no clock.
 //!
-//! Parser choices, made to match Vixie cron and Celery's `crontab`: 5 fields, or 6 with seconds
-//! first (no year field); day-of-month and day-of-week combine with OR when both are
-//! restricted; Sunday is 0 or 7; `L`, `W`, `#` and `?` as croner reads them; no "sloppy"
-//! ranges such as `5/10`. Nicknames `@yearly`, `@annually`, `@monthly`, `@weekly`, `@daily`
-//! and `@hourly` are accepted.
+//! Parser choices: 5 fields, or 6 with seconds first (no year field); Sunday is 0 or 7; names
+//! (`MON`, `JAN`, any case) only in their own field; `L`, `W`, `#` and `?` as croner reads
+//! them; no "sloppy" ranges such as `5/10`; nicknames `@yearly`, `@annually`, `@monthly`,
+//! `@weekly`, `@daily`, `@midnight`, `@hourly`.
+//!
+//! Day-of-month and day-of-week combine the Vixie cron way: when both are restricted a day
+//! matching *either* fires (`0 0 1 * MON` is the 1st and every Monday). Celery's `crontab()`
+//! ANDs them instead; a day-of-week written with croner's `+` prefix (`0 0 1-7 * +MON`, the
+//! first Monday) gives that meaning, so a Celery schedule can be carried over exactly.
 //!
 //! croner's own DST handling is bypassed on purpose: it treats any hour field other than a
 //! single value (for example `2,14`) as an interval job and fires it twice in a fold, while
@@ -218,7 +222,7 @@ impl CronSchedule {
             nickname(trimmed).ok_or_else(|| CronError {
                 message: format!(
                     "unknown cron nickname \"{trimmed}\" (allowed: @yearly, @annually, \
-                     @monthly, @weekly, @daily, @hourly)"
+                     @monthly, @weekly, @daily, @midnight, @hourly)"
                 ),
                 span: whole.clone(),
             })?
