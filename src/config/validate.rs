@@ -37,10 +37,11 @@ struct Defaults {
     end_at: Option<Spanned<When>>,
 }
 
-/// A validated entry and the span of its name, for the duplicate check across files.
+/// One `[[entry]]` after stage 2: its name (for the duplicate check across files, done even
+/// when the entry has other errors) and the entry itself when it is valid.
 pub(crate) struct Checked {
-    pub(crate) entry: Entry,
-    pub(crate) name_span: Range<usize>,
+    pub(crate) name: Option<Spanned<String>>,
+    pub(crate) entry: Option<Entry>,
 }
 
 /// Validates one parsed file; diagnostics of every severity go to `out`.
@@ -57,7 +58,15 @@ pub(crate) fn file(
         .unwrap_or_default();
     raw.entries
         .iter()
-        .filter_map(|e| entry(file, e, &defaults, now, out))
+        .map(|e| Checked {
+            name: e
+                .value
+                .get_ref()
+                .name
+                .clone()
+                .filter(|n| !n.get_ref().trim().is_empty()),
+            entry: entry(file, e, &defaults, now, out),
+        })
         .collect()
 }
 
@@ -130,7 +139,7 @@ fn entry(
     defaults: &Defaults,
     now: DateTime<Utc>,
     out: &mut Vec<Diagnostic>,
-) -> Option<Checked> {
+) -> Option<Entry> {
     let errors_before = out.iter().filter(|d| d.is_error()).count();
     let header = header_span(file, raw.value.span());
     let e = raw.value.get_ref();
@@ -141,7 +150,7 @@ fn entry(
             .with_help(help.to_owned())
     };
     let name = match &e.name {
-        Some(n) => keep(nonempty(file, "name", n), out).map(|s| (s, n.span())),
+        Some(n) => keep(nonempty(file, "name", n), out),
         None if reported("name") => None,
         None => {
             out.push(missing(
@@ -214,6 +223,15 @@ fn entry(
         Some(c) => keep(catch_up(file, c), out),
         None => defaults.catch_up,
     };
+    if let (Some(CatchUp::None), Some(w)) = (catch_up, &e.catch_up_window) {
+        out.push(
+            file.warning(
+                w.span(),
+                "`catch_up_window` has no effect with catch_up = \"none\"",
+            )
+            .with_help("remove it, or set catch_up = \"latest\" or \"all\""),
+        );
+    }
     let enabled = e
         .enabled
         .as_ref()
@@ -225,9 +243,9 @@ fn entry(
     if out.iter().filter(|d| d.is_error()).count() > errors_before || !raw.dropped.is_empty() {
         return None;
     }
-    let ((name, name_span), task, schedule) = (name?, task?, schedule?);
+    let (name, task, schedule) = (name?, task?, schedule?);
     let (start_at, end_at) = window?;
-    let entry = Entry {
+    Some(Entry {
         jitter_offset: jitter.map_or(Duration::ZERO, |max| schedule::jitter_offset(&name, max)),
         catch_up_window: catch_up_window
             .unwrap_or_else(|| schedule::default_catch_up_window(&schedule)),
@@ -260,8 +278,7 @@ fn entry(
             path: file.path.clone(),
             line: file.line_of(header.start),
         }),
-    };
-    Some(Checked { entry, name_span })
+    })
 }
 
 /// Exactly one of `cron` / `every` / `at`, parsed in the entry's zone.

@@ -283,3 +283,32 @@ fn an_entry_with_a_bad_key_is_still_checked_but_not_called_incomplete() {
         ]
     );
 }
+
+#[test]
+fn a_duplicate_is_reported_even_when_the_entry_has_other_errors() {
+    let ds = diags("[[entry]]\nname = \"a\"\ntask = \"t\"\nevery = \"1m\"\n[[entry]]\nname = \"a\"\nevery = \"x\"\n");
+    let got: Vec<_> = ds
+        .iter()
+        .map(|d| (d.line, d.column, d.message.split(':').next().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (5, 1, "entry has no `task`"),
+            (6, 8, "duplicate entry name `a`"),
+            (7, 9, "invalid duration `x` for `every`")
+        ]
+    );
+}
+
+#[test]
+fn a_catch_up_window_without_catch_up_is_a_warning() {
+    let text = "[[entry]]\nname = \"a\"\ntask = \"t\"\nevery = \"1m\"\ncatch_up = \"none\"\ncatch_up_window = \"1h\"\n";
+    let s = load_schedule_str("x.toml", text, NOW).unwrap();
+    let w = &s.warnings[0];
+    assert_eq!(
+        w.message,
+        "`catch_up_window` has no effect with catch_up = \"none\""
+    );
+    assert_eq!((w.severity, w.line, w.column), (Severity::Warning, 6, 19));
+}
