@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 mod app;
+mod defaults;
 mod diagnostic;
 mod parse;
 mod raw;

@@ -4,38 +4,18 @@
 //! order, past one-offs); rules across files (duplicate names) live in `mod.rs`. The current
 //! time comes in as an argument: config never reads the clock.
 
+use super::defaults::{defaults, Defaults};
 use super::diagnostic::{Diagnostic, SourceFile};
 use super::parse::{Parsed, ScheduleFile};
-use super::raw::{RawDefaults, RawEntry};
-use super::values::{self, catch_up, json_table, nonempty, priority, When};
+use super::raw::RawEntry;
+use super::values::{self, catch_up, json_table, keep, nonempty, priority, When};
 use crate::entry::{Entry, SourceRef};
 use crate::schedule::{self, CatchUp, CronSchedule, Schedule};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use serde_json::{Map, Value};
 use std::ops::Range;
 use std::time::Duration;
 use toml::Spanned;
-
-/// `[defaults]` after validation. A bad default is reported once, here, and then treated as
-/// unset so that it does not echo through every entry.
-#[derive(Debug, Default)]
-struct Defaults {
-    timezone: Option<Tz>,
-    queue: Option<String>,
-    routing_key: Option<String>,
-    exchange: Option<String>,
-    priority: Option<u8>,
-    expires: Option<Duration>,
-    headers: Map<String, Value>,
-    jitter: Option<Duration>,
-    catch_up: Option<CatchUp>,
-    catch_up_window: Option<Duration>,
-    enabled: Option<bool>,
-    // Civil datetimes stay unresolved: each entry reads them in its own zone.
-    start_at: Option<Spanned<When>>,
-    end_at: Option<Spanned<When>>,
-}
 
 /// One `[[entry]]` after stage 2: its name (for the duplicate check across files, done even
 /// when the entry has other errors) and the entry itself when it is valid.
@@ -68,56 +48,6 @@ pub(crate) fn file(
             entry: entry(file, e, &defaults, now, out),
         })
         .collect()
-}
-
-/// Keeps the value, or records the diagnostic and keeps nothing.
-fn keep<T>(r: Result<T, Diagnostic>, out: &mut Vec<Diagnostic>) -> Option<T> {
-    r.map_err(|d| out.push(d)).ok()
-}
-
-fn defaults(file: &SourceFile, d: &RawDefaults, out: &mut Vec<Diagnostic>) -> Defaults {
-    let dur = |k, v: &Option<Spanned<String>>, out: &mut Vec<_>| {
-        v.as_ref()
-            .and_then(|v| keep(values::duration(file, k, v), out))
-    };
-    let when = |k, v: &Option<Spanned<toml::Value>>, out: &mut Vec<_>| {
-        let v = v.as_ref()?;
-        keep(values::when(file, k, v), out).map(|w| Spanned::new(v.span(), w))
-    };
-    Defaults {
-        timezone: d
-            .timezone
-            .as_ref()
-            .and_then(|v| keep(values::timezone(file, v), out)),
-        queue: d
-            .queue
-            .as_ref()
-            .and_then(|v| keep(nonempty(file, "queue", v), out)),
-        routing_key: d.routing_key.as_ref().map(|v| v.get_ref().clone()),
-        exchange: d.exchange.as_ref().map(|v| v.get_ref().clone()),
-        priority: d
-            .priority
-            .as_ref()
-            .and_then(|v| keep(priority(file, v), out)),
-        expires: dur("expires", &d.expires, out),
-        headers: d
-            .headers
-            .as_ref()
-            .and_then(|v| keep(json_table(file, "headers", v), out))
-            .unwrap_or_default(),
-        jitter: dur("jitter", &d.jitter, out),
-        catch_up: d
-            .catch_up
-            .as_ref()
-            .and_then(|v| keep(catch_up(file, v), out)),
-        catch_up_window: d
-            .catch_up_window
-            .as_ref()
-            .and_then(|v| keep(values::positive_duration(file, "catch_up_window", v), out)),
-        enabled: d.enabled.as_ref().map(|v| *v.get_ref()),
-        start_at: when("start_at", &d.start_at, out),
-        end_at: when("end_at", &d.end_at, out),
-    }
 }
 
 /// The span of an entry's first line (its `[[entry]]` header), where "missing key" errors
