@@ -312,3 +312,23 @@ fn a_catch_up_window_without_catch_up_is_a_warning() {
     );
     assert_eq!((w.severity, w.line, w.column), (Severity::Warning, 6, 19));
 }
+
+#[test]
+fn diagnostics_render_like_rustc() {
+    let text = "[defaults]\ntimezone = \"Europe/Pari\"\n\n[[entry]]\nname = \"a\"\ntsak = \"t\"\nevery = \"1m\"\n";
+    let all = load_schedule_str("schedules/reports.toml", text, NOW).unwrap_err();
+    let want = r#"schedules/reports.toml:2:12: error: unknown time zone `Europe/Pari`
+  |
+2 | timezone = "Europe/Pari"
+  |            ^^^^^^^^^^^^^
+  = help: did you mean `Europe/Paris`?
+
+schedules/reports.toml:6:1: error: unknown key `tsak` in [[entry]]
+  |
+6 | tsak = "t"
+  | ^^^^
+  = help: did you mean `task`?
+"#;
+    assert_eq!(all.to_string(), want);
+    assert_eq!(all.summary(), "2 errors");
+}
