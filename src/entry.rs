@@ -81,10 +81,11 @@ impl Entry {
         }
         let offset = self.offset();
         let mut from = after;
-        if let Some(start) = self.start_at {
-            from = from.max(start - EPSILON);
+        if let Some(start) = self.start_at.and_then(|s| s.checked_sub_signed(EPSILON)) {
+            from = from.max(start);
         }
-        let fire = self.schedule.next_after(from.checked_sub_signed(offset)?)? + offset;
+        let base = self.schedule.next_after(from.checked_sub_signed(offset)?)?;
+        let fire = base.checked_add_signed(offset)?;
         self.end_at.is_none_or(|end| fire <= end).then_some(fire)
     }
 
@@ -96,10 +97,10 @@ impl Entry {
         }
         let offset = self.offset();
         let to = self.end_at.map_or(t, |end| end.min(t));
-        let fire = self
+        let base = self
             .schedule
-            .latest_at_or_before(to.checked_sub_signed(offset)?)?
-            + offset;
+            .latest_at_or_before(to.checked_sub_signed(offset)?)?;
+        let fire = base.checked_add_signed(offset)?;
         self.start_at
             .is_none_or(|start| fire >= start)
             .then_some(fire)

@@ -217,12 +217,16 @@ fn load(file: &SourceFile) -> Result<AppConfig, Diagnostics> {
         true
     };
     let worker = |key: &str, node: &Node<'_>, out: &mut Vec<Diagnostic>| {
-        key == "worker" && parse::table::<RawWorker>(file, "[worker]", node, &tasks, out).is_none()
+        key == "worker" && {
+            parse::table::<RawWorker>(file, "[worker]", node, &tasks, out);
+            true
+        }
     };
     let Some(raw) = parse::table::<RawAppConfig>(file, "beatd.toml", &doc, &worker, &mut out)
     else {
         return Err(Diagnostics(out));
     };
+    let raw = raw.value;
     let config = check::app(file, raw.get_ref(), &mut out);
     out.sort_by_key(|d| (d.line, d.column));
     if out.iter().any(Diagnostic::is_error) {

@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 mod app;
+mod defaults;
 mod diagnostic;
 mod parse;
 mod raw;
@@ -114,18 +115,23 @@ fn check_sources(files: &[SourceFile], now: DateTime<Utc>) -> (Vec<Entry>, Vec<D
         let mut out = Vec::new();
         let raw = parse::schedule_file(file, &mut out);
         for checked in validate::file(file, &raw, now, &mut out) {
-            let name = &checked.entry.name;
-            if let Some((j, first)) = seen.get(name) {
-                let note = files[*j].note(first.clone(), "first defined here");
-                out.push(
-                    file.error(checked.name_span, format!("duplicate entry name `{name}`"))
-                        .with_note(note)
-                        .with_help("entry names are unique across all schedule files; last-run state is keyed by them"),
-                );
-                continue;
+            if let Some(name) = checked.name {
+                let (span, name) = (name.span(), name.into_inner());
+                if let Some((j, first)) = seen.get(&name) {
+                    let note = files[*j].note(first.clone(), "first defined here");
+                    out.push(
+                        file.error(span, format!("duplicate entry name `{name}`"))
+                            .with_note(note)
+                            .with_help(
+                                "entry names are unique across all schedule files; \
+                                 last-run state is keyed by them",
+                            ),
+                    );
+                    continue;
+                }
+                seen.insert(name, (i, span));
             }
-            seen.insert(name.clone(), (i, checked.name_span));
-            entries.push(checked.entry);
+            entries.extend(checked.entry);
         }
         out.sort_by_key(|d| (d.line, d.column));
         diags.extend(out);

@@ -4,7 +4,7 @@
 //! deserialized alone so one bad key does not hide the next. Knows nothing of what values mean.
 
 use super::diagnostic::{Diagnostic, SourceFile};
-use super::raw::RawScheduleFile;
+use super::raw::{RawDefaults, RawEntry, RawScheduleFile};
 use super::values::suggest;
 use serde::de::{self, DeserializeOwned, Visitor};
 use std::fmt;
@@ -14,7 +14,8 @@ use toml::Spanned;
 /// A spanned TOML value borrowed from the file's text.
 pub(crate) type Node<'i> = Spanned<DeValue<'i>>;
 
-/// Descends into a nested table during narrowing; returns true when it handled `key`.
+/// Descends into a nested table during narrowing, reporting what is wrong below `key`;
+/// returns true when it handled `key`.
 pub(crate) type Descend<'a> = &'a dyn Fn(&str, &Node<'_>, &mut Vec<Diagnostic>) -> bool;
 
 /// Parses the whole document, with every syntax error the parser can recover past.
@@ -35,10 +36,27 @@ pub(crate) fn document<'i>(file: &'i SourceFile) -> Result<Node<'i>, Vec<Diagnos
         .collect())
 }
 
+/// A table that got through stage 1, possibly without some of its keys.
+pub(crate) struct Parsed<T> {
+    /// What deserialized; the span is the table's.
+    pub(crate) value: Spanned<T>,
+    /// Keys left out because they were reported already (unknown or ill-typed), plus the keys
+    /// that unknown ones were probably meant to be. Stage 2 must not call these missing: the
+    /// user has just been told about them.
+    pub(crate) dropped: Vec<String>,
+}
+
+/// Stage 1 of a schedule file: `[defaults]` and each `[[entry]]`.
+#[derive(Default)]
+pub(crate) struct ScheduleFile {
+    pub(crate) defaults: Option<Parsed<RawDefaults>>,
+    pub(crate) entries: Vec<Parsed<RawEntry>>,
+}
+
 /// Stage 1 of a schedule file. Entries are deserialized one by one so that a bad one is
 /// reported without hiding the others, and the good ones still reach stage 2.
-pub(crate) fn schedule_file(file: &SourceFile, out: &mut Vec<Diagnostic>) -> RawScheduleFile {
-    let mut raw = RawScheduleFile::default();
+pub(crate) fn schedule_file(file: &SourceFile, out: &mut Vec<Diagnostic>) -> ScheduleFile {
+    let mut raw = ScheduleFile::default();
     let doc = match document(file) {
         Ok(doc) => doc,
         Err(errors) => {
@@ -49,12 +67,11 @@ pub(crate) fn schedule_file(file: &SourceFile, out: &mut Vec<Diagnostic>) -> Raw
     let Some(top) = doc.get_ref().as_table() else {
         return raw;
     };
-    let top_keys = fields_of::<RawScheduleFile>();
     for (key, value) in top.iter() {
         match key.get_ref().as_ref() {
             "defaults" => raw.defaults = table(file, "[defaults]", value, &flat, out),
             "entry" => match value.get_ref() {
-                DeValue::Array(items) => raw.entry.extend(
+                DeValue::Array(items) => raw.entries.extend(
                     items
                         .iter()
                         .filter_map(|item| table(file, "[[entry]]", item, &flat, out)),
@@ -70,26 +87,25 @@ pub(crate) fn schedule_file(file: &SourceFile, out: &mut Vec<Diagnostic>) -> Raw
                     .with_help("write each entry under its own `[[entry]]` header"),
                 ),
             },
-            _ => out.push(unknown_key(
-                file,
-                "the top level of a schedule file",
-                key,
-                top_keys,
-            )),
+            _ => {
+                let what = "the top level of a schedule file";
+                out.push(unknown_key(file, what, key, fields_of::<RawScheduleFile>()).0);
+            }
         }
     }
     raw
 }
 
-/// Deserializes the table `node` (named `what` in messages, e.g. `[[entry]]`) as `T`, or
-/// reports everything wrong with it.
+/// Deserializes the table `node` (named `what` in messages, e.g. `[[entry]]`) as `T`,
+/// reporting everything wrong with it. A table with bad keys still yields the rest of it, so
+/// stage 2 can check that too; `None` only when not even that deserializes.
 pub(crate) fn table<T: DeserializeOwned>(
     file: &SourceFile,
     what: &str,
     node: &Node<'_>,
     descend: Descend<'_>,
     out: &mut Vec<Diagnostic>,
-) -> Option<Spanned<T>> {
+) -> Option<Parsed<T>> {
     let Some(table) = node.get_ref().as_table() else {
         let found = node.get_ref().type_str();
         out.push(file.error(
@@ -99,38 +115,63 @@ pub(crate) fn table<T: DeserializeOwned>(
         return None;
     };
     let fields = fields_of::<T>();
-    let mut bad = false;
-    for (key, _) in table.iter() {
-        if !fields.contains(&key.get_ref().as_ref()) {
-            out.push(unknown_key(file, what, key, fields));
-            bad = true;
+    let known = |key: &str| fields.contains(&key);
+    // `bad` keys are left out of the table; `dropped` adds what unknown ones probably meant.
+    let (mut bad, mut dropped) = (Vec::new(), Vec::new());
+    for (key, _) in table.iter().filter(|(k, _)| !known(k.get_ref())) {
+        let (d, meant) = unknown_key(file, what, key, fields);
+        out.push(d);
+        bad.push(key.get_ref().to_string());
+        dropped.extend(meant.map(str::to_owned));
+    }
+    let de = |t: DeTable<'_>| {
+        T::deserialize(ValueDeserializer::from(Spanned::new(
+            node.span(),
+            DeValue::Table(t),
+        )))
+    };
+    if bad.is_empty() {
+        if let Ok(value) = de(table.clone()) {
+            return Some(Parsed {
+                value: Spanned::new(node.span(), value),
+                dropped,
+            });
         }
     }
-    let whole = T::deserialize(ValueDeserializer::from(node.clone()));
-    match whole {
-        Ok(value) if !bad => return Some(Spanned::new(node.span(), value)),
-        Ok(_) => return None,
+    // Narrowing: each known key alone, so one bad key does not hide the next.
+    for (key, value) in table.iter().filter(|(k, _)| known(k.get_ref())) {
+        let before = out.len();
+        if !descend(key.get_ref(), value, out) {
+            let mut alone = DeTable::new();
+            alone.insert(key.clone(), value.clone());
+            if let Err(e) = de(alone) {
+                out.push(type_error(file, key.get_ref(), value.span(), &e));
+            }
+        }
+        if out.len() > before {
+            bad.push(key.get_ref().to_string());
+        }
+    }
+    let mut rest = DeTable::new();
+    for (key, value) in table
+        .iter()
+        .filter(|(k, _)| !bad.iter().any(|b| b == k.get_ref()))
+    {
+        rest.insert(key.clone(), value.clone());
+    }
+    dropped.extend(bad);
+    match de(rest) {
+        Ok(value) => Some(Parsed {
+            value: Spanned::new(node.span(), value),
+            dropped,
+        }),
+        // A failure that no key shows alone: report it as serde saw it.
         Err(e) => {
-            let before = out.len();
-            for (key, value) in table.iter() {
-                if !fields.contains(&key.get_ref().as_ref()) || descend(key.get_ref(), value, out) {
-                    continue;
-                }
-                let mut alone = DeTable::new();
-                alone.insert(key.clone(), value.clone());
-                let alone = Spanned::new(node.span(), DeValue::Table(alone));
-                if let Err(e) = T::deserialize(ValueDeserializer::from(alone)) {
-                    out.push(type_error(file, key.get_ref(), value.span(), &e));
-                }
-            }
-            // A failure that no key shows alone; report it as serde saw it.
-            if out.len() == before && !bad {
-                let span = e.span().unwrap_or_else(|| node.span());
-                out.push(file.error(span, format!("in {what}: {}", e.message().trim())));
-            }
+            let span = e.span().unwrap_or_else(|| node.span());
+            out.push(file.error(span, format!("in {what}: {}", e.message().trim())));
+            None
         }
     }
-    None
 }
 
 /// Never descends: for tables with no nested tables worth narrowing.
@@ -138,23 +179,26 @@ pub(crate) fn flat(_: &str, _: &Node<'_>, _: &mut Vec<Diagnostic>) -> bool {
     false
 }
 
+/// The diagnostic, and the key it was probably meant to be.
 fn unknown_key(
     file: &SourceFile,
     what: &str,
     key: &Spanned<std::borrow::Cow<'_, str>>,
-    fields: &[&str],
-) -> Diagnostic {
+    fields: &'static [&'static str],
+) -> (Diagnostic, Option<&'static str>) {
     let name = key.get_ref().as_ref();
     let d = file.error(key.span(), format!("unknown key `{name}` in {what}"));
     if let Some(best) = suggest(name, fields.iter().copied()) {
-        return d.with_help(format!("did you mean `{best}`?"));
+        return (d.with_help(format!("did you mean `{best}`?")), Some(best));
     }
-    if what == "[defaults]" && fields_of::<super::raw::RawEntry>().contains(&name) {
-        return d.with_help(format!(
-            "`{name}` can only be set in an [[entry]], not in [defaults]"
-        ));
+    if what == "[defaults]" && fields_of::<RawEntry>().contains(&name) {
+        let help = format!("`{name}` can only be set in an [[entry]], not in [defaults]");
+        return (d.with_help(help), None);
     }
-    d.with_help(format!("valid keys in {what}: {}", fields.join(", ")))
+    (
+        d.with_help(format!("valid keys in {what}: {}", fields.join(", "))),
+        None,
+    )
 }
 
 fn type_error(

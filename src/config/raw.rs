@@ -8,8 +8,14 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;
 
-/// A schedule file: optional `[defaults]` and any number of `[[entry]]`.
+/// A schedule file: optional `[defaults]` and any number of `[[entry]]`. `parse` reads the
+/// two tables one by one (so one bad entry does not hide the next); this struct is where the
+/// top-level keys are declared, for the unknown-key check.
 #[derive(Debug, Deserialize, Default)]
+#[expect(
+    dead_code,
+    reason = "declares the top-level keys; parse reads the tables one by one"
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawScheduleFile {
     pub(crate) defaults: Option<Spanned<RawDefaults>>,

@@ -4,110 +4,50 @@
 //! order, past one-offs); rules across files (duplicate names) live in `mod.rs`. The current
 //! time comes in as an argument: config never reads the clock.
 
+use super::defaults::{defaults, Defaults};
 use super::diagnostic::{Diagnostic, SourceFile};
-use super::raw::{RawDefaults, RawEntry, RawScheduleFile};
-use super::values::{self, catch_up, json_table, nonempty, priority, When};
+use super::parse::{Parsed, ScheduleFile};
+use super::raw::RawEntry;
+use super::values::{self, catch_up, json_table, keep, nonempty, priority, When};
 use crate::entry::{Entry, SourceRef};
 use crate::schedule::{self, CatchUp, CronSchedule, Schedule};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use serde_json::{Map, Value};
 use std::ops::Range;
 use std::time::Duration;
 use toml::Spanned;
 
-/// `[defaults]` after validation. A bad default is reported once, here, and then treated as
-/// unset so that it does not echo through every entry.
-#[derive(Debug, Default)]
-struct Defaults {
-    timezone: Option<Tz>,
-    queue: Option<String>,
-    routing_key: Option<String>,
-    exchange: Option<String>,
-    priority: Option<u8>,
-    expires: Option<Duration>,
-    headers: Map<String, Value>,
-    jitter: Option<Duration>,
-    catch_up: Option<CatchUp>,
-    catch_up_window: Option<Duration>,
-    enabled: Option<bool>,
-    // Civil datetimes stay unresolved: each entry reads them in its own zone.
-    start_at: Option<Spanned<When>>,
-    end_at: Option<Spanned<When>>,
-}
-
-/// A validated entry and the span of its name, for the duplicate check across files.
+/// One `[[entry]]` after stage 2: its name (for the duplicate check across files, done even
+/// when the entry has other errors) and the entry itself when it is valid.
 pub(crate) struct Checked {
-    pub(crate) entry: Entry,
-    pub(crate) name_span: Range<usize>,
+    pub(crate) name: Option<Spanned<String>>,
+    pub(crate) entry: Option<Entry>,
 }
 
 /// Validates one parsed file; diagnostics of every severity go to `out`.
 pub(crate) fn file(
     file: &SourceFile,
-    raw: &RawScheduleFile,
+    raw: &ScheduleFile,
     now: DateTime<Utc>,
     out: &mut Vec<Diagnostic>,
 ) -> Vec<Checked> {
     let defaults = raw
         .defaults
         .as_ref()
-        .map(|d| defaults(file, d.get_ref(), out))
+        .map(|d| defaults(file, d.value.get_ref(), out))
         .unwrap_or_default();
-    raw.entry
+    raw.entries
         .iter()
-        .filter_map(|e| entry(file, e, &defaults, now, out))
+        .map(|e| Checked {
+            name: e
+                .value
+                .get_ref()
+                .name
+                .clone()
+                .filter(|n| !n.get_ref().trim().is_empty()),
+            entry: entry(file, e, &defaults, now, out),
+        })
         .collect()
-}
-
-/// Keeps the value, or records the diagnostic and keeps nothing.
-fn keep<T>(r: Result<T, Diagnostic>, out: &mut Vec<Diagnostic>) -> Option<T> {
-    r.map_err(|d| out.push(d)).ok()
-}
-
-fn defaults(file: &SourceFile, d: &RawDefaults, out: &mut Vec<Diagnostic>) -> Defaults {
-    let dur = |k, v: &Option<Spanned<String>>, out: &mut Vec<_>| {
-        v.as_ref()
-            .and_then(|v| keep(values::duration(file, k, v), out))
-    };
-    let when = |k, v: &Option<Spanned<toml::Value>>, out: &mut Vec<_>| {
-        let v = v.as_ref()?;
-        keep(values::when(file, k, v), out).map(|w| Spanned::new(v.span(), w))
-    };
-    Defaults {
-        timezone: d
-            .timezone
-            .as_ref()
-            .and_then(|v| keep(values::timezone(file, v), out)),
-        queue: d
-            .queue
-            .as_ref()
-            .and_then(|v| keep(nonempty(file, "queue", v), out)),
-        routing_key: d.routing_key.as_ref().map(|v| v.get_ref().clone()),
-        exchange: d.exchange.as_ref().map(|v| v.get_ref().clone()),
-        priority: d
-            .priority
-            .as_ref()
-            .and_then(|v| keep(priority(file, v), out)),
-        expires: dur("expires", &d.expires, out),
-        headers: d
-            .headers
-            .as_ref()
-            .and_then(|v| keep(json_table(file, "headers", v), out))
-            .unwrap_or_default(),
-        jitter: dur("jitter", &d.jitter, out),
-        catch_up: d
-            .catch_up
-            .as_ref()
-            .and_then(|v| keep(catch_up(file, v), out)),
-        catch_up_window: d
-            .catch_up_window
-            .as_ref()
-            .and_then(|v| keep(values::positive_duration(file, "catch_up_window", v), out)),
-        enabled: d.enabled.as_ref().map(|v| *v.get_ref()),
-        start_at: when("start_at", &d.start_at, out),
-        end_at: when("end_at", &d.end_at, out),
-    }
 }
 
 /// The span of an entry's first line (its `[[entry]]` header), where "missing key" errors
@@ -125,20 +65,23 @@ fn header_span(file: &SourceFile, span: Range<usize>) -> Range<usize> {
 
 fn entry(
     file: &SourceFile,
-    raw: &Spanned<RawEntry>,
+    raw: &Parsed<RawEntry>,
     defaults: &Defaults,
     now: DateTime<Utc>,
     out: &mut Vec<Diagnostic>,
-) -> Option<Checked> {
+) -> Option<Entry> {
     let errors_before = out.iter().filter(|d| d.is_error()).count();
-    let header = header_span(file, raw.span());
-    let e = raw.get_ref();
+    let header = header_span(file, raw.value.span());
+    let e = raw.value.get_ref();
+    // Keys stage 1 already reported (`tsak`, or `task = 5`) are not "missing" as well.
+    let reported = |key: &str| raw.dropped.iter().any(|d| d == key);
     let missing = |key: &str, help: &str| {
         file.error(header.clone(), format!("entry has no `{key}`"))
             .with_help(help.to_owned())
     };
     let name = match &e.name {
-        Some(n) => keep(nonempty(file, "name", n), out).map(|s| (s, n.span())),
+        Some(n) => keep(nonempty(file, "name", n), out),
+        None if reported("name") => None,
         None => {
             out.push(missing(
                 "name",
@@ -149,6 +92,7 @@ fn entry(
     };
     let task = match &e.task {
         Some(t) => keep(nonempty(file, "task", t), out),
+        None if reported("task") => None,
         None => {
             out.push(missing(
                 "task",
@@ -161,7 +105,8 @@ fn entry(
         Some(v) => keep(values::timezone(file, v), out).unwrap_or(Tz::UTC),
         None => defaults.timezone.unwrap_or(Tz::UTC),
     };
-    let schedule = schedule(file, e, header.clone(), tz, now, out);
+    let quiet = ["cron", "every", "at"].iter().any(|k| reported(k));
+    let schedule = schedule(file, e, header.clone(), quiet, tz, now, out);
 
     let dur = |key, v: &Option<Spanned<String>>, out: &mut Vec<_>| match v {
         Some(v) => keep(values::duration(file, key, v), out),
@@ -208,6 +153,15 @@ fn entry(
         Some(c) => keep(catch_up(file, c), out),
         None => defaults.catch_up,
     };
+    if let (Some(CatchUp::None), Some(w)) = (catch_up, &e.catch_up_window) {
+        out.push(
+            file.warning(
+                w.span(),
+                "`catch_up_window` has no effect with catch_up = \"none\"",
+            )
+            .with_help("remove it, or set catch_up = \"latest\" or \"all\""),
+        );
+    }
     let enabled = e
         .enabled
         .as_ref()
@@ -216,12 +170,12 @@ fn entry(
         .unwrap_or(true);
     let window = window(file, e, defaults, tz, now, enabled, out);
 
-    if out.iter().filter(|d| d.is_error()).count() > errors_before {
+    if out.iter().filter(|d| d.is_error()).count() > errors_before || !raw.dropped.is_empty() {
         return None;
     }
-    let ((name, name_span), task, schedule) = (name?, task?, schedule?);
+    let (name, task, schedule) = (name?, task?, schedule?);
     let (start_at, end_at) = window?;
-    let entry = Entry {
+    Some(Entry {
         jitter_offset: jitter.map_or(Duration::ZERO, |max| schedule::jitter_offset(&name, max)),
         catch_up_window: catch_up_window
             .unwrap_or_else(|| schedule::default_catch_up_window(&schedule)),
@@ -254,8 +208,7 @@ fn entry(
             path: file.path.clone(),
             line: file.line_of(header.start),
         }),
-    };
-    Some(Checked { entry, name_span })
+    })
 }
 
 /// Exactly one of `cron` / `every` / `at`, parsed in the entry's zone.
@@ -263,6 +216,7 @@ fn schedule(
     file: &SourceFile,
     e: &RawEntry,
     header: Range<usize>,
+    quiet: bool,
     tz: Tz,
     now: DateTime<Utc>,
     out: &mut Vec<Diagnostic>,
@@ -284,6 +238,7 @@ fn schedule(
         }
     }
     match given.as_slice() {
+        [] if quiet => return None,
         [] => {
             out.push(
                 file.error(header, "entry has no schedule: none of `cron`, `every` or `at`")

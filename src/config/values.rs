@@ -11,6 +11,12 @@ use std::ops::Range;
 use std::time::Duration;
 use toml::Spanned;
 
+/// Keeps the value, or records the diagnostic and keeps nothing: how every check goes on
+/// after a problem so that all of them are reported.
+pub(crate) fn keep<T>(r: Result<T, Diagnostic>, out: &mut Vec<Diagnostic>) -> Option<T> {
+    r.map_err(|d| out.push(d)).ok()
+}
+
 /// The closest candidate to `word`, if one is close enough to be a plausible typo.
 pub(crate) fn suggest<'a>(
     word: &str,

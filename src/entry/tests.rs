@@ -167,3 +167,34 @@ fn catch_up_after_downtime_with_simulated_instants() {
     e.end_at = Some(utc("2026-11-23T08:30:00Z"));
     assert_eq!(e.missed_fires(last, now), [utc("2026-11-23T08:00:07Z")]);
 }
+
+#[test]
+fn catch_up_across_dst_transitions() {
+    let paris = chrono_tz::Europe::Paris;
+    let mut hourly = entry(Schedule::Cron(
+        CronSchedule::parse("0 * * * *", paris).unwrap(),
+    ));
+    hourly.timezone = paris;
+    hourly.catch_up = CatchUp::All;
+    hourly.catch_up_window = Duration::from_secs(24 * 3600);
+    // Down from 01:00+02:00 to 03:30+01:00 on the fall-back night: both 02:00s are owed.
+    let last = Some(utc("2026-10-24T23:00:00Z"));
+    assert_eq!(
+        hourly.missed_fires(last, utc("2026-10-25T02:30:00Z")),
+        [
+            utc("2026-10-25T00:00:00Z"),
+            utc("2026-10-25T01:00:00Z"),
+            utc("2026-10-25T02:00:00Z")
+        ]
+    );
+    // A fixed-time entry whose 02:30 fell into the spring-forward gap is owed once, at 03:00.
+    let mut nightly = entry(Schedule::Cron(
+        CronSchedule::parse("30 2 * * *", paris).unwrap(),
+    ));
+    nightly.timezone = paris;
+    let last = Some(utc("2026-03-28T01:30:00Z"));
+    assert_eq!(
+        nightly.missed_fires(last, utc("2026-03-29T01:10:00Z")),
+        [utc("2026-03-29T01:00:00Z")]
+    );
+}

@@ -2,11 +2,15 @@
 //! and the search for fire instants. Matching civil times comes from croner run on naive wall
 //! clock times; mapping them to instants is `dst.rs`. No I/O, no clock.
 //!
-//! Parser choices, made to match Vixie cron and Celery's `crontab`: 5 fields, or 6 with seconds
-//! first (no year field); day-of-month and day-of-week combine with OR when both are
-//! restricted; Sunday is 0 or 7; `L`, `W`, `#` and `?` as croner reads them; no "sloppy"
-//! ranges such as `5/10`. Nicknames `@yearly`, `@annually`, `@monthly`, `@weekly`, `@daily`
-//! and `@hourly` are accepted.
+//! Parser choices: 5 fields, or 6 with seconds first (no year field); Sunday is 0 or 7; names
+//! (`MON`, `JAN`, any case) only in their own field; `L`, `W`, `#` and `?` as croner reads
+//! them; no "sloppy" ranges such as `5/10`; nicknames `@yearly`, `@annually`, `@monthly`,
+//! `@weekly`, `@daily`, `@midnight`, `@hourly`.
+//!
+//! Day-of-month and day-of-week combine the Vixie cron way: when both are restricted a day
+//! matching *either* fires (`0 0 1 * MON` is the 1st and every Monday). Celery's `crontab()`
+//! ANDs them instead; a day-of-week written with croner's `+` prefix (`0 0 1-7 * +MON`, the
+//! first Monday) gives that meaning, so a Celery schedule can be carried over exactly.
 //!
 //! croner's own DST handling is bypassed on purpose: it treats any hour field other than a
 //! single value (for example `2,14`) as an interval job and fires it twice in a fold, while
@@ -170,29 +174,39 @@ fn reword(err: &croner::errors::CronError, text: &str) -> String {
     }
 }
 
-/// croner reports one error for the whole pattern; check each field alone (the others `*`)
-/// to say which one is wrong.
+/// A field whose letters are out of place, as an error (cheap: no croner parse).
+fn stray_letters(fields: &[(&str, Range<usize>)]) -> Option<CronError> {
+    let skip = 6 - fields.len();
+    fields.iter().enumerate().find_map(|(i, (text, span))| {
+        let c = stray_letter(i + skip, text)?;
+        Some(field_error(
+            i + skip,
+            text,
+            span,
+            &format!("illegal character '{c}'"),
+        ))
+    })
+}
+
+/// croner reports one error for the whole pattern; parse each field alone (the others `*`)
+/// to say which one is wrong. Only run once the whole pattern failed: each probe costs a
+/// full croner parse.
 fn blame_field(fields: &[(&str, Range<usize>)]) -> Option<CronError> {
     let skip = 6 - fields.len();
-    for (i, (text, span)) in fields.iter().enumerate() {
-        let index = i + skip;
-        let reason = if let Some(c) = stray_letter(index, text) {
-            format!("illegal character '{c}'")
-        } else {
-            let mut probe = ["0", "*", "*", "*", "*", "*"];
-            probe[index] = text;
-            match parser().parse(&probe.join(" ")) {
-                Ok(_) => continue,
-                Err(e) => reword(&e, text),
-            }
-        };
-        let (name, allowed) = FIELDS[index];
-        return Some(CronError {
-            message: format!("invalid {name} field \"{text}\": {reason} (allowed: {allowed})"),
-            span: Some(span.clone()),
-        });
+    fields.iter().enumerate().find_map(|(i, (text, span))| {
+        let mut probe = ["0", "*", "*", "*", "*", "*"];
+        probe[i + skip] = text;
+        let e = parser().parse(&probe.join(" ")).err()?;
+        Some(field_error(i + skip, text, span, &reword(&e, text)))
+    })
+}
+
+fn field_error(index: usize, text: &str, span: &Range<usize>, reason: &str) -> CronError {
+    let (name, allowed) = FIELDS[index];
+    CronError {
+        message: format!("invalid {name} field \"{text}\": {reason} (allowed: {allowed})"),
+        span: Some(span.clone()),
     }
-    None
 }
 
 impl CronSchedule {
@@ -208,7 +222,7 @@ impl CronSchedule {
             nickname(trimmed).ok_or_else(|| CronError {
                 message: format!(
                     "unknown cron nickname \"{trimmed}\" (allowed: @yearly, @annually, \
-                     @monthly, @weekly, @daily, @hourly)"
+                     @monthly, @weekly, @daily, @midnight, @hourly)"
                 ),
                 span: whole.clone(),
             })?
@@ -226,15 +240,17 @@ impl CronSchedule {
                 span: whole,
             });
         }
-        if let Some(e) = blame_field(&fields) {
+        if let Some(e) = stray_letters(&fields) {
             return Err(e);
         }
-        let cron = parser().parse(text).map_err(|e| CronError {
-            message: format!(
-                "invalid cron expression \"{trimmed}\": {}",
-                reword(&e, text)
-            ),
-            span: whole.clone(),
+        let cron = parser().parse(text).map_err(|e| {
+            blame_field(&fields).unwrap_or_else(|| CronError {
+                message: format!(
+                    "invalid cron expression \"{trimmed}\": {}",
+                    reword(&e, text)
+                ),
+                span: whole.clone(),
+            })
         })?;
         let hour = fields[fields.len() - 4].0;
         let schedule = CronSchedule {

@@ -162,6 +162,15 @@ fn special_characters_fire_on_the_expected_days() {
             "2026-12-07T00:00:00+00:00"
         ]
     );
+    // A `+` day-of-week ANDs the day fields, as Celery's crontab() does: the first Monday.
+    assert_eq!(
+        fires("0 0 1-7 * +MON", "2026-11-03T00:00:00Z", 2),
+        ["2026-12-07T00:00:00+00:00", "2027-01-04T00:00:00+00:00"]
+    );
+    assert_eq!(
+        fires("0 0 1-7 * MON", "2026-11-03T00:00:00Z", 1),
+        ["2026-11-04T00:00:00+00:00"]
+    );
     // Six fields: seconds first.
     assert_eq!(
         fires("*/20 * * * * *", "2026-11-23T10:00:00.5Z", 3),

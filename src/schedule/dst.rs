@@ -78,17 +78,32 @@ fn offset_secs(tz: Tz, t: DateTime<Utc>) -> i64 {
 const FOLD_HORIZON: TimeDelta = TimeDelta::hours(26);
 
 /// How far the wall clock will step back in a fold that starts shortly after `t` (zero if
-/// none). A civil time up to this much *before* `t`'s wall clock can still occur after `t`.
+/// none). A civil time up to this much *before* `t`'s wall clock can still occur after `t`,
+/// but only while the transition is less than the fold's size away: otherwise the wall clock
+/// first climbs past everything the fold repeats. Returning zero in that case matters: a
+/// per-second entry would otherwise re-examine a fold's worth of seconds on every search
+/// for the whole day before each fall-back.
 pub(crate) fn fold_ahead(tz: Tz, t: DateTime<Utc>) -> TimeDelta {
-    let drop = offset_secs(tz, t) - offset_secs(tz, t + FOLD_HORIZON);
-    TimeDelta::seconds(drop.max(0))
+    let now = offset_secs(tz, t);
+    let drop = now - offset_secs(tz, t + FOLD_HORIZON);
+    if drop > 0 && offset_secs(tz, t + TimeDelta::seconds(drop)) != now {
+        TimeDelta::seconds(drop)
+    } else {
+        TimeDelta::zero()
+    }
 }
 
 /// How far the wall clock stepped back in a fold that ended shortly before `t` (zero if
-/// none). A civil time up to this much *after* `t`'s wall clock may already have occurred.
+/// none). A civil time up to this much *after* `t`'s wall clock may already have occurred,
+/// while `t` is still inside the repeated stretch.
 pub(crate) fn fold_behind(tz: Tz, t: DateTime<Utc>) -> TimeDelta {
-    let drop = offset_secs(tz, t - FOLD_HORIZON) - offset_secs(tz, t);
-    TimeDelta::seconds(drop.max(0))
+    let now = offset_secs(tz, t);
+    let drop = offset_secs(tz, t - FOLD_HORIZON) - now;
+    if drop > 0 && offset_secs(tz, t - TimeDelta::seconds(drop)) != now {
+        TimeDelta::seconds(drop)
+    } else {
+        TimeDelta::zero()
+    }
 }
 
 /// The first instant whose wall clock is at or past `civil`, for a `civil` inside a gap: the
@@ -175,6 +190,23 @@ mod tests {
         assert_eq!(
             fold_behind(paris, utc("2026-10-25T01:30:00Z")),
             TimeDelta::hours(1)
+        );
+        // Far enough from the transition, nothing is repeated around `t` yet (or any more).
+        assert_eq!(
+            fold_ahead(paris, utc("2026-10-24T23:59:59Z")),
+            TimeDelta::zero()
+        );
+        assert_eq!(
+            fold_ahead(paris, utc("2026-10-25T00:00:01Z")),
+            TimeDelta::hours(1)
+        );
+        assert_eq!(
+            fold_behind(paris, utc("2026-10-25T01:59:59Z")),
+            TimeDelta::hours(1)
+        );
+        assert_eq!(
+            fold_behind(paris, utc("2026-10-25T02:00:00Z")),
+            TimeDelta::zero()
         );
         // A spring-forward is a gap, not a fold.
         assert_eq!(

@@ -4,16 +4,11 @@
 use super::{redact, AppConfig, HeaderValue, RedisUrl, TaskDef, TaskKind, WorkerConfig};
 use crate::config::diagnostic::{Diagnostic, SourceFile};
 use crate::config::raw::{RawAppConfig, RawTask, RawWorker};
-use crate::config::values::{self, nonempty, suggest};
+use crate::config::values::{self, keep, nonempty, suggest};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
-
-/// Keeps the value, or records the diagnostic and keeps nothing.
-fn keep<T>(r: Result<T, Diagnostic>, out: &mut Vec<Diagnostic>) -> Option<T> {
-    r.map_err(|d| out.push(d)).ok()
-}
 
 /// Relative paths are read from the config file's directory, not the working directory.
 fn path_in(file: &SourceFile, p: &str) -> PathBuf {

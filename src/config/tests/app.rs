@@ -226,3 +226,19 @@ fn a_syntax_error_in_beatd_toml() {
     let ds = errors("[worker\nqueues = []\n");
     assert_eq!((ds[0].line, ds[0].column), (1, 8), "{:?}", ds[0]);
 }
+
+#[test]
+fn a_bad_key_does_not_hide_bad_values_elsewhere() {
+    let ds = errors("http_addr = \"nowhere\"\n[worker]\nconcurency = 2\n");
+    let got: Vec<_> = ds
+        .iter()
+        .map(|d| (d.line, d.column, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, 13, "invalid `http_addr` `nowhere`"),
+            (3, 1, "unknown key `concurency` in [worker]")
+        ]
+    );
+}

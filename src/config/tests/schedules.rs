@@ -263,3 +263,72 @@ fn one_off_in_a_gap_fires_at_the_end_of_the_gap_and_in_a_fold_at_the_first() {
         ]
     );
 }
+
+#[test]
+fn an_entry_with_a_bad_key_is_still_checked_but_not_called_incomplete() {
+    let ds = diags(
+        "[[entry]]\nname = \"a\"\ntsak = \"t\"\ncron = \"61 * * * *\"\npriority = \"high\"\n",
+    );
+    let got: Vec<_> = ds
+        .iter()
+        .map(|d| (d.line, d.message.split(':').next().unwrap()))
+        .collect();
+    // `tsak` is reported as probably `task`, so "entry has no `task`" would only repeat it.
+    assert_eq!(
+        got,
+        [
+            (3, "unknown key `tsak` in [[entry]]"),
+            (4, "invalid `cron`"),
+            (5, "invalid value for `priority`")
+        ]
+    );
+}
+
+#[test]
+fn a_duplicate_is_reported_even_when_the_entry_has_other_errors() {
+    let ds = diags("[[entry]]\nname = \"a\"\ntask = \"t\"\nevery = \"1m\"\n[[entry]]\nname = \"a\"\nevery = \"x\"\n");
+    let got: Vec<_> = ds
+        .iter()
+        .map(|d| (d.line, d.column, d.message.split(':').next().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (5, 1, "entry has no `task`"),
+            (6, 8, "duplicate entry name `a`"),
+            (7, 9, "invalid duration `x` for `every`")
+        ]
+    );
+}
+
+#[test]
+fn a_catch_up_window_without_catch_up_is_a_warning() {
+    let text = "[[entry]]\nname = \"a\"\ntask = \"t\"\nevery = \"1m\"\ncatch_up = \"none\"\ncatch_up_window = \"1h\"\n";
+    let s = load_schedule_str("x.toml", text, NOW).unwrap();
+    let w = &s.warnings[0];
+    assert_eq!(
+        w.message,
+        "`catch_up_window` has no effect with catch_up = \"none\""
+    );
+    assert_eq!((w.severity, w.line, w.column), (Severity::Warning, 6, 19));
+}
+
+#[test]
+fn diagnostics_render_like_rustc() {
+    let text = "[defaults]\ntimezone = \"Europe/Pari\"\n\n[[entry]]\nname = \"a\"\ntsak = \"t\"\nevery = \"1m\"\n";
+    let all = load_schedule_str("schedules/reports.toml", text, NOW).unwrap_err();
+    let want = r#"schedules/reports.toml:2:12: error: unknown time zone `Europe/Pari`
+  |
+2 | timezone = "Europe/Pari"
+  |            ^^^^^^^^^^^^^
+  = help: did you mean `Europe/Paris`?
+
+schedules/reports.toml:6:1: error: unknown key `tsak` in [[entry]]
+  |
+6 | tsak = "t"
+  | ^^^^
+  = help: did you mean `task`?
+"#;
+    assert_eq!(all.to_string(), want);
+    assert_eq!(all.summary(), "2 errors");
+}
