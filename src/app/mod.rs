@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod next;
+pub mod oneshot;
 pub mod reload;
 pub mod settings;
 pub mod worker;
@@ -47,7 +48,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Beat(args) => daemon::beat(config, args).await,
         Command::Run(args) => daemon::run(config, args).await,
         Command::Worker(args) => worker::worker(config, args).await,
-        _ => Err(Error::Other("not implemented yet".into())),
+        Command::Send(args) => oneshot::send(config, args).await,
+        Command::Status(args) => oneshot::status(config, args).await,
     };
     match result {
         Ok(code) => ExitCode::from(code),
