@@ -211,12 +211,18 @@ impl RedisConn {
     }
 }
 
-/// Names what happened. `NOAUTH` (no password given) and `WRONGPASS` (as an `AUTH` reply)
-/// both mean the credentials are wrong, which retrying never fixes.
+/// Names what happened. `NOAUTH` (no password given; redis-rs reports it as "Authentication
+/// required" when it comes back from the `SELECT` of the handshake) and `WRONGPASS` both mean
+/// the credentials are wrong, which retrying never fixes.
 fn classify(url: &RedactedUrl, timeout: Option<Duration>, e: Arc<RedisError>) -> Error {
     let url = url.clone();
     let code = e.code().unwrap_or_default();
-    if e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(code, "NOAUTH" | "WRONGPASS")
+    let text = e.to_string();
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(code, "NOAUTH" | "WRONGPASS")
+        || ["NOAUTH", "WRONGPASS", "Authentication required"]
+            .iter()
+            .any(|s| text.contains(s))
     {
         Error::AuthFailed { url, source: e }
     } else if let (true, Some(timeout)) = (e.is_timeout(), timeout) {
