@@ -333,6 +333,60 @@ async fn password_protected_server_accepts_the_right_url_and_rejects_a_wrong_one
     }
 }
 
+#[tokio::test]
+async fn emit_keeps_payload_bytes_entry_names_and_millisecond_precision() {
+    let (_s, conn) = server().await;
+    let lease = acquire(&leader(&conn, 10_000)).await;
+    let odd = "réports:nightly {ns} \"quoted\"";
+    let at = 1_798_765_432_109;
+    let mut f = fire(odd, at, "celery");
+    f.payload = vec![0, 0xff, b'{', 0x06, 0x16];
+    let em = emitter(&conn);
+    assert_eq!(em.emit(&lease, &[f.clone()]).await.unwrap(), [Sent]);
+    let next = fire(odd, at + 1, "celery");
+    assert_eq!(
+        em.emit(&lease, &[f.clone(), next]).await.unwrap(),
+        [AlreadySent, Sent]
+    );
+    let runs = RedisState::new(conn.clone(), Keys::default())
+        .last_runs()
+        .await
+        .unwrap();
+    assert_eq!((runs[odd].fire_at_ms, runs[odd].count), (at + 1, 2));
+    let raw = redis::Client::open(conn_url(&conn)).unwrap();
+    let mut c = raw.get_multiplexed_async_connection().await.unwrap();
+    let oldest: Vec<u8> = redis::cmd("RPOP")
+        .arg("celery")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(oldest, f.payload);
+}
+
+#[tokio::test]
+async fn a_stalled_server_times_out_then_the_connection_recovers() {
+    let server = RedisServer::start_with(&["--enable-debug-command", "yes"]).expect("redis");
+    let opts = ConnectOptions {
+        response_timeout: Duration::from_millis(200),
+        ..ConnectOptions::default()
+    };
+    let conn = connect(&url(&server.url()), opts).await.expect("connect");
+    let raw = redis::Client::open(server.url()).unwrap();
+    let mut c = raw.get_multiplexed_async_connection().await.unwrap();
+    let stall = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("0.8")
+            .query_async::<()>(&mut c)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err = conn.check().await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    stall.await.unwrap().unwrap();
+    conn.check().await.expect("reconnected after the stall");
+}
+
 /// Not a timed assertion: prints how long 10,000 fires of ~1 KB take, as Redis main-thread
 /// CPU time (robust on a busy machine), Redis wall time (commandstats) and end to end from this
 /// client, for several chunk sizes; the best of three rounds each. Run with `--nocapture`.
