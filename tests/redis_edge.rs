@@ -288,7 +288,7 @@ async fn emit_fails_while_redis_is_down_then_works_after_reconnect() {
             Ok(Some(lease)) => break lease,
             Ok(None) => panic!("nobody else holds the lock"),
             Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("no reconnect within 15 s: {e:?}"),
         }

@@ -31,7 +31,10 @@ impl Default for EmitOptions {
         // 900 B cost about the same Redis CPU (55–75 ms) in chunks of 1,000 to 10,000, so the
         // smaller chunk wins: it blocks Redis about 7–15 ms at a time, and the first messages land
         // sooner.
-        Self { max_fires_per_call: 2_000, max_bytes_per_call: 4 << 20 }
+        Self {
+            max_fires_per_call: 2_000,
+            max_bytes_per_call: 4 << 20,
+        }
     }
 }
 
@@ -187,8 +190,8 @@ mod tests {
 
     #[test]
     fn parses_outcomes_and_the_lease_lost_marker() {
-        let ok = [Value::Int(1), Value::BulkString(b"SAS".to_vec())];
         use EmitOutcome::{AlreadySent, Sent};
+        let ok = [Value::Int(1), Value::BulkString(b"SAS".to_vec())];
         assert_eq!(parse_reply(&ok, 3).unwrap(), [Sent, AlreadySent, Sent]);
         assert!(matches!(
             parse_reply(&[Value::Int(0)], 3),
