@@ -107,6 +107,24 @@ async fn second_contender_cannot_acquire_while_held() {
 }
 
 #[tokio::test]
+async fn concurrent_contenders_on_separate_connections_exactly_one_wins() {
+    let server = RedisServer::start().expect("redis-server");
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let conn = connect(&url(&server.url()), ConnectOptions::default())
+            .await
+            .unwrap();
+        set.spawn(async move { leader(&conn, 10_000).try_acquire().await });
+    }
+    let mut winners = Vec::new();
+    while let Some(res) = set.join_next().await {
+        winners.extend(res.unwrap().unwrap());
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(winners[0].epoch, 1);
+}
+
+#[tokio::test]
 async fn steal_after_expiry_fences_the_old_leader() {
     let (_s, conn) = server().await;
     let (one, two) = (leader(&conn, 300), leader(&conn, 10_000));
@@ -385,6 +403,39 @@ async fn a_stalled_server_times_out_then_the_connection_recovers() {
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     stall.await.unwrap().unwrap();
     conn.check().await.expect("reconnected after the stall");
+}
+
+#[tokio::test]
+async fn backend_wires_all_three_traits_under_one_namespace() {
+    let (_s, conn) = server().await;
+    let b = redis_edge::Backend::new(&conn, "other", Duration::from_secs(10));
+    let lease = b.leader.try_acquire().await.unwrap().expect("free");
+    b.emitter
+        .emit(&lease, &[fire("a", 1, "celery")])
+        .await
+        .unwrap();
+    assert_eq!(b.state.last_runs().await.unwrap()["a"].fire_at_ms, 1);
+    let default_ns = redis_edge::status(&conn, &Keys::default()).await.unwrap();
+    assert!(default_ns.leader.is_none() && default_ns.last_runs.is_empty());
+    let other = redis_edge::status(&conn, &Keys::new("other"))
+        .await
+        .unwrap();
+    assert_eq!(other.leader.map(|l| l.epoch), Some(1));
+}
+
+#[tokio::test]
+async fn an_evicting_memory_policy_is_warned_about() {
+    let (_s, conn) = server().await;
+    assert!(conn.config_warnings().await.unwrap().is_empty());
+    let lru = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]).expect("redis");
+    let conn = connect(&url(&lru.url()), ConnectOptions::default())
+        .await
+        .unwrap();
+    let warnings = conn.config_warnings().await.unwrap();
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("allkeys-lru"),
+        "{warnings:?}"
+    );
 }
 
 /// Not a timed assertion: prints how long 10,000 fires of ~1 KB take, as Redis main-thread

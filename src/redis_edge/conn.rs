@@ -138,6 +138,32 @@ impl RedisConn {
             .await
     }
 
+    /// Server settings that silently break beatd's guarantees, as human-readable warnings
+    /// for the startup log: an `allkeys-*` eviction policy may evict `{ns}:last_run` under
+    /// memory pressure, and an evicted last run is sent again.
+    ///
+    /// # Errors
+    /// As [`RedisConn::check`].
+    pub async fn config_warnings(&self) -> Result<Vec<String>, Error> {
+        // INFO, not CONFIG GET: managed Redis services often disable CONFIG.
+        let info: String = self
+            .run(|mut c| async move { redis::cmd("INFO").arg("memory").query_async(&mut c).await })
+            .await?;
+        let policy = info
+            .lines()
+            .find_map(|l| l.strip_prefix("maxmemory_policy:"))
+            .map(str::trim)
+            .unwrap_or_default();
+        let mut warnings = Vec::new();
+        if policy.starts_with("allkeys-") {
+            warnings.push(format!(
+                "redis maxmemory-policy is {policy}: under memory pressure it can evict beatd's \
+                 last-run state and cause repeated runs; use noeviction or a volatile-* policy"
+            ));
+        }
+        Ok(warnings)
+    }
+
     /// The current connection, or a new one if the backoff allows an attempt now.
     async fn get(&self) -> Result<(MultiplexedConnection, u64), Error> {
         let mut st = self.inner.state.lock().await;
