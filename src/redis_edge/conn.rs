@@ -128,6 +128,12 @@ impl RedisConn {
         &self.inner.url
     }
 
+    /// Whether a connection is currently established (no I/O): for readiness and metrics.
+    /// A broken connection is noticed at its next use.
+    pub async fn is_connected(&self) -> bool {
+        self.inner.state.lock().await.conn.is_some()
+    }
+
     /// `PING`s the server.
     ///
     /// # Errors

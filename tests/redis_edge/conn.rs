@@ -14,6 +14,7 @@ async fn emit_fails_while_redis_is_down_then_works_after_reconnect() {
     let lease = acquire(&lock).await;
     em.emit(&lease, &[fire("a", 1, "celery")]).await.unwrap();
     server.kill();
+    assert!(conn.is_connected().await, "not noticed before the next use");
     let t = Instant::now();
     let err = em
         .emit(&lease, &[fire("a", 2, "celery")])
@@ -21,11 +22,17 @@ async fn emit_fails_while_redis_is_down_then_works_after_reconnect() {
         .unwrap_err();
     assert!(matches!(err, IoError::Unavailable(_)), "{err:?}");
     assert!(lock.renew(&lease).await.is_err());
+    // While down, calls fail at once (no waiting out the backoff inside a call).
+    for _ in 0..10 {
+        let err = lock.holder().await.unwrap_err();
+        assert!(matches!(err, IoError::Unavailable(_)), "{err:?}");
+    }
+    let elapsed = t.elapsed();
     assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "fails fast: {:?}",
-        t.elapsed()
+        elapsed < Duration::from_secs(2),
+        "fails fast while down: {elapsed:?}"
     );
+    assert!(!conn.is_connected().await);
     server.restart().expect("restart");
     // Nothing persisted across the restart: the old lease is gone, a new one is needed.
     let deadline = Instant::now() + Duration::from_secs(15);
