@@ -292,6 +292,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn memory_emitter_sends_once_and_fences_stale_leases() {
+        use EmitOutcome::{AlreadySent, Sent};
         let leader = Arc::new(MemoryLeader::default());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let em = MemoryEmitter::new(leader.clone()).with_sink(tx);
@@ -303,7 +304,6 @@ mod tests {
             fire("a", 1500),
         ];
         let out = em.emit(&lease, &fires).await.unwrap();
-        use EmitOutcome::{AlreadySent, Sent};
         assert_eq!(out, [Sent, Sent, Sent, AlreadySent]);
         assert_eq!(
             em.emit(&lease, &fires[..2]).await.unwrap(),

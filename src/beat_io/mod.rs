@@ -76,6 +76,17 @@ pub struct LeaderInfo {
 }
 
 /// Leadership among replicas.
+///
+/// Renewal as the holder should do it, every [`Lease::renew_every`]:
+///
+/// ```text
+/// let sent = tokio::time::Instant::now();
+/// match lock.renew(&lease).await {
+///     Ok(true) => lease.acquired_at = sent,         // deadline moves to sent + ttl
+///     Ok(false) => /* lost: stop emitting now, become a standby */,
+///     Err(_) => /* unknown: keep the old deadline, retry; stop at lease.deadline() */,
+/// }
+/// ```
 #[async_trait]
 pub trait LeaderLock: Send + Sync {
     /// Takes the lock if nobody holds it; increments the epoch in the same atomic step.

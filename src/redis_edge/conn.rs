@@ -128,6 +128,12 @@ impl RedisConn {
         &self.inner.url
     }
 
+    /// Whether a connection is currently established (no I/O): for readiness and metrics.
+    /// A broken connection is noticed at its next use.
+    pub async fn is_connected(&self) -> bool {
+        self.inner.state.lock().await.conn.is_some()
+    }
+
     /// `PING`s the server.
     ///
     /// # Errors
@@ -136,6 +142,32 @@ impl RedisConn {
     pub async fn check(&self) -> Result<(), Error> {
         self.run(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
             .await
+    }
+
+    /// Server settings that silently break beatd's guarantees, as human-readable warnings
+    /// for the startup log: an `allkeys-*` eviction policy may evict `{ns}:last_run` under
+    /// memory pressure, and an evicted last run is sent again.
+    ///
+    /// # Errors
+    /// As [`RedisConn::check`].
+    pub async fn config_warnings(&self) -> Result<Vec<String>, Error> {
+        // INFO, not CONFIG GET: managed Redis services often disable CONFIG.
+        let info: String = self
+            .run(|mut c| async move { redis::cmd("INFO").arg("memory").query_async(&mut c).await })
+            .await?;
+        let policy = info
+            .lines()
+            .find_map(|l| l.strip_prefix("maxmemory_policy:"))
+            .map(str::trim)
+            .unwrap_or_default();
+        let mut warnings = Vec::new();
+        if policy.starts_with("allkeys-") {
+            warnings.push(format!(
+                "redis maxmemory-policy is {policy}: under memory pressure it can evict beatd's \
+                 last-run state and cause repeated runs; use noeviction or a volatile-* policy"
+            ));
+        }
+        Ok(warnings)
     }
 
     /// The current connection, or a new one if the backoff allows an attempt now.
@@ -211,12 +243,18 @@ impl RedisConn {
     }
 }
 
-/// Names what happened. `NOAUTH` (no password given) and `WRONGPASS` (as an `AUTH` reply)
-/// both mean the credentials are wrong, which retrying never fixes.
+/// Names what happened. `NOAUTH` (no password given; redis-rs reports it as "Authentication
+/// required" when it comes back from the `SELECT` of the handshake) and `WRONGPASS` both mean
+/// the credentials are wrong, which retrying never fixes.
 fn classify(url: &RedactedUrl, timeout: Option<Duration>, e: Arc<RedisError>) -> Error {
     let url = url.clone();
     let code = e.code().unwrap_or_default();
-    if e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(code, "NOAUTH" | "WRONGPASS")
+    let text = e.to_string();
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(code, "NOAUTH" | "WRONGPASS")
+        || ["NOAUTH", "WRONGPASS", "Authentication required"]
+            .iter()
+            .any(|s| text.contains(s))
     {
         Error::AuthFailed { url, source: e }
     } else if let (true, Some(timeout)) = (e.is_timeout(), timeout) {

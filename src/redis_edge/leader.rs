@@ -86,7 +86,7 @@ impl RedisLeader {
                 }
             })
             .await?;
-        Ok((epoch > 0).then(|| Lease {
+        Ok((epoch > 0).then_some(Lease {
             token,
             epoch,
             acquired_at,

@@ -23,10 +23,11 @@ pub mod url;
 
 pub use conn::{connect, ConnectOptions, RedisConn};
 pub use emit::{EmitOptions, RedisEmitter};
-pub use leader::RedisLeader;
+pub use leader::{RedisLeader, DEFAULT_TTL};
 pub use state::{send_one, status, RedisState, Status};
 pub use url::{resolve_url, BrokerUrl, RedactedUrl, UrlSource};
 
+use crate::beat_io::{Emitter, LeaderLock, StateStore};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,5 +130,34 @@ impl Keys {
 impl Default for Keys {
     fn default() -> Self {
         Self::new(DEFAULT_NAMESPACE)
+    }
+}
+
+/// The three Redis implementations the beat loop holds, sharing one connection.
+#[derive(Clone)]
+pub struct Backend {
+    /// The leader lock.
+    pub leader: Arc<dyn LeaderLock>,
+    /// Fenced, exactly-once emission.
+    pub emitter: Arc<dyn Emitter>,
+    /// Last-run state.
+    pub state: Arc<dyn StateStore>,
+}
+
+impl Backend {
+    /// Wires the Redis lock, emitter and state under `namespace`, with leases of `ttl` and
+    /// default chunking.
+    #[must_use]
+    pub fn new(conn: &RedisConn, namespace: &str, ttl: Duration) -> Self {
+        let keys = Keys::new(namespace);
+        Self {
+            leader: Arc::new(RedisLeader::new(conn.clone(), keys.clone(), ttl)),
+            emitter: Arc::new(RedisEmitter::new(
+                conn.clone(),
+                keys.clone(),
+                EmitOptions::default(),
+            )),
+            state: Arc::new(RedisState::new(conn.clone(), keys)),
+        }
     }
 }

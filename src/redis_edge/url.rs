@@ -60,9 +60,8 @@ impl RedactedUrl {
     /// `password=` query parameters of unix-socket URLs.
     #[must_use]
     pub fn new(url: &str) -> Self {
-        let (scheme, rest) = match url.split_once("://") {
-            Some((s, r)) => (s, r),
-            None => return Self(redact_query(url)),
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Self(redact_query(url));
         };
         // The last '@' ends the userinfo: raw passwords sometimes contain '@' or '/'.
         let rest = match rest.rfind('@') {

@@ -18,6 +18,7 @@ end
 
 local CHUNK = 4000 -- even, so name/value pairs never straddle two chunks
 local unpack, tonumber, tostring = unpack, tonumber, tostring
+local argv, keys = ARGV, KEYS
 local min = math.min
 
 local function call_chunked(cmd, key, values)
@@ -26,23 +27,19 @@ local function call_chunked(cmd, key, values)
   end
 end
 
-local n = (#ARGV - 1) / 5
+local n = (#argv - 1) / 5
 
--- Distinct entries of the batch, to read their state with one HMGET per hash.
-local names, seen = {}, {}
+-- The entries' state, read with one HMGET per hash (repeated names simply read twice).
+local names = {}
 for i = 0, n - 1 do
-  local e = ARGV[2 + i * 5]
-  if not seen[e] then
-    seen[e] = true
-    names[#names + 1] = e
-  end
+  names[i + 1] = argv[2 + i * 5]
 end
 
 local last, count = {}, {}
-for s = 1, #names, CHUNK do
-  local stop = min(s + CHUNK - 1, #names)
-  local lr = redis.call('HMGET', KEYS[2], unpack(names, s, stop))
-  local rc = redis.call('HMGET', KEYS[3], unpack(names, s, stop))
+for s = 1, n, CHUNK do
+  local stop = min(s + CHUNK - 1, n)
+  local lr = redis.call('HMGET', keys[2], unpack(names, s, stop))
+  local rc = redis.call('HMGET', keys[3], unpack(names, s, stop))
   for j = 1, stop - s + 1 do
     local e = names[s + j - 1]
     last[e] = tonumber(lr[j]) -- false (missing) -> nil: older than any fire
@@ -52,28 +49,31 @@ end
 
 local pushes = {}   -- list index -> payloads in fire order
 local out = {}
-local sent = {}     -- entry -> {fire_at_ms as sent (string), fingerprint}
+local sent_at, sent_fp = {}, {} -- entry -> fire time as sent (text), fingerprint
 local sent_names = {}
 for i = 0, n - 1 do
   local b = 2 + i * 5
-  local e = ARGV[b]
-  local at = tonumber(ARGV[b + 1])
+  local e = argv[b]
+  local at = tonumber(argv[b + 1])
   local prev = last[e]
   if prev == nil or prev < at then
-    local li = ARGV[b + 3]
+    local li = argv[b + 3]
     local q = pushes[li]
     if q == nil then
-      q = {}
+      q = {n = 0}
       pushes[li] = q
     end
-    q[#q + 1] = ARGV[b + 4]
+    local qn = q.n + 1
+    q.n = qn
+    q[qn] = argv[b + 4]
     last[e] = at
     count[e] = count[e] + 1
-    if sent[e] == nil then
+    if sent_at[e] == nil then
       sent_names[#sent_names + 1] = e
     end
     -- Keep the decimal text as given: Lua numbers print 14 significant digits.
-    sent[e] = {ARGV[b + 1], ARGV[b + 2]}
+    sent_at[e] = argv[b + 1]
+    sent_fp[e] = argv[b + 2]
     out[i + 1] = 'S'
   else
     out[i + 1] = 'A'
@@ -82,23 +82,23 @@ end
 
 -- LPUSH of several values pushes them in order, so BRPOP takes them oldest first.
 for li, q in pairs(pushes) do
-  call_chunked('LPUSH', KEYS[4 + tonumber(li)], q)
+  call_chunked('LPUSH', keys[4 + tonumber(li)], q)
 end
 
 if #sent_names > 0 then
   local lr, rc, fp = {}, {}, {}
-  for _, e in ipairs(sent_names) do
-    local s = sent[e]
-    lr[#lr + 1] = e
-    lr[#lr + 1] = s[1]
-    rc[#rc + 1] = e
-    rc[#rc + 1] = tostring(count[e])
-    fp[#fp + 1] = e
-    fp[#fp + 1] = s[2]
+  for i, e in ipairs(sent_names) do
+    local j = 2 * i
+    lr[j - 1] = e
+    lr[j] = sent_at[e]
+    rc[j - 1] = e
+    rc[j] = tostring(count[e])
+    fp[j - 1] = e
+    fp[j] = sent_fp[e]
   end
-  call_chunked('HSET', KEYS[2], lr)
-  call_chunked('HSET', KEYS[3], rc)
-  call_chunked('HSET', KEYS[4], fp)
+  call_chunked('HSET', keys[2], lr)
+  call_chunked('HSET', keys[3], rc)
+  call_chunked('HSET', keys[4], fp)
 end
 
 return {1, table.concat(out)}
