@@ -122,14 +122,36 @@ pub(crate) async fn ack(
     pipe.query_async(conn).await
 }
 
-/// Puts an unstarted delivery back where it came from (RPUSH: it is taken next) and forgets
-/// it as unacknowledged, atomically.
-pub(crate) async fn requeue(conn: &mut ConnectionManager, d: &Delivery) -> RedisResult<()> {
+/// Returns messages popped by [`pop_batch`] but never tracked, in their original order.
+pub(crate) async fn push_back(
+    conn: &mut ConnectionManager,
+    key: &str,
+    raws: &[Vec<u8>],
+) -> RedisResult<()> {
+    // They came off the right end oldest first; RPUSH newest first restores the order.
+    let mut cmd = redis::cmd("RPUSH");
+    cmd.arg(key);
+    for raw in raws.iter().rev() {
+        cmd.arg(raw);
+    }
+    cmd.query_async(conn).await
+}
+
+/// Puts unstarted deliveries (oldest first) back at the consuming end of their lists and
+/// forgets them as unacknowledged, atomically; the oldest is taken again first.
+pub(crate) async fn requeue(
+    conn: &mut ConnectionManager,
+    deliveries: &[Delivery],
+) -> RedisResult<()> {
     let mut pipe = redis::pipe();
     pipe.atomic();
-    pipe.cmd("RPUSH").arg(&d.list_key).arg(&d.raw).ignore();
-    pipe.cmd("ZREM").arg(UNACKED_INDEX).arg(&d.tag).ignore();
-    pipe.cmd("HDEL").arg(UNACKED).arg(&d.tag).ignore();
+    for d in deliveries.iter().rev() {
+        pipe.cmd("RPUSH").arg(&d.list_key).arg(&d.raw).ignore();
+    }
+    for d in deliveries {
+        pipe.cmd("ZREM").arg(UNACKED_INDEX).arg(&d.tag).ignore();
+        pipe.cmd("HDEL").arg(UNACKED).arg(&d.tag).ignore();
+    }
     pipe.query_async(conn).await
 }
 

@@ -9,7 +9,8 @@ use super::restore::restore_visible;
 use super::{Shutdown, WorkerOptions};
 use crate::protocol::ParsedTask;
 use redis::aio::ConnectionManager;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -31,6 +32,8 @@ struct Ctx {
     graceful: CancellationToken,
     /// Stop everything now; leave unfinished messages unacknowledged.
     abort: CancellationToken,
+    /// Deliveries not started yet, by arrival order: what a graceful stop puts back.
+    waiting: Arc<Mutex<BTreeMap<u64, Delivery>>>,
 }
 
 /// Runs the consumer until `shutdown`; see `worker::run`.
@@ -48,15 +51,21 @@ pub(crate) async fn consume(
         run_slots: Arc::new(Semaphore::new(opts.concurrency.max(1))),
         graceful: shutdown.graceful.clone(),
         abort: abort.clone(),
+        waiting: Arc::default(),
     };
+    let mut seq: u64 = 0;
     let prefetch = Arc::new(Semaphore::new(
         opts.concurrency.max(1) * opts.prefetch_multiplier.max(1),
     ));
     let mut jobs = JoinSet::new();
+    // A restore pass is never cut short: it holds `unacked_mutex`, which would otherwise
+    // block every consumer's restores for five minutes.
+    let stop_restore = CancellationToken::new();
     let restorer = tokio::spawn(restore_loop(
         ctx.clone(),
         opts.visibility_timeout,
         opts.restore_interval,
+        stop_restore.clone(),
     ));
     let mut queues = opts.queues.clone();
     let mut backoff = Duration::from_millis(100);
@@ -77,12 +86,17 @@ pub(crate) async fn consume(
             }
         }
         let keys = broker::brpop_keys(&queues);
-        let popped = tokio::select! {
-            _ = ctx.graceful.cancelled() => break,
-            _ = abort.cancelled() => break,
-            r = broker::pop_batch(&mut pop_conn, &keys, poll, permits.len() - 1) => r,
-        };
+        // Never cancel a BRPOP in flight: Redis would still pop a message and the reply
+        // would be dropped with it. It returns within `poll`; what it brings after a stop
+        // goes straight back.
+        let popped = broker::pop_batch(&mut pop_conn, &keys, poll, permits.len() - 1).await;
         let (list_key, raws) = match popped {
+            Ok(Some((key, raws))) if ctx.graceful.is_cancelled() || abort.is_cancelled() => {
+                if let Err(e) = broker::push_back(&mut pop_conn, &key, &raws).await {
+                    tracing::error!(error = %e, count = raws.len(), "cannot return messages popped during shutdown");
+                }
+                break;
+            }
             Ok(Some(batch)) => batch,
             Ok(None) => continue,
             Err(e) => {
@@ -122,12 +136,20 @@ pub(crate) async fn consume(
             tracing::error!(error = %e, "cannot record messages as unacked");
         }
         for (task, delivery) in accepted {
-            let permit = permits.pop();
-            jobs.spawn(job(ctx.clone(), task, delivery, permit));
+            seq += 1;
+            let tag = delivery.tag.clone();
+            if let Ok(mut w) = ctx.waiting.lock() {
+                w.insert(seq, delivery);
+            }
+            jobs.spawn(job(ctx.clone(), task, seq, tag, permits.pop()));
         }
     }
+    if !abort.is_cancelled() {
+        return_unstarted(&ctx).await;
+    }
 
-    restorer.abort();
+    stop_restore.cancel();
+    let _ = restorer.await;
     drain(&mut jobs, opts.shutdown_grace, &abort).await;
 }
 
@@ -150,7 +172,34 @@ async fn drain(jobs: &mut JoinSet<()>, grace: Duration, abort: &CancellationToke
     while jobs.join_next().await.is_some() {}
 }
 
-async fn job(ctx: Ctx, task: ParsedTask, d: Delivery, prefetch: Option<OwnedSemaphorePermit>) {
+/// Puts every unstarted delivery back at the consuming end of its list, oldest taken first,
+/// in one MULTI. Jobs find their entry gone and end.
+async fn return_unstarted(ctx: &Ctx) {
+    let taken: Vec<Delivery> = match ctx.waiting.lock() {
+        Ok(mut w) => std::mem::take(&mut *w).into_values().collect(),
+        Err(_) => return,
+    };
+    if taken.is_empty() {
+        return;
+    }
+    let mut conn = ctx.conn.clone();
+    match broker::requeue(&mut conn, &taken).await {
+        Ok(()) => tracing::info!(
+            count = taken.len(),
+            "returned unstarted messages to their queues"
+        ),
+        Err(e) => tracing::warn!(error = %e, count = taken.len(),
+            "cannot return unstarted messages; they are restored after the visibility timeout"),
+    }
+}
+
+async fn job(
+    ctx: Ctx,
+    task: ParsedTask,
+    seq: u64,
+    tag: String,
+    prefetch: Option<OwnedSemaphorePermit>,
+) {
     let clock = ctx.pipeline.clock().clone();
     let mut prefetch = prefetch;
     let wait = async {
@@ -161,21 +210,24 @@ async fn job(ctx: Ctx, task: ParsedTask, d: Delivery, prefetch: Option<OwnedSema
         }
         ctx.run_slots.clone().acquire_owned().await
     };
+    // On a graceful stop the consumer returns this message (see `return_unstarted`).
     let slot = tokio::select! {
         biased;
         () = ctx.abort.cancelled() => return,
-        () = ctx.graceful.cancelled() => {
-            let mut conn = ctx.conn.clone();
-            match broker::requeue(&mut conn, &d).await {
-                Ok(()) => tracing::info!(task_id = %task.id, "returned unstarted message to its queue"),
-                Err(e) => tracing::warn!(task_id = %task.id, error = %e,
-                    "cannot return message; it is restored after the visibility timeout"),
-            }
-            return;
-        }
+        () = ctx.graceful.cancelled() => return,
         slot = wait => slot,
     };
     let Ok(_slot) = slot else { return };
+    // Starting means leaving the waiting set; if the consumer already took it back, it is
+    // someone else's now.
+    let still_ours = ctx
+        .waiting
+        .lock()
+        .map(|mut w| w.remove(&seq).is_some())
+        .unwrap_or(false);
+    if !still_ours {
+        return;
+    }
     let disposition = tokio::select! {
         biased;
         () = ctx.abort.cancelled() => return,
@@ -191,7 +243,7 @@ async fn job(ctx: Ctx, task: ParsedTask, d: Delivery, prefetch: Option<OwnedSema
     let mut conn = ctx.conn.clone();
     let mut delay = Duration::from_millis(50);
     for attempt in 0..5 {
-        match broker::ack(&mut conn, &d.tag, push).await {
+        match broker::ack(&mut conn, &tag, push).await {
             Ok(()) => return,
             Err(e) if attempt == 4 => {
                 tracing::error!(task_id = %task.id, error = %e,
@@ -205,7 +257,12 @@ async fn job(ctx: Ctx, task: ParsedTask, d: Delivery, prefetch: Option<OwnedSema
     }
 }
 
-async fn restore_loop(ctx: Ctx, visibility_timeout: Duration, interval: Duration) {
+async fn restore_loop(
+    ctx: Ctx,
+    visibility_timeout: Duration,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut conn = ctx.conn.clone();
     loop {
         let now = ctx.pipeline.clock().now();
@@ -214,6 +271,9 @@ async fn restore_loop(ctx: Ctx, visibility_timeout: Duration, interval: Duration
             Ok(n) => tracing::warn!(restored = n, "restored unacknowledged messages"),
             Err(e) => tracing::warn!(error = %e, "restore of unacknowledged messages failed"),
         }
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => return,
+        }
     }
 }
