@@ -105,6 +105,7 @@ fn check(config: Option<&std::path::Path>, args: &CheckArgs) -> Result<u8, Error
             }
             Err(d) => {
                 eprint!("{d}");
+                eprintln!("check failed: {}", d.summary());
                 failed = true;
             }
         }

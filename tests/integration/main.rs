@@ -1,0 +1,9 @@
+//! The one integration-test binary: the real `beatd` binary and library against real
+//! processes (redis-server, Python Celery). One module per concern.
+
+mod util;
+
+// Command line: check diagnostics and exit codes, next, help.
+mod cli;
+// Embedded `beatd run`: the state-file lock, kill -9 and restart.
+mod embedded;
