@@ -71,7 +71,7 @@ impl RedisLeader {
         let token = format!("{}:{:016x}", self.identity, rand::random::<u64>());
         let acquired_at = Instant::now();
         let (k, ttl) = (&self.keys, self.ttl_ms());
-        let epoch: u64 = self
+        let reply = self
             .conn
             .run(|mut c| {
                 let t = token.clone();
@@ -81,11 +81,22 @@ impl RedisLeader {
                         .key(&k.epoch)
                         .arg(t)
                         .arg(ttl)
-                        .invoke_async(&mut c)
+                        .invoke_async::<u64>(&mut c)
                         .await
                 }
             })
-            .await?;
+            .await;
+        let epoch = match reply {
+            Ok(epoch) => epoch,
+            Err(e) => {
+                // The script may have run with the reply lost; then the lock holds a token
+                // nobody knows and stays taken for a whole TTL. Best effort to free it.
+                if matches!(e, Error::Timeout { .. } | Error::Unreachable { .. }) {
+                    let _ = self.compare_and(&RELEASE, &token, false).await;
+                }
+                return Err(e);
+            }
+        };
         Ok((epoch > 0).then_some(Lease {
             token,
             epoch,
@@ -94,9 +105,8 @@ impl RedisLeader {
         }))
     }
 
-    async fn compare_and(&self, script: &Script, lease: &Lease, ttl: bool) -> Result<bool, Error> {
+    async fn compare_and(&self, script: &Script, token: &str, ttl: bool) -> Result<bool, Error> {
         let (k, ttl_ms) = (&self.keys, self.ttl_ms());
-        let token = lease.token.clone();
         let n: i64 = self
             .conn
             .run(|mut c| async move {
@@ -143,11 +153,11 @@ impl LeaderLock for RedisLeader {
     }
 
     async fn renew(&self, lease: &Lease) -> Result<bool, beat_io::Error> {
-        Ok(self.compare_and(&RENEW, lease, true).await?)
+        Ok(self.compare_and(&RENEW, &lease.token, true).await?)
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), beat_io::Error> {
-        self.compare_and(&RELEASE, lease, false).await?;
+        self.compare_and(&RELEASE, &lease.token, false).await?;
         Ok(())
     }
 

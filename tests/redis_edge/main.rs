@@ -7,6 +7,8 @@
 mod conn;
 /// Emission and state: exactly once per (entry, fire time), queues, bytes, namespaces.
 mod emit;
+/// Two replicas racing, one paused past its TTL: exactly once, no gap.
+mod failover;
 /// Leader lock: acquire, renew, release, expiry, contenders, fencing.
 mod lock;
 /// How long 10,000 fires take (prints; asserts no time).
