@@ -205,7 +205,7 @@ async fn embedded_pipeline_runs_envelopes_from_a_channel() {
         Arc::new(results.clone()),
         Arc::new(SystemClock),
     );
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let shutdown = Shutdown::default();
     let runner = tokio::spawn(run_local(
         pipeline,
@@ -218,9 +218,9 @@ async fn embedded_pipeline_runs_envelopes_from_a_channel() {
         .args(vec![json!(2), json!(3)])
         .encode(now());
     let flaky = TaskMessage::new("tasks.once_flaky").encode(now());
-    tx.send(add.payload.into_bytes()).await.unwrap();
-    tx.send(flaky.payload.into_bytes()).await.unwrap();
-    tx.send(b"garbage".to_vec()).await.unwrap();
+    tx.send(add.payload.into_bytes()).unwrap();
+    tx.send(flaky.payload.into_bytes()).unwrap();
+    tx.send(b"garbage".to_vec()).unwrap();
     let deadline = Instant::now() + WAIT;
     while results.records().len() < 3 {
         assert!(Instant::now() < deadline, "{:?}", results.records());
