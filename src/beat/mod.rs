@@ -104,8 +104,16 @@ impl Beat {
     /// Runs until `shutdown` is cancelled; releases the lock on the way out.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.options.max_backoff);
+        // A lease whose term ended on a store error: if the store comes back still holding
+        // its token (a Redis restart with AOF, a short partition), leading resumes without
+        // waiting out the TTL.
+        let mut held: Option<Lease> = None;
         loop {
-            let wait = match self.leader.try_acquire().await {
+            let acquired = match held.take() {
+                Some(lease) => self.resume(lease, &mut held).await,
+                None => self.leader.try_acquire().await,
+            };
+            let wait = match acquired {
                 Ok(Some(lease)) => {
                     self.status.store_reachable.store(true, Ordering::Relaxed);
                     backoff.reset();
@@ -121,7 +129,8 @@ impl Beat {
                             self.options.acquire_interval
                         }
                         TermEnd::StoreError => {
-                            self.step_down(&lease).await;
+                            self.set_leader(false);
+                            held = Some(lease);
                             backoff.next()
                         }
                     }
@@ -137,8 +146,35 @@ impl Beat {
                 }
             };
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => {
+                    if let Some(lease) = held.take() {
+                        self.step_down(&lease).await;
+                    }
+                    return;
+                }
                 () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Tries to keep a lease across a store outage; falls back to a fresh acquisition when
+    /// the lock no longer holds its token.
+    async fn resume(
+        &self,
+        mut lease: Lease,
+        held: &mut Option<Lease>,
+    ) -> Result<Option<Lease>, Error> {
+        let sent = Instant::now();
+        match self.leader.renew(&lease).await {
+            Ok(true) => {
+                tracing::info!(epoch = lease.epoch, "store back; lease still held");
+                lease.acquired_at = sent;
+                Ok(Some(lease))
+            }
+            Ok(false) => self.leader.try_acquire().await,
+            Err(e) => {
+                *held = Some(lease);
+                Err(e)
             }
         }
     }

@@ -6,6 +6,7 @@ use crate::beat_io::{MemoryEmitter, MemoryLeader};
 use crate::clock::TokioClock;
 use crate::schedule::{CatchUp, Schedule};
 use serde_json::Map;
+use std::sync::atomic::AtomicBool;
 
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().to_utc()
@@ -275,4 +276,121 @@ async fn ten_thousand_entries_due_together_go_out_in_one_batch() {
     assert!(pushed.iter().all(|p| p.fire_at_ms == due));
     h.shutdown.cancel();
     h.task.await.unwrap();
+}
+
+/// Wraps the in-memory ports and fails every call while `down` is set, like Redis during an
+/// outage that keeps its data (AOF).
+struct Outage<T> {
+    inner: Arc<T>,
+    down: Arc<AtomicBool>,
+}
+
+impl<T> Outage<T> {
+    fn check(&self) -> Result<(), Error> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(Error::Unavailable("store down".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl LeaderLock for Outage<MemoryLeader> {
+    async fn try_acquire(&self) -> Result<Option<Lease>, Error> {
+        self.check()?;
+        self.inner.try_acquire().await
+    }
+    async fn renew(&self, lease: &Lease) -> Result<bool, Error> {
+        self.check()?;
+        self.inner.renew(lease).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        self.check()?;
+        self.inner.release(lease).await
+    }
+    async fn holder(&self) -> Result<Option<crate::beat_io::LeaderInfo>, Error> {
+        self.check()?;
+        self.inner.holder().await
+    }
+}
+
+#[async_trait::async_trait]
+impl Emitter for Outage<MemoryEmitter> {
+    async fn emit(&self, lease: &Lease, fires: &[Fire]) -> Result<Vec<EmitOutcome>, Error> {
+        self.check()?;
+        self.inner.emit(lease, fires).await
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for Outage<MemoryEmitter> {
+    async fn last_runs(
+        &self,
+    ) -> Result<std::collections::HashMap<String, crate::beat_io::LastRun>, Error> {
+        self.check()?;
+        self.inner.last_runs().await
+    }
+    async fn forget(&self, entries: &[String]) -> Result<(), Error> {
+        self.check()?;
+        self.inner.forget(entries).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_outage_shorter_than_the_ttl_resumes_the_same_lease_and_catches_up() {
+    let origin = t("2026-11-23T10:00:00.500Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
+    let down = Arc::new(AtomicBool::new(false));
+    let (_tx, rx) = watch::channel::<Arc<[Entry]>>(vec![every("tick", 1, CatchUp::All)].into());
+    let status = Arc::new(BeatStatus::default());
+    let shutdown = CancellationToken::new();
+    let out_emitter = Arc::new(Outage {
+        inner: emitter.clone(),
+        down: down.clone(),
+    });
+    let beat = Beat {
+        clock: Arc::new(TokioClock::starting_at(origin)),
+        leader: Arc::new(Outage {
+            inner: leader.clone(),
+            down: down.clone(),
+        }),
+        emitter: out_emitter.clone(),
+        state: out_emitter,
+        encoder: Arc::new(TestEncoder),
+        entries: rx,
+        status: status.clone(),
+        metrics: Arc::new(Metrics::default()),
+        options: BeatOptions::default(),
+    };
+    let task = tokio::spawn(beat.run(shutdown.clone()));
+    settle(Duration::from_millis(2_000)).await; // :01 :02
+    down.store(true, Ordering::SeqCst);
+    settle(Duration::from_millis(3_000)).await; // :03 :04 :05 fail
+    assert!(
+        !status.store_reachable.load(Ordering::Relaxed),
+        "outage not noticed"
+    );
+    assert!(
+        !status.is_leader.load(Ordering::Relaxed),
+        "kept sending through an outage"
+    );
+    down.store(false, Ordering::SeqCst);
+    settle(Duration::from_millis(3_000)).await;
+    assert!(status.is_leader.load(Ordering::Relaxed));
+    // Same lease: no new acquisition, so the epoch did not move.
+    assert_eq!(status.epoch.load(Ordering::Relaxed), 1);
+    let base = t("2026-11-23T10:00:01Z").timestamp_millis();
+    let got: Vec<i64> = fired(&emitter, "tick")
+        .iter()
+        .map(|ms| (ms - base) / 1000 + 1)
+        .collect();
+    assert_eq!(
+        got,
+        (1..=8).collect::<Vec<i64>>(),
+        "missed or repeated fire times"
+    );
+    shutdown.cancel();
+    task.await.unwrap();
 }
