@@ -88,15 +88,20 @@ pub fn shutdown_grace(args: &DaemonArgs, file: &AppConfig) -> Duration {
 /// else `./beatd-state.json`.
 #[must_use]
 pub fn state_file(flag: Option<&Path>, file: &AppConfig) -> PathBuf {
+    state_file_in(flag, file, std::env::var("STATE_DIRECTORY").ok().as_deref())
+}
+
+fn state_file_in(flag: Option<&Path>, file: &AppConfig, state_directory: Option<&str>) -> PathBuf {
     if let Some(p) = flag.or(file.state_file.as_deref()) {
         return p.to_path_buf();
     }
     // systemd may list several directories separated by ':'; the first is ours.
-    match std::env::var("STATE_DIRECTORY") {
-        Ok(dirs) if !dirs.is_empty() => {
-            PathBuf::from(dirs.split(':').next().unwrap_or(".")).join("beatd-state.json")
-        }
-        _ => PathBuf::from("beatd-state.json"),
+    match state_directory
+        .and_then(|d| d.split(':').next())
+        .filter(|d| !d.is_empty())
+    {
+        Some(dir) => PathBuf::from(dir).join("beatd-state.json"),
+        None => PathBuf::from("beatd-state.json"),
     }
 }
 
@@ -124,4 +129,36 @@ pub fn concurrency(args: &WorkerOpts, file: &AppConfig) -> usize {
 pub fn visibility_timeout(args: &WorkerOpts, file: &AppConfig) -> Duration {
     args.visibility_timeout
         .map_or(file.worker.visibility_timeout, Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_file_prefers_flag_then_file_then_systemd_state_directory() {
+        let mut file = AppConfig::default();
+        let flag = Path::new("/flag/state.json");
+        assert_eq!(
+            state_file_in(Some(flag), &file, Some("/var/lib/beatd")),
+            flag
+        );
+        assert_eq!(
+            state_file_in(None, &file, Some("/var/lib/beatd:/var/lib/other")),
+            Path::new("/var/lib/beatd/beatd-state.json")
+        );
+        assert_eq!(
+            state_file_in(None, &file, None),
+            Path::new("beatd-state.json")
+        );
+        assert_eq!(
+            state_file_in(None, &file, Some("")),
+            Path::new("beatd-state.json")
+        );
+        file.state_file = Some(PathBuf::from("/etc/x.json"));
+        assert_eq!(
+            state_file_in(None, &file, Some("/var/lib/beatd")),
+            Path::new("/etc/x.json")
+        );
+    }
 }
