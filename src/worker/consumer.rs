@@ -32,6 +32,8 @@ struct Ctx {
     graceful: CancellationToken,
     /// Stop everything now; leave unfinished messages unacknowledged.
     abort: CancellationToken,
+    /// Result key TTL in seconds.
+    result_ttl: u64,
     /// Deliveries not started yet, by arrival order: what a graceful stop puts back.
     waiting: Arc<Mutex<BTreeMap<u64, Delivery>>>,
 }
@@ -52,6 +54,7 @@ pub(crate) async fn consume(
         graceful: shutdown.graceful.clone(),
         abort: abort.clone(),
         waiting: Arc::default(),
+        result_ttl: opts.result_ttl.as_secs().max(1),
     };
     let mut seq: u64 = 0;
     let prefetch = Arc::new(Semaphore::new(
@@ -228,26 +231,31 @@ async fn job(
     if !still_ours {
         return;
     }
-    let disposition = tokio::select! {
+    let finished = tokio::select! {
         biased;
         () = ctx.abort.cancelled() => return,
-        d = ctx.pipeline.execute(&task) => d,
+        f = ctx.pipeline.execute_deferred(&task) => f,
     };
     drop(prefetch);
-    let push = match &disposition {
+    let push = match &finished.disposition {
         Disposition::Done => None,
         Disposition::Retry {
             list_key, payload, ..
         } => Some((list_key.as_str(), payload.as_str())),
     };
+    let writes = broker::FinishWrites {
+        result: finished.record.as_ref().map(|r| (r.key(), r.to_json())),
+        ttl_secs: ctx.result_ttl,
+        push,
+    };
     let mut conn = ctx.conn.clone();
     let mut delay = Duration::from_millis(50);
     for attempt in 0..5 {
-        match broker::ack(&mut conn, &tag, push).await {
+        match broker::finish(&mut conn, &tag, &writes).await {
             Ok(()) => return,
             Err(e) if attempt == 4 => {
                 tracing::error!(task_id = %task.id, error = %e,
-                    "cannot ack; the message will be restored and may run again");
+                    "cannot store result and ack; the message will be restored and may run again");
             }
             Err(_) => {
                 tokio::time::sleep(delay).await;

@@ -35,6 +35,25 @@ pub enum Disposition {
     },
 }
 
+/// A run's outcome before anything is written: what to do with the message and the result
+/// to store (`None` when results are ignored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    /// Ack, or ack and send a retry.
+    pub disposition: Disposition,
+    /// The record to store.
+    pub record: Option<ResultRecord>,
+}
+
+impl Finished {
+    fn done(record: Option<ResultRecord>) -> Self {
+        Self {
+            disposition: Disposition::Done,
+            record,
+        }
+    }
+}
+
 /// The shared "handle one envelope" pipeline.
 #[derive(Clone)]
 pub struct Pipeline {
@@ -118,23 +137,30 @@ impl Pipeline {
 
     /// Runs a decoded message now (its ETA has passed or is ignored) and stores its result.
     pub async fn execute(&self, task: &ParsedTask) -> Disposition {
+        let finished = self.execute_deferred(task).await;
+        if let Some(record) = finished.record {
+            self.store(record).await;
+        }
+        finished.disposition
+    }
+
+    /// Runs a decoded message now and returns its result record instead of storing it, so
+    /// a transport can store it and acknowledge in one atomic step.
+    pub async fn execute_deferred(&self, task: &ParsedTask) -> Finished {
         let now = self.clock.now();
         let registered = self.registry.get(&task.task).cloned();
         let options = registered.as_ref().map(|r| r.options).unwrap_or_default();
         let ignore = task.ignore_result.unwrap_or(options.ignore_result);
+        let keep = |r: ResultRecord| (!ignore).then_some(r);
         if task.expires.is_some_and(|e| e <= now) {
             tracing::info!(task_id = %task.id, task = %task.task, "discarding expired task");
-            if !ignore {
-                self.store(ResultRecord::revoked_expired(&task.id, now))
-                    .await;
-            }
-            return Disposition::Done;
+            return Finished::done(keep(ResultRecord::revoked_expired(&task.id, now)));
         }
         let Some(registered) = registered else {
             tracing::error!(task_id = %task.id, task = %task.task, "received unregistered task");
-            self.store(ResultRecord::not_registered(&task.id, &task.task, now))
-                .await;
-            return Disposition::Done;
+            return Finished::done(Some(ResultRecord::not_registered(
+                &task.id, &task.task, now,
+            )));
         };
         let limit = task
             .timelimit
@@ -149,11 +175,7 @@ impl Pipeline {
         match outcome {
             Ok(value) => {
                 tracing::info!(task_id = %task.id, task = %task.task, elapsed, "task succeeded");
-                if !ignore {
-                    self.store(ResultRecord::success(&task.id, value, done))
-                        .await;
-                }
-                Disposition::Done
+                Finished::done(keep(ResultRecord::success(&task.id, value, done)))
             }
             Err(e) if e.retryable && task.retries < options.max_retries => {
                 let delay = options.backoff(task.retries);
@@ -161,30 +183,25 @@ impl Pipeline {
                 let why = format!("Retry in {}s: {}", delay.as_secs_f64(), exc_text(&e));
                 tracing::warn!(task_id = %task.id, task = %task.task, retries = task.retries,
                     reason = %exc_text(&e), "task failed; retrying");
-                if !ignore {
-                    self.store(ResultRecord::retry(
-                        &task.id,
-                        &why,
-                        e.traceback.clone(),
-                        done,
-                    ))
-                    .await;
-                }
                 let (list_key, payload) = retry_message(task, eta);
-                Disposition::Retry {
-                    list_key,
-                    payload,
-                    eta,
+                Finished {
+                    disposition: Disposition::Retry {
+                        list_key,
+                        payload,
+                        eta,
+                    },
+                    record: keep(ResultRecord::retry(&task.id, &why, e.traceback, done)),
                 }
             }
             Err(e) => {
                 tracing::error!(task_id = %task.id, task = %task.task, elapsed,
                     reason = %exc_text(&e), "task failed");
-                if !ignore {
-                    self.store(ResultRecord::failure(&task.id, &e.exc, e.traceback, done))
-                        .await;
-                }
-                Disposition::Done
+                Finished::done(keep(ResultRecord::failure(
+                    &task.id,
+                    &e.exc,
+                    e.traceback,
+                    done,
+                )))
             }
         }
     }
