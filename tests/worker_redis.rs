@@ -72,9 +72,12 @@ async fn exec_failure_stores_stderr_tail() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn time_limit_kills_the_child() {
-    let mut spec = exec(&["sleep", "30"]);
-    spec.time_limit = Some(Duration::from_millis(300));
+async fn time_limit_kills_the_child_and_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("grandchild.pid");
+    let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+    let mut spec = exec(&["sh", "-c", &script]);
+    spec.time_limit = Some(Duration::from_millis(500));
     let mut reg = Registry::new();
     reg.add_spec("tasks.slow", &spec).unwrap();
     let h = Harness::start(reg, opts()).await;
@@ -84,6 +87,22 @@ async fn time_limit_kills_the_child() {
     assert_eq!(r["status"], "FAILURE");
     assert_eq!(r["result"]["exc_type"], "TimeLimitExceeded");
     assert!(started.elapsed() < Duration::from_secs(5));
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !gone() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "grandchild {pid} survived the time limit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     h.stop().await;
 }
 
