@@ -202,3 +202,26 @@ async fn immediate_shutdown_leaves_messages_for_restore() {
     h.assert_no_unacked().await;
     h.stop().await;
 }
+
+/// Redis going away and coming back: the worker neither exits nor stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_redis_restart() {
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut h = Harness::start(recorder(&order), opts()).await;
+    let id = h
+        .send(TaskMessage::new("tasks.record").args(vec![json!(1)]))
+        .await;
+    assert_eq!(h.result(&id).await["status"], "SUCCESS");
+    h.server.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !h.handle.is_finished(),
+        "worker exited while Redis was down"
+    );
+    h.server.restart().unwrap();
+    let id = h
+        .send(TaskMessage::new("tasks.record").args(vec![json!(2)]))
+        .await;
+    assert_eq!(h.result(&id).await["status"], "SUCCESS");
+    h.stop().await;
+}

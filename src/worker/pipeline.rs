@@ -4,6 +4,7 @@
 //! the result and decide on a retry. The Redis consumer and the embedded in-process queue of
 //! `beatd run` share it; neither acking nor queue I/O happens here.
 
+use super::observe::{Observer, Outcome};
 use super::registry::{Registry, TaskError, TaskRequest};
 use super::results::ResultSink;
 use crate::clock::SharedClock;
@@ -65,6 +66,8 @@ pub struct Pipeline {
     clock: SharedClock,
     /// Larger messages are rejected.
     max_message_bytes: usize,
+    /// Metrics hook.
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Pipeline {
@@ -76,6 +79,20 @@ impl Pipeline {
             results,
             clock,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            observer: None,
+        }
+    }
+
+    /// Reports every handled message to `observer`.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observe(&self, task: &str, outcome: Outcome, ran_for: Option<Duration>) {
+        if let Some(o) = &self.observer {
+            o.task_done(task, outcome, ran_for);
         }
     }
 
@@ -112,6 +129,7 @@ impl Pipeline {
                 Some(task)
             }
             Err(err) => {
+                self.observe("", Outcome::Rejected, None);
                 self.reject(&err).await;
                 None
             }
@@ -154,10 +172,12 @@ impl Pipeline {
         let keep = |r: ResultRecord| (!ignore).then_some(r);
         if task.expires.is_some_and(|e| e <= now) {
             tracing::info!(task_id = %task.id, task = %task.task, "discarding expired task");
+            self.observe(&task.task, Outcome::Revoked, None);
             return Finished::done(keep(ResultRecord::revoked_expired(&task.id, now)));
         }
         let Some(registered) = registered else {
             tracing::error!(task_id = %task.id, task = %task.task, "received unregistered task");
+            self.observe(&task.task, Outcome::Unregistered, None);
             return Finished::done(Some(ResultRecord::not_registered(
                 &task.id, &task.task, now,
             )));
@@ -170,11 +190,13 @@ impl Pipeline {
             .or(options.time_limit);
         let started = tokio::time::Instant::now();
         let outcome = run_guarded(registered.handler.clone(), request(task), limit).await;
-        let elapsed = started.elapsed().as_secs_f64();
+        let ran_for = started.elapsed();
+        let elapsed = ran_for.as_secs_f64();
         let done = self.clock.now();
         match outcome {
             Ok(value) => {
                 tracing::info!(task_id = %task.id, task = %task.task, elapsed, "task succeeded");
+                self.observe(&task.task, Outcome::Succeeded, Some(ran_for));
                 Finished::done(keep(ResultRecord::success(&task.id, value, done)))
             }
             Err(e) if e.retryable && task.retries < options.max_retries => {
@@ -184,6 +206,7 @@ impl Pipeline {
                 tracing::warn!(task_id = %task.id, task = %task.task, retries = task.retries,
                     reason = %exc_text(&e), "task failed; retrying");
                 let (list_key, payload) = retry_message(task, eta);
+                self.observe(&task.task, Outcome::Retried, Some(ran_for));
                 Finished {
                     disposition: Disposition::Retry {
                         list_key,
@@ -196,6 +219,7 @@ impl Pipeline {
             Err(e) => {
                 tracing::error!(task_id = %task.id, task = %task.task, elapsed,
                     reason = %exc_text(&e), "task failed");
+                self.observe(&task.task, Outcome::Failed, Some(ran_for));
                 Finished::done(keep(ResultRecord::failure(
                     &task.id,
                     &e.exc,
