@@ -220,7 +220,7 @@ async fn job(
         () = ctx.graceful.cancelled() => return,
         slot = wait => slot,
     };
-    let Ok(_slot) = slot else { return };
+    let Ok(slot) = slot else { return };
     // Starting means leaving the waiting set; if the consumer already took it back, it is
     // someone else's now.
     let still_ours = ctx
@@ -236,6 +236,9 @@ async fn job(
         () = ctx.abort.cancelled() => return,
         f = ctx.pipeline.execute_deferred(&task) => f,
     };
+    // The task is over: its slot and prefetch place go to the next message while the
+    // result and ack are written.
+    drop(slot);
     drop(prefetch);
     let push = match &finished.disposition {
         Disposition::Done => None,
