@@ -14,6 +14,7 @@
 mod broker;
 mod consumer;
 mod exec;
+mod held;
 mod http;
 mod local;
 mod observe;
