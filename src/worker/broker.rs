@@ -70,12 +70,17 @@ pub(crate) async fn pop_batch(
     };
     let mut batch = vec![msg];
     if extra > 0 {
-        let more: Option<Vec<Vec<u8>>> = redis::cmd("RPOP")
+        // The first message is already off the list: an error here (Redis before 6.2 has no
+        // RPOP count, or the connection dropped) must not lose it.
+        let more: RedisResult<Option<Vec<Vec<u8>>>> = redis::cmd("RPOP")
             .arg(&key)
             .arg(extra)
             .query_async(conn)
-            .await?;
-        batch.extend(more.unwrap_or_default());
+            .await;
+        match more {
+            Ok(more) => batch.extend(more.unwrap_or_default()),
+            Err(e) => tracing::debug!(error = %e, "batch pop failed; taking one message"),
+        }
     }
     Ok(Some((key, batch)))
 }
