@@ -62,7 +62,7 @@ pub(crate) async fn pop_batch(
 ) -> RedisResult<Option<(String, Vec<Vec<u8>>)>> {
     let first: Option<(String, Vec<u8>)> = redis::cmd("BRPOP")
         .arg(keys)
-        .arg(timeout_secs)
+        .arg(brpop_timeout(timeout_secs))
         .query_async(conn)
         .await?;
     let Some((key, msg)) = first else {
@@ -83,6 +83,16 @@ pub(crate) async fn pop_batch(
         }
     }
     Ok(Some((key, batch)))
+}
+
+/// Redis before 6.0 takes only whole seconds: send `1`, as kombu does, unless a fraction is
+/// really wanted.
+fn brpop_timeout(secs: f64) -> String {
+    if secs.fract() == 0.0 {
+        format!("{secs:.0}")
+    } else {
+        format!("{secs:.3}")
+    }
 }
 
 /// Records deliveries as unacknowledged, all in one MULTI (`ZADD` + `HSET` each, as kombu).
@@ -212,6 +222,12 @@ pub(crate) async fn requeue(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn brpop_timeout_whole_seconds_as_integers() {
+        assert_eq!(brpop_timeout(1.0), "1");
+        assert_eq!(brpop_timeout(0.2), "0.200");
+    }
 
     #[test]
     fn brpop_order_matches_kombu_capture() {
