@@ -138,3 +138,27 @@ async fn two_workers_share_a_queue_without_loss_or_duplicates() {
         "a message ran twice or never"
     );
 }
+
+/// Arguments too big for an environment variable still reach the program, on stdin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_big_arguments_go_on_stdin_only() {
+    let kind = TaskKind::Exec {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "wc -c; echo \"${BEATD_TASK_ARGS:-unset}\" >&2; exit 1".into(),
+        ],
+        env: BTreeMap::new(),
+        cwd: None,
+    };
+    let mut reg = Registry::new();
+    reg.add_spec("tasks.big", &TaskSpec::new(kind)).unwrap();
+    let h = Harness::start(reg, opts()).await;
+    let big = "y".repeat(300_000);
+    let id = h
+        .send(TaskMessage::new("tasks.big").args(vec![json!(big)]))
+        .await;
+    let r = h.result(&id).await;
+    assert_eq!(r["traceback"], "unset\n", "{r}");
+    h.stop().await;
+}

@@ -14,6 +14,8 @@ use tokio::process::Command;
 
 /// Most stdout kept as the result.
 const STDOUT_LIMIT: usize = 1 << 20;
+/// Largest argument JSON also passed in the environment.
+const ENV_LIMIT: usize = 64 << 10;
 /// Most stderr kept (its tail) as the traceback.
 const STDERR_TAIL: usize = 8 << 10;
 
@@ -54,8 +56,6 @@ impl Handler for ExecHandler {
         let mut cmd = Command::new(&self.command[0]);
         cmd.args(&self.command[1..])
             .envs(&self.env)
-            .env("BEATD_TASK_ARGS", &args)
-            .env("BEATD_TASK_KWARGS", &kwargs)
             .env("BEATD_TASK_ID", &req.id)
             .env("BEATD_TASK_NAME", &req.task)
             .env("BEATD_TASK_RETRIES", req.retries.to_string())
@@ -67,6 +67,13 @@ impl Handler for ExecHandler {
         // Its own process group, so whatever it spawns dies with it (see `GroupKill`).
         #[cfg(unix)]
         cmd.process_group(0);
+        // Linux refuses a single variable over 128 KiB (E2BIG) and the task would not start;
+        // big arguments are on stdin only.
+        for (name, value) in [("BEATD_TASK_ARGS", &args), ("BEATD_TASK_KWARGS", &kwargs)] {
+            if value.len() <= ENV_LIMIT {
+                cmd.env(name, value);
+            }
+        }
         if let Some(at) = &req.scheduled_at {
             cmd.env("BEATD_TASK_SCHEDULED_AT", at);
         }
