@@ -129,6 +129,9 @@ async fn http_task_success_failure_and_retry() {
     );
     let (_, head, _) = seen.lock().unwrap()[0].clone();
     assert!(head.contains("x-token: s3cret") && head.contains("content-type: application/json"));
+    assert!(head.contains("x-plain: v"));
+    // A rotated secret applies on the next request, without a restart.
+    std::env::set_var("BEATD_TEST_TOKEN", "rotated");
 
     // 4xx: FAILURE at once, not retried despite max_retries.
     let id = h.send(TaskMessage::new("hooks.missing")).await;
@@ -139,6 +142,7 @@ async fn http_task_success_failure_and_retry() {
         .as_str()
         .unwrap()
         .contains("404"));
+    assert!(seen.lock().unwrap()[1].1.contains("x-token: rotated"));
 
     // 5xx: RETRY, then SUCCESS on the new message (same id).
     let id = h.send(TaskMessage::new("hooks.flaky")).await;
