@@ -10,6 +10,15 @@
 //! Glossary, in kombu/Celery terms: a *delivery* is one message popped from a list; *ack*
 //! removes it from `unacked`; *restore* puts back messages whose worker vanished; *prefetch*
 //! is how many messages are held beyond those running.
+//!
+//! Life of a message on Redis: BRPOP (plus a batched RPOP) in kombu's priority order →
+//! decode (malformed: FAILURE if the id is known, dropped) → `unacked` + `unacked_index` in
+//! one MULTI per batch → wait for the ETA and a run slot → run under the time limit → one
+//! script stores the result (SETEX + PUBLISH), acks, and pushes a retry if any. While held,
+//! its `unacked_index` score is refreshed (`held`), so only a dead worker's messages age past
+//! the visibility timeout. Where beatd departs from kombu on purpose: malformed messages
+//! never crash or loop; a restore with a missing binding goes to the routing key's queue
+//! instead of being dropped; unstarted messages go back to their queue on a graceful stop.
 
 mod broker;
 mod consumer;
