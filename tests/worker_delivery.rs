@@ -202,3 +202,56 @@ async fn immediate_shutdown_leaves_messages_for_restore() {
     h.assert_no_unacked().await;
     h.stop().await;
 }
+
+/// Redis going away and coming back: the worker neither exits nor stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_redis_restart() {
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut h = Harness::start(recorder(&order), opts()).await;
+    let id = h
+        .send(TaskMessage::new("tasks.record").args(vec![json!(1)]))
+        .await;
+    assert_eq!(h.result(&id).await["status"], "SUCCESS");
+    h.server.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !h.handle.is_finished(),
+        "worker exited while Redis was down"
+    );
+    h.server.restart().unwrap();
+    let id = h
+        .send(TaskMessage::new("tasks.record").args(vec![json!(2)]))
+        .await;
+    assert_eq!(h.result(&id).await["status"], "SUCCESS");
+    h.stop().await;
+}
+
+/// A task running longer than the visibility timeout is not restored (and run twice) while
+/// its worker is alive: the worker keeps its own unacked scores fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_task_outlives_visibility_timeout_without_duplicate() {
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let mut reg = Registry::new();
+    let r = runs.clone();
+    reg.register("tasks.long", move |req| {
+        let r = r.clone();
+        async move {
+            r.lock().unwrap().push(req.redelivered);
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            Ok(json!(null))
+        }
+    });
+    let mut o = opts();
+    o.visibility_timeout = Duration::from_secs(1);
+    let h = Harness::start(reg, o).await;
+    let id = h.send(TaskMessage::new("tasks.long")).await;
+    assert_eq!(h.result(&id).await["status"], "SUCCESS");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        *runs.lock().unwrap(),
+        vec![false],
+        "ran again after a restore"
+    );
+    h.assert_no_unacked().await;
+    h.stop().await;
+}

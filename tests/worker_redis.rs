@@ -72,9 +72,12 @@ async fn exec_failure_stores_stderr_tail() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn time_limit_kills_the_child() {
-    let mut spec = exec(&["sleep", "30"]);
-    spec.time_limit = Some(Duration::from_millis(300));
+async fn time_limit_kills_the_child_and_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("grandchild.pid");
+    let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+    let mut spec = exec(&["sh", "-c", &script]);
+    spec.time_limit = Some(Duration::from_millis(500));
     let mut reg = Registry::new();
     reg.add_spec("tasks.slow", &spec).unwrap();
     let h = Harness::start(reg, opts()).await;
@@ -84,6 +87,22 @@ async fn time_limit_kills_the_child() {
     assert_eq!(r["status"], "FAILURE");
     assert_eq!(r["result"]["exc_type"], "TimeLimitExceeded");
     assert!(started.elapsed() < Duration::from_secs(5));
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !gone() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "grandchild {pid} survived the time limit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     h.stop().await;
 }
 
@@ -237,5 +256,51 @@ async fn restore_writes_kombu_bytes() {
     let h = Harness::start_on(server, Registry::new(), o).await;
     let got = h.wait_list("celery").await;
     assert_eq!(got, vec![want]);
+    h.stop().await;
+}
+
+/// A message stored with a named exchange goes back through kombu's binding set; without a
+/// binding (where kombu would drop it) it goes to the queue named by its routing key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_routes_named_exchanges_through_bindings() {
+    let server = beatd::testkit::RedisServer::start().unwrap();
+    let mut conn = connect(&server.url()).await;
+    let mut ids = Vec::new();
+    for (exchange, rk) in [("celery", "to-bound"), ("nobinding", "fallback")] {
+        let msg = TaskMessage::new("tasks.x")
+            .exchange(exchange)
+            .routing_key(rk);
+        let tag = msg.delivery_tag.clone();
+        let enc = msg.encode(now());
+        let env: Value = serde_json::from_str(&enc.payload).unwrap();
+        let _: () = redis::pipe()
+            .cmd("HSET")
+            .arg("unacked")
+            .arg(&tag)
+            .arg(dumps(&json!([env, exchange, rk])))
+            .cmd("ZADD")
+            .arg("unacked_index")
+            .arg(1_000_000.0)
+            .arg(&tag)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        ids.push(enc.id);
+    }
+    let _: () = redis::cmd("SADD")
+        .arg("_kombu.binding.celery")
+        .arg("to-bound\x06\x16\x06\x16bound-queue")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut o = opts();
+    o.visibility_timeout = Duration::from_secs(1);
+    o.queues = vec!["elsewhere".into()];
+    let h = Harness::start_on(server, Registry::new(), o).await;
+    let bound = h.wait_list("bound-queue").await;
+    assert!(bound[0].contains(&ids[0]) && bound[0].contains("\"redelivered\": true"));
+    let fallback = h.wait_list("fallback").await;
+    assert!(fallback[0].contains(&ids[1]));
+    h.assert_no_unacked().await;
     h.stop().await;
 }

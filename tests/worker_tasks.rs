@@ -129,6 +129,9 @@ async fn http_task_success_failure_and_retry() {
     );
     let (_, head, _) = seen.lock().unwrap()[0].clone();
     assert!(head.contains("x-token: s3cret") && head.contains("content-type: application/json"));
+    assert!(head.contains("x-plain: v"));
+    // A rotated secret applies on the next request, without a restart.
+    std::env::set_var("BEATD_TEST_TOKEN", "rotated");
 
     // 4xx: FAILURE at once, not retried despite max_retries.
     let id = h.send(TaskMessage::new("hooks.missing")).await;
@@ -139,6 +142,7 @@ async fn http_task_success_failure_and_retry() {
         .as_str()
         .unwrap()
         .contains("404"));
+    assert!(seen.lock().unwrap()[1].1.contains("x-token: rotated"));
 
     // 5xx: RETRY, then SUCCESS on the new message (same id).
     let id = h.send(TaskMessage::new("hooks.flaky")).await;
@@ -237,4 +241,74 @@ async fn embedded_pipeline_runs_envelopes_from_a_channel() {
     assert_eq!(of(&flaky.id), vec![TaskState::Retry, TaskState::Success]);
     shutdown.graceful.cancel();
     tokio::time::timeout(WAIT, runner).await.unwrap().unwrap();
+}
+
+#[derive(Default)]
+struct Counts(Mutex<Vec<(String, &'static str, bool)>>);
+
+impl beatd::worker::Observer for Counts {
+    fn task_done(&self, task: &str, outcome: beatd::worker::Outcome, ran_for: Option<Duration>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((task.to_string(), outcome.as_str(), ran_for.is_some()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observer_sees_every_outcome() {
+    let mut reg = Registry::new();
+    reg.register("tasks.ok", |_req| async move { Ok(json!(1)) });
+    reg.register("tasks.bad", |_req| async move {
+        Err(TaskError::fatal("Bad", "bad"))
+    });
+    let counts = Arc::new(Counts::default());
+    let server = beatd::testkit::RedisServer::start().unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let shutdown = Shutdown::default();
+    let observer: Arc<dyn beatd::worker::Observer> = counts.clone();
+    let run = tokio::spawn(beatd::worker::run_observed(
+        opts(),
+        reg,
+        client,
+        Arc::new(SystemClock),
+        shutdown.clone(),
+        Some(observer),
+    ));
+    let h = Harness {
+        server,
+        shutdown,
+        handle: run,
+    };
+    let expired = now() - chrono::Duration::seconds(1);
+    for msg in [
+        TaskMessage::new("tasks.ok"),
+        TaskMessage::new("tasks.bad"),
+        TaskMessage::new("tasks.unknown"),
+        TaskMessage::new("tasks.ok").expires(Some(expired)),
+    ] {
+        let id = h.send(msg).await;
+        h.result(&id).await;
+    }
+    h.push_raw("celery", b"garbage").await;
+    let deadline = Instant::now() + WAIT;
+    while counts.0.lock().unwrap().len() < 5 {
+        assert!(Instant::now() < deadline, "{:?}", counts.0.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut got = counts.0.lock().unwrap().clone();
+    got.sort();
+    let want = [
+        ("", "rejected", false),
+        ("tasks.bad", "failure", true),
+        ("tasks.ok", "revoked", false),
+        ("tasks.ok", "success", true),
+        ("tasks.unknown", "unregistered", false),
+    ];
+    let want: Vec<_> = want
+        .iter()
+        .map(|(t, o, r)| (t.to_string(), *o, *r))
+        .collect();
+    assert_eq!(got, want);
+    h.stop().await;
 }

@@ -62,7 +62,7 @@ pub(crate) async fn pop_batch(
 ) -> RedisResult<Option<(String, Vec<Vec<u8>>)>> {
     let first: Option<(String, Vec<u8>)> = redis::cmd("BRPOP")
         .arg(keys)
-        .arg(timeout_secs)
+        .arg(brpop_timeout(timeout_secs))
         .query_async(conn)
         .await?;
     let Some((key, msg)) = first else {
@@ -70,14 +70,29 @@ pub(crate) async fn pop_batch(
     };
     let mut batch = vec![msg];
     if extra > 0 {
-        let more: Option<Vec<Vec<u8>>> = redis::cmd("RPOP")
+        // The first message is already off the list: an error here (Redis before 6.2 has no
+        // RPOP count, or the connection dropped) must not lose it.
+        let more: RedisResult<Option<Vec<Vec<u8>>>> = redis::cmd("RPOP")
             .arg(&key)
             .arg(extra)
             .query_async(conn)
-            .await?;
-        batch.extend(more.unwrap_or_default());
+            .await;
+        match more {
+            Ok(more) => batch.extend(more.unwrap_or_default()),
+            Err(e) => tracing::debug!(error = %e, "batch pop failed; taking one message"),
+        }
     }
     Ok(Some((key, batch)))
+}
+
+/// Redis before 6.0 takes only whole seconds: send `1`, as kombu does, unless a fraction is
+/// really wanted.
+fn brpop_timeout(secs: f64) -> String {
+    if secs.fract() == 0.0 {
+        format!("{secs:.0}")
+    } else {
+        format!("{secs:.3}")
+    }
 }
 
 /// Records deliveries as unacknowledged, all in one MULTI (`ZADD` + `HSET` each, as kombu).
@@ -106,20 +121,69 @@ pub(crate) async fn mark_unacked(
     pipe.query_async(conn).await
 }
 
-/// Acknowledges a delivery, pushing a follow-up message (a retry) in the same MULTI.
-pub(crate) async fn ack(
+/// Stores the result (unless a SUCCESS is already there, as Celery checks), publishes it,
+/// acknowledges, and pushes a follow-up message, atomically in one round trip.
+const FINISH_SCRIPT: &str = r"
+if ARGV[2] ~= '' then
+  local cur = redis.call('GET', KEYS[3])
+  local done = false
+  if cur then
+    local ok, meta = pcall(cjson.decode, cur)
+    done = ok and type(meta) == 'table' and meta['status'] == 'SUCCESS'
+  end
+  if not done then
+    redis.call('SETEX', KEYS[3], ARGV[3], ARGV[2])
+    redis.call('PUBLISH', KEYS[3], ARGV[2])
+  end
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+if ARGV[4] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[4]) end
+return 1
+";
+
+/// What [`finish`] writes besides the ack.
+pub(crate) struct FinishWrites<'a> {
+    /// Result key and JSON, when a result is stored.
+    pub(crate) result: Option<(String, String)>,
+    /// Result TTL in seconds.
+    pub(crate) ttl_secs: u64,
+    /// A retry message: list key and payload.
+    pub(crate) push: Option<(&'a str, &'a str)>,
+}
+
+/// Result, ack and retry in one script call (see `FINISH_SCRIPT`).
+pub(crate) async fn finish(
     conn: &mut ConnectionManager,
     tag: &str,
-    push: Option<(&str, &str)>,
+    w: &FinishWrites<'_>,
 ) -> RedisResult<()> {
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    pipe.cmd("ZREM").arg(UNACKED_INDEX).arg(tag).ignore();
-    pipe.cmd("HDEL").arg(UNACKED).arg(tag).ignore();
-    if let Some((key, payload)) = push {
-        pipe.cmd("LPUSH").arg(key).arg(payload).ignore();
-    }
-    pipe.query_async(conn).await
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(FINISH_SCRIPT));
+    let (key, json) = w.result.clone().unwrap_or_default();
+    let (push_key, payload) = w.push.unwrap_or(("", ""));
+    // Unused key slots still need names; the script never touches them.
+    let key = if key.is_empty() {
+        UNACKED.to_string()
+    } else {
+        key
+    };
+    let push_key = if push_key.is_empty() {
+        UNACKED
+    } else {
+        push_key
+    };
+    SCRIPT
+        .key(UNACKED)
+        .key(UNACKED_INDEX)
+        .key(key)
+        .key(push_key)
+        .arg(tag)
+        .arg(json)
+        .arg(w.ttl_secs)
+        .arg(payload)
+        .invoke_async(conn)
+        .await
 }
 
 /// Returns messages popped by [`pop_batch`] but never tracked, in their original order.
@@ -158,6 +222,12 @@ pub(crate) async fn requeue(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn brpop_timeout_whole_seconds_as_integers() {
+        assert_eq!(brpop_timeout(1.0), "1");
+        assert_eq!(brpop_timeout(0.2), "0.200");
+    }
 
     #[test]
     fn brpop_order_matches_kombu_capture() {

@@ -4,6 +4,7 @@
 //! at startup and periodically.
 
 use super::broker::{self, Delivery};
+use super::held::{Held, HeldGuard};
 use super::pipeline::{Disposition, Pipeline};
 use super::restore::restore_visible;
 use super::{Shutdown, WorkerOptions};
@@ -32,6 +33,10 @@ struct Ctx {
     graceful: CancellationToken,
     /// Stop everything now; leave unfinished messages unacknowledged.
     abort: CancellationToken,
+    /// Tags taken and not yet acked or returned; their scores are kept fresh.
+    held: Arc<Held>,
+    /// Result key TTL in seconds.
+    result_ttl: u64,
     /// Deliveries not started yet, by arrival order: what a graceful stop puts back.
     waiting: Arc<Mutex<BTreeMap<u64, Delivery>>>,
 }
@@ -52,6 +57,8 @@ pub(crate) async fn consume(
         graceful: shutdown.graceful.clone(),
         abort: abort.clone(),
         waiting: Arc::default(),
+        held: Arc::default(),
+        result_ttl: opts.result_ttl.as_secs().max(1),
     };
     let mut seq: u64 = 0;
     let prefetch = Arc::new(Semaphore::new(
@@ -138,10 +145,11 @@ pub(crate) async fn consume(
         for (task, delivery) in accepted {
             seq += 1;
             let tag = delivery.tag.clone();
+            let guard = ctx.held.hold(&tag);
             if let Ok(mut w) = ctx.waiting.lock() {
                 w.insert(seq, delivery);
             }
-            jobs.spawn(job(ctx.clone(), task, seq, tag, permits.pop()));
+            jobs.spawn(job(ctx.clone(), task, seq, tag, permits.pop(), guard));
         }
     }
     if !abort.is_cancelled() {
@@ -199,6 +207,7 @@ async fn job(
     seq: u64,
     tag: String,
     prefetch: Option<OwnedSemaphorePermit>,
+    _held: HeldGuard,
 ) {
     let clock = ctx.pipeline.clock().clone();
     let mut prefetch = prefetch;
@@ -217,7 +226,7 @@ async fn job(
         () = ctx.graceful.cancelled() => return,
         slot = wait => slot,
     };
-    let Ok(_slot) = slot else { return };
+    let Ok(slot) = slot else { return };
     // Starting means leaving the waiting set; if the consumer already took it back, it is
     // someone else's now.
     let still_ours = ctx
@@ -228,26 +237,34 @@ async fn job(
     if !still_ours {
         return;
     }
-    let disposition = tokio::select! {
+    let finished = tokio::select! {
         biased;
         () = ctx.abort.cancelled() => return,
-        d = ctx.pipeline.execute(&task) => d,
+        f = ctx.pipeline.execute_deferred(&task) => f,
     };
+    // The task is over: its slot and prefetch place go to the next message while the
+    // result and ack are written.
+    drop(slot);
     drop(prefetch);
-    let push = match &disposition {
+    let push = match &finished.disposition {
         Disposition::Done => None,
         Disposition::Retry {
             list_key, payload, ..
         } => Some((list_key.as_str(), payload.as_str())),
     };
+    let writes = broker::FinishWrites {
+        result: finished.record.as_ref().map(|r| (r.key(), r.to_json())),
+        ttl_secs: ctx.result_ttl,
+        push,
+    };
     let mut conn = ctx.conn.clone();
     let mut delay = Duration::from_millis(50);
     for attempt in 0..5 {
-        match broker::ack(&mut conn, &tag, push).await {
+        match broker::finish(&mut conn, &tag, &writes).await {
             Ok(()) => return,
             Err(e) if attempt == 4 => {
                 tracing::error!(task_id = %task.id, error = %e,
-                    "cannot ack; the message will be restored and may run again");
+                    "cannot store result and ack; the message will be restored and may run again");
             }
             Err(_) => {
                 tokio::time::sleep(delay).await;
@@ -257,6 +274,8 @@ async fn job(
     }
 }
 
+/// Keeps our own unacked scores fresh (see `held`) and restores other workers' abandoned
+/// messages, at startup and then every `interval`.
 async fn restore_loop(
     ctx: Ctx,
     visibility_timeout: Duration,
@@ -264,15 +283,28 @@ async fn restore_loop(
     stop: CancellationToken,
 ) {
     let mut conn = ctx.conn.clone();
+    // The heartbeat must beat well within the timeout, whatever the restore interval.
+    let tick = interval
+        .min(visibility_timeout / 4)
+        .max(Duration::from_millis(10));
+    let mut last_restore: Option<tokio::time::Instant> = None;
     loop {
         let now = ctx.pipeline.clock().now();
-        match restore_visible(&mut conn, now, visibility_timeout).await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(restored = n, "restored unacknowledged messages"),
-            Err(e) => tracing::warn!(error = %e, "restore of unacknowledged messages failed"),
+        #[allow(clippy::cast_precision_loss)]
+        let score = now.timestamp_micros() as f64 / 1e6;
+        if let Err(e) = ctx.held.touch(&mut conn, score).await {
+            tracing::warn!(error = %e, "cannot refresh unacked scores");
+        }
+        if last_restore.is_none_or(|t| t.elapsed() >= interval) {
+            last_restore = Some(tokio::time::Instant::now());
+            match restore_visible(&mut conn, now, visibility_timeout).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(restored = n, "restored unacknowledged messages"),
+                Err(e) => tracing::warn!(error = %e, "restore of unacknowledged messages failed"),
+            }
         }
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(tick) => {}
             () = stop.cancelled() => return,
         }
     }

@@ -14,6 +14,8 @@ use tokio::process::Command;
 
 /// Most stdout kept as the result.
 const STDOUT_LIMIT: usize = 1 << 20;
+/// Largest argument JSON also passed in the environment.
+const ENV_LIMIT: usize = 64 << 10;
 /// Most stderr kept (its tail) as the traceback.
 const STDERR_TAIL: usize = 8 << 10;
 
@@ -54,8 +56,6 @@ impl Handler for ExecHandler {
         let mut cmd = Command::new(&self.command[0]);
         cmd.args(&self.command[1..])
             .envs(&self.env)
-            .env("BEATD_TASK_ARGS", &args)
-            .env("BEATD_TASK_KWARGS", &kwargs)
             .env("BEATD_TASK_ID", &req.id)
             .env("BEATD_TASK_NAME", &req.task)
             .env("BEATD_TASK_RETRIES", req.retries.to_string())
@@ -64,6 +64,16 @@ impl Handler for ExecHandler {
             .stderr(Stdio::piped())
             // A time limit or an immediate shutdown drops this future: the child must die.
             .kill_on_drop(true);
+        // Its own process group, so whatever it spawns dies with it (see `GroupKill`).
+        #[cfg(unix)]
+        cmd.process_group(0);
+        // Linux refuses a single variable over 128 KiB (E2BIG) and the task would not start;
+        // big arguments are on stdin only.
+        for (name, value) in [("BEATD_TASK_ARGS", &args), ("BEATD_TASK_KWARGS", &kwargs)] {
+            if value.len() <= ENV_LIMIT {
+                cmd.env(name, value);
+            }
+        }
         if let Some(at) = &req.scheduled_at {
             cmd.env("BEATD_TASK_SCHEDULED_AT", at);
         }
@@ -76,6 +86,7 @@ impl Handler for ExecHandler {
                 format!("cannot run {:?}: {e}", self.command[0]),
             )
         })?;
+        let mut group = GroupKill(child.id());
         let input = json!({"args": req.args, "kwargs": req.kwargs}).to_string();
         let stdin = child.stdin.take();
         let feed = async move {
@@ -87,6 +98,7 @@ impl Handler for ExecHandler {
         let out = read_head(child.stdout.take(), STDOUT_LIMIT);
         let err = read_tail(child.stderr.take(), STDERR_TAIL);
         let ((), stdout, stderr, status) = tokio::join!(feed, out, err, child.wait());
+        group.0 = None; // reaped: the id may be reused, never signal it again
         let status = status.map_err(|e| TaskError::fatal("ExecFailed", e.to_string()))?;
         if status.success() {
             return Ok(parse_output(&stdout));
@@ -108,6 +120,22 @@ impl Handler for ExecHandler {
             format!("{what}: {last}")
         };
         Err(TaskError::retryable("ExecFailed", msg).with_traceback(tail))
+    }
+}
+
+/// Kills the task's process group when the run is abandoned before the child was reaped
+/// (time limit, immediate shutdown); `kill_on_drop` alone would spare grandchildren, such as
+/// the programs a shell script started.
+struct GroupKill(Option<u32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+        }
     }
 }
 

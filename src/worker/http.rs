@@ -1,7 +1,8 @@
 //! The `http` task kind: POSTs `{id, task, args, kwargs, scheduled_at}` as JSON to a
 //! configured URL. 2xx is SUCCESS (the body, as JSON when it parses), 4xx a FAILURE that a
 //! retry would not fix, 5xx and transport errors retryable. Header values may come from the
-//! environment, read once when the task is registered so a missing secret fails at startup.
+//! environment: checked when the task is registered (a missing secret fails at startup) and
+//! re-read on every request (a rotated secret needs no restart).
 
 use super::registry::{Handler, TaskError, TaskRequest, TaskResult};
 use super::spec::HeaderValue;
@@ -20,8 +21,11 @@ pub(crate) struct HttpHandler {
     client: reqwest::Client,
     /// Target.
     url: String,
-    /// Resolved request headers.
+    /// Request headers as resolved at registration.
     headers: reqwest::header::HeaderMap,
+    /// Headers read from the environment: re-read on every request so a rotated secret
+    /// applies without a restart (the registration value stays when the variable vanished).
+    from_env: Vec<(reqwest::header::HeaderName, String)>,
 }
 
 impl HttpHandler {
@@ -32,7 +36,12 @@ impl HttpHandler {
         timeout: Option<Duration>,
     ) -> Result<Self, Error> {
         let mut map = reqwest::header::HeaderMap::new();
+        let mut from_env = Vec::new();
         for (name, value) in headers {
+            let env_var = match value {
+                HeaderValue::Env(var) => Some(var.clone()),
+                HeaderValue::Value(_) => None,
+            };
             let value = match value {
                 HeaderValue::Value(v) => v.clone(),
                 HeaderValue::Env(var) => std::env::var(var).map_err(|_| Error::MissingEnv {
@@ -47,6 +56,9 @@ impl HttpHandler {
             let name =
                 reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
             let value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| bad())?;
+            if let Some(var) = env_var {
+                from_env.push((name.clone(), var));
+            }
             map.insert(name, value);
         }
         let client = reqwest::Client::builder()
@@ -57,7 +69,21 @@ impl HttpHandler {
             client,
             url: url.into(),
             headers: map,
+            from_env,
         })
+    }
+}
+
+impl HttpHandler {
+    fn current_headers(&self) -> reqwest::header::HeaderMap {
+        let mut headers = self.headers.clone();
+        for (name, var) in &self.from_env {
+            let fresh = std::env::var(var).ok();
+            if let Some(v) = fresh.and_then(|v| reqwest::header::HeaderValue::from_str(&v).ok()) {
+                headers.insert(name.clone(), v);
+            }
+        }
+        headers
     }
 }
 
@@ -71,7 +97,7 @@ impl Handler for HttpHandler {
         let resp = self
             .client
             .post(&self.url)
-            .headers(self.headers.clone())
+            .headers(self.current_headers())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(payload.to_string())
             .send()

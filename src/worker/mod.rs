@@ -10,12 +10,23 @@
 //! Glossary, in kombu/Celery terms: a *delivery* is one message popped from a list; *ack*
 //! removes it from `unacked`; *restore* puts back messages whose worker vanished; *prefetch*
 //! is how many messages are held beyond those running.
+//!
+//! Life of a message on Redis: BRPOP (plus a batched RPOP) in kombu's priority order →
+//! decode (malformed: FAILURE if the id is known, dropped) → `unacked` + `unacked_index` in
+//! one MULTI per batch → wait for the ETA and a run slot → run under the time limit → one
+//! script stores the result (SETEX + PUBLISH), acks, and pushes a retry if any. While held,
+//! its `unacked_index` score is refreshed (`held`), so only a dead worker's messages age past
+//! the visibility timeout. Where beatd departs from kombu on purpose: malformed messages
+//! never crash or loop; a restore with a missing binding goes to the routing key's queue
+//! instead of being dropped; unstarted messages go back to their queue on a graceful stop.
 
 mod broker;
 mod consumer;
 mod exec;
+mod held;
 mod http;
 mod local;
+mod observe;
 mod pipeline;
 mod registry;
 mod restore;
@@ -23,7 +34,8 @@ mod results;
 mod spec;
 
 pub use local::run_local;
-pub use pipeline::{Disposition, Pipeline, DEFAULT_MAX_MESSAGE_BYTES};
+pub use observe::{Observer, Outcome};
+pub use pipeline::{Disposition, Finished, Pipeline, DEFAULT_MAX_MESSAGE_BYTES};
 pub use registry::{Handler, Registered, Registry, TaskError, TaskRequest, TaskResult};
 pub use results::{LogResults, MemoryResults, RedisResults, ResultSink};
 pub use spec::{HeaderValue, TaskKind, TaskOptions, TaskSpec};
@@ -131,6 +143,21 @@ pub async fn run(
     clock: SharedClock,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
+    run_observed(opts, registry, client, clock, shutdown, None).await
+}
+
+/// [`run`] with a metrics hook called once per handled message.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_observed(
+    opts: WorkerOptions,
+    registry: Registry,
+    client: redis::Client,
+    clock: SharedClock,
+    shutdown: Shutdown,
+    observer: Option<Arc<dyn Observer>>,
+) -> Result<(), Error> {
     if opts.queues.is_empty() {
         return Err(Error::NoQueues);
     }
@@ -138,8 +165,11 @@ pub async fn run(
     // BRPOP blocks its connection: it gets its own so acks and results never wait behind it.
     let pop_conn = connect(&client, opts.poll_timeout + Duration::from_secs(10)).await?;
     let results = RedisResults::new(conn.clone()).with_ttl(opts.result_ttl.as_secs());
-    let pipeline = Pipeline::new(Arc::new(registry), Arc::new(results), clock)
+    let mut pipeline = Pipeline::new(Arc::new(registry), Arc::new(results), clock)
         .with_max_message_bytes(opts.max_message_bytes);
+    if let Some(observer) = observer {
+        pipeline = pipeline.with_observer(observer);
+    }
     tracing::info!(queues = ?opts.queues, concurrency = opts.concurrency, "worker started");
     consumer::consume(&opts, pipeline, conn, pop_conn, shutdown).await;
     tracing::info!("worker stopped");
@@ -147,8 +177,14 @@ pub async fn run(
 }
 
 async fn connect(client: &redis::Client, response: Duration) -> Result<ConnectionManager, Error> {
+    // redis-rs feeds `factor` (default 100) to backon as the growth rate from a 1 s start:
+    // after one failed reconnect the next waits 60 s or more. Grow by 2, cap at 1 s, and let
+    // the next command start a fresh attempt when these run out.
     let cfg = ConnectionManagerConfig::new()
         .set_connection_timeout(Duration::from_secs(5))
-        .set_response_timeout(response);
+        .set_response_timeout(response)
+        .set_factor(2)
+        .set_max_delay(1000)
+        .set_number_of_retries(3);
     Ok(client.get_connection_manager_with_config(cfg).await?)
 }

@@ -4,6 +4,7 @@
 //! the result and decide on a retry. The Redis consumer and the embedded in-process queue of
 //! `beatd run` share it; neither acking nor queue I/O happens here.
 
+use super::observe::{Observer, Outcome};
 use super::registry::{Registry, TaskError, TaskRequest};
 use super::results::ResultSink;
 use crate::clock::SharedClock;
@@ -35,6 +36,25 @@ pub enum Disposition {
     },
 }
 
+/// A run's outcome before anything is written: what to do with the message and the result
+/// to store (`None` when results are ignored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    /// Ack, or ack and send a retry.
+    pub disposition: Disposition,
+    /// The record to store.
+    pub record: Option<ResultRecord>,
+}
+
+impl Finished {
+    fn done(record: Option<ResultRecord>) -> Self {
+        Self {
+            disposition: Disposition::Done,
+            record,
+        }
+    }
+}
+
 /// The shared "handle one envelope" pipeline.
 #[derive(Clone)]
 pub struct Pipeline {
@@ -46,6 +66,8 @@ pub struct Pipeline {
     clock: SharedClock,
     /// Larger messages are rejected.
     max_message_bytes: usize,
+    /// Metrics hook.
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Pipeline {
@@ -57,6 +79,20 @@ impl Pipeline {
             results,
             clock,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            observer: None,
+        }
+    }
+
+    /// Reports every handled message to `observer`.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observe(&self, task: &str, outcome: Outcome, ran_for: Option<Duration>) {
+        if let Some(o) = &self.observer {
+            o.task_done(task, outcome, ran_for);
         }
     }
 
@@ -93,6 +129,7 @@ impl Pipeline {
                 Some(task)
             }
             Err(err) => {
+                self.observe("", Outcome::Rejected, None);
                 self.reject(&err).await;
                 None
             }
@@ -118,23 +155,32 @@ impl Pipeline {
 
     /// Runs a decoded message now (its ETA has passed or is ignored) and stores its result.
     pub async fn execute(&self, task: &ParsedTask) -> Disposition {
+        let finished = self.execute_deferred(task).await;
+        if let Some(record) = finished.record {
+            self.store(record).await;
+        }
+        finished.disposition
+    }
+
+    /// Runs a decoded message now and returns its result record instead of storing it, so
+    /// a transport can store it and acknowledge in one atomic step.
+    pub async fn execute_deferred(&self, task: &ParsedTask) -> Finished {
         let now = self.clock.now();
         let registered = self.registry.get(&task.task).cloned();
         let options = registered.as_ref().map(|r| r.options).unwrap_or_default();
         let ignore = task.ignore_result.unwrap_or(options.ignore_result);
+        let keep = |r: ResultRecord| (!ignore).then_some(r);
         if task.expires.is_some_and(|e| e <= now) {
             tracing::info!(task_id = %task.id, task = %task.task, "discarding expired task");
-            if !ignore {
-                self.store(ResultRecord::revoked_expired(&task.id, now))
-                    .await;
-            }
-            return Disposition::Done;
+            self.observe(&task.task, Outcome::Revoked, None);
+            return Finished::done(keep(ResultRecord::revoked_expired(&task.id, now)));
         }
         let Some(registered) = registered else {
             tracing::error!(task_id = %task.id, task = %task.task, "received unregistered task");
-            self.store(ResultRecord::not_registered(&task.id, &task.task, now))
-                .await;
-            return Disposition::Done;
+            self.observe(&task.task, Outcome::Unregistered, None);
+            return Finished::done(Some(ResultRecord::not_registered(
+                &task.id, &task.task, now,
+            )));
         };
         let limit = task
             .timelimit
@@ -144,16 +190,14 @@ impl Pipeline {
             .or(options.time_limit);
         let started = tokio::time::Instant::now();
         let outcome = run_guarded(registered.handler.clone(), request(task), limit).await;
-        let elapsed = started.elapsed().as_secs_f64();
+        let ran_for = started.elapsed();
+        let elapsed = ran_for.as_secs_f64();
         let done = self.clock.now();
         match outcome {
             Ok(value) => {
                 tracing::info!(task_id = %task.id, task = %task.task, elapsed, "task succeeded");
-                if !ignore {
-                    self.store(ResultRecord::success(&task.id, value, done))
-                        .await;
-                }
-                Disposition::Done
+                self.observe(&task.task, Outcome::Succeeded, Some(ran_for));
+                Finished::done(keep(ResultRecord::success(&task.id, value, done)))
             }
             Err(e) if e.retryable && task.retries < options.max_retries => {
                 let delay = options.backoff(task.retries);
@@ -161,30 +205,27 @@ impl Pipeline {
                 let why = format!("Retry in {}s: {}", delay.as_secs_f64(), exc_text(&e));
                 tracing::warn!(task_id = %task.id, task = %task.task, retries = task.retries,
                     reason = %exc_text(&e), "task failed; retrying");
-                if !ignore {
-                    self.store(ResultRecord::retry(
-                        &task.id,
-                        &why,
-                        e.traceback.clone(),
-                        done,
-                    ))
-                    .await;
-                }
                 let (list_key, payload) = retry_message(task, eta);
-                Disposition::Retry {
-                    list_key,
-                    payload,
-                    eta,
+                self.observe(&task.task, Outcome::Retried, Some(ran_for));
+                Finished {
+                    disposition: Disposition::Retry {
+                        list_key,
+                        payload,
+                        eta,
+                    },
+                    record: keep(ResultRecord::retry(&task.id, &why, e.traceback, done)),
                 }
             }
             Err(e) => {
                 tracing::error!(task_id = %task.id, task = %task.task, elapsed,
                     reason = %exc_text(&e), "task failed");
-                if !ignore {
-                    self.store(ResultRecord::failure(&task.id, &e.exc, e.traceback, done))
-                        .await;
-                }
-                Disposition::Done
+                self.observe(&task.task, Outcome::Failed, Some(ran_for));
+                Finished::done(keep(ResultRecord::failure(
+                    &task.id,
+                    &e.exc,
+                    e.traceback,
+                    done,
+                )))
             }
         }
     }

@@ -6,7 +6,7 @@
 //! RPUSH; EXEC` does, without tying up a connection with WATCH state.
 
 use super::broker::{UNACKED, UNACKED_INDEX, UNACKED_MUTEX};
-use crate::protocol::{dumps, new_uuid, priority_list_key};
+use crate::protocol::{dumps, new_uuid, priority_list_key, PRIORITY_SEP};
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use redis::RedisResult;
@@ -91,7 +91,10 @@ async fn restore_locked(
             .query_async(conn)
             .await?;
         let (key, payload) = match stored.as_deref().map(redelivered) {
-            Some(Some((key, payload))) => (key, payload),
+            Some(Some(r)) => {
+                let queue = route(conn, &r.exchange, &r.routing_key).await?;
+                (priority_list_key(&queue, r.priority), r.payload)
+            }
             Some(None) => {
                 tracing::error!(tag, "unreadable entry in unacked; dropped");
                 (String::new(), String::new())
@@ -120,9 +123,52 @@ async fn restore_locked(
     Ok(restored)
 }
 
-/// From a stored `[envelope, exchange, routing_key]`: the list to push to and the envelope
-/// marked redelivered (appended keys, as kombu does).
-fn redelivered(stored: &str) -> Option<(String, String)> {
+/// The queue a message published to `exchange` with `routing_key` belongs to. The default
+/// exchange `""` routes by queue name; a named one through kombu's binding set, read as a
+/// direct exchange. kombu drops a message whose binding is missing; beatd falls back to the
+/// routing key as the queue name rather than lose it.
+async fn route(
+    conn: &mut ConnectionManager,
+    exchange: &str,
+    routing_key: &str,
+) -> RedisResult<String> {
+    if exchange.is_empty() {
+        return Ok(routing_key.to_string());
+    }
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("_kombu.binding.{exchange}"))
+        .query_async(conn)
+        .await?;
+    let bound = members.iter().find_map(|m| {
+        let mut parts = m.split(PRIORITY_SEP);
+        let (rk, _pattern, queue) = (parts.next()?, parts.next()?, parts.next()?);
+        (rk == routing_key).then(|| queue.to_string())
+    });
+    Ok(bound.unwrap_or_else(|| {
+        tracing::warn!(
+            exchange,
+            routing_key,
+            "no kombu binding; restoring to the routing key"
+        );
+        routing_key.to_string()
+    }))
+}
+
+/// A stored unacked entry, ready to go back.
+struct Restored {
+    /// `delivery_info.exchange` as stored.
+    exchange: String,
+    /// `delivery_info.routing_key` as stored.
+    routing_key: String,
+    /// `properties.priority`.
+    priority: Option<u8>,
+    /// The envelope marked redelivered.
+    payload: String,
+}
+
+/// From a stored `[envelope, exchange, routing_key]`: where it goes and the envelope marked
+/// redelivered (appended keys, as kombu does).
+fn redelivered(stored: &str) -> Option<Restored> {
     let Value::Array(mut triple) = serde_json::from_str::<Value>(stored).ok()? else {
         return None;
     };
@@ -130,7 +176,7 @@ fn redelivered(stored: &str) -> Option<(String, String)> {
         return None;
     }
     let routing_key = triple.pop()?.as_str()?.to_string();
-    let _exchange = triple.pop()?;
+    let exchange = triple.pop()?.as_str()?.to_string();
     let mut env = triple.pop()?;
     env.get_mut("headers")?
         .as_object_mut()?
@@ -144,9 +190,12 @@ fn redelivered(stored: &str) -> Option<(String, String)> {
         .get_mut("delivery_info")?
         .as_object_mut()?
         .insert("redelivered".into(), true.into());
-    // A named exchange routes through its binding; kombu would drop the message if the
-    // binding were missing, beatd falls back to the routing key as the queue name.
-    Some((priority_list_key(&routing_key, priority), dumps(&env)))
+    Some(Restored {
+        exchange,
+        routing_key,
+        priority,
+        payload: dumps(&env),
+    })
 }
 
 #[cfg(test)]
@@ -157,8 +206,12 @@ mod tests {
     fn redelivered_marks_like_kombu() {
         let env = r#"{"headers": {"id": "x"}, "properties": {"delivery_info": {"exchange": "", "routing_key": "q"}, "priority": 6}}"#;
         let stored = format!("[{env}, \"\", \"q\"]");
-        let (key, payload) = redelivered(&stored).unwrap();
-        assert_eq!(key, "q\x06\x166");
+        let r = redelivered(&stored).unwrap();
+        assert_eq!(
+            (r.exchange.as_str(), r.routing_key.as_str(), r.priority),
+            ("", "q", Some(6))
+        );
+        let payload = r.payload;
         assert_eq!(
             payload,
             r#"{"headers": {"id": "x", "redelivered": true}, "properties": {"delivery_info": {"exchange": "", "routing_key": "q", "redelivered": true}, "priority": 6}}"#

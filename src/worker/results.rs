@@ -48,10 +48,10 @@ impl ResultSink for RedisResults {
         let mut conn = self.conn.clone();
         // Celery never overwrites a SUCCESS (a redelivered duplicate must not undo it).
         let existing: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
-        if existing
-            .as_deref()
-            .is_some_and(|s| s.contains("\"status\": \"SUCCESS\""))
-        {
+        let done = existing
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .is_some_and(|m| m["status"] == "SUCCESS");
+        if done {
             return Ok(());
         }
         let json = record.to_json();

@@ -111,7 +111,8 @@ pub enum TaskKind {
 pub enum HeaderValue {
     /// The value itself.
     Value(String),
-    /// The name of an environment variable holding it (`{ env = "VAR" }`).
+    /// The name of an environment variable holding it (`{ env = "VAR" }`); it must be set
+    /// when the task is registered and is re-read on every request.
     Env(String),
 }
 
