@@ -296,11 +296,7 @@ impl Scene {
         let mut out = String::new();
         for p in &self.procs {
             let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-            let start = text
-                .char_indices()
-                .rev()
-                .nth(6000)
-                .map_or(0, |(i, _)| i);
+            let start = text.char_indices().rev().nth(6000).map_or(0, |(i, _)| i);
             out.push_str(&format!(
                 "\n----- {} ({}) -----\n{}",
                 p.name,
@@ -461,12 +457,7 @@ fn body_of(envelope: &Value) -> Value {
 }
 
 fn keys(v: &Value) -> Vec<String> {
-    let mut k: Vec<String> = v
-        .as_object()
-        .expect("an object")
-        .keys()
-        .cloned()
-        .collect();
+    let mut k: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
     k.sort();
     k
 }
@@ -562,7 +553,8 @@ headers = { team = "ops" }
     assert_eq!(expires - at, chrono::Duration::hours(1));
 
     s.start_celery_worker("celery,interop-fast");
-    let runs = |entry: &str, recs: &[Value]| recs.iter().filter(|r| r["beatd_entry"] == entry).count();
+    let runs =
+        |entry: &str, recs: &[Value]| recs.iter().filter(|r| r["beatd_entry"] == entry).count();
     let records = s.wait_for("two runs of each entry by the Python worker", || {
         let recs = s.records();
         (runs("plain-args", &recs) >= 2 && runs("fast-priority", &recs) >= 2).then_some(recs)
@@ -571,7 +563,9 @@ headers = { team = "ops" }
 
     let mut fire_times = std::collections::HashSet::new();
     for rec in &records {
-        let entry = rec["beatd_entry"].as_str().expect("beatd_entry header seen");
+        let entry = rec["beatd_entry"]
+            .as_str()
+            .expect("beatd_entry header seen");
         let (args, kwargs, queue, priority, team) = match entry {
             "plain-args" => (
                 json!([2, 3]),
@@ -599,7 +593,9 @@ headers = { team = "ops" }
         assert_eq!(rec["root_id"], rec["id"]);
         assert_eq!(rec["correlation_id"], rec["id"]);
         assert!(rec["beatd_epoch"].as_u64().is_some_and(|e| e >= 1), "{rec}");
-        let at = rec["beatd_scheduled_at"].as_str().expect("scheduled_at seen");
+        let at = rec["beatd_scheduled_at"]
+            .as_str()
+            .expect("scheduled_at seen");
         // every = "1s" is anchored to the epoch: whole seconds, each sent once.
         assert_eq!(parse_time(at).timestamp_subsec_millis(), 0, "{at}");
         assert!(
@@ -635,13 +631,13 @@ fn expired_catch_up_is_revoked_by_celery() {
             r#"
 [defaults]
 queue = "catchup"
-every = "1h"
 catch_up = "latest"
 catch_up_window = "2h"
 
 [[entry]]
 name = "stale"
 task = "interop.record"
+every = "1h"
 anchor = {anchor_text:?}
 args = ["stale"]
 expires = "1m"
@@ -649,6 +645,7 @@ expires = "1m"
 [[entry]]
 name = "fresh"
 task = "interop.record"
+every = "1h"
 anchor = {anchor_text:?}
 args = ["fresh"]
 expires = "2h"
@@ -657,8 +654,7 @@ expires = "2h"
     );
     // Seed the state a previous beat would have left: last run one period before the anchor,
     // under the current schedule's fingerprint.
-    let loaded =
-        beatd::config::load_schedules(&[schedule], now).unwrap_or_else(|d| panic!("{d}"));
+    let loaded = beatd::config::load_schedules(&[schedule], now).unwrap_or_else(|d| panic!("{d}"));
     let mut c = s.conn();
     for entry in loaded.entries.iter() {
         let last = (anchor - chrono::Duration::hours(1)).timestamp_millis();
@@ -717,7 +713,10 @@ expires = "2h"
     );
     let log = s.log_of("celery-worker");
     assert!(
-        log.contains(&format!("Discarding revoked task: interop.record[{}]", ids["stale"])),
+        log.contains(&format!(
+            "Discarding revoked task: interop.record[{}]",
+            ids["stale"]
+        )),
         "{}",
         s.logs()
     );
@@ -871,7 +870,10 @@ fn beatd_and_celery_workers_share_a_queue() {
     s.start_beatd_worker("shared");
     s.wait_log("beatd-worker", "worker started");
 
-    let sent = s.client("send_many", &json!({"task": "interop.mark", "n": N, "queue": "shared"}));
+    let sent = s.client(
+        "send_many",
+        &json!({"task": "interop.mark", "n": N, "queue": "shared"}),
+    );
     let ids: Vec<String> = sent["ids"]
         .as_array()
         .expect("ids")
