@@ -226,7 +226,11 @@ impl Scene {
 
     /// `beatd worker` with `beatd.toml` (written by the test) on `queues`.
     fn start_beatd_worker(&mut self, queues: &str) {
-        let cmd = self.beatd_cmd(&[
+        self.start_beatd_worker_with(queues, &[]);
+    }
+
+    fn start_beatd_worker_with(&mut self, queues: &str, extra: &[&str]) {
+        let mut cmd = self.beatd_cmd(&[
             "--config",
             "beatd.toml",
             "worker",
@@ -239,12 +243,18 @@ impl Scene {
             "--concurrency",
             "2",
         ]);
+        cmd.args(extra);
         self.spawn("beatd-worker", cmd);
     }
 
     /// A stock `celery worker` (solo pool, no mingle/gossip/heartbeat) on `queues`.
     fn start_celery_worker(&mut self, queues: &str) {
+        self.start_celery_worker_env(queues, &[]);
+    }
+
+    fn start_celery_worker_env(&mut self, queues: &str, env: &[(&str, &str)]) {
         let mut cmd = self.command(python());
+        cmd.envs(env.iter().copied());
         cmd.args([
             "-m",
             "celery",
@@ -354,6 +364,55 @@ impl Scene {
         // Keep its log in the failure output of later waits.
         p.stopped = true;
         self.procs.push(p);
+    }
+
+    /// `kill -9`: no shutdown of any kind.
+    fn kill9(&mut self, name: &str) {
+        let p = self
+            .procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no process {name}"));
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        p.stopped = true;
+    }
+
+    /// Waits until every message in `unacked_index` was delivered more than `age` ago
+    /// (Redis's clock), so a consumer with a shorter visibility timeout restores them.
+    fn wait_unacked_older_than(&self, age: Duration) {
+        self.wait_for(&format!("an unacked message older than {age:?}"), || {
+            let mut c = self.conn();
+            let (secs, micros): (f64, f64) = redis::cmd("TIME").query(&mut c).expect("TIME");
+            let now = secs + micros / 1e6;
+            let young: usize = redis::cmd("ZCOUNT")
+                .arg("unacked_index")
+                .arg(now - age.as_secs_f64())
+                .arg("+inf")
+                .query(&mut c)
+                .expect("ZCOUNT");
+            let all: usize = redis::cmd("ZCARD")
+                .arg("unacked_index")
+                .query(&mut c)
+                .expect("ZCARD");
+            (all > 0 && young == 0).then_some(())
+        });
+    }
+
+    /// Waits until nothing is left unacknowledged.
+    fn wait_no_unacked(&self) {
+        self.wait_for("an empty unacked hash and index", || {
+            let mut c = self.conn();
+            let h: usize = redis::cmd("HLEN")
+                .arg("unacked")
+                .query(&mut c)
+                .expect("HLEN");
+            let z: usize = redis::cmd("ZCARD")
+                .arg("unacked_index")
+                .query(&mut c)
+                .expect("ZCARD");
+            (h == 0 && z == 0).then_some(())
+        });
     }
 
     /// Runs `pyapp.py COMMAND SPEC` (a Celery client) and returns the JSON it prints.
@@ -620,7 +679,7 @@ headers = { team = "ops" }
 #[test]
 fn expired_catch_up_is_revoked_by_celery() {
     let mut s = Scene::new();
-    let now = chrono::Utc::now();
+    let now = beatd::clock::Clock::now(&beatd::clock::SystemClock);
     // Fire times are anchor + k·1h: the latest one is the anchor, 30 minutes ago, the next
     // is 30 minutes away. The last recorded run is the one before: one missed fire each.
     let anchor = chrono::DateTime::from_timestamp(now.timestamp() - 1800, 0).unwrap();
@@ -956,4 +1015,99 @@ fn beatd_send_runs_on_celery_worker() {
     assert_eq!(recs[0]["celery_beat_task"], Value::Null);
     let got = s.client("get", &json!({"id": id, "timeout": WAIT.as_secs()}));
     assert_eq!(got["value"], result["result"]);
+}
+
+/// A message Python sent with an `expires` already past: `beatd worker` does not run it and
+/// stores REVOKED the way Celery does, so Python's `get()` raises `TaskRevokedError`.
+#[test]
+fn python_expired_message_is_revoked_by_beatd_worker() {
+    let mut s = Scene::new();
+    exec_config(&s, &[("interop.sum", SUM_SCRIPT)]);
+    s.start_beatd_worker("celery");
+    let out = s.client(
+        "call",
+        &json!({"task": "interop.sum", "args": [1], "kwargs": {}, "expires": -60,
+                "timeout": WAIT.as_secs()}),
+    );
+    assert_eq!(
+        out["raised"]["type"],
+        "TaskRevokedError",
+        "{out}{}",
+        s.logs()
+    );
+    assert_eq!(out["state"], "REVOKED");
+    assert!(
+        s.records().is_empty(),
+        "the exec task ran: {:?}",
+        s.records()
+    );
+}
+
+/// The exec script of `interop.slow`: notes its start, and when `sleep_on` is "beatd" sleeps
+/// (while its worker lives, so a `kill -9` of the worker leaves no sleeper behind).
+const SLOW_SCRIPT: &str = r#"
+import json, os, sys, time
+seconds, sleep_on = json.load(sys.stdin)["args"]
+with open(os.environ["INTEROP_RECORD"], "a") as f:
+    f.write(json.dumps({"who": "beatd", "id": os.environ["BEATD_TASK_ID"], "phase": "start"}) + "\n")
+if sleep_on == "beatd":
+    parent, end = os.getppid(), time.time() + seconds
+    while time.time() < end and os.getppid() == parent:
+        time.sleep(0.1)
+print(json.dumps("beatd"))
+"#;
+
+fn started_by(s: &Scene, who: &str, id: &str) {
+    s.wait_for(&format!("{who} to start {id}"), || {
+        s.records()
+            .iter()
+            .any(|r| r["who"] == who && r["id"] == id)
+            .then_some(())
+    });
+}
+
+/// A stock worker killed (`kill -9`) mid-task leaves its message in kombu's `unacked`;
+/// `beatd worker` restores it after the visibility timeout and runs it.
+#[test]
+fn beatd_worker_restores_a_killed_celery_workers_message() {
+    let mut s = Scene::new();
+    exec_config(&s, &[("interop.slow", SLOW_SCRIPT)]);
+    s.start_celery_worker("restore");
+    let sent = s.client(
+        "send",
+        &json!({"task": "interop.slow", "args": [120, "python"], "queue": "restore"}),
+    );
+    let id = sent["id"].as_str().unwrap();
+    started_by(&s, "python", id);
+    s.kill9("celery-worker");
+    s.wait_unacked_older_than(Duration::from_secs(2));
+    s.start_beatd_worker_with("restore", &["--visibility-timeout", "1s"]);
+    let result = s.wait_result(id, "SUCCESS");
+    assert_eq!(result["result"], "beatd");
+    s.wait_no_unacked();
+    let who: Vec<Value> = s.records().iter().map(|r| r["who"].clone()).collect();
+    assert_eq!(who, [json!("python"), json!("beatd")]);
+}
+
+/// `beatd worker` killed mid-task leaves its message in `unacked` the way kombu does; a
+/// stock worker restores it after its visibility timeout and runs it.
+#[test]
+fn celery_worker_restores_a_killed_beatd_workers_message() {
+    let mut s = Scene::new();
+    exec_config(&s, &[("interop.slow", SLOW_SCRIPT)]);
+    s.start_beatd_worker("restore");
+    let sent = s.client(
+        "send",
+        &json!({"task": "interop.slow", "args": [60, "beatd"], "queue": "restore"}),
+    );
+    let id = sent["id"].as_str().unwrap();
+    started_by(&s, "beatd", id);
+    s.kill9("beatd-worker");
+    s.wait_unacked_older_than(Duration::from_secs(2));
+    s.start_celery_worker_env("restore", &[("INTEROP_VISIBILITY", "1")]);
+    let result = s.wait_result(id, "SUCCESS");
+    assert_eq!(result["result"], "python");
+    s.wait_no_unacked();
+    let who: Vec<Value> = s.records().iter().map(|r| r["who"].clone()).collect();
+    assert_eq!(who, [json!("beatd"), json!("python")]);
 }

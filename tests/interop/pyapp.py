@@ -10,10 +10,12 @@ Environment:
   INTEROP_REDIS_URL      broker and result backend (a private redis-server the test started)
   INTEROP_RECORD         file the tasks append one JSON line per run to
   INTEROP_BEAT_SCHEDULE  JSON {name: {task, every, args, kwargs, queue}} for `celery beat`
+  INTEROP_VISIBILITY     broker visibility_timeout in seconds (restore tests)
 """
 import json
 import os
 import sys
+import time
 
 from celery import Celery
 
@@ -49,6 +51,10 @@ app.conf.update(
     worker_hijack_root_logger=True,
     beat_schedule=_beat_schedule(),
 )
+if os.environ.get("INTEROP_VISIBILITY"):
+    app.conf.broker_transport_options = {
+        "visibility_timeout": float(os.environ["INTEROP_VISIBILITY"])
+    }
 
 
 def _append(line):
@@ -88,15 +94,34 @@ def mark(self, n):
     return n
 
 
+@app.task(name="interop.slow", bind=True)
+def slow(self, seconds, sleep_on):
+    """Notes its start; sleeps when `sleep_on` names this side (restore tests)."""
+    _append(json.dumps({"who": "python", "id": self.request.id, "phase": "start"}))
+    if sleep_on == "python":
+        time.sleep(seconds)
+    return "python"
+
+
+def _send(spec):
+    options = {}
+    if "expires" in spec:
+        options["expires"] = spec["expires"]
+    return app.send_task(
+        spec["task"],
+        args=spec.get("args", []),
+        kwargs=spec.get("kwargs", {}),
+        queue=spec.get("queue", "celery"),
+        **options,
+    )
+
+
 def _client(cmd, spec):
+    if cmd == "send":
+        return {"id": _send(spec).id}
     if cmd == "call":
         # send_task, then AsyncResult(id).get(): the value, or the exception raised.
-        res = app.send_task(
-            spec["task"],
-            args=spec.get("args", []),
-            kwargs=spec.get("kwargs", {}),
-            queue=spec.get("queue", "celery"),
-        )
+        res = _send(spec)
         out = {"id": res.id}
         try:
             out["value"] = res.get(timeout=spec["timeout"], propagate=True)
