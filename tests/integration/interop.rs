@@ -785,6 +785,11 @@ expires = "2h"
 
 /// `beatd.toml` with exec tasks run by the venv's Python (a known interpreter).
 fn exec_config(s: &Scene, tasks: &[(&str, &str)]) {
+    exec_config_with(s, tasks, "");
+}
+
+/// As [`exec_config`], with `options` (TOML lines) added to every task.
+fn exec_config_with(s: &Scene, tasks: &[(&str, &str)], options: &str) {
     let mut toml = String::from("[worker]\nshutdown_grace = \"10s\"\n");
     for (task, script) in tasks {
         let path = s.write(&format!("{task}.py"), script);
@@ -795,15 +800,16 @@ fn exec_config(s: &Scene, tasks: &[(&str, &str)]) {
             toml_str(path.to_str().unwrap()),
             toml_str(s.record_file().to_str().unwrap()),
         ));
+        toml.push_str(options);
     }
     s.write("beatd.toml", &toml);
 }
 
 const SUM_SCRIPT: &str = r#"
-import json, os, sys
+import json, os, sys, time
 d = json.load(sys.stdin)
 with open(os.environ["INTEROP_RECORD"], "a") as f:
-    f.write(json.dumps({"who": "beatd", "id": os.environ["BEATD_TASK_ID"],
+    f.write(json.dumps({"who": "beatd", "id": os.environ["BEATD_TASK_ID"], "time": time.time(),
                         "args": d["args"], "kwargs": d["kwargs"]}) + "\n")
 print(json.dumps({"sum": sum(d["args"]) * d["kwargs"].get("scale", 1),
                   "tag": d["kwargs"].get("tag"), "id": os.environ["BEATD_TASK_ID"]}))
@@ -1110,4 +1116,86 @@ fn celery_worker_restores_a_killed_beatd_workers_message() {
     s.wait_no_unacked();
     let who: Vec<Value> = s.records().iter().map(|r| r["who"].clone()).collect();
     assert_eq!(who, [json!("beatd"), json!("python")]);
+}
+
+/// A failing exec task with retries: Python's `get()` waits through the RETRY record and
+/// raises the final failure; the task ran once plus its retries, under the same id.
+#[test]
+fn beatd_retries_then_fails_for_python() {
+    let mut s = Scene::new();
+    exec_config_with(
+        &s,
+        &[(
+            "interop.flaky",
+            "import json, os, sys\nwith open(os.environ['INTEROP_RECORD'], 'a') as f:\n    \
+             f.write(json.dumps({'who': 'beatd', 'id': os.environ['BEATD_TASK_ID'], \
+             'retries': int(os.environ['BEATD_TASK_RETRIES'])}) + '\\n')\n\
+             sys.exit('still broken')\n",
+        )],
+        "max_retries = 2\nretry_backoff = \"100ms\"\n",
+    );
+    s.start_beatd_worker("celery");
+    let out = s.client(
+        "call",
+        &json!({"task": "interop.flaky", "args": [], "kwargs": {}, "timeout": WAIT.as_secs()}),
+    );
+    assert_eq!(out["raised"]["type"], "ExecFailed", "{out}{}", s.logs());
+    assert!(out["raised"]["str"]
+        .as_str()
+        .unwrap()
+        .contains("still broken"));
+    assert_eq!(out["state"], "FAILURE");
+    let runs: Vec<(Value, Value)> = s
+        .records()
+        .iter()
+        .map(|r| (r["id"].clone(), r["retries"].clone()))
+        .collect();
+    let id = out["id"].clone();
+    assert_eq!(
+        runs,
+        [
+            (id.clone(), json!(0)),
+            (id.clone(), json!(1)),
+            (id, json!(2))
+        ]
+    );
+}
+
+/// `countdown` (an ETA) from Python: `beatd worker` holds the message and runs it at or
+/// after its ETA; `ignore_result=True` from Python: it runs and stores nothing.
+#[test]
+fn python_countdown_and_ignore_result_on_beatd_worker() {
+    let mut s = Scene::new();
+    exec_config(&s, &[("interop.sum", SUM_SCRIPT)]);
+    s.start_beatd_worker("celery");
+    let quiet = s.client(
+        "send",
+        &json!({"task": "interop.sum", "args": [7], "kwargs": {"tag": "quiet"},
+                "ignore_result": true}),
+    );
+    let out = s.client(
+        "call",
+        &json!({"task": "interop.sum", "args": [2], "kwargs": {}, "countdown": 1,
+                "timeout": WAIT.as_secs()}),
+    );
+    let id = out["id"].as_str().unwrap();
+    assert_eq!(out["value"]["sum"], 2, "{out}{}", s.logs());
+    let quiet_id = quiet["id"].as_str().unwrap();
+    started_by(&s, "beatd", quiet_id);
+    // The worker acks after storing: with nothing unacked, whatever it stores is stored.
+    s.wait_no_unacked();
+    assert_eq!(s.result(quiet_id), None, "ignore_result: nothing stored");
+    let records = s.records();
+    // The run started no earlier than the ETA: send time + 1 s (same host clock, both
+    // read by Python's time.time()).
+    let run = records
+        .iter()
+        .find(|r| r["id"] == id)
+        .expect("run recorded");
+    let started = run["time"].as_f64().unwrap();
+    let sent_at = out["sent_at"].as_f64().unwrap();
+    assert!(
+        started >= sent_at + 1.0,
+        "ran at {started}, before its ETA (sent at {sent_at} with countdown 1)"
+    );
 }

@@ -105,8 +105,9 @@ def slow(self, seconds, sleep_on):
 
 def _send(spec):
     options = {}
-    if "expires" in spec:
-        options["expires"] = spec["expires"]
+    for key in ("expires", "countdown", "ignore_result"):
+        if key in spec:
+            options[key] = spec[key]
     return app.send_task(
         spec["task"],
         args=spec.get("args", []),
@@ -121,8 +122,9 @@ def _client(cmd, spec):
         return {"id": _send(spec).id}
     if cmd == "call":
         # send_task, then AsyncResult(id).get(): the value, or the exception raised.
+        sent_at = time.time()
         res = _send(spec)
-        out = {"id": res.id}
+        out = {"id": res.id, "sent_at": sent_at}
         try:
             out["value"] = res.get(timeout=spec["timeout"], propagate=True)
         except Exception as exc:  # noqa: BLE001 - the test inspects whatever was raised
