@@ -1199,3 +1199,29 @@ fn python_countdown_and_ignore_result_on_beatd_worker() {
         "ran at {started}, before its ETA (sent at {sent_at} with countdown 1)"
     );
 }
+
+/// An exec task over its `time_limit`: Python's `get()` raises billiard's
+/// `TimeLimitExceeded` with the limit in seconds as its argument, as for a Celery task
+/// (`{"exc_type": "TimeLimitExceeded", "exc_message": [1], "exc_module": "billiard.exceptions"}`).
+#[test]
+fn time_limit_raises_celerys_exception_in_python() {
+    let mut s = Scene::new();
+    exec_config_with(
+        &s,
+        &[("interop.hang", "import time\ntime.sleep(60)\n")],
+        "time_limit = \"1s\"\n",
+    );
+    s.start_beatd_worker("celery");
+    let out = s.client(
+        "call",
+        &json!({"task": "interop.hang", "args": [], "kwargs": {}, "timeout": WAIT.as_secs()}),
+    );
+    assert_eq!(
+        out["raised"],
+        json!({"type": "TimeLimitExceeded", "module": "billiard.exceptions",
+               "str": "TimeLimitExceeded(1,)", "args": [1]}),
+        "{out}{}",
+        s.logs()
+    );
+    assert_eq!(out["state"], "FAILURE");
+}

@@ -132,6 +132,7 @@ def _client(cmd, spec):
                 "type": type(exc).__name__,
                 "module": type(exc).__module__,
                 "str": str(exc),
+                "args": [a if isinstance(a, (int, float, str)) else repr(a) for a in exc.args],
             }
             out["state"] = res.state
             out["traceback"] = res.traceback
