@@ -30,12 +30,15 @@ def _beat_schedule():
         return {}
     out = {}
     for name, e in json.loads(raw).items():
+        options = {"queue": e.get("queue", "celery")}
+        if "priority" in e:
+            options["priority"] = e["priority"]
         out[name] = {
             "task": e["task"],
             "schedule": float(e["every"]),
             "args": e.get("args", []),
             "kwargs": e.get("kwargs", {}),
-            "options": {"queue": e.get("queue", "celery")},
+            "options": options,
         }
     return out
 
