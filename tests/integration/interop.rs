@@ -836,6 +836,11 @@ fn python_send_task_runs_on_beatd_worker() {
     let stored = s.result(id).expect("stored result");
     assert_eq!(stored["status"], "SUCCESS");
     assert_eq!(stored["task_id"], id);
+    // Celery parsed date_done into the same instant.
+    assert_eq!(
+        parse_time(out["date_done"].as_str().expect("date_done")),
+        parse_time(stored["date_done"].as_str().unwrap())
+    );
 }
 
 /// A failing exec task: Python's `get(propagate=True)` raises, with the stderr tail in the
@@ -996,8 +1001,8 @@ fn beatd_and_celery_workers_share_a_queue() {
     assert_eq!(unacked, 0, "nothing left unacknowledged");
 }
 
-/// `beatd send` → stock `celery worker`: the task runs with the arguments given, and the id
-/// printed is the one its result is stored (and read back by Python) under.
+/// `beatd send` → stock `celery worker`: the task runs with the arguments and priority given,
+/// and the id printed is the one its result is stored (and read back by Python) under.
 #[test]
 fn beatd_send_runs_on_celery_worker() {
     let mut s = Scene::new();
@@ -1011,6 +1016,8 @@ fn beatd_send_runs_on_celery_worker() {
         r#"{"k": "v", "n": null}"#,
         "--queue",
         "sendq",
+        "--priority",
+        "4",
         "--redis-url",
         &url,
     ]);
@@ -1019,6 +1026,10 @@ fn beatd_send_runs_on_celery_worker() {
     let printed = run_bounded(cmd, "beatd send");
     let id = printed.trim();
     assert!(uuid::Uuid::parse_str(id).is_ok(), "printed {printed:?}");
+    // Priority 4 goes to kombu's step-3 sub-list, which the worker consumes too.
+    let queued = s.list("sendq\x06\x163");
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert!(queued[0].contains(id));
 
     s.start_celery_worker("sendq");
     let result = s.wait_result(id, "SUCCESS");
@@ -1032,6 +1043,7 @@ fn beatd_send_runs_on_celery_worker() {
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["id"], id);
     assert_eq!(recs[0]["delivery_info"]["routing_key"], "sendq");
+    assert_eq!(recs[0]["delivery_info"]["priority"], 4);
     assert_eq!(recs[0]["celery_beat_task"], Value::Null);
     let got = s.client("get", &json!({"id": id, "timeout": WAIT.as_secs()}));
     assert_eq!(got["value"], result["result"]);

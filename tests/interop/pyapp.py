@@ -130,6 +130,8 @@ def _client(cmd, spec):
         out = {"id": res.id, "sent_at": sent_at}
         try:
             out["value"] = res.get(timeout=spec["timeout"], propagate=True)
+            # Parsed by Celery from the stored record: a datetime, or an error here.
+            out["date_done"] = res.date_done.isoformat()
         except Exception as exc:  # noqa: BLE001 - the test inspects whatever was raised
             out["raised"] = {
                 "type": type(exc).__name__,
