@@ -457,6 +457,14 @@ impl Scene {
         })
     }
 
+    /// Seconds left before a task's result expires.
+    fn result_ttl(&self, id: &str) -> i64 {
+        redis::cmd("TTL")
+            .arg(format!("celery-task-meta-{id}"))
+            .query(&mut self.conn())
+            .expect("TTL")
+    }
+
     fn list(&self, key: &str) -> Vec<String> {
         redis::cmd("LRANGE")
             .arg(key)
@@ -836,6 +844,9 @@ fn python_send_task_runs_on_beatd_worker() {
     let stored = s.result(id).expect("stored result");
     assert_eq!(stored["status"], "SUCCESS");
     assert_eq!(stored["task_id"], id);
+    // Celery's result_expires default (one day), as a Celery worker sets it.
+    let ttl = s.result_ttl(id);
+    assert!(ttl > 86_000 && ttl <= 86_400, "result TTL {ttl}");
     // Celery parsed date_done into the same instant.
     assert_eq!(
         parse_time(out["date_done"].as_str().expect("date_done")),
@@ -1044,6 +1055,8 @@ fn beatd_send_runs_on_celery_worker() {
     assert_eq!(recs[0]["id"], id);
     assert_eq!(recs[0]["delivery_info"]["routing_key"], "sendq");
     assert_eq!(recs[0]["delivery_info"]["priority"], 4);
+    let ttl = s.result_ttl(id);
+    assert!(ttl > 86_000 && ttl <= 86_400, "Celery's result TTL {ttl}");
     assert_eq!(recs[0]["celery_beat_task"], Value::Null);
     let got = s.client("get", &json!({"id": id, "timeout": WAIT.as_secs()}));
     assert_eq!(got["value"], result["result"]);
