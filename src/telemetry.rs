@@ -2,6 +2,7 @@
 //! `--log-format json`; the level comes from `BEATD_LOG`, else `RUST_LOG`, else `info`.
 
 use crate::cli::LogFormat;
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber; logs go to stderr so command output stays on stdout.
@@ -15,7 +16,7 @@ pub fn init(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)

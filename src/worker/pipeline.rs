@@ -238,12 +238,11 @@ impl Pipeline {
 }
 
 fn exc_text(e: &TaskError) -> String {
-    let msg = e
-        .exc
-        .exc_message
-        .first()
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let msg = match e.exc.exc_message.first() {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
     format!("{}: {msg}", e.exc.exc_type)
 }
 
@@ -282,9 +281,19 @@ async fn run_guarded(
         Some(limit) => match tokio::time::timeout(limit, &mut guard.0).await {
             Ok(joined) => joined,
             Err(_) => {
-                let msg = format!("TimeLimitExceeded({})", limit.as_secs_f64());
+                // Celery stores `TimeLimitExceeded(<limit>)`: the limit in seconds as the one
+                // argument (an int when whole), so Python sees the same `exc.args`.
+                let arg = if limit.subsec_nanos() == 0 {
+                    Value::from(limit.as_secs())
+                } else {
+                    Value::from(limit.as_secs_f64())
+                };
                 return Err(TaskError {
-                    exc: ExcInfo::new("TimeLimitExceeded", msg, "billiard.exceptions"),
+                    exc: ExcInfo {
+                        exc_type: "TimeLimitExceeded".into(),
+                        exc_message: vec![arg],
+                        exc_module: "billiard.exceptions".into(),
+                    },
                     traceback: None,
                     retryable: false,
                 });

@@ -7,5 +7,7 @@ mod util;
 mod cli;
 // Embedded `beatd run`: the state-file lock, kill -9 and restart.
 mod embedded;
+// Interoperability with real Python Celery (worker, beat, client) on a private redis-server.
+mod interop;
 // `send` and `status` against Redis.
 mod redis_cli;

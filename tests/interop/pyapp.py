@@ -1,0 +1,158 @@
+"""Celery app and client driver for beatd's interoperability tests (tests/integration/interop.rs).
+
+Used three ways, always with PYTHONPATH pointing at this directory:
+
+  python -m celery -A pyapp worker ...   a stock Celery worker running the tasks below
+  python -m celery -A pyapp beat ...     a stock Celery beat sending INTEROP_BEAT_SCHEDULE
+  python pyapp.py COMMAND JSON           a client: send_task / AsyncResult, prints one JSON line
+
+Environment:
+  INTEROP_REDIS_URL      broker and result backend (a private redis-server the test started)
+  INTEROP_RECORD         file the tasks append one JSON line per run to
+  INTEROP_BEAT_SCHEDULE  JSON {name: {task, every, args, kwargs, queue}} for `celery beat`
+  INTEROP_VISIBILITY     broker visibility_timeout in seconds (restore tests)
+"""
+import json
+import os
+import sys
+import time
+
+from celery import Celery
+
+URL = os.environ["INTEROP_REDIS_URL"]
+
+app = Celery("pyapp", broker=URL, backend=URL)
+
+
+def _beat_schedule():
+    raw = os.environ.get("INTEROP_BEAT_SCHEDULE")
+    if not raw:
+        return {}
+    out = {}
+    for name, e in json.loads(raw).items():
+        options = {"queue": e.get("queue", "celery")}
+        if "priority" in e:
+            options["priority"] = e["priority"]
+        out[name] = {
+            "task": e["task"],
+            "schedule": float(e["every"]),
+            "args": e.get("args", []),
+            "kwargs": e.get("kwargs", {}),
+            "options": options,
+        }
+    return out
+
+
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    timezone="UTC",
+    enable_utc=True,
+    broker_connection_retry_on_startup=True,
+    worker_prefetch_multiplier=1,
+    worker_hijack_root_logger=True,
+    beat_schedule=_beat_schedule(),
+)
+if os.environ.get("INTEROP_VISIBILITY"):
+    app.conf.broker_transport_options = {
+        "visibility_timeout": float(os.environ["INTEROP_VISIBILITY"])
+    }
+
+
+def _append(line):
+    # One write of a short line to an O_APPEND file: lines of concurrent writers never mix.
+    with open(os.environ["INTEROP_RECORD"], "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+@app.task(name="interop.record", bind=True)
+def record(self, *args, **kwargs):
+    """Writes what the worker understood from the message; returns args, kwargs and entry."""
+    r = self.request
+    seen = {
+        "who": "python",
+        "id": r.id,
+        "task": self.name,
+        "args": list(args),
+        "kwargs": kwargs,
+        "beatd_entry": getattr(r, "beatd_entry", None),
+        "beatd_scheduled_at": getattr(r, "beatd_scheduled_at", None),
+        "beatd_epoch": getattr(r, "beatd_epoch", None),
+        "celery_beat_task": getattr(r, "celery_beat_task", None),
+        "team": getattr(r, "team", None),
+        "expires": r.expires if r.expires is None else str(r.expires),
+        "delivery_info": r.delivery_info,
+        "root_id": r.root_id,
+        "correlation_id": r.correlation_id,
+    }
+    _append(json.dumps(seen, sort_keys=True))
+    return {"args": list(args), "kwargs": kwargs, "entry": seen["beatd_entry"]}
+
+
+@app.task(name="interop.mark", bind=True)
+def mark(self, n):
+    """Notes that this worker ran task `n` (the shared-queue test)."""
+    _append(json.dumps({"who": "python", "id": self.request.id, "n": n}))
+    return n
+
+
+@app.task(name="interop.slow", bind=True)
+def slow(self, seconds, sleep_on):
+    """Notes its start; sleeps when `sleep_on` names this side (restore tests)."""
+    _append(json.dumps({"who": "python", "id": self.request.id, "phase": "start"}))
+    if sleep_on == "python":
+        time.sleep(seconds)
+    return "python"
+
+
+def _send(spec):
+    options = {}
+    for key in ("expires", "countdown", "ignore_result"):
+        if key in spec:
+            options[key] = spec[key]
+    return app.send_task(
+        spec["task"],
+        args=spec.get("args", []),
+        kwargs=spec.get("kwargs", {}),
+        queue=spec.get("queue", "celery"),
+        **options,
+    )
+
+
+def _client(cmd, spec):
+    if cmd == "send":
+        return {"id": _send(spec).id}
+    if cmd == "call":
+        # send_task, then AsyncResult(id).get(): the value, or the exception raised.
+        sent_at = time.time()
+        res = _send(spec)
+        out = {"id": res.id, "sent_at": sent_at}
+        try:
+            out["value"] = res.get(timeout=spec["timeout"], propagate=True)
+            # Parsed by Celery from the stored record: a datetime, or an error here.
+            out["date_done"] = res.date_done.isoformat()
+        except Exception as exc:  # noqa: BLE001 - the test inspects whatever was raised
+            out["raised"] = {
+                "type": type(exc).__name__,
+                "module": type(exc).__module__,
+                "str": str(exc),
+                "args": [a if isinstance(a, (int, float, str)) else repr(a) for a in exc.args],
+            }
+            out["state"] = res.state
+            out["traceback"] = res.traceback
+        return out
+    if cmd == "send_many":
+        ids = []
+        for n in range(spec["n"]):
+            res = app.send_task(spec["task"], args=[n], queue=spec.get("queue", "celery"))
+            ids.append(res.id)
+        return {"ids": ids}
+    if cmd == "get":
+        res = app.AsyncResult(spec["id"])
+        return {"value": res.get(timeout=spec["timeout"]), "state": res.state}
+    raise SystemExit(f"unknown command {cmd!r}")
+
+
+if __name__ == "__main__":
+    print(json.dumps(_client(sys.argv[1], json.loads(sys.argv[2]))), flush=True)
