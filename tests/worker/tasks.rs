@@ -1,8 +1,7 @@
 //! Task kinds beyond exec: `http` against a small local HTTP server, and the embedded
 //! in-process pipeline (`run_local`) with results kept in memory.
 
-mod worker_util;
-
+use crate::util::*;
 use beatd::clock::SystemClock;
 use beatd::protocol::{beatd_headers, TaskMessage, TaskState};
 use beatd::worker::{
@@ -16,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use worker_util::*;
 
 /// Requests seen by the test server: (path, headers text, body).
 type Seen = Arc<Mutex<Vec<(String, String, String)>>>;

@@ -2,8 +2,7 @@
 //! expiry → REVOKED, graceful shutdown returning prefetched messages, immediate shutdown
 //! leaving them to the visibility-timeout restore.
 
-mod worker_util;
-
+use crate::util::*;
 use beatd::protocol::TaskMessage;
 use beatd::worker::{Registry, TaskKind, TaskSpec};
 use chrono::Duration as ChronoDuration;
@@ -11,7 +10,6 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use worker_util::*;
 
 fn recorder(order: &Arc<Mutex<Vec<i64>>>) -> Registry {
     let mut reg = Registry::new();

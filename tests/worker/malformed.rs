@@ -2,13 +2,11 @@
 //! message is logged, gets a FAILURE when its id is readable, is acknowledged, and the good
 //! message pushed right after it still runs.
 
-mod worker_util;
-
+use crate::util::*;
 use base64::Engine as _;
 use beatd::protocol::TaskMessage;
 use beatd::worker::Registry;
 use serde_json::{json, Value};
-use worker_util::*;
 
 async fn harness() -> Harness {
     let mut reg = Registry::new();

@@ -1,15 +1,13 @@
 //! Per-task options and handler edge cases: ignore_result (task default and header), exec
 //! env/cwd, a panicking Rust handler, and two workers sharing one queue.
 
-mod worker_util;
-
+use crate::util::*;
 use beatd::protocol::TaskMessage;
 use beatd::worker::{Registry, TaskKind, TaskOptions, TaskSpec};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use worker_util::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ignore_result_from_task_and_header() {

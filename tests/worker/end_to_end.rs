@@ -1,14 +1,12 @@
 //! The worker against a real, private redis-server (testkit): results, kombu bookkeeping,
 //! restores, priorities, ETA, expiry, malformed input and shutdown.
 
-mod worker_util;
-
+use crate::util::*;
 use beatd::protocol::{dumps, TaskMessage};
 use beatd::worker::{Registry, TaskError, TaskKind, TaskSpec};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use worker_util::*;
 
 fn exec(cmd: &[&str]) -> TaskSpec {
     TaskSpec::new(TaskKind::Exec {
