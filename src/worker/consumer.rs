@@ -41,14 +41,24 @@ struct Ctx {
     waiting: Arc<Mutex<BTreeMap<u64, Delivery>>>,
 }
 
+/// Extra time a fetch may take beyond its BRPOP timeout before the connection is presumed dead.
+const POP_SLACK: Duration = Duration::from_secs(5);
+
+/// The response timeout of the fetch connection.
+pub(crate) fn pop_response(opts: &WorkerOptions) -> Duration {
+    opts.poll_timeout + POP_SLACK
+}
+
 /// Runs the consumer until `shutdown`; see `worker::run`.
 pub(crate) async fn consume(
     opts: &WorkerOptions,
     pipeline: Pipeline,
     conn: ConnectionManager,
     mut pop_conn: ConnectionManager,
+    client: redis::Client,
     shutdown: Shutdown,
 ) {
+    let pop_response = pop_response(opts);
     let abort = shutdown.immediate.child_token();
     let ctx = Ctx {
         pipeline,
@@ -96,7 +106,24 @@ pub(crate) async fn consume(
         // Never cancel a BRPOP in flight: Redis would still pop a message and the reply
         // would be dropped with it. It returns within `poll`; what it brings after a stop
         // goes straight back.
-        let popped = broker::pop_batch(&mut pop_conn, &keys, poll, permits.len() - 1).await;
+        // A BRPOP sent while Redis was down can hang on a connection that never recovers,
+        // past the client's response timeout: bound it, and start a fresh connection then.
+        let popped = match tokio::time::timeout(
+            pop_response + POP_SLACK,
+            broker::pop_batch(&mut pop_conn, &keys, poll, permits.len() - 1),
+        )
+        .await
+        {
+            Ok(popped) => popped,
+            Err(_) => {
+                tracing::warn!("fetch connection stuck; reconnecting");
+                match super::connect(&client, pop_response).await {
+                    Ok(c) => pop_conn = c,
+                    Err(e) => tracing::warn!(error = %e, "cannot reconnect the fetch connection"),
+                }
+                continue;
+            }
+        };
         let (list_key, raws) = match popped {
             Ok(Some((key, raws))) if ctx.graceful.is_cancelled() || abort.is_cancelled() => {
                 if let Err(e) = broker::push_back(&mut pop_conn, &key, &raws).await {

@@ -163,7 +163,7 @@ pub async fn run_observed(
     }
     let conn = connect(&client, Duration::from_secs(10)).await?;
     // BRPOP blocks its connection: it gets its own so acks and results never wait behind it.
-    let pop_conn = connect(&client, opts.poll_timeout + Duration::from_secs(10)).await?;
+    let pop_conn = connect(&client, consumer::pop_response(&opts)).await?;
     let results = RedisResults::new(conn.clone()).with_ttl(opts.result_ttl.as_secs());
     let mut pipeline = Pipeline::new(Arc::new(registry), Arc::new(results), clock)
         .with_max_message_bytes(opts.max_message_bytes);
@@ -171,12 +171,15 @@ pub async fn run_observed(
         pipeline = pipeline.with_observer(observer);
     }
     tracing::info!(queues = ?opts.queues, concurrency = opts.concurrency, "worker started");
-    consumer::consume(&opts, pipeline, conn, pop_conn, shutdown).await;
+    consumer::consume(&opts, pipeline, conn, pop_conn, client, shutdown).await;
     tracing::info!("worker stopped");
     Ok(())
 }
 
-async fn connect(client: &redis::Client, response: Duration) -> Result<ConnectionManager, Error> {
+pub(crate) async fn connect(
+    client: &redis::Client,
+    response: Duration,
+) -> Result<ConnectionManager, Error> {
     // redis-rs feeds `factor` (default 100) to backon as the growth rate from a 1 s start:
     // after one failed reconnect the next waits 60 s or more. Grow by 2, cap at 1 s, and let
     // the next command start a fresh attempt when these run out.
