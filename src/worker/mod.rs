@@ -131,6 +131,21 @@ pub async fn run(
     clock: SharedClock,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
+    run_observed(opts, registry, client, clock, shutdown, Arc::default()).await
+}
+
+/// [`run`], counting into `metrics` (the daemon's, served on `/metrics`).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_observed(
+    opts: WorkerOptions,
+    registry: Registry,
+    client: redis::Client,
+    clock: SharedClock,
+    shutdown: Shutdown,
+    metrics: Arc<crate::ops::metrics::Metrics>,
+) -> Result<(), Error> {
     if opts.queues.is_empty() {
         return Err(Error::NoQueues);
     }
@@ -139,7 +154,8 @@ pub async fn run(
     let pop_conn = connect(&client, opts.poll_timeout + Duration::from_secs(10)).await?;
     let results = RedisResults::new(conn.clone()).with_ttl(opts.result_ttl.as_secs());
     let pipeline = Pipeline::new(Arc::new(registry), Arc::new(results), clock)
-        .with_max_message_bytes(opts.max_message_bytes);
+        .with_max_message_bytes(opts.max_message_bytes)
+        .with_metrics(metrics);
     tracing::info!(queues = ?opts.queues, concurrency = opts.concurrency, "worker started");
     consumer::consume(&opts, pipeline, conn, pop_conn, shutdown).await;
     tracing::info!("worker stopped");

@@ -7,6 +7,7 @@
 use super::registry::{Registry, TaskError, TaskRequest};
 use super::results::ResultSink;
 use crate::clock::SharedClock;
+use crate::ops::metrics::Metrics;
 use crate::protocol::{
     dumps, isoformat, new_uuid, priority_list_key, DecodeError, Envelope, ExcInfo, ParsedTask,
     ResultRecord,
@@ -46,6 +47,9 @@ pub struct Pipeline {
     clock: SharedClock,
     /// Larger messages are rejected.
     max_message_bytes: usize,
+    /// `beatd_worker_*` metrics: tasks by task and state, run time, in flight. A private
+    /// registry unless the daemon hands its own over with [`Pipeline::with_metrics`].
+    metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
@@ -57,7 +61,26 @@ impl Pipeline {
             results,
             clock,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (the daemon's, served on `/metrics`).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Counts one task outcome in `beatd_worker_tasks_total{task,state}`.
+    fn count(&self, task: &str, state: &'static str) {
+        self.metrics
+            .worker_tasks
+            .get_or_create(&vec![
+                ("task", task.to_owned()),
+                ("state", state.to_owned()),
+            ])
+            .inc();
     }
 
     /// Sets the message size cap.
@@ -124,6 +147,7 @@ impl Pipeline {
         let ignore = task.ignore_result.unwrap_or(options.ignore_result);
         if task.expires.is_some_and(|e| e <= now) {
             tracing::info!(task_id = %task.id, task = %task.task, "discarding expired task");
+            self.count(&task.task, "revoked");
             if !ignore {
                 self.store(ResultRecord::revoked_expired(&task.id, now))
                     .await;
@@ -132,6 +156,9 @@ impl Pipeline {
         }
         let Some(registered) = registered else {
             tracing::error!(task_id = %task.id, task = %task.task, "received unregistered task");
+            // Any producer can name any task: one label value for all unknown names keeps
+            // the series count bounded.
+            self.count("<unregistered>", "unregistered");
             self.store(ResultRecord::not_registered(&task.id, &task.task, now))
                 .await;
             return Disposition::Done;
@@ -143,8 +170,23 @@ impl Pipeline {
             .map(Duration::from_secs_f64)
             .or(options.time_limit);
         let started = tokio::time::Instant::now();
-        let outcome = run_guarded(registered.handler.clone(), request(task), limit).await;
+        let outcome = {
+            let _in_flight = InFlight::enter(&self.metrics);
+            run_guarded(registered.handler.clone(), request(task), limit).await
+        };
         let elapsed = started.elapsed().as_secs_f64();
+        self.metrics
+            .task_duration
+            .get_or_create(&vec![("task", task.task.clone())])
+            .observe(elapsed);
+        self.count(
+            &task.task,
+            match &outcome {
+                Ok(_) => "success",
+                Err(e) if e.retryable && task.retries < options.max_retries => "retry",
+                Err(_) => "failure",
+            },
+        );
         let done = self.clock.now();
         match outcome {
             Ok(value) => {
@@ -193,6 +235,23 @@ impl Pipeline {
         if let Err(e) = self.results.store(&record).await {
             tracing::error!(task_id = %record.task_id, error = %e, "cannot store task result");
         }
+    }
+}
+
+/// Holds one `beatd_worker_in_flight` unit; released on drop, so an aborted task (immediate
+/// stop) does not leave the gauge high.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
     }
 }
 
