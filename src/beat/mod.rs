@@ -289,7 +289,8 @@ impl Beat {
                             if tracing::enabled!(tracing::Level::INFO) {
                                 tracing::info!(
                                     entry = %entry.name, task = %entry.task,
-                                    task_id = %task_id(&fire.payload), scheduled = %d.at,
+                                    task_id = %task_id(&fire.payload),
+                                    scheduled = %crate::protocol::rfc3339_millis(d.at),
                                     lateness_ms, epoch = lease.epoch, catch_up = d.catch_up,
                                     "fire"
                                 );
