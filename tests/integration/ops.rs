@@ -919,8 +919,70 @@ fn no_secret_is_ever_printed() {
 
     let all = outputs.join("\n");
     // The URL does reach the logs, redacted: the check below is not vacuous.
-    assert!(all.contains(&format!("redis://:***@127.0.0.1:{}", server.port())), "{all}");
+    assert!(
+        all.contains(&format!("redis://:***@127.0.0.1:{}", server.port())),
+        "{all}"
+    );
     for secret in [PASSWORD, WRONG, HEADER] {
         assert!(!all.contains(secret), "{secret} printed:\n{all}");
     }
+}
+
+#[test]
+fn dockerfile_is_multi_stage_non_root_with_tzdata_and_a_build_time_check() {
+    // No container engine here: check the facts the image relies on, and run the build's
+    // `beatd check` step against what it copies.
+    let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert!(
+        lines.iter().filter(|l| l.starts_with("FROM ")).count() >= 2,
+        "multi-stage"
+    );
+    assert!(text.contains("tzdata"), "time zone data installed");
+    let user = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("USER");
+    assert!(
+        !["root", "0", "0:0"].contains(&user.trim()),
+        "runs as root: {user}"
+    );
+    // `COPY schedules <dest>` then `RUN beatd check <dest>`.
+    let dest = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("COPY schedules "))
+        .expect("schedules copied into the image")
+        .trim();
+    assert!(
+        lines.contains(&format!("RUN beatd check {dest}").as_str()),
+        "{text}"
+    );
+    let out = Command::new(bin())
+        .args(["check"])
+        .arg(repo().join("schedules"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the image's build-time check fails: {out:?}"
+    );
+}
+
+#[test]
+fn a_standby_is_ready_and_takes_over_after_the_leader_stops() {
+    let server = redis();
+    let dir = tempdir();
+    let schedule = write(dir.path(), "s.toml", EVERY_SECOND);
+    let (a, b) = (port(), port());
+    let mut first = start_beat(&server, dir.path(), &schedule, a);
+    wait_metric(&first, a, "beatd_is_leader", 1.0);
+    let second = start_beat(&server, dir.path(), &schedule, b);
+    assert_eq!(wait_http(&second, b, "/readyz", 200), "ready\n");
+    let (_, text) = http_get(b, "/metrics").unwrap();
+    assert_eq!(metric(&text, "beatd_is_leader"), Some(0.0), "two leaders");
+    first.signal("TERM");
+    assert!(first.wait_exit().success(), "{}", first.output());
+    let text = wait_metric(&second, b, "beatd_is_leader", 1.0);
+    assert_eq!(metric(&text, "beatd_lock_acquisitions_total"), Some(1.0));
 }
