@@ -360,6 +360,17 @@ fn systemd_notify_ready_reloading_watchdog_stopping() {
     );
     // The watchdog is fed meanwhile: the process loop is alive.
     notify.until("WATCHDOG=1");
+    // A reload before the start completed must not announce readiness for it.
+    let mark = p.mark();
+    p.signal("HUP");
+    p.wait_line_after(mark, "the reload", |l| l.contains("schedules unchanged"));
+    let early = notify.drain();
+    assert!(
+        !early
+            .iter()
+            .any(|m| m.contains("READY=1") || m.contains("RELOADING=1")),
+        "a reload during the start announced: {early:?}"
+    );
     server.restart().unwrap();
     notify.until("READY=1");
     notify.until("WATCHDOG=1");
