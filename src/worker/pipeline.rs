@@ -72,6 +72,11 @@ impl Pipeline {
         self
     }
 
+    /// Counts one failed Redis call of the transport in `beatd_redis_errors_total`.
+    pub(crate) fn redis_error(&self) {
+        self.metrics.redis_errors.inc();
+    }
+
     /// Counts one task outcome in `beatd_worker_tasks_total{task,state}`.
     fn count(&self, task: &str, state: &'static str) {
         self.metrics
