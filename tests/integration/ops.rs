@@ -222,7 +222,9 @@ fn worker_counts_redis_errors_and_is_not_ready_while_redis_is_down() {
 }
 
 /// Found by the test above: after an outage of a few seconds the consumer never fetches
-/// again, while `/readyz` (a PING on another connection) says ready. Reproduce with
+/// again, while `/readyz` (a PING on another connection) says ready. Traced to the BRPOP
+/// issued while Redis is down: `pop_batch` on the pop `ConnectionManager` never returns,
+/// past its response timeout, even after Redis is back. Reproduce with
 /// `cargo test --test integration ops::worker_consumes -- --ignored`.
 #[test]
 #[ignore = "worker bug: the Redis consumer stays stuck after a multi-second outage"]
