@@ -436,6 +436,35 @@ fn systemd_notify_ready_reloading_watchdog_stopping() {
     assert!(p.wait_exit().success(), "{}", p.output());
 }
 
+#[test]
+fn systemd_notify_for_worker_and_run() {
+    let server = redis();
+    let dir = tempdir();
+    worker_config(dir.path());
+    let schedule = write(dir.path(), "s.toml", EVERY_SECOND);
+    for sub in ["worker", "run"] {
+        let own = dir.path().join(sub);
+        std::fs::create_dir_all(&own).unwrap();
+        let (mut notify, sock) = Notify::bind(&own);
+        let mut cmd = beatd(dir.path());
+        cmd.args([sub, "--http-addr", "off"])
+            .env("NOTIFY_SOCKET", &sock);
+        if sub == "worker" {
+            cmd.args(["--redis-url", &server.url()]);
+        } else {
+            cmd.arg("--schedules")
+                .arg(&schedule)
+                .arg("--state-file")
+                .arg(dir.path().join("state.json"));
+        }
+        let mut p = Proc::spawn(cmd);
+        notify.until("READY=1");
+        p.signal("TERM");
+        notify.until("STOPPING=1");
+        assert!(p.wait_exit().success(), "{sub}: {}", p.output());
+    }
+}
+
 fn unit_value<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
     unit.lines()
         .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
