@@ -125,8 +125,15 @@ fn beat_endpoints_and_metrics_move() {
     wait_metric(&p, http, "beatd_redis_errors_total", 1.0);
     assert_eq!(wait_http(&p, http, "/readyz", 503), "not ready\n");
     assert_eq!(http_get(http, "/healthz").map(|r| r.0), Some(200));
+    let (_, text) = http_get(http, "/metrics").unwrap();
+    let sent = metric(&text, "beatd_messages_sent_total{entry=\"tick\"}").unwrap();
     server.restart().unwrap();
     wait_http(&p, http, "/readyz", 200);
+    // And it sends again: the restarted (empty) Redis receives new messages.
+    let series = "beatd_messages_sent_total{entry=\"tick\"}";
+    wait_metric(&p, http, series, sent + 2.0);
+    let mut conn = redis_conn(&server.url());
+    assert!(!fires(&mut conn, "celery").is_empty());
 
     p.signal("TERM");
     assert!(p.wait_exit().success(), "{}", p.output());
