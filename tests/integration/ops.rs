@@ -817,12 +817,13 @@ fn procfile_processes_start_and_become_ready() {
         let http = port();
         let mut cmd = Command::new("sh");
         clean_env(&mut cmd);
-        // A platform runs the line in the app's root with REDIS_URL and PORT-like settings.
+        // A platform (or foreman/honcho on one host) runs the line through a shell in the
+        // app's root, with REDIS_URL and a PORT of its own for each process.
         cmd.current_dir(repo())
             .args(["-c", &format!("exec {command}")])
             .env("PATH", &path)
             .env("REDIS_URL", server.url())
-            .env("BEATD_HTTP_ADDR", format!("127.0.0.1:{http}"));
+            .env("PORT", http.to_string());
         let p = Proc::spawn(cmd);
         procs.push((name, p, http));
     }
