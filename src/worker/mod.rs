@@ -162,8 +162,15 @@ pub async fn run_observed(
     Ok(())
 }
 
+/// Longest wait between two reconnect attempts of a worker connection, in milliseconds.
+const RECONNECT_MAX_DELAY_MS: u64 = 500;
+
 async fn connect(client: &redis::Client, response: Duration) -> Result<ConnectionManager, Error> {
+    // redis-rs hands its retry `factor` (100) to backon as the growth factor, so without a
+    // cap the waits between reconnect attempts go 1 s, 60 s, 60 s...: a command issued during
+    // an outage of a few seconds then blocks for minutes after Redis is back. Cap each wait.
     let cfg = ConnectionManagerConfig::new()
+        .set_max_delay(RECONNECT_MAX_DELAY_MS)
         .set_connection_timeout(Duration::from_secs(5))
         .set_response_timeout(response);
     Ok(client.get_connection_manager_with_config(cfg).await?)

@@ -228,13 +228,9 @@ fn worker_counts_redis_errors_and_is_not_ready_while_redis_is_down() {
     wait_http(&p, http, "/readyz", 200);
 }
 
-/// Found by the test above: after an outage of a few seconds the consumer never fetches
-/// again, while `/readyz` (a PING on another connection) says ready. Traced to the BRPOP
-/// issued while Redis is down: `pop_batch` on the pop `ConnectionManager` never returns,
-/// past its response timeout, even after Redis is back. Reproduce with
-/// `cargo test --test integration ops::worker_consumes -- --ignored`.
+/// After an outage of a few seconds the consumer fetches again (it used to stay stuck for
+/// minutes in redis-rs's reconnect backoff while `/readyz` said ready).
 #[test]
-#[ignore = "worker bug: the Redis consumer stays stuck after a multi-second outage"]
 fn worker_consumes_again_after_a_redis_outage() {
     let mut server = redis();
     let dir = tempdir();
