@@ -1078,3 +1078,36 @@ fn a_standby_is_ready_and_takes_over_after_the_leader_stops() {
     let text = wait_metric(&second, b, "beatd_is_leader", 1.0);
     assert_eq!(metric(&text, "beatd_lock_acquisitions_total"), Some(1.0));
 }
+
+#[test]
+fn readme_metrics_table_lists_exactly_the_exported_metrics() {
+    let m = beatd::ops::metrics::Metrics::default();
+    // Families list no TYPE line until they have a series.
+    let labels = |pairs: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+    };
+    let _ = m.messages_sent.get_or_create(&labels(&[("entry", "e")]));
+    let _ = m
+        .worker_tasks
+        .get_or_create(&labels(&[("task", "t"), ("state", "success")]));
+    let _ = m.task_duration.get_or_create(&labels(&[("task", "t")]));
+    let exported: std::collections::BTreeSet<String> = m
+        .render()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect();
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let documented: std::collections::BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `beatd_"))
+        .map(|l| {
+            let name = l.split('`').next().unwrap();
+            format!("beatd_{}", name.trim_end_matches("_total"))
+        })
+        .collect();
+    assert_eq!(
+        documented, exported,
+        "README's metrics table drifted from src/ops/metrics.rs"
+    );
+}
