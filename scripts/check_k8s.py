@@ -55,6 +55,9 @@ def check_deployment(path, doc, component):
         cm = [n for n, v in vols.items() if "configMap" in v]
         if not cm or not mounts.get(cm[0], {}).get("readOnly"):
             fail(f"{path}: schedules must be a ConfigMap volume mounted readOnly")
+        elif "subPath" in mounts[cm[0]]:
+            # kubelet never updates subPath mounts: edits would not reach beatd's reload.
+            fail(f"{path}: the schedules ConfigMap must be mounted whole, not with subPath")
 
 
 def main():
