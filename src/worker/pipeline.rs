@@ -152,7 +152,10 @@ impl Pipeline {
         let ignore = task.ignore_result.unwrap_or(options.ignore_result);
         if task.expires.is_some_and(|e| e <= now) {
             tracing::info!(task_id = %task.id, task = %task.task, "discarding expired task");
-            self.count(&task.task, "revoked");
+            let name = registered
+                .as_ref()
+                .map_or("<unregistered>", |_| task.task.as_str());
+            self.count(name, "revoked");
             if !ignore {
                 self.store(ResultRecord::revoked_expired(&task.id, now))
                     .await;
