@@ -16,11 +16,12 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-# Python Celery for the interoperability tests (a private venv, never the system's).
+# Python Celery for the interoperability tests and kubernetes-validate for the offline
+# check of deploy/k8s (a private venv, never the system's).
 VENV="${BEATD_TEST_VENV:-$PWD/.venv-celery}"
-if ! "$VENV/bin/python" -c 'import celery, redis' >/dev/null 2>&1; then
-  echo "== creating $VENV with celery[redis]"
-  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c 'import celery, redis, kubernetes_validate' >/dev/null 2>&1; then
+  echo "== creating $VENV with celery[redis] and kubernetes-validate"
+  if [ ! -x "$VENV/bin/python" ] && ! python3 -m venv "$VENV" >/dev/null 2>&1; then
     # Debian splits venv support (ensurepip) into its own package.
     rm -rf "$VENV"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -28,7 +29,8 @@ if ! "$VENV/bin/python" -c 'import celery, redis' >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv "$VENV"
   fi
-  "$VENV/bin/pip" install -q --disable-pip-version-check 'celery[redis]>=5.4,<6'
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'celery[redis]>=5.4,<6' \
+    'kubernetes-validate>=1.28'
 fi
 export BEATD_TEST_PYTHON="$VENV/bin/python"
 

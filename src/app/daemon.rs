@@ -287,7 +287,8 @@ pub async fn run(
             Arc::new(registry),
             Arc::new(crate::worker::LogResults),
             d.clock.clone(),
-        );
+        )
+        .with_metrics(d.metrics.clone());
         let shutdown = crate::worker::Shutdown {
             graceful: d.signals.graceful.clone(),
             immediate: d.signals.immediate.clone(),

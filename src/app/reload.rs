@@ -100,6 +100,6 @@ pub fn reload_once(
             false
         }
     };
-    sd::ready();
+    sd::reloaded();
     outcome
 }

@@ -99,9 +99,16 @@ pub(crate) fn start_redis_worker(
         let mut wait = Duration::from_millis(100);
         loop {
             let reg = Registry::clone(&registry);
-            match crate::worker::run(opts.clone(), reg, client.clone(), clock.clone(), shutdown.clone())
-                .await
-            {
+            let run = crate::worker::run_observed(
+                opts.clone(),
+                reg,
+                client.clone(),
+                clock.clone(),
+                shutdown.clone(),
+                None,
+                metrics.clone(),
+            );
+            match run.await {
                 Ok(()) => return,
                 Err(e) => {
                     metrics.redis_errors.inc();

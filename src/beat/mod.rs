@@ -309,7 +309,7 @@ impl Beat {
         match self.emitter.emit(lease, &fires).await {
             Ok(outcomes) => {
                 let now = self.clock.now();
-                for (d, outcome) in due.iter().zip(outcomes) {
+                for ((d, outcome), fire) in due.iter().zip(outcomes).zip(&fires) {
                     let entry = &entries[d.idx];
                     let lateness_ms = (now - d.at).num_milliseconds();
                     match outcome {
@@ -322,11 +322,15 @@ impl Beat {
                             self.metrics
                                 .emission_lateness
                                 .observe((now - d.at).as_seconds_f64().max(0.0));
-                            tracing::info!(
-                                entry = %entry.name, task = %entry.task, scheduled = %d.at,
-                                lateness_ms, epoch = lease.epoch, catch_up = d.catch_up,
-                                "fire"
-                            );
+                            if tracing::enabled!(tracing::Level::INFO) {
+                                tracing::info!(
+                                    entry = %entry.name, task = %entry.task,
+                                    task_id = %task_id(&fire.payload),
+                                    scheduled = %crate::protocol::rfc3339_millis(d.at),
+                                    lateness_ms, epoch = lease.epoch, catch_up = d.catch_up,
+                                    "fire"
+                                );
+                            }
                         }
                         EmitOutcome::AlreadySent => {
                             tracing::debug!(entry = %entry.name, scheduled = %d.at, "already sent");
@@ -343,6 +347,22 @@ impl Beat {
             }
         }
     }
+}
+
+/// The Celery task id (`headers.id`) of an encoded envelope, for the fire log line; the
+/// envelope is beatd's own, so a missing id only shows as empty.
+fn task_id(payload: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        headers: Headers,
+    }
+    #[derive(serde::Deserialize)]
+    struct Headers {
+        id: String,
+    }
+    serde_json::from_slice::<Envelope>(payload)
+        .map(|e| e.headers.id)
+        .unwrap_or_default()
 }
 
 /// Capped exponential backoff.

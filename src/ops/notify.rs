@@ -2,6 +2,7 @@
 //! `$NOTIFY_SOCKET`. Every call is a no-op when the variable is unset (not under systemd).
 
 use sd_notify::NotifyState;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -14,9 +15,21 @@ fn send(states: &[NotifyState<'_>]) {
     }
 }
 
+/// Whether READY=1 was sent: a reload before that (Redis still unreachable at start) must
+/// not announce readiness on the start's behalf.
+static READY_SENT: AtomicBool = AtomicBool::new(false);
+
 /// Tells systemd the service is up.
 pub fn ready() {
+    READY_SENT.store(true, Ordering::Relaxed);
     send(&[NotifyState::Ready]);
+}
+
+/// Tells systemd a reload finished (READY=1), if the service had been announced ready.
+pub fn reloaded() {
+    if READY_SENT.load(Ordering::Relaxed) {
+        send(&[NotifyState::Ready]);
+    }
 }
 
 /// Tells systemd a graceful stop began.
@@ -24,8 +37,12 @@ pub fn stopping() {
     send(&[NotifyState::Stopping]);
 }
 
-/// Tells systemd a reload began (`Type=notify-reload` wants the monotonic time with it).
+/// Tells systemd a reload began (`Type=notify-reload` wants the monotonic time with it);
+/// nothing before the service was announced ready.
 pub fn reloading() {
+    if !READY_SENT.load(Ordering::Relaxed) {
+        return;
+    }
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
         Err(_) => send(&[NotifyState::Reloading]),

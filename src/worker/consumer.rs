@@ -127,6 +127,7 @@ pub(crate) async fn consume(
         let (list_key, raws) = match popped {
             Ok(Some((key, raws))) if ctx.graceful.is_cancelled() || abort.is_cancelled() => {
                 if let Err(e) = broker::push_back(&mut pop_conn, &key, &raws).await {
+                    ctx.pipeline.redis_error();
                     tracing::error!(error = %e, count = raws.len(), "cannot return messages popped during shutdown");
                 }
                 break;
@@ -134,6 +135,7 @@ pub(crate) async fn consume(
             Ok(Some(batch)) => batch,
             Ok(None) => continue,
             Err(e) => {
+                ctx.pipeline.redis_error();
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot fetch messages");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -166,6 +168,7 @@ pub(crate) async fn consume(
         let refs: Vec<&Delivery> = accepted.iter().map(|(_, d)| d).collect();
         let mut mark_conn = ctx.conn.clone();
         if let Err(e) = broker::mark_unacked(&mut mark_conn, &refs, score).await {
+            ctx.pipeline.redis_error();
             // The messages are in memory only now; run them anyway rather than lose them.
             tracing::error!(error = %e, "cannot record messages as unacked");
         }
@@ -223,8 +226,11 @@ async fn return_unstarted(ctx: &Ctx) {
             count = taken.len(),
             "returned unstarted messages to their queues"
         ),
-        Err(e) => tracing::warn!(error = %e, count = taken.len(),
-            "cannot return unstarted messages; they are restored after the visibility timeout"),
+        Err(e) => {
+            ctx.pipeline.redis_error();
+            tracing::warn!(error = %e, count = taken.len(),
+                "cannot return unstarted messages; they are restored after the visibility timeout");
+        }
     }
 }
 
@@ -290,10 +296,12 @@ async fn job(
         match broker::finish(&mut conn, &tag, &writes).await {
             Ok(()) => return,
             Err(e) if attempt == 4 => {
+                ctx.pipeline.redis_error();
                 tracing::error!(task_id = %task.id, error = %e,
                     "cannot store result and ack; the message will be restored and may run again");
             }
             Err(_) => {
+                ctx.pipeline.redis_error();
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
@@ -327,7 +335,10 @@ async fn restore_loop(
             match restore_visible(&mut conn, now, visibility_timeout).await {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(restored = n, "restored unacknowledged messages"),
-                Err(e) => tracing::warn!(error = %e, "restore of unacknowledged messages failed"),
+                Err(e) => {
+                    ctx.pipeline.redis_error();
+                    tracing::warn!(error = %e, "restore of unacknowledged messages failed");
+                }
             }
         }
         tokio::select! {

@@ -143,10 +143,20 @@ pub async fn run(
     clock: SharedClock,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
-    run_observed(opts, registry, client, clock, shutdown, None).await
+    run_observed(
+        opts,
+        registry,
+        client,
+        clock,
+        shutdown,
+        None,
+        Arc::default(),
+    )
+    .await
 }
 
-/// [`run`] with a metrics hook called once per handled message.
+/// [`run`] with a hook called once per handled message, counting into `metrics` (the
+/// daemon's, served on `/metrics`).
 ///
 /// # Errors
 /// As [`run`].
@@ -157,6 +167,7 @@ pub async fn run_observed(
     clock: SharedClock,
     shutdown: Shutdown,
     observer: Option<Arc<dyn Observer>>,
+    metrics: Arc<crate::ops::metrics::Metrics>,
 ) -> Result<(), Error> {
     if opts.queues.is_empty() {
         return Err(Error::NoQueues);
@@ -166,7 +177,8 @@ pub async fn run_observed(
     let pop_conn = connect(&client, consumer::pop_response(&opts)).await?;
     let results = RedisResults::new(conn.clone()).with_ttl(opts.result_ttl.as_secs());
     let mut pipeline = Pipeline::new(Arc::new(registry), Arc::new(results), clock)
-        .with_max_message_bytes(opts.max_message_bytes);
+        .with_max_message_bytes(opts.max_message_bytes)
+        .with_metrics(metrics);
     if let Some(observer) = observer {
         pipeline = pipeline.with_observer(observer);
     }
@@ -176,18 +188,21 @@ pub async fn run_observed(
     Ok(())
 }
 
+/// Longest wait between two reconnect attempts of a worker connection, in milliseconds.
+const RECONNECT_MAX_DELAY_MS: u64 = 500;
+
 pub(crate) async fn connect(
     client: &redis::Client,
     response: Duration,
 ) -> Result<ConnectionManager, Error> {
-    // redis-rs feeds `factor` (default 100) to backon as the growth rate from a 1 s start:
-    // after one failed reconnect the next waits 60 s or more. Grow by 2, cap at 1 s, and let
-    // the next command start a fresh attempt when these run out.
+    // redis-rs hands its retry `factor` (100) to backon as the growth factor, so without a
+    // cap the waits between reconnect attempts go 1 s, 60 s, 60 s...: a command issued during
+    // an outage of a few seconds then blocks for minutes after Redis is back. Cap each wait.
     let cfg = ConnectionManagerConfig::new()
+        .set_max_delay(RECONNECT_MAX_DELAY_MS)
         .set_connection_timeout(Duration::from_secs(5))
         .set_response_timeout(response)
         .set_factor(2)
-        .set_max_delay(1000)
         .set_number_of_retries(3);
     Ok(client.get_connection_manager_with_config(cfg).await?)
 }

@@ -8,6 +8,7 @@ use super::observe::{Observer, Outcome};
 use super::registry::{Registry, TaskError, TaskRequest};
 use super::results::ResultSink;
 use crate::clock::SharedClock;
+use crate::ops::metrics::Metrics;
 use crate::protocol::{
     dumps, isoformat, new_uuid, priority_list_key, DecodeError, Envelope, ExcInfo, ParsedTask,
     ResultRecord,
@@ -68,6 +69,9 @@ pub struct Pipeline {
     max_message_bytes: usize,
     /// Metrics hook.
     observer: Option<Arc<dyn Observer>>,
+    /// `beatd_worker_*` metrics: tasks by task and state, run time, in flight. A private
+    /// registry unless the daemon hands its own over with [`Pipeline::with_metrics`].
+    metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
@@ -80,6 +84,7 @@ impl Pipeline {
             clock,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             observer: None,
+            metrics: Arc::default(),
         }
     }
 
@@ -94,6 +99,29 @@ impl Pipeline {
         if let Some(o) = &self.observer {
             o.task_done(task, outcome, ran_for);
         }
+    }
+
+    /// Counts into `metrics` (the daemon's, served on `/metrics`).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Counts one failed Redis call of the transport in `beatd_redis_errors_total`.
+    pub(crate) fn redis_error(&self) {
+        self.metrics.redis_errors.inc();
+    }
+
+    /// Counts one task outcome in `beatd_worker_tasks_total{task,state}`.
+    fn count(&self, task: &str, state: &'static str) {
+        self.metrics
+            .worker_tasks
+            .get_or_create(&vec![
+                ("task", task.to_owned()),
+                ("state", state.to_owned()),
+            ])
+            .inc();
     }
 
     /// Sets the message size cap.
@@ -173,11 +201,18 @@ impl Pipeline {
         if task.expires.is_some_and(|e| e <= now) {
             tracing::info!(task_id = %task.id, task = %task.task, "discarding expired task");
             self.observe(&task.task, Outcome::Revoked, None);
+            let name = registered
+                .as_ref()
+                .map_or("<unregistered>", |_| task.task.as_str());
+            self.count(name, "revoked");
             return Finished::done(keep(ResultRecord::revoked_expired(&task.id, now)));
         }
         let Some(registered) = registered else {
             tracing::error!(task_id = %task.id, task = %task.task, "received unregistered task");
             self.observe(&task.task, Outcome::Unregistered, None);
+            // Any producer can name any task: one label value for all unknown names keeps
+            // the series count bounded.
+            self.count("<unregistered>", "unregistered");
             return Finished::done(Some(ResultRecord::not_registered(
                 &task.id, &task.task, now,
             )));
@@ -189,9 +224,24 @@ impl Pipeline {
             .map(Duration::from_secs_f64)
             .or(options.time_limit);
         let started = tokio::time::Instant::now();
-        let outcome = run_guarded(registered.handler.clone(), request(task), limit).await;
+        let outcome = {
+            let _in_flight = InFlight::enter(&self.metrics);
+            run_guarded(registered.handler.clone(), request(task), limit).await
+        };
         let ran_for = started.elapsed();
         let elapsed = ran_for.as_secs_f64();
+        self.metrics
+            .task_duration
+            .get_or_create(&vec![("task", task.task.clone())])
+            .observe(elapsed);
+        self.count(
+            &task.task,
+            match &outcome {
+                Ok(_) => "success",
+                Err(e) if e.retryable && task.retries < options.max_retries => "retry",
+                Err(_) => "failure",
+            },
+        );
         let done = self.clock.now();
         match outcome {
             Ok(value) => {
@@ -234,6 +284,23 @@ impl Pipeline {
         if let Err(e) = self.results.store(&record).await {
             tracing::error!(task_id = %record.task_id, error = %e, "cannot store task result");
         }
+    }
+}
+
+/// Holds one `beatd_worker_in_flight` unit; released on drop, so an aborted task (immediate
+/// stop) does not leave the gauge high.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
     }
 }
 

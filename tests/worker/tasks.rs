@@ -272,6 +272,7 @@ async fn observer_sees_every_outcome() {
         Arc::new(SystemClock),
         shutdown.clone(),
         Some(observer),
+        Arc::default(),
     ));
     let h = Harness {
         server,
