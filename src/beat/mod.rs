@@ -148,6 +148,12 @@ impl Beat {
         self.metrics.is_leader.set(i64::from(leader));
     }
 
+    /// The store answered: readiness again after an outage (a leader that kept its lease
+    /// through it never passes through `try_acquire`, which sets it too).
+    fn store_ok(&self) {
+        self.status.store_reachable.store(true, Ordering::Relaxed);
+    }
+
     fn store_failed(&self, e: &Error) {
         self.metrics.redis_errors.inc();
         self.status.store_reachable.store(false, Ordering::Relaxed);
@@ -175,13 +181,19 @@ impl Beat {
         tracing::info!(epoch = lease.epoch, "leadership acquired");
         let mut valid_until = lease.acquired_at + lease.ttl;
         let mut renew_at = lease.acquired_at + lease.ttl / 3;
+        // Seen now: the plan below is made from the current entries.
+        self.entries.borrow_and_update();
         let Some(mut plan) = self.replan().await else {
             return TermEnd::StoreError;
         };
+        // After a failed emission: the fires went back into the plan, not before this instant.
+        let mut retry_at: Option<Instant> = None;
+        let mut retry = Backoff::new(Duration::from_secs(1));
         loop {
             let wake = plan.next_wake().map(|at| {
                 let left = (at - self.clock.now()).to_std().unwrap_or_default();
-                Instant::now() + left
+                let w = Instant::now() + left;
+                retry_at.map_or(w, |r| w.max(r))
             });
             let until = wake.map_or(renew_at, |w| w.min(renew_at));
             tokio::select! {
@@ -189,7 +201,7 @@ impl Beat {
                 () = tokio::time::sleep_until(until) => {}
                 changed = self.entries.changed() => {
                     if changed.is_ok() {
-                        let Some(new_plan) = self.reload(&plan).await else {
+                        let Some(new_plan) = self.reload().await else {
                             return TermEnd::StoreError;
                         };
                         plan = new_plan;
@@ -204,6 +216,7 @@ impl Beat {
                 let sent_at = Instant::now();
                 match self.leader.renew(lease).await {
                     Ok(true) => {
+                        self.store_ok();
                         self.metrics.lock_renewals.inc();
                         valid_until = sent_at + lease.ttl;
                         renew_at = sent_at + lease.ttl / 3;
@@ -216,6 +229,9 @@ impl Beat {
                     }
                 }
             }
+            if retry_at.is_some_and(|r| Instant::now() < r) {
+                continue;
+            }
             let due = plan.pop_due(self.clock.now());
             if due.is_empty() {
                 continue;
@@ -223,48 +239,68 @@ impl Beat {
             if Instant::now() >= valid_until {
                 return TermEnd::LeaseLost;
             }
-            if let Err(end) = self.emit(lease, &mut plan, due).await {
-                return end;
+            match self.emit(lease, &mut plan, &due).await {
+                Ok(()) => {
+                    retry_at = None;
+                    retry.reset();
+                }
+                // The store failed (the outcome is unknown): keep the lease and send the same
+                // fires again shortly. Emission is idempotent per (entry, fire time), and the
+                // lease deadline above still ends the term in time. Stepping down instead
+                // would leave the lock, unreleasable while the store is down, blocking every
+                // replica until the TTL runs out.
+                Err(TermEnd::StoreError) => {
+                    plan.retry(&due);
+                    retry_at = Some(Instant::now() + retry.next());
+                }
+                Err(end) => return end,
             }
         }
     }
 
-    /// Loads the recorded state and plans the current entries from it.
+    /// Loads the recorded state, forgets entries that are no longer in the files, and plans
+    /// the current entries from it.
+    ///
+    /// Forgetting here, and not only on a reload seen by this process, is what removes the
+    /// state of an entry deleted while no replica ran, or while this one was a standby: the
+    /// state is shared, the plan is per process.
     async fn replan(&self) -> Option<Plan> {
-        match self.state.last_runs().await {
-            Ok(last) => {
-                let entries = self.entries.borrow().clone();
-                let plan = Plan::new(entries, &last, self.clock.now());
-                tracing::info!(entries = plan.entries().len(), "schedule planned");
-                Some(plan)
-            }
+        let entries = self.entries.borrow().clone();
+        let mut last = match self.state.last_runs().await {
+            Ok(last) => last,
             Err(e) => {
                 self.store_failed(&e);
-                None
+                return None;
             }
-        }
-    }
-
-    /// Replaces the plan after a reload and forgets the state of removed entries.
-    async fn reload(&mut self, old: &Plan) -> Option<Plan> {
-        let new_entries = self.entries.borrow_and_update().clone();
-        let removed: Vec<String> = old
-            .entries()
-            .iter()
-            .filter(|o| !new_entries.iter().any(|n| n.name == o.name))
-            .map(|o| o.name.clone())
+        };
+        let mut removed: Vec<String> = last
+            .keys()
+            .filter(|name| !entries.iter().any(|e| &e.name == *name))
+            .cloned()
             .collect();
         if !removed.is_empty() {
+            removed.sort();
             if let Err(e) = self.state.forget(&removed).await {
                 self.store_failed(&e);
                 return None;
             }
-            tracing::info!(removed = ?removed, "entries removed from the schedule");
+            for name in &removed {
+                last.remove(name);
+            }
+            tracing::info!(removed = ?removed, "state of entries no longer scheduled forgotten");
         }
+        let plan = Plan::new(entries, &last, self.clock.now());
+        tracing::info!(entries = plan.entries().len(), "schedule planned");
+        Some(plan)
+    }
+
+    /// Replaces the plan after a reload (the new plan forgets removed entries).
+    async fn reload(&mut self) -> Option<Plan> {
+        self.entries.borrow_and_update();
         self.replan().await
     }
 
-    async fn emit(&self, lease: &Lease, plan: &mut Plan, due: Vec<Due>) -> Result<(), TermEnd> {
+    async fn emit(&self, lease: &Lease, plan: &mut Plan, due: &[Due]) -> Result<(), TermEnd> {
         let entries = plan.entries().clone();
         let fires: Vec<Fire> = due
             .iter()
@@ -272,6 +308,7 @@ impl Beat {
             .collect();
         match self.emitter.emit(lease, &fires).await {
             Ok(outcomes) => {
+                self.store_ok();
                 let now = self.clock.now();
                 for (d, outcome) in due.iter().zip(outcomes) {
                     let entry = &entries[d.idx];

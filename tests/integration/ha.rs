@@ -155,8 +155,15 @@ fn kill9_leader_standby_takes_over_and_catch_up_all_misses_nothing() {
         NONE,
         "catch_up = all sends every missed fire time\n{ctx}"
     );
-    let first_new = msgs.iter().find(|m| m.pid == survivor).expect("survivor sent");
-    let last_old = msgs.iter().rev().find(|m| m.pid == killed).expect("leader sent");
+    let first_new = msgs
+        .iter()
+        .find(|m| m.pid == survivor)
+        .expect("survivor sent");
+    let last_old = msgs
+        .iter()
+        .rev()
+        .find(|m| m.pid == killed)
+        .expect("leader sent");
     assert!(first_new.at > last_old.at, "{msgs:#?}");
     assert!(first_new.epoch > last_old.epoch, "new term, new epoch");
     let resumed = watch.seen_at("tick", first_new.at).expect("seen");
@@ -190,7 +197,10 @@ fn kill9_leader_catch_up_latest_sends_only_the_newest_missed_fire_time() {
     // The lock outlives the killed leader by up to the TTL: fire times are missed, and
     // `latest` sends only the newest of them, so the rest form one run right after the last
     // fire of the killed leader.
-    assert!(!gap.is_empty(), "a 3 s lock expiry misses fire times\n{ctx}");
+    assert!(
+        !gap.is_empty(),
+        "a 3 s lock expiry misses fire times\n{ctx}"
+    );
     let expected: Vec<_> = std::iter::successors(Some(last_old.at + TimeDelta::seconds(1)), |t| {
         Some(*t + TimeDelta::seconds(1))
     })
@@ -228,7 +238,9 @@ fn sigstop_leader_past_ttl_then_sigcont_sends_nothing_stale_and_steps_down() {
         m.pid == other
     });
     // Well past the TTL, with fires of its own plan long due.
-    wait_until("paused 5 s", WAIT, || stopped.elapsed() > Duration::from_secs(5));
+    wait_until("paused 5 s", WAIT, || {
+        stopped.elapsed() > Duration::from_secs(5)
+    });
     p.signal("CONT");
     wait_until("the resumed leader steps down", WAIT, || {
         !p.log_events("leadership lost; now standby").is_empty()
@@ -253,7 +265,10 @@ fn sigstop_leader_past_ttl_then_sigcont_sends_nothing_stale_and_steps_down() {
     let last_paused = msgs.iter().rposition(|m| m.pid == paused).expect("sent");
     let first_other = msgs.iter().position(|m| m.pid == other).expect("sent");
     assert!(last_paused < first_other, "{msgs:#?}");
-    assert!(msgs.windows(2).all(|w| w[0].epoch <= w[1].epoch), "{msgs:#?}");
+    assert!(
+        msgs.windows(2).all(|w| w[0].epoch <= w[1].epoch),
+        "{msgs:#?}"
+    );
     // Its log agrees: each "fire" line is a message in the queue.
     let p = beats.iter().find(|b| b.pid == paused).expect("ours");
     assert_eq!(
@@ -312,7 +327,10 @@ fn sigterm_leader_releases_and_standby_sends_the_next_fire_time_without_gap() {
 /// Kills redis-server mid-run and restarts it on the same port; checks no replica exits,
 /// `/readyz` reports the outage and the recovery. Returns (replicas, kill instant, restart
 /// instant).
-fn redis_outage(redis: &mut RedisServer, s: &Schedules) -> (Vec<Beat>, DateTime<Utc>, DateTime<Utc>) {
+fn redis_outage(
+    redis: &mut RedisServer,
+    s: &Schedules,
+) -> (Vec<Beat>, DateTime<Utc>, DateTime<Utc>) {
     let url = redis.url();
     let opts = BeatOpts {
         http: true,
@@ -333,9 +351,17 @@ fn redis_outage(redis: &mut RedisServer, s: &Schedules) -> (Vec<Beat>, DateTime<
     // Down for a few fire times.
     std::thread::sleep(Duration::from_secs(4));
     for b in &mut beats {
-        assert!(b.running(), "a replica exited during the outage:\n{}", logs(&beats));
+        assert!(
+            b.running(),
+            "a replica exited during the outage:\n{}",
+            logs(&beats)
+        );
         assert_eq!(b.readyz(), Some(503), "still down");
-        assert_eq!(http_status(b.http_port.unwrap(), "/healthz"), Some(200), "alive");
+        assert_eq!(
+            http_status(b.http_port.unwrap(), "/healthz"),
+            Some(200),
+            "alive"
+        );
     }
     let restarted_at = now();
     redis.restart().expect("redis restarts");
@@ -372,7 +398,10 @@ fn redis_restart_durable_aof_no_replica_exits_and_catch_up_fills_the_outage() {
         .iter()
         .filter(|a| **a > killed_at && **a < restarted_at)
         .count();
-    assert!(outage >= 3, "fire times of the outage caught up: {outage}\n{ctx}");
+    assert!(
+        outage >= 3,
+        "fire times of the outage caught up: {outage}\n{ctx}"
+    );
 }
 
 #[test]
@@ -407,8 +436,7 @@ fn redis_restart_without_persistence_starts_entries_afresh_without_duplicates() 
 }
 
 #[test]
-fn restart_every_replica_changed_schedule_no_duplicate_no_spurious_fire_removed_entry_forgotten(
-) {
+fn restart_every_replica_changed_schedule_no_duplicate_no_spurious_fire_removed_entry_forgotten() {
     let redis = RedisServer::start().expect("redis-server");
     let url = redis.url();
     let before = "[[entry]]\nname = \"tick\"\ntask = \"ha.tick\"\nevery = \"1s\"\n\
@@ -454,12 +482,19 @@ fn restart_every_replica_changed_schedule_no_duplicate_no_spurious_fire_removed_
     all.extend(second.iter());
     let ctx = dump_logs(&all);
     assert_exactly_once(&msgs, &ctx);
-    assert_eq!(missing(&msgs, "tick", SECOND), NONE, "restart gap caught up\n{ctx}");
+    assert_eq!(
+        missing(&msgs, "tick", SECOND),
+        NONE,
+        "restart gap caught up\n{ctx}"
+    );
     let changing: Vec<_> = times(&msgs, "changing")
         .into_iter()
         .filter(|t| t.timestamp_millis() > changing_last)
         .collect();
-    assert_eq!(changing, NONE, "no spurious fire of the changed entry\n{ctx}");
+    assert_eq!(
+        changing, NONE,
+        "no spurious fire of the changed entry\n{ctx}"
+    );
     assert_eq!(
         times(&msgs, "doomed"),
         times(&phase1, "doomed"),
@@ -529,4 +564,53 @@ fn live_reload_removes_an_entry_and_changes_a_schedule_on_leader_and_standby() {
         .collect();
     assert_eq!(late, NONE, "no spurious fire\n{ctx}");
     assert!(!times(&msgs, "changing").contains(&anchor), "{ctx}");
+}
+
+#[test]
+fn redis_blip_shorter_than_the_ttl_leader_keeps_its_lease_and_misses_nothing() {
+    // A durable Redis restarted within the lock TTL (10 s) still holds the leader's lock: the
+    // leader must ride the blip out — retry its emission and renewal within its lease, send
+    // the fire times due during the blip once Redis is back, and report ready again — rather
+    // than drop leadership and leave its own unreleasable lock to block every replica until
+    // the TTL runs out. The default catch-up (latest, window = 1 s period) would lose the
+    // fire times of such a gap, so any gap shows as missing.
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+        .expect("redis-server");
+    let url = redis.url();
+    let s = Schedules::new(&tick("latest", None));
+    let opts = BeatOpts {
+        http: true,
+        ..BeatOpts::default()
+    };
+    let mut beats = spawn(&url, &s, &opts, 2);
+    let leader = wait_leader(&url, &pids(&beats), WAIT);
+    wait_until("both ready", WAIT, || {
+        beats.iter().all(|b| b.readyz() == Some(200))
+    });
+    wait_msgs(&url, "tick", 3, "3 fires before the blip", |_| true);
+    sleep_to_fraction(Duration::from_millis(300));
+    let killed_at = now();
+    redis.kill();
+    // At least one fire time falls in the blip (0.7 s after the kill).
+    std::thread::sleep(Duration::from_millis(1500));
+    let l = beats.iter().find(|b| b.pid == leader).expect("ours");
+    assert_eq!(l.readyz(), Some(503), "the leader reports the outage");
+    redis.restart().expect("redis restarts");
+    wait_msgs(&url, "tick", 3, "3 fires after the blip", |m| {
+        m.at > killed_at + TimeDelta::seconds(3)
+    });
+    wait_until("both ready again", WAIT, || {
+        beats.iter().all(|b| b.readyz() == Some(200))
+    });
+    assert_eq!(leader_pid(&url), Some(leader), "the leader kept its lock");
+    stop_all(&mut beats);
+    let msgs = queue(&url);
+    let ctx = logs(&beats);
+    assert_exactly_once(&msgs, &ctx);
+    assert_eq!(missing(&msgs, "tick", SECOND), NONE, "{ctx}");
+    assert!(
+        msgs.iter()
+            .all(|m| m.pid == leader && m.epoch == msgs[0].epoch),
+        "one term throughout\n{ctx}"
+    );
 }

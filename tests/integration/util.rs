@@ -27,7 +27,10 @@ pub fn now() -> DateTime<Utc> {
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -264,14 +267,10 @@ pub fn leader_pid(url: &str) -> Option<u32> {
 /// Waits until one of `pids` holds the lock; returns it.
 pub fn wait_leader(url: &str, pids: &[u32], timeout: Duration) -> u32 {
     let mut found = None;
-    wait_until(
-        &format!("one of {pids:?} holds the lock"),
-        timeout,
-        || {
-            found = leader_pid(url).filter(|p| pids.contains(p));
-            found.is_some()
-        },
-    );
+    wait_until(&format!("one of {pids:?} holds the lock"), timeout, || {
+        found = leader_pid(url).filter(|p| pids.contains(p));
+        found.is_some()
+    });
     found.expect("leader")
 }
 
@@ -342,7 +341,11 @@ pub fn assert_exactly_once(msgs: &[Msg], context: &str) {
 
 /// The fire times of `entry`, sorted.
 pub fn times(msgs: &[Msg], entry: &str) -> Vec<DateTime<Utc>> {
-    let mut t: Vec<_> = msgs.iter().filter(|m| m.entry == entry).map(|m| m.at).collect();
+    let mut t: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.entry == entry)
+        .map(|m| m.at)
+        .collect();
     t.sort();
     t
 }
@@ -430,7 +433,11 @@ impl QueueWatch {
 fn read_list(url: &str) -> redis::RedisResult<Vec<String>> {
     let client = redis::Client::open(url)?;
     let mut c = client.get_connection_with_timeout(Duration::from_millis(500))?;
-    redis::cmd("LRANGE").arg("celery").arg(0).arg(-1).query(&mut c)
+    redis::cmd("LRANGE")
+        .arg("celery")
+        .arg(0)
+        .arg(-1)
+        .query(&mut c)
 }
 
 impl Drop for QueueWatch {
