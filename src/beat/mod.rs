@@ -57,6 +57,11 @@ pub struct BeatOptions {
     pub acquire_interval: Duration,
     /// Longest wait between retries after a store error.
     pub max_backoff: Duration,
+    /// Fire times due at most this long before a term starts are sent late, not treated as
+    /// missed (see [`Plan::with_tolerance`]): a standby takes up to `acquire_interval` to
+    /// notice a released lock, and a graceful handover must not lose the fire time due
+    /// meanwhile, whatever the catch-up policy.
+    pub takeover_tolerance: Duration,
 }
 
 impl Default for BeatOptions {
@@ -64,6 +69,7 @@ impl Default for BeatOptions {
         Self {
             acquire_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
+            takeover_tolerance: Duration::from_secs(2),
         }
     }
 }
@@ -289,7 +295,12 @@ impl Beat {
             }
             tracing::info!(removed = ?removed, "state of entries no longer scheduled forgotten");
         }
-        let plan = Plan::new(entries, &last, self.clock.now());
+        let plan = Plan::with_tolerance(
+            entries,
+            &last,
+            self.clock.now(),
+            self.options.takeover_tolerance,
+        );
         tracing::info!(entries = plan.entries().len(), "schedule planned");
         Some(plan)
     }
