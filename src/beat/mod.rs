@@ -192,27 +192,25 @@ impl Beat {
         let Some(mut plan) = self.replan().await else {
             return TermEnd::StoreError;
         };
-        // After a failed emission: the fires went back into the plan, not before this instant.
+        // After a store error: replan (which reads the store) not before this instant.
         let mut retry_at: Option<Instant> = None;
         let mut retry = Backoff::new(Duration::from_secs(1));
+        // The plan must be made again: the entries changed, or an emission failed.
+        let mut replan_pending = false;
         loop {
             let wake = plan.next_wake().map(|at| {
                 let left = (at - self.clock.now()).to_std().unwrap_or_default();
                 let w = Instant::now() + left;
                 retry_at.map_or(w, |r| w.max(r))
             });
-            let until = wake.map_or(renew_at, |w| w.min(renew_at));
+            let mut until = wake.map_or(renew_at, |w| w.min(renew_at));
+            if replan_pending {
+                until = retry_at.map_or(until, |r| until.min(r));
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return TermEnd::Cancelled,
                 () = tokio::time::sleep_until(until) => {}
-                changed = self.entries.changed() => {
-                    if changed.is_ok() {
-                        let Some(new_plan) = self.reload().await else {
-                            return TermEnd::StoreError;
-                        };
-                        plan = new_plan;
-                    }
-                }
+                changed = self.entries.changed() => replan_pending |= changed.is_ok(),
             }
             if Instant::now() >= valid_until {
                 // Paused or starved past the TTL: another replica may lead already.
@@ -235,6 +233,18 @@ impl Beat {
                     }
                 }
             }
+            if replan_pending && retry_at.is_none_or(|r| Instant::now() >= r) {
+                if let Some(new_plan) = self.reload().await {
+                    plan = new_plan;
+                    replan_pending = false;
+                    retry_at = None;
+                    retry.reset();
+                } else {
+                    // Keep the lease (and the old plan), try again shortly.
+                    retry_at = Some(Instant::now() + retry.next());
+                    continue;
+                }
+            }
             if retry_at.is_some_and(|r| Instant::now() < r) {
                 continue;
             }
@@ -250,13 +260,15 @@ impl Beat {
                     retry_at = None;
                     retry.reset();
                 }
-                // The store failed (the outcome is unknown): keep the lease and send the same
-                // fires again shortly. Emission is idempotent per (entry, fire time), and the
-                // lease deadline above still ends the term in time. Stepping down instead
-                // would leave the lock, unreleasable while the store is down, blocking every
-                // replica until the TTL runs out.
+                // The store failed (the outcome is unknown): keep the lease and replan from
+                // the store once it answers, as a new term would: what was recorded is not
+                // sent again, fire times due within the takeover tolerance go out late, older
+                // ones follow the catch-up policy (the store was down). The lease deadline
+                // above still ends the term in time. Stepping down instead would leave the
+                // lock, unreleasable while the store is down, blocking every replica until
+                // the TTL runs out.
                 Err(TermEnd::StoreError) => {
-                    plan.retry(&due);
+                    replan_pending = true;
                     retry_at = Some(Instant::now() + retry.next());
                 }
                 Err(end) => return end,
@@ -305,7 +317,8 @@ impl Beat {
         Some(plan)
     }
 
-    /// Replaces the plan after a reload (the new plan forgets removed entries).
+    /// Replans from the current entries after a reload or a store error (the new plan
+    /// forgets removed entries).
     async fn reload(&mut self) -> Option<Plan> {
         self.entries.borrow_and_update();
         self.replan().await

@@ -168,19 +168,6 @@ impl Plan {
         }
     }
 
-    /// Puts `due` back, unchanged, after an emission whose outcome is unknown: they are sent
-    /// again (emission skips what was recorded) and, being regular or catch-up as before,
-    /// never plan a fire twice.
-    pub fn retry(&mut self, due: &[Due]) {
-        for d in due {
-            self.heap.push(Reverse(Pending {
-                at: d.at,
-                idx: d.idx,
-                catch_up: d.catch_up,
-            }));
-        }
-    }
-
     /// Number of pending fires.
     #[must_use]
     pub fn len(&self) -> usize {

@@ -9,8 +9,8 @@
 
 use crate::util::{
     assert_exactly_once, dump_logs, http_status, last_run, leader_pid, missing, now, queue,
-    senders, sleep_to_fraction, times, wait_leader, wait_until, Beat, BeatOpts, Msg, QueueWatch,
-    Schedules,
+    senders, sleep_to_fraction, state_gone, times, try_queue, wait_leader, wait_until, Beat,
+    BeatOpts, Msg, QueueWatch, Schedules,
 };
 use beatd::testkit::RedisServer;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -46,8 +46,10 @@ fn pids(beats: &[Beat]) -> Vec<u32> {
     beats.iter().map(|b| b.pid).collect()
 }
 
+/// Messages of `entry` matching `pred`; 0 while Redis does not answer.
 fn count(url: &str, entry: &str, pred: impl Fn(&Msg) -> bool) -> usize {
-    queue(url)
+    try_queue(url)
+        .unwrap_or_default()
         .iter()
         .filter(|m| m.entry == entry && pred(m))
         .count()
@@ -492,7 +494,7 @@ fn restart_every_replica_changed_schedule_no_duplicate_no_spurious_fire_removed_
     let restarted_at = now();
     wait_leader(&url, &pids(&second), WAIT);
     wait_until("the removed entry's state is deleted", WAIT, || {
-        last_run(&url, "doomed").is_none()
+        state_gone(&url, "doomed")
     });
     wait_msgs(&url, "tick", 4, "4 regular fires after the restart", |m| {
         m.at > restarted_at + TimeDelta::seconds(1)
@@ -556,7 +558,7 @@ fn live_reload_removes_an_entry_and_changes_a_schedule_on_leader_and_standby() {
     ));
     let edited = now();
     wait_until("the removed entry's state is deleted", WAIT, || {
-        last_run(&url, "doomed").is_none()
+        state_gone(&url, "doomed")
     });
     let doomed_sent = count(&url, "doomed", |_| true);
     wait_msgs(&url, "tick", 2, "2 fires after the reload", |m| {
@@ -590,15 +592,14 @@ fn live_reload_removes_an_entry_and_changes_a_schedule_on_leader_and_standby() {
 #[test]
 fn redis_blip_shorter_than_the_ttl_leader_keeps_its_lease_and_misses_nothing() {
     // A durable Redis restarted within the lock TTL (10 s) still holds the leader's lock: the
-    // leader must ride the blip out — retry its emission and renewal within its lease, send
-    // the fire times due during the blip once Redis is back, and report ready again — rather
-    // than drop leadership and leave its own unreleasable lock to block every replica until
-    // the TTL runs out. The default catch-up (latest, window = 1 s period) would lose the
-    // fire times of such a gap, so any gap shows as missing.
+    // leader must ride the blip out — retry within its lease, catch up the fire times due
+    // during the blip once Redis is back, and report ready again — rather than drop
+    // leadership and leave its own unreleasable lock to block every replica until the TTL
+    // runs out (which would show as a second leadership term, a new epoch).
     let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
         .expect("redis-server");
     let url = redis.url();
-    let s = Schedules::new(&tick("latest", None));
+    let s = Schedules::new(&tick("all", Some("1m")));
     let opts = BeatOpts {
         http: true,
         ..BeatOpts::default()
@@ -633,5 +634,49 @@ fn redis_blip_shorter_than_the_ttl_leader_keeps_its_lease_and_misses_nothing() {
         msgs.iter()
             .all(|m| m.pid == leader && m.epoch == msgs[0].epoch),
         "one term throughout\n{ctx}"
+    );
+}
+
+#[test]
+fn schedule_reload_during_a_redis_blip_is_retried_and_the_leader_keeps_its_lease() {
+    // A config deploy that lands while Redis is briefly away: the leader cannot plan the new
+    // schedule (it must read the last runs and forget removed entries). It keeps its lease
+    // and old plan, retries, and plans the new schedule once Redis is back: one term
+    // throughout, nothing missing, the removed entry forgotten.
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+        .expect("redis-server");
+    let url = redis.url();
+    let both = format!(
+        "{}[[entry]]\nname = \"doomed\"\ntask = \"ha.doomed\"\nevery = \"1s\"\n",
+        tick("all", Some("1m"))
+    );
+    let s = Schedules::new(&both);
+    let mut beats = spawn(&url, &s, &BeatOpts::default(), 2);
+    let leader = wait_leader(&url, &pids(&beats), WAIT);
+    wait_msgs(&url, "doomed", 3, "3 fires of `doomed`", |_| true);
+    sleep_to_fraction(Duration::from_millis(300));
+    let killed_at = now();
+    redis.kill();
+    s.write(&tick("all", Some("1m")));
+    // The reload (300 ms settle) and a fire time both fall in the blip.
+    std::thread::sleep(Duration::from_millis(1500));
+    redis.restart().expect("redis restarts");
+    wait_until("the removed entry's state is deleted", WAIT, || {
+        state_gone(&url, "doomed")
+    });
+    wait_msgs(&url, "tick", 3, "3 fires after the blip", |m| {
+        m.at > killed_at + TimeDelta::seconds(3)
+    });
+    assert_eq!(leader_pid(&url), Some(leader), "the leader kept its lock");
+    stop_all(&mut beats);
+    let msgs = queue(&url);
+    let ctx = logs(&beats);
+    assert_exactly_once(&msgs, &ctx);
+    assert_eq!(missing(&msgs, "tick", SECOND), NONE, "{ctx}");
+    assert!(
+        times(&msgs, "doomed")
+            .iter()
+            .all(|t| *t < killed_at + TimeDelta::seconds(2)),
+        "the removed entry stops\n{ctx}"
     );
 }

@@ -274,11 +274,22 @@ pub fn wait_leader(url: &str, pids: &[u32], timeout: Duration) -> u32 {
 
 /// `HGET beatd:last_run entry` in ms since the epoch.
 pub fn last_run(url: &str, entry: &str) -> Option<i64> {
+    try_last_run(url, entry).expect("HGET")
+}
+
+/// Like [`last_run`], with the error (a Redis just restarted may still be loading its AOF).
+pub fn try_last_run(url: &str, entry: &str) -> redis::RedisResult<Option<i64>> {
+    let client = redis::Client::open(url)?;
+    let mut c = client.get_connection_with_timeout(Duration::from_secs(1))?;
     redis::cmd("HGET")
         .arg("beatd:last_run")
         .arg(entry)
-        .query(&mut redis(url))
-        .expect("HGET")
+        .query(&mut c)
+}
+
+/// Whether the entry's last run is gone; `false` while Redis does not answer.
+pub fn state_gone(url: &str, entry: &str) -> bool {
+    matches!(try_last_run(url, entry), Ok(None))
 }
 
 /// One message from the queue, decoded.
@@ -315,13 +326,12 @@ pub fn decode(raw: &str) -> Msg {
 
 /// Every message of the `celery` list, in the order sent (LPUSH puts the newest first).
 pub fn queue(url: &str) -> Vec<Msg> {
-    let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg("celery")
-        .arg(0)
-        .arg(-1)
-        .query(&mut redis(url))
-        .expect("LRANGE");
-    raw.iter().rev().map(|r| decode(r)).collect()
+    try_queue(url).expect("LRANGE")
+}
+
+/// Like [`queue`], with the error (for polling across a Redis restart).
+pub fn try_queue(url: &str) -> redis::RedisResult<Vec<Msg>> {
+    Ok(read_list(url)?.iter().rev().map(|r| decode(r)).collect())
 }
 
 /// Panics unless every (entry, scheduled_at) appears exactly once.
