@@ -57,6 +57,11 @@ pub struct BeatOptions {
     pub acquire_interval: Duration,
     /// Longest wait between retries after a store error.
     pub max_backoff: Duration,
+    /// Fire times due at most this long before a term starts are sent late, not treated as
+    /// missed (see [`Plan::with_tolerance`]): a standby takes up to `acquire_interval` to
+    /// notice a released lock, and a graceful handover must not lose the fire time due
+    /// meanwhile, whatever the catch-up policy.
+    pub takeover_tolerance: Duration,
 }
 
 impl Default for BeatOptions {
@@ -64,6 +69,7 @@ impl Default for BeatOptions {
         Self {
             acquire_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
+            takeover_tolerance: Duration::from_secs(2),
         }
     }
 }
@@ -184,6 +190,12 @@ impl Beat {
         self.metrics.is_leader.set(i64::from(leader));
     }
 
+    /// The store answered: readiness again after an outage (a leader that kept its lease
+    /// through it never passes through `try_acquire`, which sets it too).
+    fn store_ok(&self) {
+        self.status.store_reachable.store(true, Ordering::Relaxed);
+    }
+
     fn store_failed(&self, e: &Error) {
         self.metrics.redis_errors.inc();
         self.status.store_reachable.store(false, Ordering::Relaxed);
@@ -211,26 +223,30 @@ impl Beat {
         tracing::info!(epoch = lease.epoch, "leadership acquired");
         let mut valid_until = lease.acquired_at + lease.ttl;
         let mut renew_at = lease.acquired_at + lease.ttl / 3;
+        // Seen now: the plan below is made from the current entries.
+        self.entries.borrow_and_update();
         let Some(mut plan) = self.replan().await else {
             return TermEnd::StoreError;
         };
+        // After a store error: replan (which reads the store) not before this instant.
+        let mut retry_at: Option<Instant> = None;
+        let mut retry = Backoff::new(Duration::from_secs(1));
+        // The plan must be made again: the entries changed, or an emission failed.
+        let mut replan_pending = false;
         loop {
             let wake = plan.next_wake().map(|at| {
                 let left = (at - self.clock.now()).to_std().unwrap_or_default();
-                Instant::now() + left
+                let w = Instant::now() + left;
+                retry_at.map_or(w, |r| w.max(r))
             });
-            let until = wake.map_or(renew_at, |w| w.min(renew_at));
+            let mut until = wake.map_or(renew_at, |w| w.min(renew_at));
+            if replan_pending {
+                until = retry_at.map_or(until, |r| until.min(r));
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return TermEnd::Cancelled,
                 () = tokio::time::sleep_until(until) => {}
-                changed = self.entries.changed() => {
-                    if changed.is_ok() {
-                        let Some(new_plan) = self.reload(&plan).await else {
-                            return TermEnd::StoreError;
-                        };
-                        plan = new_plan;
-                    }
-                }
+                changed = self.entries.changed() => replan_pending |= changed.is_ok(),
             }
             if Instant::now() >= valid_until {
                 // Paused or starved past the TTL: another replica may lead already.
@@ -240,6 +256,7 @@ impl Beat {
                 let sent_at = Instant::now();
                 match self.leader.renew(lease).await {
                     Ok(true) => {
+                        self.store_ok();
                         self.metrics.lock_renewals.inc();
                         valid_until = sent_at + lease.ttl;
                         renew_at = sent_at + lease.ttl / 3;
@@ -252,6 +269,21 @@ impl Beat {
                     }
                 }
             }
+            if replan_pending && retry_at.is_none_or(|r| Instant::now() >= r) {
+                if let Some(new_plan) = self.reload().await {
+                    plan = new_plan;
+                    replan_pending = false;
+                    retry_at = None;
+                    retry.reset();
+                } else {
+                    // Keep the lease (and the old plan), try again shortly.
+                    retry_at = Some(Instant::now() + retry.next());
+                    continue;
+                }
+            }
+            if retry_at.is_some_and(|r| Instant::now() < r) {
+                continue;
+            }
             let due = plan.pop_due(self.clock.now());
             if due.is_empty() {
                 continue;
@@ -259,48 +291,76 @@ impl Beat {
             if Instant::now() >= valid_until {
                 return TermEnd::LeaseLost;
             }
-            if let Err(end) = self.emit(lease, &mut plan, due).await {
-                return end;
+            match self.emit(lease, &mut plan, &due).await {
+                Ok(()) => {
+                    retry_at = None;
+                    retry.reset();
+                }
+                // The store failed (the outcome is unknown): keep the lease and replan from
+                // the store once it answers, as a new term would: what was recorded is not
+                // sent again, fire times due within the takeover tolerance go out late, older
+                // ones follow the catch-up policy (the store was down). The lease deadline
+                // above still ends the term in time. Stepping down instead would leave the
+                // lock, unreleasable while the store is down, blocking every replica until
+                // the TTL runs out.
+                Err(TermEnd::StoreError) => {
+                    replan_pending = true;
+                    retry_at = Some(Instant::now() + retry.next());
+                }
+                Err(end) => return end,
             }
         }
     }
 
-    /// Loads the recorded state and plans the current entries from it.
+    /// Loads the recorded state, forgets entries that are no longer in the files, and plans
+    /// the current entries from it.
+    ///
+    /// Forgetting here, and not only on a reload seen by this process, is what removes the
+    /// state of an entry deleted while no replica ran, or while this one was a standby: the
+    /// state is shared, the plan is per process.
     async fn replan(&self) -> Option<Plan> {
-        match self.state.last_runs().await {
-            Ok(last) => {
-                let entries = self.entries.borrow().clone();
-                let plan = Plan::new(entries, &last, self.clock.now());
-                tracing::info!(entries = plan.entries().len(), "schedule planned");
-                Some(plan)
-            }
+        let entries = self.entries.borrow().clone();
+        let mut last = match self.state.last_runs().await {
+            Ok(last) => last,
             Err(e) => {
                 self.store_failed(&e);
-                None
+                return None;
             }
-        }
-    }
-
-    /// Replaces the plan after a reload and forgets the state of removed entries.
-    async fn reload(&mut self, old: &Plan) -> Option<Plan> {
-        let new_entries = self.entries.borrow_and_update().clone();
-        let removed: Vec<String> = old
-            .entries()
-            .iter()
-            .filter(|o| !new_entries.iter().any(|n| n.name == o.name))
-            .map(|o| o.name.clone())
+        };
+        let mut removed: Vec<String> = last
+            .keys()
+            .filter(|name| !entries.iter().any(|e| &e.name == *name))
+            .cloned()
             .collect();
         if !removed.is_empty() {
+            removed.sort();
             if let Err(e) = self.state.forget(&removed).await {
                 self.store_failed(&e);
                 return None;
             }
-            tracing::info!(removed = ?removed, "entries removed from the schedule");
+            for name in &removed {
+                last.remove(name);
+            }
+            tracing::info!(removed = ?removed, "state of entries no longer scheduled forgotten");
         }
+        let plan = Plan::with_tolerance(
+            entries,
+            &last,
+            self.clock.now(),
+            self.options.takeover_tolerance,
+        );
+        tracing::info!(entries = plan.entries().len(), "schedule planned");
+        Some(plan)
+    }
+
+    /// Replans from the current entries after a reload or a store error (the new plan
+    /// forgets removed entries).
+    async fn reload(&mut self) -> Option<Plan> {
+        self.entries.borrow_and_update();
         self.replan().await
     }
 
-    async fn emit(&self, lease: &Lease, plan: &mut Plan, due: Vec<Due>) -> Result<(), TermEnd> {
+    async fn emit(&self, lease: &Lease, plan: &mut Plan, due: &[Due]) -> Result<(), TermEnd> {
         let entries = plan.entries().clone();
         let fires: Vec<Fire> = due
             .iter()
@@ -308,6 +368,7 @@ impl Beat {
             .collect();
         match self.emitter.emit(lease, &fires).await {
             Ok(outcomes) => {
+                self.store_ok();
                 let now = self.clock.now();
                 for ((d, outcome), fire) in due.iter().zip(outcomes).zip(&fires) {
                     let entry = &entries[d.idx];

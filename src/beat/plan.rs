@@ -3,10 +3,11 @@
 
 use crate::beat_io::LastRun;
 use crate::entry::Entry;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Index of an entry in the plan's entry list.
 pub type EntryIdx = usize;
@@ -71,21 +72,48 @@ impl Plan {
         last_runs: &HashMap<String, LastRun>,
         now: DateTime<Utc>,
     ) -> Self {
+        Self::with_tolerance(entries, last_runs, now, Duration::ZERO)
+    }
+
+    /// Like [`Plan::new`], but when the catch-up policy sends nothing for an entry that ran
+    /// before (`none`, or a window too short), a fire time that came due at most `tolerance`
+    /// before `now` is sent as a late regular fire rather than skipped. A term that starts
+    /// after a graceful handover (the standby polls the lock every second) thus sends the
+    /// fire time that fell due during the poll, even under `catch_up = "none"`; `latest` and
+    /// `all` are unchanged (they already send it). Entries never run (or whose schedule
+    /// changed) still start from `now`, with no immediate fire.
+    #[must_use]
+    pub fn with_tolerance(
+        entries: Arc<[Entry]>,
+        last_runs: &HashMap<String, LastRun>,
+        now: DateTime<Utc>,
+        tolerance: Duration,
+    ) -> Self {
+        let tolerance = TimeDelta::from_std(tolerance).unwrap_or(TimeDelta::zero());
         let mut heap = BinaryHeap::with_capacity(entries.len());
         for (idx, entry) in entries.iter().enumerate() {
             let last = last_runs
                 .get(&entry.name)
                 .filter(|l| l.fingerprint.as_deref() == Some(fingerprint(entry).as_str()))
                 .and_then(|l| DateTime::from_timestamp_millis(l.fire_at_ms));
-            for at in entry.missed_fires(last, now) {
+            let missed = entry.missed_fires(last, now);
+            // The regular chain starts after `now`, or, when the policy caught nothing up,
+            // after `now - tolerance`: a fire time due within the tolerance goes out late.
+            // A last run in the future (another host's clock ran ahead) is never repeated.
+            let after = match last {
+                None => now,
+                Some(l) if missed.is_empty() => {
+                    l.max(now.checked_sub_signed(tolerance).unwrap_or(now))
+                }
+                Some(l) => l.max(now),
+            };
+            for at in missed {
                 heap.push(Reverse(Pending {
                     at,
                     idx,
                     catch_up: true,
                 }));
             }
-            // A last run in the future (another host's clock ran ahead) must not be repeated.
-            let after = last.map_or(now, |l| l.max(now));
             if let Some(at) = entry.next_fire_after(after) {
                 heap.push(Reverse(Pending {
                     at,

@@ -372,10 +372,8 @@ async fn a_store_outage_shorter_than_the_ttl_resumes_the_same_lease_and_catches_
         !status.store_reachable.load(Ordering::Relaxed),
         "outage not noticed"
     );
-    assert!(
-        !status.is_leader.load(Ordering::Relaxed),
-        "kept sending through an outage"
-    );
+    // Nothing can go out while the store is down; the lease is kept for the TTL.
+    assert_eq!(fired(&emitter, "tick").len(), 2, "sent through an outage");
     down.store(false, Ordering::SeqCst);
     settle(Duration::from_millis(3_000)).await;
     assert!(status.is_leader.load(Ordering::Relaxed));
@@ -393,4 +391,40 @@ async fn a_store_outage_shorter_than_the_ttl_resumes_the_same_lease_and_catches_
     );
     shutdown.cancel();
     task.await.unwrap();
+}
+
+#[test]
+fn a_fire_time_due_within_the_takeover_tolerance_is_sent_late_even_without_catch_up() {
+    use crate::beat_io::LastRun;
+    use std::collections::HashMap;
+    let entry = every("tick", 1, CatchUp::None);
+    let last = HashMap::from([(
+        "tick".to_string(),
+        LastRun {
+            fire_at_ms: t("2026-01-01T10:00:00Z").timestamp_millis(),
+            count: 1,
+            fingerprint: Some(plan::fingerprint(&entry)),
+        },
+    )]);
+    let now = t("2026-01-01T10:00:01.800Z");
+    let entries: Arc<[Entry]> = vec![entry.clone()].into();
+    // Without tolerance, `none` skips 10:00:01, which fell due before the term started.
+    let mut strict = Plan::new(entries.clone(), &last, now);
+    assert!(strict.pop_due(now).is_empty());
+    // Within it, 10:00:01 is a late regular fire.
+    let mut lenient = Plan::with_tolerance(entries.clone(), &last, now, Duration::from_secs(2));
+    let due = lenient.pop_due(now);
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].at, due[0].catch_up),
+        (t("2026-01-01T10:00:01Z"), false)
+    );
+    // Older than the tolerance: missed, per the policy (:01 and :02 are skipped).
+    let later = t("2026-01-01T10:00:04.500Z");
+    let mut old = Plan::with_tolerance(entries.clone(), &last, later, Duration::from_secs(2));
+    let due: Vec<_> = old.pop_due(later).iter().map(|d| d.at).collect();
+    assert_eq!(due, [t("2026-01-01T10:00:03Z")]);
+    // An entry that never ran still starts from now.
+    let mut fresh = Plan::with_tolerance(entries, &HashMap::new(), now, Duration::from_secs(2));
+    assert!(fresh.pop_due(now).is_empty());
 }

@@ -1,6 +1,6 @@
 //! The one integration-test binary: the real `beatd` binary (`env!("CARGO_BIN_EXE_beatd")`)
 //! and library against real processes and tools (redis-server, Python Celery,
-//! systemd-analyze, kubernetes-validate). One module per concern.
+//! systemd-analyze, kubernetes-validate). No mocks. One module per concern.
 
 mod util;
 
@@ -8,6 +8,12 @@ mod util;
 mod cli;
 // Embedded `beatd run`: the state-file lock, kill -9 and restart.
 mod embedded;
+// High availability: replicas, failover (kill -9, SIGSTOP, SIGTERM), Redis outages, restarts
+// and schedule changes; every (entry, fire time) in the queue exactly once.
+mod ha;
+// Helpers of `ha`: beat replicas with a temp schedule dir and a log file, queue reads,
+// readiness probes.
+mod ha_util;
 // Interoperability with real Python Celery (worker, beat, client) on a private redis-server.
 mod interop;
 // Operations: HTTP endpoints and metrics, systemd notify, reloads, deploy files, logs and
