@@ -12,7 +12,7 @@ use crate::config;
 use crate::entry::Entry;
 use crate::ops::http::{self, Health};
 use crate::ops::{metrics::Metrics, notify as sd};
-use crate::redis_edge::{BrokerUrl, ConnectOptions, Keys, RedisConn};
+use crate::redis_edge::{BrokerUrl, ConnectOptions, RedisConn};
 use crate::shutdown::Signals;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -89,6 +89,19 @@ impl Daemon {
         });
         self.tracker
             .spawn(sd::watchdog(|| true, self.signals.graceful.clone()));
+    }
+
+    /// Serves HTTP with readiness `ready`, tells systemd once ready, and runs until stopped.
+    pub(crate) async fn serve(
+        self,
+        ready: http::ReadyFn,
+        addr: Option<SocketAddr>,
+    ) -> Result<u8, Error> {
+        let health = Arc::new(Health::new(ready.clone(), self.metrics.clone()));
+        self.serve_http(addr, &health).await?;
+        self.notify_when_ready(ready);
+        self.wait(&health).await;
+        Ok(crate::app::exit::OK)
     }
 
     /// Waits for a stop signal, then for every task, within the grace.
@@ -215,26 +228,17 @@ pub async fn beat(
         let s = status.clone();
         Arc::new(move || s.store_reachable.load(Ordering::Relaxed))
     };
-    let health = Arc::new(Health::new(ready.clone(), d.metrics.clone()));
-    d.serve_http(settings::http_addr(&args.daemon, &file)?, &health)
-        .await?;
-    d.notify_when_ready(ready);
-    d.wait(&health).await;
-    Ok(crate::app::exit::OK)
+    d.serve(ready, settings::http_addr(&args.daemon, &file)?)
+        .await
 }
 
 /// The Redis implementations of the beat's ports.
 pub(crate) fn redis_parts(conn: &RedisConn, namespace: &str, ttl: Duration) -> BeatParts {
-    use crate::redis_edge::{EmitOptions, RedisEmitter, RedisLeader, RedisState};
-    let keys = Keys::new(namespace);
+    let b = crate::redis_edge::Backend::new(conn, namespace, ttl);
     BeatParts {
-        leader: Arc::new(RedisLeader::new(conn.clone(), keys.clone(), ttl)),
-        emitter: Arc::new(RedisEmitter::new(
-            conn.clone(),
-            keys.clone(),
-            EmitOptions::default(),
-        )),
-        state: Arc::new(RedisState::new(conn.clone(), keys)),
+        leader: b.leader,
+        emitter: b.emitter,
+        state: b.state,
     }
 }
 
@@ -302,10 +306,6 @@ pub async fn run(
         ));
         Arc::new(|| true)
     };
-    let health = Arc::new(Health::new(ready.clone(), d.metrics.clone()));
-    d.serve_http(settings::http_addr(&args.daemon, &file)?, &health)
-        .await?;
-    d.notify_when_ready(ready);
-    d.wait(&health).await;
-    Ok(crate::app::exit::OK)
+    d.serve(ready, settings::http_addr(&args.daemon, &file)?)
+        .await
 }

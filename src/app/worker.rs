@@ -5,7 +5,7 @@
 use crate::app::daemon::{self, Daemon};
 use crate::app::{settings, Error};
 use crate::config::{self, AppConfig};
-use crate::ops::http::{self, Health};
+use crate::ops::http;
 use crate::worker::{HeaderValue, TaskKind, TaskSpec};
 use crate::worker::{Registry, Shutdown, WorkerOptions};
 use std::sync::atomic::Ordering;
@@ -145,12 +145,8 @@ pub async fn worker(
     tracing::info!(tasks = ?registry.names(), queues = ?opts.queues, "worker starting");
     start_redis_worker(&d, opts, registry, &url)?;
     let ready: http::ReadyFn = redis_ready(conn, &d);
-    let health = Arc::new(Health::new(ready.clone(), d.metrics.clone()));
-    d.serve_http(settings::http_addr(&args.daemon, &file)?, &health)
-        .await?;
-    d.notify_when_ready(ready);
-    d.wait(&health).await;
-    Ok(crate::app::exit::OK)
+    d.serve(ready, settings::http_addr(&args.daemon, &file)?)
+        .await
 }
 
 /// Readiness from a background PING every 2 s.
