@@ -4,50 +4,12 @@
 
 use crate::app::daemon::{self, Daemon};
 use crate::app::{settings, Error};
-use crate::config::{self, AppConfig};
+use crate::config::AppConfig;
 use crate::ops::http;
-use crate::worker::{HeaderValue, TaskKind, TaskSpec};
 use crate::worker::{Registry, Shutdown, WorkerOptions};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The worker spec of one `[worker.tasks."<name>"]`.
-#[must_use]
-pub fn task_spec(def: &config::TaskDef) -> TaskSpec {
-    let kind = match &def.kind {
-        config::TaskKind::Exec { command, env, cwd } => TaskKind::Exec {
-            command: command.clone(),
-            env: env.clone(),
-            cwd: cwd.clone(),
-        },
-        config::TaskKind::Http {
-            url,
-            headers,
-            timeout,
-        } => TaskKind::Http {
-            url: url.clone(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        config::HeaderValue::Literal(s) => HeaderValue::Value(s.clone()),
-                        config::HeaderValue::Env(var) => HeaderValue::Env(var.clone()),
-                    };
-                    (k.clone(), v)
-                })
-                .collect(),
-            timeout: *timeout,
-        },
-    };
-    TaskSpec {
-        kind,
-        time_limit: def.time_limit,
-        max_retries: def.max_retries,
-        retry_backoff: def.retry_backoff,
-        ignore_result: def.ignore_result,
-    }
-}
 
 /// The registry of every configured task.
 ///
@@ -57,7 +19,7 @@ pub fn registry(file: &AppConfig) -> Result<Registry, Error> {
     let mut registry = Registry::new();
     for (name, def) in &file.worker.tasks {
         registry
-            .add_spec(name.clone(), &task_spec(def))
+            .add_spec(name.clone(), def)
             .map_err(|e| Error::Other(format!("task {name:?}: {}", crate::error_chain(&e))))?;
     }
     Ok(registry)

@@ -40,10 +40,10 @@ impl HttpHandler {
         for (name, value) in headers {
             let env_var = match value {
                 HeaderValue::Env(var) => Some(var.clone()),
-                HeaderValue::Value(_) => None,
+                HeaderValue::Literal(_) => None,
             };
             let value = match value {
-                HeaderValue::Value(v) => v.clone(),
+                HeaderValue::Literal(v) => v.clone(),
                 HeaderValue::Env(var) => std::env::var(var).map_err(|_| Error::MissingEnv {
                     task: task.into(),
                     var: var.clone(),

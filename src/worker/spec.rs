@@ -1,26 +1,15 @@
-//! How a task is run, as configured: the worker's mirror of `[worker.tasks."<name>"]` in
-//! beatd.toml (`config::TaskDef`), kept free of config parsing so the lead can map one to
-//! the other field for field. Owns no execution; see `exec`, `http` and `registry`.
+//! How a task is run, as configured: `[worker.tasks."<name>"]` of beatd.toml
+//! (`config::TaskDef`) and the options the worker derives from it. Owns no execution; see
+//! `exec`, `http` and `registry`.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
-/// One configured task.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskSpec {
-    /// What running it means.
-    pub kind: TaskKind,
-    /// Hard limit per run; the run is killed and fails with `TimeLimitExceeded`. A message's
-    /// own `timelimit` header (hard part) wins when set.
-    pub time_limit: Option<Duration>,
-    /// Retries after a retryable failure (non-zero exit, HTTP 5xx or connection error).
-    pub max_retries: u32,
-    /// Delay before the first retry; doubles on each further retry, capped at one hour.
-    pub retry_backoff: Duration,
-    /// Store no result (Celery's `ignore_result`); a message header `ignore_result` wins.
-    pub ignore_result: bool,
-}
+/// Task kinds and header values are the ones `beatd.toml` defines: one type from the file to
+/// the runner.
+pub use crate::config::{HeaderValue, TaskKind};
+
+/// One configured task: `[worker.tasks."<name>"]` of beatd.toml, or built in code.
+pub type TaskSpec = crate::config::TaskDef;
 
 impl TaskSpec {
     /// A spec of `kind` with no limit, no retries, 1 s backoff, results stored.
@@ -81,39 +70,6 @@ impl TaskOptions {
             .checked_mul(factor)
             .map_or(CAP, |d| d.min(CAP))
     }
-}
-
-/// The kinds of configured tasks.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TaskKind {
-    /// Run a program directly (never through a shell).
-    Exec {
-        /// Program and its arguments; the message's args are never spliced in.
-        command: Vec<String>,
-        /// Extra environment variables.
-        env: BTreeMap<String, String>,
-        /// Working directory; the worker's when `None`.
-        cwd: Option<PathBuf>,
-    },
-    /// POST the task as JSON to a URL.
-    Http {
-        /// Target URL.
-        url: String,
-        /// Request headers.
-        headers: BTreeMap<String, HeaderValue>,
-        /// Per-request timeout; 30 s when `None`.
-        timeout: Option<Duration>,
-    },
-}
-
-/// A configured HTTP header value: literal, or read from the environment (secrets).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderValue {
-    /// The value itself.
-    Value(String),
-    /// The name of an environment variable holding it (`{ env = "VAR" }`); it must be set
-    /// when the task is registered and is re-read on every request.
-    Env(String),
 }
 
 #[cfg(test)]

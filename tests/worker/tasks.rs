@@ -87,7 +87,7 @@ fn http(url: String, retries: u32) -> TaskSpec {
         "X-Token".to_string(),
         HeaderValue::Env("BEATD_TEST_TOKEN".into()),
     );
-    headers.insert("X-Plain".to_string(), HeaderValue::Value("v".into()));
+    headers.insert("X-Plain".to_string(), HeaderValue::Literal("v".into()));
     let mut spec = TaskSpec::new(TaskKind::Http {
         url,
         headers,
