@@ -26,10 +26,17 @@ timezone = "Europe/Pari"
 
 #[test]
 fn check_reports_every_problem_with_file_line_column_and_exits_1() {
-    let dir = project(&[("schedules/a.toml", BROKEN_A), ("schedules/b.toml", BROKEN_B)]);
+    let dir = project(&[
+        ("schedules/a.toml", BROKEN_A),
+        ("schedules/b.toml", BROKEN_B),
+    ]);
     let out = output(beatd(dir.path()).arg("check"));
     let (stdout, stderr) = texts(&out);
-    assert_eq!(out.status.code(), Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
     for expected in [
         "schedules/a.toml:4:12: error: invalid `cron`: invalid hour field \"25\"",
         "schedules/a.toml:5:1: error: unknown key `tmezone`",
@@ -41,10 +48,16 @@ fn check_reports_every_problem_with_file_line_column_and_exits_1() {
         "schedules/b.toml:5:12: error: unknown time zone `Europe/Pari`",
         "did you mean `Europe/Paris`?",
     ] {
-        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
     // The source line and a caret under the bad cron field.
-    assert!(stderr.contains("4 | cron = \"30 25 * * *\"\n  |            ^^\n"), "{stderr}");
+    assert!(
+        stderr.contains("4 | cron = \"30 25 * * *\"\n  |            ^^\n"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -76,7 +89,10 @@ fn a_one_off_in_the_past_is_a_warning_not_an_error() {
     let out = output(beatd(dir.path()).arg("check"));
     let (stdout, stderr) = texts(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-    assert!(stderr.contains("schedules/x.toml:4:6: warning:"), "{stderr}");
+    assert!(
+        stderr.contains("schedules/x.toml:4:6: warning:"),
+        "{stderr}"
+    );
 }
 
 const PARIS: &str = r#"[[entry]]
@@ -126,13 +142,20 @@ fn next_json_is_the_documented_shape_across_a_dst_gap() {
 #[test]
 fn next_text_shows_local_and_utc_for_every_entry() {
     let dir = project(&[("schedules/p.toml", PARIS)]);
-    let out = output(beatd(dir.path()).args(["next", "--from", "2026-11-23T10:00:10Z", "--count", "2"]));
+    let out =
+        output(beatd(dir.path()).args(["next", "--from", "2026-11-23T10:00:10Z", "--count", "2"]));
     let (stdout, stderr) = texts(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stdout.contains("paris-0230 (Europe/Paris)"), "{stdout}");
-    assert!(stdout.contains("2026-11-24T02:30:00+01:00  2026-11-24T01:30:00Z"), "{stdout}");
+    assert!(
+        stdout.contains("2026-11-24T02:30:00+01:00  2026-11-24T01:30:00Z"),
+        "{stdout}"
+    );
     assert!(stdout.contains("half-minute (UTC)"), "{stdout}");
-    assert!(stdout.contains("2026-11-23T10:00:30+00:00  2026-11-23T10:00:30Z"), "{stdout}");
+    assert!(
+        stdout.contains("2026-11-23T10:00:30+00:00  2026-11-23T10:00:30Z"),
+        "{stdout}"
+    );
     assert!(stdout.contains("2026-11-23T10:01:00+00:00"), "{stdout}");
 }
 

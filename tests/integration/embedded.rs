@@ -47,7 +47,10 @@ fn a_second_run_on_the_same_state_file_refuses_to_start() {
     std::fs::write(dir.path().join("beatd.toml"), config(dir.path())).unwrap();
     let mut first = start(dir.path(), "first.log");
     assert!(
-        wait_for(Duration::from_secs(20), || dir.path().join("beatd-state.json.lock").exists()),
+        wait_for(Duration::from_secs(20), || dir
+            .path()
+            .join("beatd-state.json.lock")
+            .exists()),
         "first beatd never took the lock"
     );
     let out = output(beatd(dir.path()).args(["run", "--http-addr", "off"]));
@@ -74,7 +77,8 @@ fn kill_9_then_restart_repeats_nothing_and_catches_up() {
     std::thread::sleep(Duration::from_secs(3));
     let mut second = start(dir.path(), "second.log");
     assert!(
-        wait_for(Duration::from_secs(30), || runs(dir.path()).len() >= before + 6),
+        wait_for(Duration::from_secs(30), || runs(dir.path()).len()
+            >= before + 6),
         "no runs after the restart: {}",
         std::fs::read_to_string(dir.path().join("second.log")).unwrap_or_default()
     );
@@ -92,8 +96,14 @@ fn kill_9_then_restart_repeats_nothing_and_catches_up() {
         .collect();
     let span = secs.last().unwrap() - secs.first().unwrap() + 1;
     let missing = span - i64::try_from(secs.len()).unwrap();
-    assert!(missing <= 1, "{missing} fire times lost across the restart: {all:?}");
+    assert!(
+        missing <= 1,
+        "{missing} fire times lost across the restart: {all:?}"
+    );
     // The downtime (≥ 3 s) was caught up, so the restart sent at least those fire times.
     let second_log = std::fs::read_to_string(dir.path().join("second.log")).unwrap();
-    assert!(second_log.contains("catch_up=true"), "no catch-up fire logged:\n{second_log}");
+    assert!(
+        second_log.contains("catch_up=true"),
+        "no catch-up fire logged:\n{second_log}"
+    );
 }

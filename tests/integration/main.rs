@@ -7,3 +7,5 @@ mod util;
 mod cli;
 // Embedded `beatd run`: the state-file lock, kill -9 and restart.
 mod embedded;
+// The chaos run (short) and its invariant checker.
+mod chaos;

@@ -55,7 +55,11 @@ pub fn texts(out: &Output) -> (String, String) {
 
 /// Spawns with stdout and stderr appended to `log`.
 pub fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     cmd.stdin(Stdio::null())
         .stdout(f.try_clone().unwrap())
         .stderr(f)
