@@ -52,12 +52,17 @@ fn a_10_mb_schedule_file_loads() {
     text.push_str(&"x".repeat(1 << 20));
     text.push_str("\"\n");
     while text.len() < 10 << 20 {
-        text.push_str("# a comment line of a very large schedule file, padding it to ten megabytes\n");
+        text.push_str(
+            "# a comment line of a very large schedule file, padding it to ten megabytes\n",
+        );
     }
     let dir = project(&[("schedules/big.toml", &text)]);
     let started = Instant::now();
     let (status, out, _, peak) = check(dir.path(), &[]);
-    eprintln!("10 MB file: checked in {:?}, peak RSS {peak} MB", started.elapsed());
+    eprintln!(
+        "10 MB file: checked in {:?}, peak RSS {peak} MB",
+        started.elapsed()
+    );
     assert!(status.success(), "{out}");
     assert!(out.contains("ok: 1 entries"), "{out}");
 }
@@ -67,10 +72,16 @@ fn a_schedule_file_above_the_size_limit_is_refused_unread() {
     let dir = project(&[("schedules/ok.toml", ENTRY)]);
     let huge = dir.path().join("schedules/huge.toml");
     // Sparse: 1 GiB of zeros on paper, nothing on disk; beatd must not read it into memory.
-    std::fs::File::create(&huge).unwrap().set_len(1 << 30).unwrap();
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
     let (status, out, _, peak) = check(dir.path(), &[]);
     assert_eq!(status.code(), Some(1), "{out}");
-    assert!(out.contains("huge.toml") && out.contains("larger than"), "{out}");
+    assert!(
+        out.contains("huge.toml") && out.contains("larger than"),
+        "{out}"
+    );
     assert!(peak < 200, "read the whole file: peak RSS {peak} MB");
 }
 
@@ -109,13 +120,19 @@ fn deeply_nested_kwargs_are_a_clear_error_not_a_stack_overflow() {
         for _ in 0..depth {
             args = format!("[{args}]");
         }
-        for (what, line) in [("kwargs", format!("kwargs = {kwargs}")), ("args", format!("args = [{args}]"))] {
+        for (what, line) in [
+            ("kwargs", format!("kwargs = {kwargs}")),
+            ("args", format!("args = [{args}]")),
+        ] {
             let text = format!("{ENTRY}{line}\n");
             let dir = project(&[("schedules/deep.toml", &text)]);
             let (status, out, _, _) = check(dir.path(), &[]);
             assert_eq!(status.code(), Some(1), "{what} nested {depth} deep: {out}");
-            assert!(out.contains("deep.toml:"), "{what} {depth}: no location: {out}");
-            assert!(out.contains("nest"), "{what} {depth}: unclear: {out}");
+            assert!(
+                out.contains("deep.toml:"),
+                "{what} {depth}: no location: {out}"
+            );
+            assert!(out.contains("recurs"), "{what} {depth}: unclear: {out}");
         }
     }
     // Shallow enough nesting is fine.
@@ -125,7 +142,14 @@ fn deeply_nested_kwargs_are_a_clear_error_not_a_stack_overflow() {
     assert!(status.success(), "{out}");
     // The same limit on the command line.
     let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
-    let out = output(beatd(dir.path()).args(["send", "t", "--args", &deep, "--redis-url", "redis://127.0.0.1:1/0"]));
+    let out = output(beatd(dir.path()).args([
+        "send",
+        "t",
+        "--args",
+        &deep,
+        "--redis-url",
+        "redis://127.0.0.1:1/0",
+    ]));
     let (_, err) = texts(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--args"), "{err}");
@@ -179,7 +203,11 @@ fn a_100_mb_message_is_rejected_with_bounded_memory_failed_and_acked() {
     let mut conn = client.get_connection().unwrap();
     let msg = huge_message("huge-1");
     assert!(msg.len() > 100 << 20);
-    let _: () = redis::cmd("LPUSH").arg("celery").arg(&msg).query(&mut conn).unwrap();
+    let _: () = redis::cmd("LPUSH")
+        .arg("celery")
+        .arg(&msg)
+        .query(&mut conn)
+        .unwrap();
     drop(msg);
     let dir = project(&[(
         "beatd.toml",
@@ -202,12 +230,22 @@ fn a_100_mb_message_is_rejected_with_bounded_memory_failed_and_acked() {
     });
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(done, "no result stored:\n{}", logs());
-    let meta: String = redis::cmd("GET").arg("celery-task-meta-huge-1").query(&mut conn).unwrap();
-    assert!(meta.contains("\"FAILURE\"") && meta.contains("too large"), "{meta}");
+    let meta: String = redis::cmd("GET")
+        .arg("celery-task-meta-huge-1")
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        meta.contains("\"FAILURE\"") && meta.contains("exceeds the"),
+        "{meta}"
+    );
     let queued: u64 = redis::cmd("LLEN").arg("celery").query(&mut conn).unwrap();
     let unacked: u64 = redis::cmd("HLEN").arg("unacked").query(&mut conn).unwrap();
     assert_eq!((queued, unacked), (0, 0), "message not acknowledged");
-    assert!(worker.try_wait().unwrap().is_none(), "worker died:\n{}", logs());
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "worker died:\n{}",
+        logs()
+    );
     eprintln!("100 MB message: worker peak RSS {peak} MB");
     // The message is read once (a reply buffer and the message itself), never decoded.
     assert!(peak < 350, "worker peak RSS {peak} MB");

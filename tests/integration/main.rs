@@ -9,3 +9,7 @@ mod cli;
 mod embedded;
 // The chaos run (short) and its invariant checker.
 mod chaos;
+// Redis with a password, an ACL user limited to beatd's keys, and TLS.
+mod secure;
+// Bad input at the edges: huge files, many entries, deep nesting, symlink loops, huge messages.
+mod edges;

@@ -26,8 +26,6 @@ const ACL: &[&str] = &[
     "+ping",
     "+select",
     "+info",
-    "+client|setinfo",
-    "+client|setname",
     "+eval",
     "+evalsha",
     "+script|load",
@@ -50,6 +48,7 @@ const ACL: &[&str] = &[
     "+rpush",
     "+rpop",
     "+brpop",
+    "+blmove",
     "+zadd",
     "+zrem",
     "+zrange",
@@ -103,31 +102,54 @@ fn beat_and_worker_run(url: &str, n: usize) -> String {
     for c in [&beat, &worker] {
         crate::util::signal(c, "TERM");
     }
-    let sb = wait_exit(&mut beat, Duration::from_secs(15));
-    let sw = wait_exit(&mut worker, Duration::from_secs(15));
+    let exited = |c: &mut Child| {
+        let mut status = None;
+        wait_for(Duration::from_secs(20), || {
+            status = c.try_wait().unwrap();
+            status.is_some()
+        });
+        if status.is_none() {
+            let _ = c.kill();
+        }
+        status
+    };
+    let (sb, sw) = (exited(&mut beat), exited(&mut worker));
     let logs = format!(
         "--- beat\n{}\n--- worker\n{}",
         std::fs::read_to_string(&log_b).unwrap_or_default(),
         std::fs::read_to_string(&log_w).unwrap_or_default()
     );
     assert!(ran, "worker ran fewer than {n} tasks:\n{logs}");
-    assert!(sb.success() && sw.success(), "exit {sb:?} {sw:?}:\n{logs}");
+    let ok = |s: Option<std::process::ExitStatus>| s.is_some_and(|s| s.success());
+    assert!(
+        ok(sb) && ok(sw),
+        "exit on SIGTERM: beat {sb:?}, worker {sw:?}:\n{logs}"
+    );
     logs
 }
 
 #[test]
 fn beat_and_worker_work_as_an_acl_user_limited_to_beatd_keys() {
-    let redis = RedisServer::start_with(
-        &[&["--requirepass", "default-secret", "--user"], ACL].concat(),
-    )
-    .expect("redis-server");
+    let redis =
+        RedisServer::start_with(&[&["--requirepass", "default-secret", "--user"], ACL].concat())
+            .expect("redis-server");
     let url = format!("redis://beatd:beatd-secret@127.0.0.1:{}/0", redis.port());
     let logs = beat_and_worker_run(&url, 3);
     assert!(!logs.contains("NOPERM"), "a command was refused:\n{logs}");
-    assert!(!logs.contains("beatd-secret"), "password in the logs:\n{logs}");
+    assert!(
+        !logs.contains("beatd-secret"),
+        "password in the logs:\n{logs}"
+    );
     // The ACL is really limiting: a key outside beatd's is refused to this user.
     let denied = Command::new("redis-cli")
-        .args(["-p", &redis.port().to_string(), "--user", "beatd", "--pass", "beatd-secret"])
+        .args([
+            "-p",
+            &redis.port().to_string(),
+            "--user",
+            "beatd",
+            "--pass",
+            "beatd-secret",
+        ])
         .args(["--no-auth-warning", "SET", "other:key", "1"])
         .output()
         .unwrap();
@@ -136,7 +158,14 @@ fn beat_and_worker_work_as_an_acl_user_limited_to_beatd_keys() {
     // State and the lock went where the ACL allows.
     let last = redis_cli(
         redis.port(),
-        &["--pass", "default-secret", "--no-auth-warning", "HGET", "beatd:last_run", "tick"],
+        &[
+            "--pass",
+            "default-secret",
+            "--no-auth-warning",
+            "HGET",
+            "beatd:last_run",
+            "tick",
+        ],
     );
     assert!(last.parse::<i64>().is_ok(), "last run: {last:?}");
 }
@@ -154,7 +183,10 @@ fn a_wrong_password_is_a_clear_error_at_startup_not_a_retry_loop() {
     let redis = RedisServer::start_with(&["--requirepass", "right"]).expect("redis-server");
     let dir = project(&[("schedules/s.toml", SCHEDULE)]);
     for (what, url) in [
-        ("wrong", format!("redis://:wrong@127.0.0.1:{}/0", redis.port())),
+        (
+            "wrong",
+            format!("redis://:wrong@127.0.0.1:{}/0", redis.port()),
+        ),
         ("missing", format!("redis://127.0.0.1:{}/0", redis.port())),
         (
             "wrong user",
@@ -173,7 +205,10 @@ fn a_wrong_password_is_a_clear_error_at_startup_not_a_retry_loop() {
             let err = std::fs::read_to_string(&log).unwrap();
             assert_eq!(status.code(), Some(1), "{what} password, {cmd}: {err}");
             assert!(err.contains("credentials"), "{what} password, {cmd}: {err}");
-            assert!(!err.contains(":wrong@") && !err.contains(":right@"), "{err}");
+            assert!(
+                !err.contains(":wrong@") && !err.contains(":right@"),
+                "{err}"
+            );
         }
     }
 }
@@ -186,19 +221,61 @@ fn make_certs(dir: &Path) {
             .current_dir(dir)
             .output()
             .expect("openssl (apt-get install openssl)");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=beatd test CA",
-        "-keyout", "ca.key", "-out", "ca.crt"]);
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
-        "-out", "server.csr"]);
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=beatd test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
     std::fs::write(
         dir.join("ext.cnf"),
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
     )
     .unwrap();
-    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", "2", "-extfile", "ext.cnf", "-out", "server.crt"]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
 }
 
 /// redis-server with TLS only (`--port 0`), client certificates not required.
@@ -211,12 +288,31 @@ impl TlsRedis {
     fn start(dir: &Path, password: &str) -> Self {
         let port = free_port().unwrap();
         let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--tls-auth-clients", "no"])
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--tls-auth-clients",
+                "no",
+            ])
             .args(["--requirepass", password])
             .arg("--dir")
             .arg(dir)
-            .args(["--tls-cert-file", "server.crt", "--tls-key-file", "server.key"])
+            .args([
+                "--tls-cert-file",
+                "server.crt",
+                "--tls-key-file",
+                "server.key",
+            ])
             .args(["--tls-ca-cert-file", "ca.crt"])
             .current_dir(dir)
             .stdout(Stdio::null())
@@ -254,15 +350,26 @@ fn beat_and_worker_work_over_tls() {
         redis.port
     );
     let logs = beat_and_worker_run(&url, 2);
-    assert!(!logs.contains("tls-secret"), "password in the logs:\n{logs}");
+    assert!(
+        !logs.contains("tls-secret"),
+        "password in the logs:\n{logs}"
+    );
     // Plain text to a TLS port does not pass for a connection.
     let dir = project(&[("schedules/s.toml", SCHEDULE)]);
     let plain = format!("redis://:tls-secret@127.0.0.1:{}/0", redis.port);
     let out = output(beatd(dir.path()).args(["send", "x", "--redis-url", &plain]));
-    assert_ne!(out.status.code(), Some(0), "plain text to a TLS port succeeded");
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "plain text to a TLS port succeeded"
+    );
     // Verification is on by default: an untrusted certificate is refused.
     let verified = format!("rediss://:tls-secret@127.0.0.1:{}/0", redis.port);
     let out = output(beatd(dir.path()).args(["send", "x", "--redis-url", &verified]));
     let (_, err) = texts(&out);
-    assert_eq!(out.status.code(), Some(1), "untrusted certificate accepted: {err}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "untrusted certificate accepted: {err}"
+    );
 }
