@@ -492,7 +492,33 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         sleep(Duration::from_millis(50)).await;
     }
 
-    // Recovery: everything runs again; wait for the entries to reach their end and the queue
+    // Everything runs again: processes still stopping are waited for, then started.
+    for p in &mut procs {
+        match p.state {
+            State::Stopped(_) => {
+                p.signal("CONT");
+                p.state = State::Running;
+            }
+            State::Terminating(_) => {
+                for _ in 0..300 {
+                    if p.exited() {
+                        break;
+                    }
+                    sleep(Duration::from_millis(50)).await;
+                }
+                if !p.exited() {
+                    say(&format!("{} did not stop on SIGTERM; kill -9", p.name));
+                    *faults.entry("term_timeout").or_default() += 1;
+                }
+                p.kill9();
+                p.start(&opts.beatd)?;
+            }
+            State::Down(_) => p.start(&opts.beatd)?,
+            State::Running => {}
+        }
+    }
+
+    // Recovery: wait for the entries to reach their end and the queue
     // to drain. A dead worker's unacked messages come back when a worker starts after the
     // visibility timeout, so one is restarted while some remain.
     say("fault phase over; recovering");
@@ -509,6 +535,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         for p in &mut procs {
             if p.exited() {
                 crashes += 1;
+                say(&format!("{} exited by itself; restarting", p.name));
                 p.start(&opts.beatd)?;
             }
         }

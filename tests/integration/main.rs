@@ -13,3 +13,5 @@ mod chaos;
 mod secure;
 // Bad input at the edges: huge files, many entries, deep nesting, symlink loops, huge messages.
 mod edges;
+// Property tests of next-fire computation against a minute-by-minute DST reference.
+mod schedule_props;
