@@ -118,7 +118,13 @@ pub(crate) async fn pop_marked(
     let Some(mut reply) = reply.filter(|r| !r.is_empty()) else {
         return Ok(None);
     };
-    let bytes = |v: redis::Value| -> RedisResult<Vec<u8>> { redis::from_redis_value(&v) };
+    // Moved out, not converted: a message may be many megabytes.
+    let bytes = |v: redis::Value| -> RedisResult<Vec<u8>> {
+        match v {
+            redis::Value::BulkString(b) => Ok(b),
+            other => redis::from_redis_value(&other),
+        }
+    };
     let rest = reply.split_off(1);
     let key = String::from_utf8_lossy(&bytes(reply.remove(0))?).into_owned();
     let mut out = Vec::with_capacity(rest.len() / 2);
