@@ -160,7 +160,10 @@ fn expand(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     let mut files = Vec::new();
     for item in std::fs::read_dir(path).map_err(io)? {
         let p = item.map_err(io)?.path();
-        if p.extension().is_some_and(|e| e == "toml") && p.is_file() {
+        // Not `is_file()`: it is false for a `*.toml` that cannot be resolved (a symlink loop, a
+        // dangling link), and skipping one silently would drop its entries — and then their
+        // last-run state, as "removed from the files". Reading it reports why it cannot be read.
+        if p.extension().is_some_and(|e| e == "toml") && !p.is_dir() {
             files.push(p);
         }
     }
@@ -168,15 +171,36 @@ fn expand(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     Ok(files)
 }
 
+/// Largest schedule file read. Far above any real schedule (100,000 entries are about 6 MiB),
+/// and it keeps a wrong `--schedules` path (a log, a device, a sparse file) from being read
+/// into memory whole.
+pub const MAX_SCHEDULE_FILE_BYTES: u64 = 64 << 20;
+
 /// Reads a file as UTF-8; a file that is not gets an error at its first bad byte.
 pub(crate) fn read(path: &Path) -> Result<SourceFile, Diagnostic> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Diagnostic::whole_file(
-            diagnostic::Severity::Error,
-            path,
-            format!("cannot read: {e}"),
-        )
-    })?;
+    use std::io::Read as _;
+    let fail = |msg: String| Diagnostic::whole_file(diagnostic::Severity::Error, path, msg);
+    let too_large = || {
+        fail(format!(
+            "file is larger than {} MiB; not a schedule file?",
+            MAX_SCHEDULE_FILE_BYTES >> 20
+        ))
+    };
+    let mut bytes = Vec::new();
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    // A regular file's size is known without reading it; a pipe's or device's is not.
+    if file
+        .metadata()
+        .is_ok_and(|m| m.len() > MAX_SCHEDULE_FILE_BYTES)
+    {
+        return Err(too_large());
+    }
+    file.take(MAX_SCHEDULE_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_SCHEDULE_FILE_BYTES {
+        return Err(too_large());
+    }
     decode(path, bytes)
 }
 

@@ -1,6 +1,6 @@
 //! kombu's Redis transport as a consumer sees it (celery-wire §5, §8): the BRPOP key order
-//! over priority sub-queues, the `unacked` hash and `unacked_index` sorted set written in
-//! one MULTI per batch, ack as `MULTI ZREM HDEL`, and returning a message to its list. Owns
+//! over priority sub-queues, the `unacked` hash and `unacked_index` sorted set (written in the
+//! same script that takes the messages, where kombu uses a later MULTI), ack as `MULTI ZREM HDEL`, and returning a message to its list. Owns
 //! the key names and byte layout; when to call these is the consumer's business.
 
 use crate::protocol::{priority_list_key, PRIORITY_STEPS};
@@ -52,41 +52,136 @@ impl Delivery {
     }
 }
 
-/// Blocks up to `timeout_secs` for a message on `keys`, then takes up to `extra` more
-/// from the same list without blocking. Returns the list and the messages, oldest first.
-pub(crate) async fn pop_batch(
+/// Takes up to `max` messages from the first non-empty list of `keys` and records each as
+/// unacknowledged, in one script, so no message is ever off its list without being in
+/// `unacked`: kombu's `BRPOP` followed by a separate `MULTI` loses the message when the worker
+/// dies, or Redis restarts, or the reply is lost, between the two (found by the chaos run: a
+/// worker paused with a `BRPOP` reply in its socket while Redis restarted). The value stored is
+/// kombu's `[envelope, exchange, routing_key]`. Messages that are not JSON objects with a
+/// `properties.delivery_tag`, or larger than `max_bytes` (never decoded inside Redis), are
+/// taken without being recorded: the worker rejects them and has nothing to acknowledge.
+const POP_SCRIPT: &str = r"
+local n, now, max_bytes = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+for i = 3, #KEYS do
+  local msgs = redis.call('RPOP', KEYS[i], n)
+  if msgs then
+    local out = {KEYS[i]}
+    for _, m in ipairs(msgs) do
+      local tag = ''
+      if #m <= max_bytes then
+        local ok, env = pcall(cjson.decode, m)
+        if ok and type(env) == 'table' and type(env.properties) == 'table' then
+          local p = env.properties
+          local info = type(p.delivery_info) == 'table' and p.delivery_info or {}
+          if type(p.delivery_tag) == 'string' then
+            tag = p.delivery_tag
+            local ex = type(info.exchange) == 'string' and info.exchange or ''
+            local rk = type(info.routing_key) == 'string' and info.routing_key or ''
+            redis.call('ZADD', KEYS[2], now, tag)
+            redis.call('HSET', KEYS[1], tag,
+              '[' .. m .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']')
+          end
+        end
+      end
+      out[#out + 1] = tag
+      out[#out + 1] = m
+    end
+    return out
+  end
+end
+return false
+";
+
+/// One message taken by [`pop_marked`]: its bytes and the delivery tag it was recorded under
+/// in `unacked` (empty when it was not recorded).
+pub(crate) type Popped = (String, Vec<u8>);
+
+/// Takes up to `max` messages from the first non-empty list of `keys`, recording them as
+/// unacknowledged atomically (see [`POP_SCRIPT`]). Returns the list and the messages, oldest
+/// first, or `None` when every list is empty.
+pub(crate) async fn pop_marked(
     conn: &mut ConnectionManager,
     keys: &[String],
-    timeout_secs: f64,
-    extra: usize,
-) -> RedisResult<Option<(String, Vec<Vec<u8>>)>> {
-    let first: Option<(String, Vec<u8>)> = redis::cmd("BRPOP")
-        .arg(keys)
-        .arg(brpop_timeout(timeout_secs))
-        .query_async(conn)
-        .await?;
-    let Some((key, msg)) = first else {
+    max: usize,
+    now_unix: f64,
+    max_bytes: usize,
+) -> RedisResult<Option<(String, Vec<Popped>)>> {
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(POP_SCRIPT));
+    let mut inv = SCRIPT.key(UNACKED);
+    inv.key(UNACKED_INDEX);
+    for k in keys {
+        inv.key(k);
+    }
+    inv.arg(max.max(1)).arg(now_unix).arg(max_bytes);
+    let reply: Option<Vec<redis::Value>> = inv.invoke_async(conn).await?;
+    let Some(mut reply) = reply.filter(|r| !r.is_empty()) else {
         return Ok(None);
     };
-    let mut batch = vec![msg];
-    if extra > 0 {
-        // The first message is already off the list: an error here (Redis before 6.2 has no
-        // RPOP count, or the connection dropped) must not lose it.
-        let more: RedisResult<Option<Vec<Vec<u8>>>> = redis::cmd("RPOP")
-            .arg(&key)
-            .arg(extra)
-            .query_async(conn)
-            .await;
-        match more {
-            Ok(more) => batch.extend(more.unwrap_or_default()),
-            Err(e) => tracing::debug!(error = %e, "batch pop failed; taking one message"),
+    // Moved out, not converted: a message may be many megabytes.
+    let bytes = |v: redis::Value| -> RedisResult<Vec<u8>> {
+        match v {
+            redis::Value::BulkString(b) => Ok(b),
+            other => redis::from_redis_value(&other),
         }
+    };
+    let rest = reply.split_off(1);
+    let key = String::from_utf8_lossy(&bytes(reply.remove(0))?).into_owned();
+    let mut out = Vec::with_capacity(rest.len() / 2);
+    let mut it = rest.into_iter();
+    while let (Some(tag), Some(msg)) = (it.next(), it.next()) {
+        out.push((
+            String::from_utf8_lossy(&bytes(tag)?).into_owned(),
+            bytes(msg)?,
+        ));
     }
-    Ok(Some((key, batch)))
+    Ok(Some((key, out)))
 }
 
-/// Redis before 6.0 takes only whole seconds: send `1`, as kombu does, unless a fraction is
-/// really wanted.
+/// Blocks up to `timeout_secs` until one of `keys` has a message, without taking it
+/// (`BLMOVE key key RIGHT RIGHT` moves the oldest message onto itself). One connection per
+/// key, since a blocking command holds its connection. Cancelling it is safe: nothing moves.
+pub(crate) async fn wait_any(
+    conns: &[ConnectionManager],
+    keys: &[String],
+    timeout_secs: f64,
+) -> RedisResult<bool> {
+    let mut set = tokio::task::JoinSet::new();
+    for (conn, key) in conns.iter().zip(keys) {
+        let (mut conn, key) = (conn.clone(), key.clone());
+        set.spawn(async move {
+            redis::cmd("BLMOVE")
+                .arg(&key)
+                .arg(&key)
+                .arg("RIGHT")
+                .arg("RIGHT")
+                .arg(brpop_timeout(timeout_secs))
+                .query_async::<Option<redis::Value>>(&mut conn)
+                .await
+                .map(|v| v.is_some())
+        });
+    }
+    let mut result = Ok(false);
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(Ok(true)) => {
+                result = Ok(true);
+                break;
+            }
+            Ok(Ok(false)) | Err(_) => {}
+            Ok(Err(e)) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    // The others end within the timeout; their replies are read and dropped by their
+    // connections' drivers.
+    set.detach_all();
+    result
+}
+
+/// Whole seconds print as integers (`1`, as kombu sends), fractions with millisecond precision.
 fn brpop_timeout(secs: f64) -> String {
     if secs.fract() == 0.0 {
         format!("{secs:.0}")
@@ -184,21 +279,6 @@ pub(crate) async fn finish(
         .arg(payload)
         .invoke_async(conn)
         .await
-}
-
-/// Returns messages popped by [`pop_batch`] but never tracked, in their original order.
-pub(crate) async fn push_back(
-    conn: &mut ConnectionManager,
-    key: &str,
-    raws: &[Vec<u8>],
-) -> RedisResult<()> {
-    // They came off the right end oldest first; RPUSH newest first restores the order.
-    let mut cmd = redis::cmd("RPUSH");
-    cmd.arg(key);
-    for raw in raws.iter().rev() {
-        cmd.arg(raw);
-    }
-    cmd.query_async(conn).await
 }
 
 /// Puts unstarted deliveries (oldest first) back at the consuming end of their lists and

@@ -41,24 +41,16 @@ struct Ctx {
     waiting: Arc<Mutex<BTreeMap<u64, Delivery>>>,
 }
 
-/// Extra time a fetch may take beyond its BRPOP timeout before the connection is presumed dead.
-const POP_SLACK: Duration = Duration::from_secs(5);
-
-/// The response timeout of the fetch connection.
-pub(crate) fn pop_response(opts: &WorkerOptions) -> Duration {
-    opts.poll_timeout + POP_SLACK
-}
-
 /// Runs the consumer until `shutdown`; see `worker::run`.
 pub(crate) async fn consume(
     opts: &WorkerOptions,
     pipeline: Pipeline,
     conn: ConnectionManager,
-    mut pop_conn: ConnectionManager,
-    client: redis::Client,
+    wait_conns: Vec<ConnectionManager>,
     shutdown: Shutdown,
 ) {
-    let pop_response = pop_response(opts);
+    let max_bytes = opts.max_message_bytes;
+    let wait_keys = broker::brpop_keys(&opts.queues);
     let abort = shutdown.immediate.child_token();
     let ctx = Ctx {
         pipeline,
@@ -103,37 +95,33 @@ pub(crate) async fn consume(
             }
         }
         let keys = broker::brpop_keys(&queues);
-        // Never cancel a BRPOP in flight: Redis would still pop a message and the reply
-        // would be dropped with it. It returns within `poll`; what it brings after a stop
-        // goes straight back.
-        // A BRPOP sent while Redis was down can hang on a connection that never recovers,
-        // past the client's response timeout: bound it, and start a fresh connection then.
-        let popped = match tokio::time::timeout(
-            pop_response + POP_SLACK,
-            broker::pop_batch(&mut pop_conn, &keys, poll, permits.len() - 1),
-        )
-        .await
-        {
-            Ok(popped) => popped,
-            Err(_) => {
-                tracing::warn!("fetch connection stuck; reconnecting");
-                match super::connect(&client, pop_response).await {
-                    Ok(c) => pop_conn = c,
-                    Err(e) => tracing::warn!(error = %e, "cannot reconnect the fetch connection"),
+        let now = ctx.pipeline.clock().now();
+        #[allow(clippy::cast_precision_loss)]
+        let score = now.timestamp_micros() as f64 / 1e6;
+        let mut pop = ctx.conn.clone();
+        let popped = broker::pop_marked(&mut pop, &keys, permits.len(), score, max_bytes).await;
+        let (list_key, msgs) = match popped {
+            Ok(Some(batch)) => batch,
+            Ok(None) => {
+                // Nothing queued: wait for a message without taking it (safe to cancel).
+                let waited = tokio::select! {
+                    w = broker::wait_any(&wait_conns, &wait_keys, poll) => w,
+                    _ = ctx.graceful.cancelled() => break,
+                    _ = abort.cancelled() => break,
+                };
+                if let Err(e) = waited {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot wait for messages");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = ctx.graceful.cancelled() => break,
+                        _ = abort.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                } else {
+                    backoff = Duration::from_millis(100);
                 }
                 continue;
             }
-        };
-        let (list_key, raws) = match popped {
-            Ok(Some((key, raws))) if ctx.graceful.is_cancelled() || abort.is_cancelled() => {
-                if let Err(e) = broker::push_back(&mut pop_conn, &key, &raws).await {
-                    ctx.pipeline.redis_error();
-                    tracing::error!(error = %e, count = raws.len(), "cannot return messages popped during shutdown");
-                }
-                break;
-            }
-            Ok(Some(batch)) => batch,
-            Ok(None) => continue,
             Err(e) => {
                 ctx.pipeline.redis_error();
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot fetch messages");
@@ -149,23 +137,49 @@ pub(crate) async fn consume(
         backoff = Duration::from_millis(100);
         // kombu rotates the queue order after each delivery so no queue starves.
         queues.rotate_left(1);
-        let mut accepted = Vec::with_capacity(raws.len());
-        for raw in raws {
-            if let Some(task) = ctx.pipeline.receive(&raw).await {
-                let d = Delivery {
-                    list_key: list_key.clone(),
-                    raw,
-                    tag: task.delivery_tag.clone(),
-                    exchange: task.exchange.clone(),
-                    routing_key: task.routing_key.clone(),
-                };
-                accepted.push((task, d));
+        if ctx.graceful.is_cancelled() || abort.is_cancelled() {
+            give_back(&ctx, &list_key, msgs).await;
+            break;
+        }
+        let mut accepted = Vec::with_capacity(msgs.len());
+        let mut unmarked = Vec::new();
+        for (tag, raw) in msgs {
+            match ctx.pipeline.receive(&raw).await {
+                Some(task) => {
+                    let marked = !tag.is_empty();
+                    let d = Delivery {
+                        list_key: list_key.clone(),
+                        raw,
+                        tag: if marked {
+                            tag
+                        } else {
+                            task.delivery_tag.clone()
+                        },
+                        exchange: task.exchange.clone(),
+                        routing_key: task.routing_key.clone(),
+                    };
+                    if !marked {
+                        unmarked.push(d.clone());
+                    }
+                    accepted.push((task, d));
+                }
+                // Rejected (and a FAILURE stored): acknowledged, so it is not restored later.
+                None if !tag.is_empty() => {
+                    let ack_only = broker::FinishWrites {
+                        result: None,
+                        ttl_secs: 0,
+                        push: None,
+                    };
+                    if let Err(e) = broker::finish(&mut ctx.conn.clone(), &tag, &ack_only).await {
+                        ctx.pipeline.redis_error();
+                        tracing::warn!(error = %e, tag, "cannot ack a rejected message; it will be restored and rejected again");
+                    }
+                }
+                None => {}
             }
         }
-        let now = ctx.pipeline.clock().now();
-        #[allow(clippy::cast_precision_loss)]
-        let score = now.timestamp_micros() as f64 / 1e6;
-        let refs: Vec<&Delivery> = accepted.iter().map(|(_, d)| d).collect();
+        // Messages the script could not read but the worker can (rare): tracked as kombu does.
+        let refs: Vec<&Delivery> = unmarked.iter().collect();
         let mut mark_conn = ctx.conn.clone();
         if let Err(e) = broker::mark_unacked(&mut mark_conn, &refs, score).await {
             ctx.pipeline.redis_error();
@@ -189,6 +203,25 @@ pub(crate) async fn consume(
     stop_restore.cancel();
     let _ = restorer.await;
     drain(&mut jobs, opts.shutdown_grace, &abort).await;
+}
+
+/// Returns messages taken during shutdown to the consuming end of their list, oldest taken
+/// first, and forgets those recorded as unacknowledged, in one MULTI.
+async fn give_back(ctx: &Ctx, list_key: &str, msgs: Vec<broker::Popped>) {
+    let count = msgs.len();
+    let deliveries: Vec<Delivery> = msgs
+        .into_iter()
+        .map(|(tag, raw)| Delivery {
+            list_key: list_key.to_owned(),
+            raw,
+            tag,
+            exchange: String::new(),
+            routing_key: String::new(),
+        })
+        .collect();
+    if let Err(e) = broker::requeue(&mut ctx.conn.clone(), &deliveries).await {
+        tracing::error!(error = %e, count, "cannot return messages taken during shutdown; they are restored after the visibility timeout");
+    }
 }
 
 /// Waits for jobs: unstarted ones return their message at once, running ones get `grace`.

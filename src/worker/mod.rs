@@ -172,9 +172,22 @@ pub async fn run_observed(
     if opts.queues.is_empty() {
         return Err(Error::NoQueues);
     }
-    let conn = connect(&client, Duration::from_secs(10)).await?;
-    // BRPOP blocks its connection: it gets its own so acks and results never wait behind it.
-    let pop_conn = connect(&client, consumer::pop_response(&opts)).await?;
+    let connecting = async {
+        let conn = connect(&client, Duration::from_secs(10)).await?;
+        // Waiting blocks a connection: each watched list gets its own so acks, results and
+        // the atomic pops never wait behind it.
+        let mut wait_conns = Vec::new();
+        for _ in broker::brpop_keys(&opts.queues) {
+            wait_conns.push(connect(&client, opts.poll_timeout + Duration::from_secs(10)).await?);
+        }
+        Ok::<_, Error>((conn, wait_conns))
+    };
+    // Connecting retries for seconds while Redis is down: a stop signal must not wait for it.
+    let (conn, wait_conns) = tokio::select! {
+        c = connecting => c?,
+        () = shutdown.graceful.cancelled() => return Ok(()),
+        () = shutdown.immediate.cancelled() => return Ok(()),
+    };
     let results = RedisResults::new(conn.clone()).with_ttl(opts.result_ttl.as_secs());
     let mut pipeline = Pipeline::new(Arc::new(registry), Arc::new(results), clock)
         .with_max_message_bytes(opts.max_message_bytes)
@@ -183,7 +196,7 @@ pub async fn run_observed(
         pipeline = pipeline.with_observer(observer);
     }
     tracing::info!(queues = ?opts.queues, concurrency = opts.concurrency, "worker started");
-    consumer::consume(&opts, pipeline, conn, pop_conn, client, shutdown).await;
+    consumer::consume(&opts, pipeline, conn, wait_conns, shutdown).await;
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -4,8 +4,12 @@
 
 mod util;
 
+// The chaos run (short) and its invariant checker.
+mod chaos;
 // Command line: check diagnostics and exit codes, next, help.
 mod cli;
+// Bad input at the edges: huge files, many entries, deep nesting, symlink loops, huge messages.
+mod edges;
 // Embedded `beatd run`: the state-file lock, kill -9 and restart.
 mod embedded;
 // High availability: replicas, failover (kill -9, SIGSTOP, SIGTERM), Redis outages, restarts
@@ -23,3 +27,7 @@ mod ops;
 mod ops_util;
 // `send` and `status` against Redis.
 mod redis_cli;
+// Property tests of next-fire computation against a minute-by-minute DST reference.
+mod schedule_props;
+// Redis with a password, an ACL user limited to beatd's keys, and TLS.
+mod secure;
