@@ -19,7 +19,9 @@
 use super::dst::{self, Instants};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Timelike, Utc};
 use croner::parser::{CronParser, Seconds, Year};
+use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 /// A parsed cron expression bound to a time zone.
 #[derive(Clone)]
@@ -28,9 +30,11 @@ pub struct CronSchedule {
     pub expr: String,
     /// Zone the fields are interpreted in.
     pub tz: chrono_tz::Tz,
-    /// The parsed pattern, matched against naive wall clock times. Boxed: it is several
-    /// hundred bytes and would bloat every `Schedule`.
-    cron: Box<croner::Cron>,
+    /// The parsed pattern, matched against naive wall clock times. Shared between entries
+    /// with the same expression (see [`shared_pattern`]): croner 4 keeps a byte per
+    /// possible value of every field, years 1–5000 included, about 5.3 KB per pattern, which
+    /// made an idle beat with 10,000 entries take 80 MB.
+    cron: Arc<croner::Cron>,
     /// The hour field is `*` or a step: the entry follows elapsed time through folds.
     elapsed: bool,
 }
@@ -209,6 +213,31 @@ fn field_error(index: usize, text: &str, span: &Range<usize>, reason: &str) -> C
     }
 }
 
+/// The parsed pattern of `text`, shared with every live schedule of the same text; parsed by
+/// `parse` when there is none. Weak references: patterns of removed entries are freed.
+fn shared_pattern(
+    text: &str,
+    parse: impl FnOnce() -> Result<croner::Cron, CronError>,
+) -> Result<Arc<croner::Cron>, CronError> {
+    static PATTERNS: LazyLock<Mutex<HashMap<String, Weak<croner::Cron>>>> =
+        LazyLock::new(Mutex::default);
+    if let Some(p) = PATTERNS
+        .lock()
+        .ok()
+        .and_then(|m| m.get(text).and_then(Weak::upgrade))
+    {
+        return Ok(p);
+    }
+    let p = Arc::new(parse()?);
+    if let Ok(mut m) = PATTERNS.lock() {
+        if m.len() >= 64 && m.len().is_power_of_two() {
+            m.retain(|_, w| w.strong_count() > 0);
+        }
+        m.insert(text.to_owned(), Arc::downgrade(&p));
+    }
+    Ok(p)
+}
+
 impl CronSchedule {
     /// Parses a 5-field (or 6-field, seconds first) expression for `tz`.
     ///
@@ -243,20 +272,22 @@ impl CronSchedule {
         if let Some(e) = stray_letters(&fields) {
             return Err(e);
         }
-        let cron = parser().parse(text).map_err(|e| {
-            blame_field(&fields).unwrap_or_else(|| CronError {
-                message: format!(
-                    "invalid cron expression \"{trimmed}\": {}",
-                    reword(&e, text)
-                ),
-                span: whole.clone(),
+        let cron = shared_pattern(text, || {
+            parser().parse(text).map_err(|e| {
+                blame_field(&fields).unwrap_or_else(|| CronError {
+                    message: format!(
+                        "invalid cron expression \"{trimmed}\": {}",
+                        reword(&e, text)
+                    ),
+                    span: whole.clone(),
+                })
             })
         })?;
         let hour = fields[fields.len() - 4].0;
         let schedule = CronSchedule {
             expr: expr.to_owned(),
             tz,
-            cron: Box::new(cron),
+            cron,
             elapsed: hour == "*" || hour.contains('/'),
         };
         // Reject patterns such as February 30th now rather than at the first search. Any

@@ -1,0 +1,670 @@
+"""The driver of bench/run.sh: runs every measurement against one private redis-server and
+writes bench/results/<stamp>.json and BENCHMARKS.md. Every wait is bounded.
+
+Lateness is measured by `observe` (bench/tcs/src/bin/observe.rs), which blocks in BLMPOP on the
+queue and stamps each batch with the time its reply arrived: the time the message is in Redis
+(plus the observer's own read, a few ms for a batch of 10,000 × 900 B).
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timezone
+
+import redis
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+BEATD = os.environ.get("BENCH_BEATD", os.path.join(ROOT, "target", "release", "beatd"))
+NOOP_WORKER = os.path.join(ROOT, "target", "release", "examples", "bench_noop_worker")
+PEERS_BIN = os.path.join(BENCH, "tcs", "target", "release")
+OBSERVE = os.path.join(PEERS_BIN, "observe")
+TCS = os.path.join(PEERS_BIN, "tcs")
+VENV_BIN = os.path.join(BENCH, ".venv", "bin")
+CELERY = os.path.join(VENV_BIN, "celery")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def log(*a):
+    print(f"[{datetime.now(timezone.utc).strftime('%H:%M:%S')}]", *a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_stats(pid):
+    """Peak RSS (VmHWM), current RSS (MB) and CPU seconds (utime + stime) of one process."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("VmHWM", "VmRSS"):
+                    out[k] = int(v.split()[0]) / 1024.0
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        out["cpu_s"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        pass
+    return out
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def tree_stats(pid):
+    """Sum of VmHWM and CPU over a process and its children (a prefork pool)."""
+    total = {"VmHWM": 0.0, "VmRSS": 0.0, "cpu_s": 0.0, "procs": 0}
+    for p in [pid] + children(pid):
+        s = proc_stats(p)
+        for k in ("VmHWM", "VmRSS", "cpu_s"):
+            total[k] += s.get(k, 0.0)
+        total["procs"] += 1
+    return total
+
+
+def pct(sorted_vals, p):
+    if not sorted_vals:
+        return None
+    k = max(0, min(len(sorted_vals) - 1, math.ceil(p / 100.0 * len(sorted_vals)) - 1))
+    return sorted_vals[k]
+
+
+def lateness_stats(lat):
+    lat = sorted(lat)
+    if not lat:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    return {
+        "p50_ms": round(pct(lat, 50) * 1000, 2),
+        "p99_ms": round(pct(lat, 99) * 1000, 2),
+        "max_ms": round(lat[-1] * 1000, 2),
+    }
+
+
+def sleep_until(t):
+    d = t - time.time()
+    if d > 0:
+        time.sleep(d)
+
+
+def stop(p, sig=signal.SIGTERM, wait=10):
+    if p.poll() is None:
+        try:
+            p.send_signal(sig)
+            p.wait(wait)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+class Observer:
+    """observe: BLMPOP on a queue until `expected` messages, `timeout` or `idle` s quiet."""
+
+    def __init__(self, url, queue, expected, timeout, idle=None):
+        args = [OBSERVE, url, queue, str(expected), str(timeout)]
+        if idle is not None:
+            args.append(str(idle))
+        self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        json.loads(self.p.stdout.readline())  # ready
+
+    def finish(self, timeout=None):
+        """Waits for the observer to stop on its own (count, its timeout, idle)."""
+        out = self.p.stdout.read()  # EOF when it exits; its own timeout bounds this
+        self.p.wait(timeout)
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def stop(self):
+        """Stops it now (closes its stdin) and returns what it saw."""
+        self.p.stdin.close()
+        out = self.p.stdout.read()
+        self.p.wait(10)
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+class Bench:
+    def __init__(self, args):
+        self.quick = args.quick
+        self.beatd_only = args.beatd_only
+        self.tmp = tempfile.mkdtemp(prefix="beatd-bench-")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.redis_p = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.tmp],
+            stdout=subprocess.DEVNULL,
+        )
+        self.r = redis.Redis(port=self.port)
+        for _ in range(200):
+            try:
+                self.r.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        self.results = {}
+
+    def close(self):
+        stop(self.redis_p)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def env(self, **extra):
+        e = dict(os.environ)
+        e.update({"BENCH_REDIS_URL": self.url, "PYTHONPATH": os.path.join(BENCH, "peers"),
+                  "BEATD_LOG": "info"})
+        e.update({k: str(v) for k, v in extra.items()})
+        return e
+
+    def dir(self, name):
+        d = os.path.join(self.tmp, name)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        return d
+
+    # ---------------------------------------------------------------- processes
+
+    def beatd(self, name, entries_toml, lock_ttl="10s", http=True):
+        d = self.dir(name)
+        # Schedules in their own directory: beatd watches it, and its log must not be there.
+        sd = os.path.join(d, "schedules")
+        os.makedirs(sd)
+        with open(os.path.join(sd, "bench.toml"), "w") as f:
+            f.write(entries_toml)
+        hp = free_port() if http else None
+        args = [BEATD, "beat", "--redis-url", self.url, "--schedules", sd, "--lock-ttl", lock_ttl,
+                "--http-addr", f"127.0.0.1:{hp}" if hp else "off"]
+        logf = open(os.path.join(d, "beatd.log"), "w")
+        p = subprocess.Popen(args, cwd=d, stdout=logf, stderr=subprocess.STDOUT, env=self.env())
+        p.http_port = hp
+        p.started = time.time()
+        return p
+
+    def wait_ready(self, p, limit=120):
+        deadline = time.time() + limit
+        while time.time() < deadline and p.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{p.http_port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return time.time() - p.started
+            except OSError:
+                pass
+            time.sleep(0.005)
+        return None
+
+    def celery_beat(self, name, redbeat=False, **env):
+        d = self.dir(name)
+        args = [CELERY, "-A", "benchapp", "beat", "-l", "info", "--schedule",
+                os.path.join(d, "celerybeat-schedule"), "--pidfile", ""]
+        if redbeat:
+            args += ["-S", "redbeat.RedBeatScheduler", "--max-interval", "1"]
+            env["BENCH_REDBEAT"] = "1"
+        logpath = os.path.join(d, "beat.log")
+        logf = open(logpath, "w")
+        p = subprocess.Popen(args, cwd=d, stdout=logf, stderr=subprocess.STDOUT,
+                             env=self.env(**env))
+        p.logpath = logpath
+        p.started = time.time()
+        return p
+
+    def wait_log(self, p, needle, limit=120):
+        deadline = time.time() + limit
+        while time.time() < deadline and p.poll() is None:
+            with open(p.logpath) as f:
+                if needle in f.read():
+                    return time.time() - p.started
+            time.sleep(0.01)
+        return None
+
+    # ---------------------------------------------------------------- emission
+
+    def emission(self):
+        ns = [100, 1000, 10000] if self.quick else [100, 1000, 10000, 100000]
+        bound = 20 if self.quick else 60
+        out = {"beatd": {}, "celery_beat": {}, "tokio_cron_scheduler": {}}
+        for n in ns:
+            out["beatd"][n] = self.emission_beatd(n)
+            log("emission beatd", n, summary(out["beatd"][n]))
+        if self.beatd_only:
+            self.results["emission"] = out
+            return
+        for n in ns:
+            out["tokio_cron_scheduler"][n] = self.emission_tcs(n)
+            log("emission tcs", n, summary(out["tokio_cron_scheduler"][n]))
+        for n in ns:
+            out["celery_beat"][n] = self.emission_celery(n, bound)
+            log("emission celery", n, summary(out["celery_beat"][n]))
+        out["celery_bound_s"] = bound
+        self.results["emission"] = out
+
+    def emission_beatd(self, n):
+        self.r.flushall()
+        # The fire time goes in the file, so first time how long loading takes.
+        d = self.dir("emit-check")
+        with open(os.path.join(d, "s.toml"), "w") as f:
+            f.write("".join(f'[[entry]]\nname = "e{i}"\ntask = "t"\nat = "2099-01-01T00:00:00Z"\n\n'
+                            for i in range(n)))
+        t0 = time.time()
+        subprocess.run([BEATD, "check", d], capture_output=True, timeout=900)
+        # Past the beat's stage-ahead window (3 s), as for entries planned long before.
+        margin = 5 + 3 * (time.time() - t0)
+        fire = math.ceil(time.time() + margin)
+        at = datetime.fromtimestamp(fire, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        toml = "".join(
+            f'[[entry]]\nname = "e{i}"\ntask = "bench.noop"\nat = "{at}"\n\n' for i in range(n)
+        )
+        obs = Observer(self.url, "celery", n, fire - time.time() + 15)
+        p = self.beatd("emit", toml)
+        ready = self.wait_ready(p)
+        sleep_until(fire - 0.3)
+        before = proc_stats(p.pid)
+        msgs = obs.finish(timeout=60)
+        after = proc_stats(p.pid)
+        stop(p)
+        return emission_result(n, fire, msgs, ready, before, after, late_start=ready is None)
+
+    def emission_tcs(self, n):
+        margin = 3 + n / 10000
+        fire = math.ceil(time.time() + margin)
+        p = subprocess.run([TCS, str(n), str(fire), "15"], capture_output=True, text=True,
+                           timeout=margin + 60)
+        o = json.loads(p.stdout)
+        msgs = [{"arrival": t, "scheduled": fire} for t in o["arrivals"]]
+        res = emission_result(n, fire, msgs, None, {"cpu_s": 0.0}, o["stats"])
+        res["jobs_added_before_fire"] = o["added"]
+        res["add_jobs_s"] = round(o["add_s"], 3)
+        return res
+
+    def emission_celery(self, n, bound):
+        self.r.flushall()
+        # Celery imports and builds its schedule first (seconds on a busy machine); a beat that
+        # starts after the minute boundary waits for the next one.
+        margin = 12 + n / 2000
+        minute = math.ceil((time.time() + margin) / 60) * 60
+        sleep_until(minute - margin)
+        obs = Observer(self.url, "celery", n, minute - time.time() + bound)
+        p = self.celery_beat("celery-emit", BENCH_SCHEDULE="emission", BENCH_N=n)
+        ready = self.wait_log(p, "beat: Starting...", limit=minute - time.time())
+        sleep_until(minute - 0.3)
+        before = proc_stats(p.pid)
+        msgs = obs.finish(timeout=bound + margin + 30)
+        after = proc_stats(p.pid)
+        stop(p)
+        for m in msgs:
+            m["scheduled"] = minute
+        res = emission_result(n, minute, msgs, ready, before, after)
+        res["bound_s"] = bound
+        if ready is None:
+            res["log_tail"] = open(p.logpath).read()[-800:]
+        return res
+
+    # ---------------------------------------------------------------- drift
+
+    def drift(self):
+        dur = 20 if self.quick else 60
+        self.r.flushall()
+        toml = '[[entry]]\nname = "tick"\ntask = "bench.noop"\nevery = "1s"\nqueue = "drift_beatd"\n'
+        ob = Observer(self.url, "drift_beatd", 10**6, dur + 8, None)
+        oc = Observer(self.url, "drift_celery", 10**6, dur + 8, None)
+        pb = self.beatd("drift", toml)
+        pc = self.celery_beat("celery-drift", BENCH_SCHEDULE="tick", BENCH_QUEUE="drift_celery")
+        time.sleep(dur + 8.5)
+        stop(pb)
+        stop(pc)
+        self.results["drift"] = {
+            "duration_s": dur,
+            "beatd": drift_stats(ob.stop(), dur),
+            "celery_beat": drift_stats(oc.stop(), dur),
+        }
+        log("drift", self.results["drift"])
+
+    # ---------------------------------------------------------------- failover
+
+    def failover(self):
+        out = {}
+        for sig in ("KILL", "TERM"):
+            out[f"beatd_{sig}"] = self.failover_beatd(sig)
+            log("failover beatd", sig, out[f"beatd_{sig}"])
+            out[f"redbeat_{sig}"] = self.failover_redbeat(sig)
+            log("failover redbeat", sig, out[f"redbeat_{sig}"])
+        self.results["failover"] = out
+
+    def failover_beatd(self, sig):
+        self.r.flushall()
+        toml = ('[[entry]]\nname = "tick"\ntask = "bench.noop"\nevery = "1s"\n'
+                'catch_up = "all"\ncatch_up_window = "1m"\n')
+        obs = Observer(self.url, "celery", 10**6, 40)
+        a = self.beatd("fo-a", toml, lock_ttl="5s")
+        self.wait_ready(a)
+        time.sleep(2.5)
+        b = self.beatd("fo-b", toml, lock_ttl="5s")
+        self.wait_ready(b)
+        time.sleep(5.3)
+        holder = (self.r.get("beatd:leader") or b"").decode()
+        leader, standby = (a, b) if f":{a.pid}:" in holder else (b, a)
+        killed_at = time.time()
+        os.kill(leader.pid, getattr(signal, f"SIG{sig}"))
+        time.sleep(12)
+        stop(standby)
+        stop(leader, wait=5)
+        msgs = obs.stop()
+        return failover_stats(msgs, killed_at, exact=True, ttl=5)
+
+    def failover_redbeat(self, sig):
+        self.r.flushall()
+        obs = Observer(self.url, "celery", 10**6, 60)
+        a = self.celery_beat("rb-a", redbeat=True, BENCH_SCHEDULE="tick")
+        self.wait_log(a, "beat: Starting...")
+        time.sleep(4)
+        b = self.celery_beat("rb-b", redbeat=True, BENCH_SCHEDULE="tick")
+        self.wait_log(b, "beat: Starting...")
+        time.sleep(5.3)
+        # The leader is the process that sent the last message (origin gen<pid>@host).
+        last = self.r.lindex("celery", 0)
+        origin = json.loads(last)["headers"]["origin"] if last else ""
+        leader, standby = (a, b) if origin.startswith(f"gen{a.pid}@") else (b, a)
+        killed_at = time.time()
+        os.kill(leader.pid, getattr(signal, f"SIG{sig}"))
+        time.sleep(20)
+        stop(standby)
+        stop(leader, wait=5)
+        msgs = obs.stop()
+        return failover_stats(msgs, killed_at, exact=False, ttl=5)
+
+    # ---------------------------------------------------------------- worker
+
+    def queue_noops(self, n):
+        """n bench.noop messages as Celery's send_task makes them, each with its own id;
+        returns the ids in the order they will be taken."""
+        self.r.flushall()
+        code = "import benchapp; benchapp.app.send_task('bench.noop', queue='template')"
+        subprocess.run([os.path.join(VENV_BIN, "python"), "-c", code], env=self.env(),
+                       check=True, timeout=60)
+        tmpl = json.loads(self.r.lpop("template"))
+        import uuid
+        ids = []
+        pipe = self.r.pipeline(transaction=False)
+        for i in range(n):
+            tid = str(uuid.uuid4())
+            ids.append(tid)
+            tmpl["headers"]["id"] = tid
+            tmpl["headers"]["root_id"] = tid
+            tmpl["properties"]["correlation_id"] = tid
+            tmpl["properties"]["delivery_tag"] = str(uuid.uuid4())
+            tmpl["properties"]["delivery_info"]["routing_key"] = "celery"
+            pipe.lpush("celery", json.dumps(tmpl))
+            if i % 2000 == 1999:
+                pipe.execute()
+        pipe.execute()
+        return ids
+
+    def results_stored(self):
+        return sum(1 for _ in self.r.scan_iter(match="celery-task-meta-*", count=5000))
+
+    def worker(self, only=None):
+        n = int(os.environ.get("BENCH_WORKER_TASKS", "20000"))
+        out = {"tasks": n}
+        common = ["--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"]
+        runs = [
+            ("beatd", [NOOP_WORKER]),
+            ("celery_solo", [CELERY, "-A", "benchapp", "worker", "--pool=solo"] + common),
+            ("celery_prefork", [CELERY, "-A", "benchapp", "worker", "--pool=prefork"] + common),
+        ]
+        for name, cmd in runs:
+            if only and name not in only:
+                continue
+            ids = self.queue_noops(n)
+            tail = [f"celery-task-meta-{i}" for i in ids[-200:]]
+            d = self.dir(f"worker-{name}")
+            env = self.env(BEATD_REDIS_URL=self.url)
+            p = subprocess.Popen(cmd, cwd=d, env=env, stdout=open(os.path.join(d, "log"), "w"),
+                                 stderr=subprocess.STDOUT)
+            t0 = time.time()
+            first = last = None
+            peak = {"VmHWM": 0.0}
+            limit = 180 if name != "beatd" else 60
+            while time.time() - t0 < limit and p.poll() is None:
+                now = time.time()
+                if first is None and self.r.llen("celery") < n:
+                    first = now
+                s = tree_stats(p.pid)
+                if s["VmHWM"] > peak["VmHWM"]:
+                    peak = s
+                if self.r.llen("celery") == 0 and self.r.exists(*tail) == len(tail):
+                    last = now
+                    break
+                time.sleep(0.005)
+            stop(p, wait=30)
+            done = self.results_stored()
+            r = {
+                "completed": done,
+                "wall_s_from_start": round((last or time.time()) - t0, 3),
+                "busy_s": round((last - first), 3) if last and first else None,
+                "peak_rss_mb": round(peak["VmHWM"], 1),
+                "processes": peak.get("procs", 1),
+                "cpu_s": round(peak.get("cpu_s", 0.0), 2),
+            }
+            if last and first and last > first and done >= n:
+                r["tasks_per_s"] = round(n / (last - first))
+            out[name] = r
+            log("worker", name, r)
+        if out.get("beatd", {}).get("tasks_per_s") and out.get("celery_prefork", {}).get(
+                "tasks_per_s"):
+            out["ratio_vs_prefork"] = round(
+                out["beatd"]["tasks_per_s"] / out["celery_prefork"]["tasks_per_s"], 1)
+        self.results["worker"] = out
+
+    # ---------------------------------------------------------------- footprint
+
+    def footprint(self):
+        n = 10000
+        dur = 20 if self.quick else 60
+        hour = (datetime.now(timezone.utc).hour + 12) % 24
+        self.r.flushall()
+        toml = "".join(
+            f'[[entry]]\nname = "e{i}"\ntask = "bench.noop"\ncron = "0 {hour} * * *"\n\n'
+            for i in range(n)
+        )
+        pb = self.beatd("idle", toml)
+        ready_b = self.wait_ready(pb)
+        pc = self.celery_beat("celery-idle", BENCH_SCHEDULE="idle", BENCH_N=n, BENCH_HOUR=hour)
+        ready_c = self.wait_log(pc, "beat: Starting...")
+        time.sleep(3)  # let both finish their first tick
+        b0, c0 = proc_stats(pb.pid), proc_stats(pc.pid)
+        time.sleep(dur)
+        b1, c1 = proc_stats(pb.pid), proc_stats(pc.pid)
+        stop(pb)
+        stop(pc)
+        self.results["footprint"] = {
+            "entries": n,
+            "window_s": dur,
+            "beatd": idle_stats(ready_b, b0, b1),
+            "celery_beat": idle_stats(ready_c, c0, c1),
+        }
+        log("footprint", self.results["footprint"])
+
+
+# -------------------------------------------------------------------- analysis
+
+
+def summary(r):
+    return {k: r.get(k) for k in ("sent_pct", "p50_ms", "p99_ms", "max_ms", "last_ms")}
+
+
+def emission_result(n, fire, msgs, ready, before, after, late_start=False):
+    lat = [m["arrival"] - (m["scheduled"] or fire) for m in msgs]
+    arr = sorted(m["arrival"] for m in msgs)
+    res = {
+        "n": n,
+        "sent": len(msgs),
+        "sent_pct": round(100.0 * len(msgs) / n, 2),
+        "first_ms": round((arr[0] - fire) * 1000, 1) if arr else None,
+        "last_ms": round((arr[-1] - fire) * 1000, 1) if arr else None,
+        "startup_s": round(ready, 3) if ready is not None else None,
+        "cpu_total_s": round(after.get("cpu_s", 0.0), 2),
+        "cpu_fire_s": round(after.get("cpu_s", 0.0) - before.get("cpu_s", 0.0), 2),
+        "peak_rss_mb": round(after.get("VmHWM", 0.0), 1),
+    }
+    res.update(lateness_stats(lat))
+    return res
+
+
+def drift_stats(msgs, dur):
+    arr = sorted(m["arrival"] for m in msgs)
+    if len(arr) < 3:
+        return {"sends": len(arr)}
+    # Skip the first send (catch-up or startup), then take `dur` seconds.
+    arr = arr[1:]
+    arr = [a for a in arr if a <= arr[0] + dur]
+    sp = [b - a for a, b in zip(arr, arr[1:])]
+    # Cumulative drift: how far the k-th send is from first + k seconds, as the median of the
+    # last five minus that of the first five (one late send is jitter, not drift).
+    d = [a - (arr[0] + k) for k, a in enumerate(arr)]
+    drift = [sorted(d[-5:])[2] - sorted(d[:5])[2]]
+    res = {
+        "sends": len(arr),
+        "spacing_mean_ms": round(1000 * sum(sp) / len(sp), 2),
+        "spacing_min_ms": round(1000 * min(sp), 1),
+        "spacing_max_ms": round(1000 * max(sp), 1),
+        "drift_end_ms": round(1000 * drift[-1], 1),
+        "drift_per_min_ms": round(1000 * drift[-1] * 60 / max(1, arr[-1] - arr[0]), 1),
+    }
+    sch = sorted(m["arrival"] - m["scheduled"] for m in msgs if m.get("scheduled"))
+    if sch:
+        res["lateness_p50_ms"] = round(1000 * pct(sch, 50), 2)
+        res["lateness_max_ms"] = round(1000 * sch[-1], 2)
+    return res
+
+
+def failover_stats(msgs, killed_at, exact, ttl):
+    msgs.sort(key=lambda m: m["arrival"])
+    arr = [m["arrival"] for m in msgs]
+    after = [a for a in arr if a > killed_at]
+    before = [a for a in arr if a <= killed_at]
+    res = {"sends": len(arr), "ttl_s": ttl}
+    if before and after:
+        res["gap_s"] = round(after[0] - before[-1], 3)
+        res["first_send_after_kill_s"] = round(after[0] - killed_at, 3)
+    # Origins before and after: a takeover means a different sender.
+    res["senders"] = len({m.get("origin") for m in msgs})
+    if exact:
+        sched = [round(m["scheduled"]) for m in msgs]
+        seen = set()
+        dups = 0
+        for s in sched:
+            dups += s in seen
+            seen.add(s)
+        lo, hi = min(sched), max(sched)
+        res["duplicates"] = dups
+        res["misses"] = sum(1 for s in range(lo, hi + 1) if s not in seen)
+        res["max_lateness_s"] = round(max(m["arrival"] - m["scheduled"] for m in msgs), 3)
+    else:
+        sp = [b - a for a, b in zip(arr, arr[1:])]
+        res["duplicates"] = sum(1 for s in sp if s < 0.5)
+        res["misses"] = sum(max(0, round(s) - 1) for s in sp)
+    return res
+
+
+def idle_stats(ready, s0, s1):
+    return {
+        "startup_to_ready_s": round(ready, 3) if ready is not None else None,
+        "rss_mb": round(s1.get("VmRSS", 0.0), 1),
+        "peak_rss_mb": round(s1.get("VmHWM", 0.0), 1),
+        "cpu_in_window_s": round(s1.get("cpu_s", 0.0) - s0.get("cpu_s", 0.0), 2),
+    }
+
+
+# -------------------------------------------------------------------- machine, versions
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+    except subprocess.TimeoutExpired:
+        return ""
+
+
+def machine():
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kb = int(f.readline().split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "load": sh("uptime"),
+    }
+
+
+def versions():
+    py = os.path.join(VENV_BIN, "python")
+    return {
+        "beatd": sh(f"{BEATD} --version") + " @ " + sh(f"git -C {ROOT} rev-parse --short HEAD"),
+        "rustc": sh("rustc --version"),
+        "redis": sh("redis-server --version"),
+        "python": sh(f"{py} --version"),
+        "celery": sh(f"{py} -c 'import celery; print(celery.__version__)'"),
+        "kombu": sh(f"{py} -c 'import kombu; print(kombu.__version__)'"),
+        "celery-redbeat": sh(f"{py} -m pip show celery-redbeat | sed -n 's/^Version: //p'"),
+        "redis-py": sh(f"{py} -c 'import redis; print(redis.__version__)'"),
+        "tokio-cron-scheduler": "0.15.1",
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="emission,drift,failover,worker,footprint")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--beatd-only", action="store_true",
+                    help="emission: measure beatd only (e.g. BENCH_BEATD=<older build>)")
+    args = ap.parse_args()
+    b = Bench(args)
+    started = datetime.now(timezone.utc)
+    b.results["machine"] = machine()
+    b.results["versions"] = versions()
+    b.results["command"] = "bench/run.sh" + (" --quick" if args.quick else "")
+    b.results["started"] = started.isoformat(timespec="seconds")
+    try:
+        for part in args.only.split(","):
+            log("==", part)
+            getattr(b, part)()
+    finally:
+        b.results["machine"]["load_end"] = sh("uptime")
+        b.results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        b.close()
+    os.makedirs(os.path.join(BENCH, "results"), exist_ok=True)
+    path = args.out or os.path.join(
+        BENCH, "results", started.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "")
+        + ".json")
+    with open(path, "w") as f:
+        json.dump(b.results, f, indent=1)
+    log("wrote", path)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

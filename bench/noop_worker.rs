@@ -1,0 +1,40 @@
+//! `beatd worker` with one Rust no-op task, `bench.noop`, for bench/run.sh: the library's
+//! [`worker::run`] with default options (concurrency = CPUs, prefetch ×4, results stored in
+//! the Redis result backend), so it measures the consumer, not a process spawn per task.
+//!
+//! ```text
+//! BEATD_REDIS_URL=redis://127.0.0.1:6379/0 cargo run --release --example bench_noop_worker
+//! ```
+
+use beatd::clock::SystemClock;
+use beatd::worker::{self, Registry, Shutdown, WorkerOptions};
+use std::sync::Arc;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut registry = Registry::new();
+    registry.register(
+        "bench.noop",
+        |_req| async move { Ok(serde_json::Value::Null) },
+    );
+    let url =
+        std::env::var("BEATD_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    let client = redis::Client::open(url)?;
+    let shutdown = Shutdown::default();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        term.recv().await;
+        signals.graceful.cancel();
+    });
+    worker::run(
+        WorkerOptions::default(),
+        registry,
+        client,
+        Arc::new(SystemClock),
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One command for every benchmark: bench/run.sh [--quick] [--only emission,drift,...]
+#
+# Installs the peers (a venv with celery[redis] and celery-redbeat under bench/.venv, the
+# tokio-cron-scheduler harness and queue observer under bench/tcs), builds beatd --release,
+# starts a private redis-server on a free port (never 6379), runs every measurement with a
+# bounded time, then writes bench/results/<stamp>.json and BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v redis-server >/dev/null || { echo "redis-server not found (apt-get install redis-server)" >&2; exit 1; }
+
+if [ ! -x bench/.venv/bin/celery ]; then
+  python3 -m venv bench/.venv
+  bench/.venv/bin/pip install --quiet 'celery[redis]' celery-redbeat
+fi
+
+cargo build --release --bin beatd --example bench_noop_worker
+cargo build --release --manifest-path bench/tcs/Cargo.toml
+
+mkdir -p bench/results
+timeout 900 cargo bench --bench hot_paths -- --warm-up-time 1 --measurement-time 3 \
+  | tee bench/results/criterion.txt
+results=$(timeout 3600 bench/.venv/bin/python bench/bench.py "$@")
+bench/.venv/bin/python bench/report.py "$results" > BENCHMARKS.md
+echo "wrote BENCHMARKS.md from $results"
