@@ -22,7 +22,7 @@ const SETTLE: Duration = Duration::from_millis(300);
 fn watch(paths: &[PathBuf], events: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if !ev.kind.is_access() {
+            if !ev.kind.is_access() && ev.paths.iter().any(|p| is_schedule_path(p)) {
                 let _ = events.try_send(());
             }
         }
@@ -42,6 +42,17 @@ fn watch(paths: &[PathBuf], events: mpsc::Sender<()>) -> Option<notify::Recommen
         }
     }
     Some(watcher)
+}
+
+/// Whether a changed path can change the schedule: a `*.toml` file, or Kubernetes'
+/// `..data` / `..<timestamp>` entries of a mounted ConfigMap. Other files in the directory
+/// (a log, an editor's swap file) do not trigger a reload.
+fn is_schedule_path(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "toml")
+        || path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".."))
 }
 
 /// Reloads schedules into `entries` until `shutdown`.
@@ -102,4 +113,24 @@ pub fn reload_once(
     };
     sd::reloaded();
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_toml_files_and_configmap_links_trigger_reloads() {
+        assert!(is_schedule_path(Path::new("/etc/beatd/schedules/a.toml")));
+        assert!(is_schedule_path(Path::new("/etc/beatd/schedules/..data")));
+        assert!(is_schedule_path(Path::new(
+            "/etc/beatd/schedules/..2026_11_23_10_00_00.1"
+        )));
+        assert!(!is_schedule_path(Path::new(
+            "/etc/beatd/schedules/beat.log"
+        )));
+        assert!(!is_schedule_path(Path::new(
+            "/etc/beatd/schedules/.a.toml.swp"
+        )));
+    }
 }
