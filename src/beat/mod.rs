@@ -119,7 +119,9 @@ impl Beat {
                 Some(lease) => self.resume(lease, &mut held).await,
                 None => self.leader.try_acquire().await,
             };
-            let wait = match acquired {
+            // A standby waits for a release announcement or the poll interval, whichever comes
+            // first; after an error it only backs off.
+            let (wait, standby) = match acquired {
                 Ok(Some(lease)) => {
                     self.status.store_reachable.store(true, Ordering::Relaxed);
                     backoff.reset();
@@ -132,23 +134,23 @@ impl Beat {
                             self.metrics.lock_losses.inc();
                             self.set_leader(false);
                             tracing::warn!(epoch = lease.epoch, "leadership lost; now standby");
-                            self.options.acquire_interval
+                            (self.options.acquire_interval, true)
                         }
                         TermEnd::StoreError => {
                             self.set_leader(false);
                             held = Some(lease);
-                            backoff.next()
+                            (backoff.next(), false)
                         }
                     }
                 }
                 Ok(None) => {
                     self.status.store_reachable.store(true, Ordering::Relaxed);
                     backoff.reset();
-                    self.options.acquire_interval
+                    (self.options.acquire_interval, true)
                 }
                 Err(e) => {
                     self.store_failed(&e);
-                    backoff.next()
+                    (backoff.next(), false)
                 }
             };
             tokio::select! {
@@ -158,7 +160,13 @@ impl Beat {
                     }
                     return;
                 }
-                () = tokio::time::sleep(wait) => {}
+                () = async {
+                    if standby {
+                        self.leader.wait_released(wait).await;
+                    } else {
+                        tokio::time::sleep(wait).await;
+                    }
+                } => {}
             }
         }
     }

@@ -98,6 +98,12 @@ pub trait LeaderLock: Send + Sync {
     async fn release(&self, lease: &Lease) -> Result<(), Error>;
     /// The current holder, if any.
     async fn holder(&self) -> Result<Option<LeaderInfo>, Error>;
+    /// Waits until the lock may have been released, at most `max`: a standby calls it between
+    /// attempts. The default just sleeps; a store that can announce releases returns early so
+    /// a graceful handover does not wait for the next poll.
+    async fn wait_released(&self, max: Duration) {
+        tokio::time::sleep(max).await;
+    }
 }
 
 /// One due (entry, fire time) with its encoded Celery message.

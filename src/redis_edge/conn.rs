@@ -122,6 +122,11 @@ impl RedisConn {
         })
     }
 
+    /// The client, for connections of their own (pub/sub).
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.inner.client
+    }
+
     /// The printable URL.
     #[must_use]
     pub fn url(&self) -> &RedactedUrl {

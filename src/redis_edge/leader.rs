@@ -35,6 +35,10 @@ pub struct RedisLeader {
     ttl: Duration,
     /// `hostname:pid`, the readable part of every token.
     identity: String,
+    /// Notified when a release is announced on the lock's channel.
+    released: std::sync::Arc<tokio::sync::Notify>,
+    /// Set once the subscriber task runs (started on the first wait, inside the runtime).
+    listening: std::sync::OnceLock<()>,
 }
 
 impl RedisLeader {
@@ -46,7 +50,36 @@ impl RedisLeader {
             keys,
             ttl,
             identity: format!("{}:{}", hostname(), std::process::id()),
+            released: std::sync::Arc::default(),
+            listening: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Subscribes to the lock's channel for as long as the process lives, reconnecting after
+    /// failures; a lost or refused subscription only means standbys poll as before.
+    fn listen(&self) {
+        self.listening.get_or_init(|| {
+            let client = self.conn.client().clone();
+            let channel = self.keys.leader.clone();
+            let released = self.released.clone();
+            tokio::spawn(async move {
+                use futures_util::StreamExt;
+                loop {
+                    match client.get_async_pubsub().await {
+                        Ok(mut pubsub) => {
+                            if pubsub.subscribe(&channel).await.is_ok() {
+                                let mut messages = pubsub.on_message();
+                                while messages.next().await.is_some() {
+                                    released.notify_waiters();
+                                }
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "release channel unavailable"),
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            });
+        });
     }
 
     /// The keys this lock uses.
@@ -163,6 +196,14 @@ impl LeaderLock for RedisLeader {
 
     async fn holder(&self) -> Result<Option<LeaderInfo>, beat_io::Error> {
         Ok(self.current_holder().await?)
+    }
+
+    async fn wait_released(&self, max: Duration) {
+        self.listen();
+        tokio::select! {
+            () = self.released.notified() => {}
+            () = tokio::time::sleep(max) => {}
+        }
     }
 }
 

@@ -22,6 +22,7 @@ const ACL: &[&str] = &[
     "~unacked_mutex",
     "resetchannels",
     "&celery-task-meta-*",
+    "&beatd:*",
     "-@all",
     "+ping",
     "+select",
@@ -53,6 +54,7 @@ const ACL: &[&str] = &[
     "+zrem",
     "+zrange",
     "+publish",
+    "+subscribe",
 ];
 
 const SCHEDULE: &str = r#"

@@ -97,3 +97,28 @@ async fn steal_after_expiry_fences_the_old_leader() {
         [Sent]
     );
 }
+
+#[tokio::test]
+async fn a_release_wakes_a_waiting_standby_before_its_poll_interval() {
+    let (_s, conn) = server().await;
+    let (one, two) = (leader(&conn, 10_000), leader(&conn, 10_000));
+    let a = acquire(&one).await;
+    // The first wait starts the standby's subscription; give it time to be in place.
+    two.wait_released(Duration::from_millis(500)).await;
+    let started = tokio::time::Instant::now();
+    let waiting = tokio::spawn(async move {
+        two.wait_released(Duration::from_secs(30)).await;
+        two
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    one.release(&a).await.unwrap();
+    let two = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the wait ended only at its 30 s poll interval")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        two.try_acquire().await.unwrap().is_some(),
+        "released lock is free"
+    );
+}
