@@ -65,7 +65,7 @@ impl Cron {
     fn matches(&self, w: NaiveDateTime) -> bool {
         let hour_ok = match &self.hour {
             HourField::Any => true,
-            HourField::Step(s) => w.hour() % s == 0,
+            HourField::Step(s) => w.hour().is_multiple_of(*s),
             HourField::List(h) => h.contains(&w.hour()),
         };
         let dow_ok = self
