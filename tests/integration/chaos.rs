@@ -2,9 +2,9 @@
 //! must fail runs that duplicate, miss or lose, or a passing chaos run proves nothing.
 
 #[path = "../../chaos/mod.rs"]
-mod chaos_kit;
+mod harness;
 
-use chaos_kit::check::{check, parse_line, Execution, GridEntry};
+use harness::check::{check, parse_line, Execution, GridEntry};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -93,7 +93,7 @@ fn chaos_short_run_holds_every_invariant() {
         .build()
         .unwrap();
     let report = rt
-        .block_on(chaos_kit::runner::run(chaos_kit::runner::Options {
+        .block_on(harness::runner::run(harness::runner::Options {
             duration: Duration::from_secs(35),
             seed,
             beatd: crate::util::bin(),
