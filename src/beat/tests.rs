@@ -95,6 +95,22 @@ fn start(
     }
 }
 
+impl Harness {
+    /// Graceful stop, waiting for the beat to release its lease and return.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+/// Fire times of `entry` as whole seconds after `origin`.
+fn fired_secs(emitter: &MemoryEmitter, entry: &str, origin: DateTime<Utc>) -> Vec<i64> {
+    fired(emitter, entry)
+        .iter()
+        .map(|ms| (ms - origin.timestamp_millis()) / 1000)
+        .collect()
+}
+
 fn fired(emitter: &MemoryEmitter, entry: &str) -> Vec<i64> {
     emitter
         .pushed()
@@ -124,10 +140,10 @@ async fn fires_every_second_exactly_once_on_time() {
     let expected: Vec<i64> = (0..10).map(|k| base + k * 1000).collect();
     assert_eq!(fired(&h.emitter, "tick"), expected);
     assert!(h.status.is_leader.load(Ordering::Relaxed));
-    h.shutdown.cancel();
-    h.task.await.unwrap();
+    let leader = h.leader.clone();
+    h.stop().await;
     // Shutdown released the lock so a standby can take over at once.
-    assert_eq!(h.leader.current_token(), None);
+    assert_eq!(leader.current_token(), None);
 }
 
 #[tokio::test(start_paused = true)]
@@ -142,8 +158,7 @@ async fn a_restart_neither_repeats_nor_loses_a_fire() {
         emitter.clone(),
     );
     settle(Duration::from_millis(4_500)).await; // fires at :02 and :04
-    h.shutdown.cancel();
-    h.task.await.unwrap();
+    h.stop().await;
     // Down for 5.5 s (fires :06, :08, :10 missed), then a new beat on the same state.
     settle(Duration::from_millis(5_500)).await;
     let h2 = start(
@@ -153,13 +168,9 @@ async fn a_restart_neither_repeats_nor_loses_a_fire() {
         emitter,
     );
     settle(Duration::from_millis(3_000)).await;
-    let got: Vec<i64> = fired(&h2.emitter, "tick")
-        .iter()
-        .map(|ms| (ms - origin.timestamp_millis()) / 1000)
-        .collect();
+    let got = fired_secs(&h2.emitter, "tick", origin);
     assert_eq!(got, vec![2, 4, 6, 8, 10, 12]);
-    h2.shutdown.cancel();
-    h2.task.await.unwrap();
+    h2.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -174,8 +185,7 @@ async fn catch_up_latest_sends_only_the_most_recent_missed_fire() {
         emitter.clone(),
     );
     settle(Duration::from_millis(2_500)).await;
-    h.shutdown.cancel();
-    h.task.await.unwrap();
+    h.stop().await;
     settle(Duration::from_millis(7_000)).await; // :04 :06 :08 missed; now :09.5
     let h2 = start(
         origin + chrono::Duration::milliseconds(9_500),
@@ -184,13 +194,9 @@ async fn catch_up_latest_sends_only_the_most_recent_missed_fire() {
         emitter,
     );
     settle(Duration::from_millis(1_000)).await;
-    let got: Vec<i64> = fired(&h2.emitter, "tick")
-        .iter()
-        .map(|ms| (ms - origin.timestamp_millis()) / 1000)
-        .collect();
+    let got = fired_secs(&h2.emitter, "tick", origin);
     assert_eq!(got, vec![2, 8, 10]);
-    h2.shutdown.cancel();
-    h2.task.await.unwrap();
+    h2.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -229,8 +235,7 @@ async fn a_lost_lease_stops_emission_until_reacquired() {
     let mut dedup = after.clone();
     dedup.dedup();
     assert_eq!(after, dedup, "a fire time was sent twice");
-    h.shutdown.cancel();
-    h.task.await.unwrap();
+    h.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -256,8 +261,7 @@ async fn reload_adds_and_removes_entries_without_spurious_fires() {
     );
     // The removed entry's state is gone.
     assert!(!emitter.last_runs().await.unwrap().contains_key("a"));
-    h.shutdown.cancel();
-    h.task.await.unwrap();
+    h.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -274,8 +278,7 @@ async fn ten_thousand_entries_due_together_go_out_in_one_batch() {
     assert_eq!(pushed.len(), 10_000);
     let due = t("2026-11-23T10:01:00Z").timestamp_millis();
     assert!(pushed.iter().all(|p| p.fire_at_ms == due));
-    h.shutdown.cancel();
-    h.task.await.unwrap();
+    h.stop().await;
 }
 
 /// Wraps the in-memory ports and fails every call while `down` is set, like Redis during an
