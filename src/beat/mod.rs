@@ -17,11 +17,11 @@
 pub mod message;
 pub mod plan;
 
-use crate::beat_io::{EmitOutcome, Emitter, Error, Fire, LeaderLock, Lease, StateStore};
+use crate::beat_io::{BatchId, EmitOutcome, Emitter, Error, Fire, LeaderLock, Lease, StateStore};
 use crate::clock::SharedClock;
 use crate::entry::Entry;
 use crate::ops::metrics::Metrics;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use plan::{Due, Plan};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -62,6 +62,14 @@ pub struct BeatOptions {
     /// notice a released lock, and a graceful handover must not lose the fire time due
     /// meanwhile, whatever the catch-up policy.
     pub takeover_tolerance: Duration,
+    /// With an emitter that stages ([`Emitter::stages`]), how long before a fire time its
+    /// messages may be encoded and parked in the store, so that at the instant one O(1)
+    /// commit makes them visible. Large enough for 100,000 fires of one instant to be
+    /// encoded and staged on a slow machine; staging starts only once the previous fire
+    /// time is committed.
+    pub stage_ahead: Duration,
+    /// Fires encoded and staged per step; the loop renews the lease between steps.
+    pub stage_chunk: usize,
 }
 
 impl Default for BeatOptions {
@@ -70,7 +78,29 @@ impl Default for BeatOptions {
             acquire_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
             takeover_tolerance: Duration::from_secs(2),
+            stage_ahead: Duration::from_secs(5),
+            stage_chunk: 2_000,
         }
+    }
+}
+
+/// The fires of one fire time being staged, popped from the plan (a replan rebuilds them).
+struct Staging {
+    /// Names the batch in the store.
+    batch: BatchId,
+    /// The fire time of every fire in it.
+    at: DateTime<Utc>,
+    /// The fires, all due at `at`.
+    due: Vec<Due>,
+    /// Outcomes of the fires staged so far (a prefix of `due`).
+    outcomes: Vec<EmitOutcome>,
+    /// Task ids of the fires staged so far, for the fire log lines.
+    task_ids: Vec<String>,
+}
+
+impl Staging {
+    fn complete(&self) -> bool {
+        self.outcomes.len() == self.due.len()
     }
 }
 
@@ -233,7 +263,7 @@ impl Beat {
         let mut renew_at = lease.acquired_at + lease.ttl / 3;
         // Seen now: the plan below is made from the current entries.
         self.entries.borrow_and_update();
-        let Some(mut plan) = self.replan().await else {
+        let Some(mut plan) = self.replan(lease).await else {
             return TermEnd::StoreError;
         };
         // After a store error: replan (which reads the store) not before this instant.
@@ -241,12 +271,23 @@ impl Beat {
         let mut retry = Backoff::new(Duration::from_secs(1));
         // The plan must be made again: the entries changed, or an emission failed.
         let mut replan_pending = false;
+        // The next fire time's messages, being parked in the store ahead of it.
+        let mut staging: Option<Staging> = None;
+        let stages = self.emitter.stages();
         loop {
-            let wake = plan.next_wake().map(|at| {
-                let left = (at - self.clock.now()).to_std().unwrap_or_default();
-                let w = Instant::now() + left;
-                retry_at.map_or(w, |r| w.max(r))
-            });
+            let wake = match &staging {
+                Some(st) if !st.complete() => Some(Instant::now()),
+                Some(st) => Some(self.instant_of(st.at)),
+                None => plan.next_wake().map(|at| {
+                    let ahead = if stages {
+                        TimeDelta::from_std(self.options.stage_ahead).unwrap_or_default()
+                    } else {
+                        TimeDelta::zero()
+                    };
+                    self.instant_of(at - ahead)
+                }),
+            }
+            .map(|w| retry_at.map_or(w, |r| w.max(r)));
             let mut until = wake.map_or(renew_at, |w| w.min(renew_at));
             if replan_pending {
                 until = retry_at.map_or(until, |r| until.min(r));
@@ -277,8 +318,12 @@ impl Beat {
                     }
                 }
             }
+            if replan_pending {
+                // A batch staged from the old plan must not go out: the replan rolls it back.
+                staging = None;
+            }
             if replan_pending && retry_at.is_none_or(|r| Instant::now() >= r) {
-                if let Some(new_plan) = self.reload().await {
+                if let Some(new_plan) = self.reload(lease).await {
                     plan = new_plan;
                     replan_pending = false;
                     retry_at = None;
@@ -292,26 +337,66 @@ impl Beat {
             if retry_at.is_some_and(|r| Instant::now() < r) {
                 continue;
             }
-            let due = plan.pop_due(self.clock.now());
-            if due.is_empty() {
-                continue;
-            }
-            if Instant::now() >= valid_until {
-                return TermEnd::LeaseLost;
-            }
-            match self.emit(lease, &mut plan, &due).await {
+            let step = match staging.as_ref().map(|st| (st.complete(), st.at)) {
+                Some((false, _)) => {
+                    let st = staging.as_mut().expect("staging checked above");
+                    self.stage_step(lease, &plan, st).await
+                }
+                Some((true, at)) if self.clock.now() >= at => {
+                    if Instant::now() >= valid_until {
+                        return TermEnd::LeaseLost;
+                    }
+                    let st = staging.take().expect("staging checked above");
+                    self.commit(lease, &mut plan, st, &mut replan_pending).await
+                }
+                Some(_) => continue,
+                None => {
+                    let now = self.clock.now();
+                    match plan.next_wake() {
+                        Some(at) if at <= now => {
+                            let due = plan.pop_due(now);
+                            if Instant::now() >= valid_until {
+                                return TermEnd::LeaseLost;
+                            }
+                            self.emit(lease, &mut plan, &due).await
+                        }
+                        Some(at)
+                            if stages
+                                && (at - now).to_std().unwrap_or_default()
+                                    <= self.options.stage_ahead =>
+                        {
+                            let due = plan.pop_due(at);
+                            staging = Some(Staging {
+                                batch: BatchId {
+                                    epoch: lease.epoch,
+                                    at_ms: at.timestamp_millis(),
+                                },
+                                at,
+                                outcomes: Vec::with_capacity(due.len()),
+                                task_ids: Vec::with_capacity(due.len()),
+                                due,
+                            });
+                            continue;
+                        }
+                        _ => continue,
+                    }
+                }
+            };
+            match step {
                 Ok(()) => {
                     retry_at = None;
                     retry.reset();
                 }
                 // The store failed (the outcome is unknown): keep the lease and replan from
                 // the store once it answers, as a new term would: what was recorded is not
-                // sent again, fire times due within the takeover tolerance go out late, older
-                // ones follow the catch-up policy (the store was down). The lease deadline
-                // above still ends the term in time. Stepping down instead would leave the
-                // lock, unreleasable while the store is down, blocking every replica until
-                // the TTL runs out.
+                // sent again, what was staged and not committed is rolled back, fire times
+                // due within the takeover tolerance go out late, older ones follow the
+                // catch-up policy (the store was down). The lease deadline above still ends
+                // the term in time. Stepping down instead would leave the lock,
+                // unreleasable while the store is down, blocking every replica until the TTL
+                // runs out.
                 Err(TermEnd::StoreError) => {
+                    staging = None;
                     replan_pending = true;
                     retry_at = Some(Instant::now() + retry.next());
                 }
@@ -320,14 +405,80 @@ impl Beat {
         }
     }
 
+    /// The tokio instant at which the clock will read `at` (now if it already does).
+    fn instant_of(&self, at: DateTime<Utc>) -> Instant {
+        Instant::now() + (at - self.clock.now()).to_std().unwrap_or_default()
+    }
+
+    /// Encodes and stages the next chunk of a staging batch.
+    async fn stage_step(
+        &self,
+        lease: &Lease,
+        plan: &Plan,
+        st: &mut Staging,
+    ) -> Result<(), TermEnd> {
+        let entries = plan.entries();
+        let from = st.outcomes.len();
+        let to = (from + self.options.stage_chunk.max(1)).min(st.due.len());
+        let fires: Vec<Fire> = st.due[from..to]
+            .iter()
+            .map(|d| self.encoder.encode(&entries[d.idx], d.at, lease.epoch))
+            .collect();
+        match self.emitter.stage(lease, st.batch, &fires).await {
+            Ok(outcomes) => {
+                self.store_ok();
+                st.outcomes.extend(outcomes);
+                st.task_ids
+                    .extend(fires.iter().map(|f| task_id(&f.payload)));
+                Ok(())
+            }
+            Err(Error::LeaseLost) => Err(TermEnd::LeaseLost),
+            Err(e) => {
+                self.store_failed(&e);
+                Err(TermEnd::StoreError)
+            }
+        }
+    }
+
+    /// Commits a fully staged batch at its fire time, then records it.
+    async fn commit(
+        &self,
+        lease: &Lease,
+        plan: &mut Plan,
+        st: Staging,
+        replan_pending: &mut bool,
+    ) -> Result<(), TermEnd> {
+        match self.emitter.commit(lease, st.batch).await {
+            Ok(()) => self.store_ok(),
+            Err(Error::LeaseLost) => return Err(TermEnd::LeaseLost),
+            Err(e) => {
+                self.store_failed(&e);
+                return Err(TermEnd::StoreError);
+            }
+        }
+        let now = self.clock.now();
+        if let Err(e) = self.emitter.settle(st.batch).await {
+            // Sent but not yet recorded: the replan's recovery records it before anything
+            // else is sent.
+            self.store_failed(&e);
+            *replan_pending = true;
+        }
+        self.account(lease, plan, &st.due, &st.outcomes, &st.task_ids, now);
+        Ok(())
+    }
+
     /// Loads the recorded state, forgets entries that are no longer in the files, and plans
     /// the current entries from it.
     ///
     /// Forgetting here, and not only on a reload seen by this process, is what removes the
     /// state of an entry deleted while no replica ran, or while this one was a standby: the
     /// state is shared, the plan is per process.
-    async fn replan(&self) -> Option<Plan> {
+    async fn replan(&self, lease: &Lease) -> Option<Plan> {
         let entries = self.entries.borrow().clone();
+        if let Err(e) = self.emitter.recover(lease).await {
+            self.store_failed(&e);
+            return None;
+        }
         let mut last = match self.state.last_runs().await {
             Ok(last) => last,
             Err(e) => {
@@ -363,9 +514,9 @@ impl Beat {
 
     /// Replans from the current entries after a reload or a store error (the new plan
     /// forgets removed entries).
-    async fn reload(&mut self) -> Option<Plan> {
+    async fn reload(&mut self, lease: &Lease) -> Option<Plan> {
         self.entries.borrow_and_update();
-        self.replan().await
+        self.replan(lease).await
     }
 
     async fn emit(&self, lease: &Lease, plan: &mut Plan, due: &[Due]) -> Result<(), TermEnd> {
@@ -378,35 +529,12 @@ impl Beat {
             Ok(outcomes) => {
                 self.store_ok();
                 let now = self.clock.now();
-                for ((d, outcome), fire) in due.iter().zip(outcomes).zip(&fires) {
-                    let entry = &entries[d.idx];
-                    let lateness_ms = (now - d.at).num_milliseconds();
-                    match outcome {
-                        EmitOutcome::Sent => {
-                            self.status.sent.fetch_add(1, Ordering::Relaxed);
-                            self.metrics
-                                .messages_sent
-                                .get_or_create(&vec![("entry", entry.name.clone())])
-                                .inc();
-                            self.metrics
-                                .emission_lateness
-                                .observe((now - d.at).as_seconds_f64().max(0.0));
-                            if tracing::enabled!(tracing::Level::INFO) {
-                                tracing::info!(
-                                    entry = %entry.name, task = %entry.task,
-                                    task_id = %task_id(&fire.payload),
-                                    scheduled = %crate::protocol::rfc3339_millis(d.at),
-                                    lateness_ms, epoch = lease.epoch, catch_up = d.catch_up,
-                                    "fire"
-                                );
-                            }
-                        }
-                        EmitOutcome::AlreadySent => {
-                            tracing::debug!(entry = %entry.name, scheduled = %d.at, "already sent");
-                        }
-                    }
-                    plan.complete(*d);
-                }
+                let task_ids: Vec<String> = if tracing::enabled!(tracing::Level::INFO) {
+                    fires.iter().map(|f| task_id(&f.payload)).collect()
+                } else {
+                    Vec::new()
+                };
+                self.account(lease, plan, due, &outcomes, &task_ids, now);
                 Ok(())
             }
             Err(Error::LeaseLost) => Err(TermEnd::LeaseLost),
@@ -414,6 +542,49 @@ impl Beat {
                 self.store_failed(&e);
                 Err(TermEnd::StoreError)
             }
+        }
+    }
+
+    /// Counts, logs and completes fires whose outcome is known; `now` is when they became
+    /// visible.
+    fn account(
+        &self,
+        lease: &Lease,
+        plan: &mut Plan,
+        due: &[Due],
+        outcomes: &[EmitOutcome],
+        task_ids: &[String],
+        now: DateTime<Utc>,
+    ) {
+        let entries = plan.entries().clone();
+        for (i, (d, outcome)) in due.iter().zip(outcomes).enumerate() {
+            let entry = &entries[d.idx];
+            match outcome {
+                EmitOutcome::Sent => {
+                    self.status.sent.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .messages_sent
+                        .get_or_create(&vec![("entry", entry.name.clone())])
+                        .inc();
+                    self.metrics
+                        .emission_lateness
+                        .observe((now - d.at).as_seconds_f64().max(0.0));
+                    if tracing::enabled!(tracing::Level::INFO) {
+                        tracing::info!(
+                            entry = %entry.name, task = %entry.task,
+                            task_id = %task_ids.get(i).map_or("", String::as_str),
+                            scheduled = %crate::protocol::rfc3339_millis(d.at),
+                            lateness_ms = (now - d.at).num_milliseconds(),
+                            epoch = lease.epoch, catch_up = d.catch_up,
+                            "fire"
+                        );
+                    }
+                }
+                EmitOutcome::AlreadySent => {
+                    tracing::debug!(entry = %entry.name, scheduled = %d.at, "already sent");
+                }
+            }
+            plan.complete(*d);
         }
     }
 }

@@ -124,11 +124,34 @@ async fn settle(d: Duration) {
     tokio::time::sleep(d).await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn fires_every_second_exactly_once_on_time() {
+/// An emitter fenced by `leader`, offering the two-phase path when `staged`.
+fn mem_emitter(leader: &Arc<MemoryLeader>, staged: bool) -> Arc<MemoryEmitter> {
+    let em = MemoryEmitter::new(leader.clone());
+    Arc::new(if staged { em.with_staging() } else { em })
+}
+
+/// Runs a test body `name(staged: bool)` twice: emitting at the instant, and staging ahead
+/// and committing at the instant (the Redis path).
+macro_rules! both_paths {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(start_paused = true)]
+            async fn at_the_instant() {
+                super::$name(false).await;
+            }
+            #[tokio::test(start_paused = true)]
+            async fn staged_ahead() {
+                super::$name(true).await;
+            }
+        }
+    };
+}
+
+both_paths!(fires_every_second_exactly_once_on_time);
+async fn fires_every_second_exactly_once_on_time(staged: bool) {
     let origin = t("2026-11-23T10:00:00.500Z");
     let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
-    let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
+    let emitter = mem_emitter(&leader, staged);
     let h = start(
         origin,
         vec![every("tick", 1, CatchUp::Latest)],
@@ -146,11 +169,11 @@ async fn fires_every_second_exactly_once_on_time() {
     assert_eq!(leader.current_token(), None);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_restart_neither_repeats_nor_loses_a_fire() {
+both_paths!(a_restart_neither_repeats_nor_loses_a_fire);
+async fn a_restart_neither_repeats_nor_loses_a_fire(staged: bool) {
     let origin = t("2026-11-23T10:00:00Z");
     let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
-    let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
+    let emitter = mem_emitter(&leader, staged);
     let h = start(
         origin,
         vec![every("tick", 2, CatchUp::All)],
@@ -173,11 +196,11 @@ async fn a_restart_neither_repeats_nor_loses_a_fire() {
     h2.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn catch_up_latest_sends_only_the_most_recent_missed_fire() {
+both_paths!(catch_up_latest_sends_only_the_most_recent_missed_fire);
+async fn catch_up_latest_sends_only_the_most_recent_missed_fire(staged: bool) {
     let origin = t("2026-11-23T10:00:00Z");
     let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
-    let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
+    let emitter = mem_emitter(&leader, staged);
     let h = start(
         origin,
         vec![every("tick", 2, CatchUp::Latest)],
@@ -199,11 +222,11 @@ async fn catch_up_latest_sends_only_the_most_recent_missed_fire() {
     h2.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_lost_lease_stops_emission_until_reacquired() {
+both_paths!(a_lost_lease_stops_emission_until_reacquired);
+async fn a_lost_lease_stops_emission_until_reacquired(staged: bool) {
     let origin = t("2026-11-23T10:00:00Z");
     let leader = Arc::new(MemoryLeader::new(Duration::from_secs(3)));
-    let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
+    let emitter = mem_emitter(&leader, staged);
     let h = start(
         origin,
         vec![every("tick", 1, CatchUp::None)],
@@ -238,11 +261,11 @@ async fn a_lost_lease_stops_emission_until_reacquired() {
     h.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn reload_adds_and_removes_entries_without_spurious_fires() {
+both_paths!(reload_adds_and_removes_entries_without_spurious_fires);
+async fn reload_adds_and_removes_entries_without_spurious_fires(staged: bool) {
     let origin = t("2026-11-23T10:00:00.200Z");
     let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
-    let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
+    let emitter = mem_emitter(&leader, staged);
     let h = start(
         origin,
         vec![every("a", 1, CatchUp::All)],
@@ -264,11 +287,11 @@ async fn reload_adds_and_removes_entries_without_spurious_fires() {
     h.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn ten_thousand_entries_due_together_go_out_in_one_batch() {
+both_paths!(ten_thousand_entries_due_together_go_out_in_one_batch);
+async fn ten_thousand_entries_due_together_go_out_in_one_batch(staged: bool) {
     let origin = t("2026-11-23T10:00:00.900Z");
     let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
-    let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
+    let emitter = mem_emitter(&leader, staged);
     let entries: Vec<Entry> = (0..10_000)
         .map(|i| every(&format!("e{i}"), 60, CatchUp::None))
         .collect();
@@ -324,6 +347,30 @@ impl Emitter for Outage<MemoryEmitter> {
         self.check()?;
         self.inner.emit(lease, fires).await
     }
+    fn stages(&self) -> bool {
+        self.inner.stages()
+    }
+    async fn stage(
+        &self,
+        lease: &Lease,
+        batch: BatchId,
+        fires: &[Fire],
+    ) -> Result<Vec<EmitOutcome>, Error> {
+        self.check()?;
+        self.inner.stage(lease, batch, fires).await
+    }
+    async fn commit(&self, lease: &Lease, batch: BatchId) -> Result<(), Error> {
+        self.check()?;
+        self.inner.commit(lease, batch).await
+    }
+    async fn settle(&self, batch: BatchId) -> Result<(), Error> {
+        self.check()?;
+        self.inner.settle(batch).await
+    }
+    async fn recover(&self, lease: &Lease) -> Result<(), Error> {
+        self.check()?;
+        self.inner.recover(lease).await
+    }
 }
 
 #[async_trait::async_trait]
@@ -340,11 +387,11 @@ impl StateStore for Outage<MemoryEmitter> {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_store_outage_shorter_than_the_ttl_resumes_the_same_lease_and_catches_up() {
+both_paths!(a_store_outage_shorter_than_the_ttl_resumes_the_same_lease_and_catches_up);
+async fn a_store_outage_shorter_than_the_ttl_resumes_the_same_lease_and_catches_up(staged: bool) {
     let origin = t("2026-11-23T10:00:00.500Z");
     let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
-    let emitter = Arc::new(MemoryEmitter::new(leader.clone()));
+    let emitter = mem_emitter(&leader, staged);
     let down = Arc::new(AtomicBool::new(false));
     let (_tx, rx) = watch::channel::<Arc<[Entry]>>(vec![every("tick", 1, CatchUp::All)].into());
     let status = Arc::new(BeatStatus::default());
@@ -430,4 +477,94 @@ fn a_fire_time_due_within_the_takeover_tolerance_is_sent_late_even_without_catch
     // An entry that never ran still starts from now.
     let mut fresh = Plan::with_tolerance(entries, &HashMap::new(), now, Duration::from_secs(2));
     assert!(fresh.pop_due(now).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn staged_fires_stay_invisible_until_their_instant_then_are_recorded() {
+    let origin = t("2026-11-23T10:00:00Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let emitter = mem_emitter(&leader, true);
+    let h = start(
+        origin,
+        vec![every("tick", 10, CatchUp::All)],
+        leader,
+        emitter.clone(),
+    );
+    // stage_ahead is 5 s: the :10 fire is parked at :05, not pushed.
+    settle(Duration::from_millis(6_000)).await;
+    let epoch = h.status.epoch.load(Ordering::Relaxed);
+    let at10 = t("2026-11-23T10:00:10Z").timestamp_millis();
+    let staged = BatchId { epoch, at_ms: at10 };
+    assert_eq!(emitter.batches(), [(staged, false, 1)]);
+    assert!(emitter.pushed().is_empty(), "visible before its instant");
+    assert!(emitter.last_runs().await.unwrap().is_empty());
+    settle(Duration::from_millis(4_500)).await; // :10.5
+    assert_eq!(fired(&emitter, "tick"), [at10]);
+    let runs = emitter.last_runs().await.unwrap();
+    assert_eq!((runs["tick"].fire_at_ms, runs["tick"].count), (at10, 1));
+    // The :10 batch is settled and gone; :20 is staged from :15 on.
+    assert!(emitter.batches().is_empty());
+    settle(Duration::from_millis(5_000)).await;
+    assert_eq!(emitter.batches().len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_between_staging_and_the_instant_rolls_the_batch_back() {
+    let origin = t("2026-11-23T10:00:00Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let emitter = mem_emitter(&leader, true);
+    let h = start(
+        origin,
+        vec![every("a", 10, CatchUp::All)],
+        leader,
+        emitter.clone(),
+    );
+    settle(Duration::from_millis(6_000)).await; // a@:10 staged
+    assert_eq!(emitter.batches().len(), 1);
+    // The schedule changes to every 4 s: :10 must not go out, :08 and :12 must.
+    h.entries
+        .send(vec![every("a", 4, CatchUp::All)].into())
+        .unwrap();
+    settle(Duration::from_millis(7_000)).await; // :13
+    let secs = fired_secs(&emitter, "a", origin);
+    assert_eq!(secs, [8, 12], "the old schedule's staged fire went out");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_lost_after_staging_sends_nothing_and_the_next_leader_sends_the_fire() {
+    let origin = t("2026-11-23T10:00:00Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let emitter = mem_emitter(&leader, true);
+    let h = start(
+        origin,
+        vec![every("a", 10, CatchUp::All)],
+        leader.clone(),
+        emitter.clone(),
+    );
+    settle(Duration::from_millis(6_000)).await; // a@:10 staged by epoch 1
+    leader.revoke();
+    let other = leader
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("free after revoke");
+    settle(Duration::from_millis(4_500)).await; // :10.5: the commit was fenced
+    assert!(emitter.pushed().is_empty(), "a fenced leader committed");
+    assert!(!h.status.is_leader.load(Ordering::Relaxed));
+    // The new leader's term starts with recovery: the stale batch is rolled back and the
+    // fire time is not recorded, so its own plan sends it (late, within its catch-up).
+    emitter.recover(&other).await.unwrap();
+    assert!(emitter.batches().is_empty());
+    assert!(emitter.last_runs().await.unwrap().is_empty());
+    let at10 = t("2026-11-23T10:00:10Z").timestamp_millis();
+    let fire = TestEncoder.encode(&every("a", 10, CatchUp::All), t("2026-11-23T10:00:10Z"), 2);
+    assert_eq!(
+        emitter.emit(&other, &[fire]).await.unwrap(),
+        [EmitOutcome::Sent]
+    );
+    assert_eq!(fired(&emitter, "a"), [at10]);
+    leader.release(&other).await.unwrap();
+    h.stop().await;
 }

@@ -7,7 +7,7 @@
 //! elsewhere.
 
 use super::{
-    EmitOutcome, Emitter, Error, Fire, LastRun, LeaderInfo, LeaderLock, Lease, StateStore,
+    BatchId, EmitOutcome, Emitter, Error, Fire, LastRun, LeaderInfo, LeaderLock, Lease, StateStore,
 };
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -146,6 +146,8 @@ pub struct MemoryEmitter {
     leader: Option<Arc<MemoryLeader>>,
     /// When set, every push is also sent here (the embedded queue).
     sink: Option<UnboundedSender<Pushed>>,
+    /// Whether [`Emitter::stage`] is offered (tests of the two-phase path).
+    staging: bool,
     /// Pushes in order, and last runs.
     state: Mutex<EmitState>,
 }
@@ -154,6 +156,38 @@ pub struct MemoryEmitter {
 struct EmitState {
     pushed: Vec<Pushed>,
     last: HashMap<String, LastRun>,
+    /// Staged batches: whether committed, and their fires.
+    batches: HashMap<BatchId, (bool, Vec<Fire>)>,
+}
+
+impl EmitState {
+    /// Records `fire` as its entry's last run unless one as recent is recorded.
+    fn record(&mut self, fire: &Fire) -> bool {
+        let prev = self.last.get(&fire.entry);
+        if prev.is_some_and(|l| l.fire_at_ms >= fire.fire_at_ms) {
+            return false;
+        }
+        let count = prev.map_or(0, |l| l.count) + 1;
+        self.last.insert(
+            fire.entry.clone(),
+            LastRun {
+                fire_at_ms: fire.fire_at_ms,
+                count,
+                fingerprint: Some(fire.schedule_fingerprint.clone()),
+            },
+        );
+        true
+    }
+
+    fn settle(&mut self, batch: BatchId) {
+        if let Some((true, fires)) = self.batches.get(&batch) {
+            let fires = fires.clone();
+            for f in &fires {
+                self.record(f);
+            }
+            self.batches.remove(&batch);
+        }
+    }
 }
 
 impl MemoryEmitter {
@@ -180,6 +214,48 @@ impl MemoryEmitter {
         self
     }
 
+    /// Also offers the two-phase path ([`Emitter::stage`], [`Emitter::commit`]), as the
+    /// Redis emitter does.
+    #[must_use]
+    pub fn with_staging(mut self) -> Self {
+        self.staging = true;
+        self
+    }
+
+    /// Staged batches not yet settled, as (batch, committed, fires).
+    #[must_use]
+    pub fn batches(&self) -> Vec<(BatchId, bool, usize)> {
+        let mut out: Vec<_> = lock(&self.state)
+            .batches
+            .iter()
+            .map(|(id, (c, f))| (*id, *c, f.len()))
+            .collect();
+        out.sort_by_key(|b| b.0.at_ms);
+        out
+    }
+
+    fn fence(&self, lease: &Lease) -> Result<(), Error> {
+        if let Some(leader) = &self.leader {
+            if leader.current_token().as_deref() != Some(lease.token.as_str()) {
+                return Err(Error::LeaseLost);
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&self, st: &mut EmitState, fire: &Fire) {
+        let pushed = Pushed {
+            list_key: fire.list_key.clone(),
+            payload: fire.payload.clone(),
+            entry: fire.entry.clone(),
+            fire_at_ms: fire.fire_at_ms,
+        };
+        if let Some(sink) = &self.sink {
+            let _ = sink.send(pushed.clone());
+        }
+        st.pushed.push(pushed);
+    }
+
     /// Everything pushed so far, oldest first.
     #[must_use]
     pub fn pushed(&self) -> Vec<Pushed> {
@@ -195,44 +271,84 @@ impl MemoryEmitter {
 #[async_trait]
 impl Emitter for MemoryEmitter {
     async fn emit(&self, lease: &Lease, fires: &[Fire]) -> Result<Vec<EmitOutcome>, Error> {
-        if let Some(leader) = &self.leader {
-            if leader.current_token().as_deref() != Some(lease.token.as_str()) {
-                return Err(Error::LeaseLost);
-            }
-        }
+        self.fence(lease)?;
         let mut st = lock(&self.state);
         let mut outcomes = Vec::with_capacity(fires.len());
         for fire in fires {
-            let older = st
-                .last
-                .get(&fire.entry)
-                .is_none_or(|l| l.fire_at_ms < fire.fire_at_ms);
-            if !older {
+            if st.record(fire) {
+                self.push(&mut st, fire);
+                outcomes.push(EmitOutcome::Sent);
+            } else {
                 outcomes.push(EmitOutcome::AlreadySent);
-                continue;
             }
-            let count = st.last.get(&fire.entry).map_or(0, |l| l.count) + 1;
-            st.last.insert(
-                fire.entry.clone(),
-                LastRun {
-                    fire_at_ms: fire.fire_at_ms,
-                    count,
-                    fingerprint: Some(fire.schedule_fingerprint.clone()),
-                },
-            );
-            let pushed = Pushed {
-                list_key: fire.list_key.clone(),
-                payload: fire.payload.clone(),
-                entry: fire.entry.clone(),
-                fire_at_ms: fire.fire_at_ms,
-            };
-            if let Some(sink) = &self.sink {
-                let _ = sink.send(pushed.clone());
-            }
-            st.pushed.push(pushed);
-            outcomes.push(EmitOutcome::Sent);
         }
         Ok(outcomes)
+    }
+
+    fn stages(&self) -> bool {
+        self.staging
+    }
+
+    async fn stage(
+        &self,
+        lease: &Lease,
+        batch: BatchId,
+        fires: &[Fire],
+    ) -> Result<Vec<EmitOutcome>, Error> {
+        self.fence(lease)?;
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let (committed, staged) = st.batches.entry(batch).or_default();
+        if *committed {
+            return Err(Error::Unavailable("batch already committed".into()));
+        }
+        let mut outcomes = Vec::with_capacity(fires.len());
+        for fire in fires {
+            let sent = st
+                .last
+                .get(&fire.entry)
+                .is_some_and(|l| l.fire_at_ms >= fire.fire_at_ms);
+            if sent || staged.iter().any(|f| f.entry == fire.entry) {
+                outcomes.push(EmitOutcome::AlreadySent);
+            } else {
+                staged.push(fire.clone());
+                outcomes.push(EmitOutcome::Sent);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn commit(&self, lease: &Lease, batch: BatchId) -> Result<(), Error> {
+        self.fence(lease)?;
+        let mut st = lock(&self.state);
+        let Some((committed, fires)) = st.batches.get_mut(&batch) else {
+            return Err(Error::Unavailable("batch no longer staged".into()));
+        };
+        if *committed {
+            return Ok(());
+        }
+        *committed = true;
+        let fires = fires.clone();
+        for f in &fires {
+            self.push(&mut st, f);
+        }
+        Ok(())
+    }
+
+    async fn settle(&self, batch: BatchId) -> Result<(), Error> {
+        lock(&self.state).settle(batch);
+        Ok(())
+    }
+
+    async fn recover(&self, lease: &Lease) -> Result<(), Error> {
+        self.fence(lease)?;
+        let mut st = lock(&self.state);
+        let ids: Vec<BatchId> = st.batches.keys().copied().collect();
+        for id in ids {
+            st.settle(id);
+            st.batches.remove(&id);
+        }
+        Ok(())
     }
 }
 

@@ -151,6 +151,79 @@ pub trait Emitter: Send + Sync {
     /// [`Error::Unavailable`] when the store failed; the outcome of the batch is unknown
     /// and calling again with the same fires is safe.
     async fn emit(&self, lease: &Lease, fires: &[Fire]) -> Result<Vec<EmitOutcome>, Error>;
+
+    /// Whether this emitter can park fires ahead of their fire time ([`Emitter::stage`]).
+    /// The beat then sends a fire time's messages with one O(1) [`Emitter::commit`] at the
+    /// instant instead of encoding and pushing them all then.
+    fn stages(&self) -> bool {
+        false
+    }
+
+    /// Parks `fires` (all of one fire time, `batch.at_ms`) in the store, invisible to
+    /// workers, while the lock still holds `lease.token`. Returns one outcome per fire:
+    /// [`EmitOutcome::AlreadySent`] for a fire whose entry's recorded last fire time is the
+    /// same or later, or which this batch already holds. May be called several times for one
+    /// batch (chunks); nothing is recorded as sent until the batch is committed and settled.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`], or [`Error::Unavailable`] (the chunk may or may not be parked;
+    /// the caller then recovers and replans).
+    async fn stage(
+        &self,
+        lease: &Lease,
+        batch: BatchId,
+        fires: &[Fire],
+    ) -> Result<Vec<EmitOutcome>, Error> {
+        let _ = (lease, batch, fires);
+        Err(Error::Unavailable("this emitter does not stage".into()))
+    }
+
+    /// Makes a staged batch visible to workers, atomically and only while the lock still
+    /// holds `lease.token`. Committing a committed batch again is a no-op.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`]; [`Error::Unavailable`] when the store failed or the batch is no
+    /// longer staged (rolled back by [`Emitter::recover`]).
+    async fn commit(&self, lease: &Lease, batch: BatchId) -> Result<(), Error> {
+        let _ = (lease, batch);
+        Err(Error::Unavailable("this emitter does not stage".into()))
+    }
+
+    /// Records the last runs of a committed batch (as [`Emitter::emit`] does for its fires)
+    /// and forgets the batch. Idempotent; safe to leave to [`Emitter::recover`] if it fails.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`].
+    async fn settle(&self, batch: BatchId) -> Result<(), Error> {
+        let _ = batch;
+        Ok(())
+    }
+
+    /// At the start of a term (and before any replan): settles every committed batch and
+    /// rolls back every batch never committed, whoever staged them, so the recorded last
+    /// runs are exactly what workers can see. Only the current leader may call it.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] or [`Error::Unavailable`].
+    async fn recover(&self, lease: &Lease) -> Result<(), Error> {
+        let _ = lease;
+        Ok(())
+    }
+}
+
+/// Names one staged batch: the fires of one fire time, staged under one leadership term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BatchId {
+    /// The epoch of the term that staged it.
+    pub epoch: u64,
+    /// The fire time of every fire in it, ms since the Unix epoch.
+    pub at_ms: i64,
+}
+
+impl std::fmt::Display for BatchId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.at_ms)
+    }
 }
 
 /// The last run recorded for one entry.

@@ -2,17 +2,29 @@
 //! the lock token, skips fires already recorded, `LPUSH`es the rest and records their last run,
 //! count and fingerprint (see DESIGN.md, "Leader election and exactly-once emission").
 //!
-//! Owns batching and the script's argument layout. Does not build messages (`protocol`) or
+//! Two-phase emission for fire times known in advance: `scripts/stage.lua` parks the encoded
+//! fires of one fire time ahead of it, `scripts/commit.lua` renames them onto their queues at
+//! the instant (O(1) per queue), `scripts/settle.lua` then records the last runs, and at the
+//! start of a term rolls back whatever was staged and never committed.
+//!
+//! Owns batching and the scripts' argument layout. Does not build messages (`protocol`) or
 //! decide what is due (`beat`).
 
 use super::{Error, Keys, RedisConn};
-use crate::beat_io::{self, EmitOutcome, Emitter, Fire, Lease};
+use crate::beat_io::{self, BatchId, EmitOutcome, Emitter, Fire, Lease};
 use async_trait::async_trait;
 use redis::{Script, Value};
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
 static EMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/emit.lua")));
+static STAGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/stage.lua")));
+static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/commit.lua")));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/settle.lua")));
+
+/// How long staged keys live if nobody commits or rolls them back (a replica set that is
+/// never started again); the next leader's recovery normally removes them within seconds.
+const STAGED_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// How big one script call may get. A script blocks Redis while it runs, so a huge batch is
 /// split to let workers' `BRPOP`s and other clients in between chunks, and to stay far inside
@@ -99,6 +111,134 @@ impl RedisEmitter {
             .await?;
         parse_reply(&reply, fires.len())
     }
+
+    fn batch_key(&self, batch: BatchId) -> String {
+        format!("{}{batch}", self.keys.batch_prefix)
+    }
+
+    /// Like [`Emitter::stage`], with the Redis error.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`]; [`Error::UnexpectedReply`] when the batch was committed already;
+    /// connection errors otherwise.
+    pub async fn stage_fires(
+        &self,
+        lease: &Lease,
+        batch: BatchId,
+        fires: &[Fire],
+    ) -> Result<Vec<EmitOutcome>, Error> {
+        let mut outcomes = Vec::with_capacity(fires.len());
+        for chunk in chunks(fires, self.opts) {
+            outcomes.extend(self.stage_chunk(&lease.token, batch, chunk).await?);
+        }
+        Ok(outcomes)
+    }
+
+    async fn stage_chunk(
+        &self,
+        token: &str,
+        batch: BatchId,
+        fires: &[Fire],
+    ) -> Result<Vec<EmitOutcome>, Error> {
+        let key = self.batch_key(batch);
+        let mut inv = STAGE.prepare_invoke();
+        inv.key(&self.keys.leader)
+            .key(&self.keys.last_run)
+            .key(&self.keys.batches)
+            .key(&key)
+            .key(format!("{key}:dests"))
+            .arg(token)
+            .arg(batch.to_string())
+            .arg(STAGED_TTL_MS);
+        let mut lists: HashMap<&str, usize> = HashMap::new();
+        for f in fires {
+            let next = lists.len() + 1;
+            let idx = *lists.entry(f.list_key.as_str()).or_insert_with(|| {
+                inv.key(f.list_key.as_bytes());
+                next
+            });
+            inv.arg(&f.entry)
+                .arg(f.fire_at_ms)
+                .arg(&f.schedule_fingerprint)
+                .arg(idx)
+                .arg(f.payload.as_slice());
+        }
+        let reply: Vec<Value> = self
+            .conn
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        if let [Value::Int(2)] = reply.as_slice() {
+            return Err(Error::UnexpectedReply(format!(
+                "batch {batch} is committed already; nothing more can be staged in it"
+            )));
+        }
+        parse_reply(&reply, fires.len())
+    }
+
+    /// Like [`Emitter::commit`], with the Redis error.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`]; [`Error::UnexpectedReply`] when the batch is no longer staged;
+    /// connection errors otherwise.
+    pub async fn commit_batch(&self, lease: &Lease, batch: BatchId) -> Result<(), Error> {
+        let key = self.batch_key(batch);
+        let mut inv = COMMIT.prepare_invoke();
+        inv.key(&self.keys.leader)
+            .key(&self.keys.batches)
+            .key(format!("{key}:dests"))
+            .arg(&lease.token)
+            .arg(batch.to_string())
+            .arg(&key);
+        let reply: Vec<Value> = self
+            .conn
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        match reply.as_slice() {
+            [Value::Int(1)] => Ok(()),
+            [Value::Int(0)] => Err(Error::LeaseLost),
+            [Value::Int(2)] => Err(Error::UnexpectedReply(format!(
+                "batch {batch} is no longer staged (rolled back)"
+            ))),
+            _ => Err(Error::UnexpectedReply(format!(
+                "commit script returned {reply:?}"
+            ))),
+        }
+    }
+
+    /// Settles one committed batch, or with `lease` every committed batch and rolls back the
+    /// rest. Returns (fires recorded, batches rolled back).
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] (recovery only); connection errors.
+    pub async fn settle_batches(
+        &self,
+        lease: Option<&Lease>,
+        batch: Option<BatchId>,
+    ) -> Result<(i64, i64), Error> {
+        let mut inv = SETTLE.prepare_invoke();
+        inv.key(&self.keys.leader)
+            .key(&self.keys.last_run)
+            .key(&self.keys.run_count)
+            .key(&self.keys.fingerprint)
+            .key(&self.keys.batches)
+            .arg(lease.map_or("", |l| l.token.as_str()))
+            .arg(if batch.is_some() { "one" } else { "all" })
+            .arg(&self.keys.batch_prefix)
+            .arg(batch.map(|b| b.to_string()).unwrap_or_default());
+        let reply: Vec<Value> = self
+            .conn
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        match reply.as_slice() {
+            [Value::Int(1), Value::Int(settled), Value::Int(rolled_back)] => {
+                Ok((*settled, *rolled_back))
+            }
+            [Value::Int(0)] => Err(Error::LeaseLost),
+            _ => Err(Error::UnexpectedReply(format!(
+                "settle script returned {reply:?}"
+            ))),
+        }
+    }
 }
 
 /// Splits `fires` into runs within both limits, never empty, order kept.
@@ -147,6 +287,40 @@ impl Emitter for RedisEmitter {
         fires: &[Fire],
     ) -> Result<Vec<EmitOutcome>, beat_io::Error> {
         Ok(self.emit_fires(lease, fires).await?)
+    }
+
+    fn stages(&self) -> bool {
+        true
+    }
+
+    async fn stage(
+        &self,
+        lease: &Lease,
+        batch: BatchId,
+        fires: &[Fire],
+    ) -> Result<Vec<EmitOutcome>, beat_io::Error> {
+        Ok(self.stage_fires(lease, batch, fires).await?)
+    }
+
+    async fn commit(&self, lease: &Lease, batch: BatchId) -> Result<(), beat_io::Error> {
+        Ok(self.commit_batch(lease, batch).await?)
+    }
+
+    async fn settle(&self, batch: BatchId) -> Result<(), beat_io::Error> {
+        self.settle_batches(None, Some(batch)).await?;
+        Ok(())
+    }
+
+    async fn recover(&self, lease: &Lease) -> Result<(), beat_io::Error> {
+        let (settled, rolled_back) = self.settle_batches(Some(lease), None).await?;
+        if settled > 0 || rolled_back > 0 {
+            tracing::info!(
+                settled,
+                rolled_back,
+                "staged batches of an earlier term recovered"
+            );
+        }
+        Ok(())
     }
 }
 

@@ -11,6 +11,10 @@
 //! | `{ns}:last_run` | hash | entry → last fire time sent (ms since the Unix epoch) |
 //! | `{ns}:run_count` | hash | entry → fires sent, ever |
 //! | `{ns}:fingerprint` | hash | entry → schedule fingerprint of the last fire sent |
+//! | `{ns}:batches` | hash | staged batch id `<epoch>:<fire ms>` → `s` (staged) or `c` (committed) |
+//! | `{ns}:batch:<id>` | hash | entry → `<fire ms> <fingerprint>`, the runs the batch will record |
+//! | `{ns}:batch:<id>:dests` | hash | index → destination queue list |
+//! | `{ns}:batch:<id>:q<index>` | list | staged messages, renamed onto the queue at the instant |
 //!
 //! and the Celery queue lists it pushes to. Does not own the message format (`protocol`),
 //! planning or the loop (`beat`): these implement the traits of [`crate::beat_io`].
@@ -111,6 +115,10 @@ pub struct Keys {
     pub run_count: String,
     /// `{ns}:fingerprint`
     pub fingerprint: String,
+    /// `{ns}:batches`
+    pub batches: String,
+    /// `{ns}:batch:`, the prefix of every staged batch's keys.
+    pub batch_prefix: String,
 }
 
 impl Keys {
@@ -123,6 +131,8 @@ impl Keys {
             last_run: format!("{ns}:last_run"),
             run_count: format!("{ns}:run_count"),
             fingerprint: format!("{ns}:fingerprint"),
+            batches: format!("{ns}:batches"),
+            batch_prefix: format!("{ns}:batch:"),
         }
     }
 }

@@ -11,6 +11,8 @@ mod emit;
 mod failover;
 /// Leader lock: acquire, renew, release, expiry, contenders, fencing.
 mod lock;
+/// Two-phase emission: stage, commit, settle, recovery, fencing.
+mod stage;
 /// How long 10,000 fires take (prints; asserts no time).
 mod timing;
 

@@ -1,0 +1,89 @@
+-- Records the last runs of committed batches and forgets them; with ARGV[2] = 'all' (the
+-- start of a term, only by the lock holder) also rolls back every batch never committed.
+--
+-- KEYS[1] = {ns}:leader, KEYS[2] = {ns}:last_run, KEYS[3] = {ns}:run_count,
+-- KEYS[4] = {ns}:fingerprint, KEYS[5] = {ns}:batches.
+-- ARGV[1] = lease token (checked for 'all' only), ARGV[2] = 'one' or 'all',
+-- ARGV[3] = batch key prefix ({ns}:batch:), ARGV[4] = the batch id for 'one'.
+-- Returns {0} when 'all' and the lock does not hold the token, else {1, settled fires,
+-- rolled-back batches}.
+
+local all = ARGV[2] == 'all'
+if all and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return {0}
+end
+
+local CHUNK = 4000
+local unpack, tonumber, tostring, min = unpack, tonumber, tostring, math.min
+
+local function call_chunked(cmd, key, values)
+  for s = 1, #values, CHUNK do
+    redis.call(cmd, key, unpack(values, s, min(s + CHUNK - 1, #values)))
+  end
+end
+
+local function drop(batch)
+  local dests = batch .. ':dests'
+  for _, i in ipairs(redis.call('HKEYS', dests)) do
+    redis.call('DEL', batch .. ':q' .. i)
+  end
+  redis.call('DEL', batch, dests)
+end
+
+local function settle(batch)
+  local flat = redis.call('HGETALL', batch)
+  local names = {}
+  for j = 1, #flat, 2 do
+    names[#names + 1] = flat[j]
+  end
+  local lr_out, rc_out, fp_out = {}, {}, {}
+  for s = 1, #names, CHUNK do
+    local stop = min(s + CHUNK - 1, #names)
+    local lr = redis.call('HMGET', KEYS[2], unpack(names, s, stop))
+    local rc = redis.call('HMGET', KEYS[3], unpack(names, s, stop))
+    for j = 1, stop - s + 1 do
+      local k = s + j - 1
+      local e = names[k]
+      local v = flat[2 * k]
+      local sp = string.find(v, ' ', 1, true)
+      local at_text = string.sub(v, 1, sp - 1)
+      local prev = tonumber(lr[j])
+      if prev == nil or prev < tonumber(at_text) then
+        lr_out[#lr_out + 1] = e
+        lr_out[#lr_out + 1] = at_text
+        rc_out[#rc_out + 1] = e
+        rc_out[#rc_out + 1] = tostring((tonumber(rc[j]) or 0) + 1)
+        fp_out[#fp_out + 1] = e
+        fp_out[#fp_out + 1] = string.sub(v, sp + 1)
+      end
+    end
+  end
+  if #lr_out > 0 then
+    call_chunked('HSET', KEYS[2], lr_out)
+    call_chunked('HSET', KEYS[3], rc_out)
+    call_chunked('HSET', KEYS[4], fp_out)
+  end
+  return #lr_out / 2
+end
+
+local settled, rolled_back = 0, 0
+local ids
+if all then
+  ids = redis.call('HKEYS', KEYS[5])
+else
+  ids = {ARGV[4]}
+end
+for _, id in ipairs(ids) do
+  local status = redis.call('HGET', KEYS[5], id)
+  local batch = ARGV[3] .. id
+  if status == 'c' then
+    settled = settled + settle(batch)
+    drop(batch)
+    redis.call('HDEL', KEYS[5], id)
+  elseif all then
+    drop(batch)
+    redis.call('HDEL', KEYS[5], id)
+    if status then rolled_back = rolled_back + 1 end
+  end
+end
+return {1, settled, rolled_back}

@@ -1,0 +1,208 @@
+//! Two-phase emission against a real server: staged fires stay invisible, commit makes them
+//! visible in order, settle records them once, recovery rolls back what was never committed
+//! and settles what was, and every phase is fenced by the lease.
+
+use crate::*;
+use beatd::beat_io::{BatchId, EmitOutcome, Emitter, StateStore};
+use beatd::redis_edge::{Keys, RedisState};
+use EmitOutcome::{AlreadySent, Sent};
+
+async fn keys_matching(conn: &RedisConn, pattern: &str) -> Vec<String> {
+    let raw = redis::Client::open(conn_url(conn)).unwrap();
+    let mut c = raw.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+async fn runs(conn: &RedisConn) -> std::collections::HashMap<String, beatd::beat_io::LastRun> {
+    RedisState::new(conn.clone(), Keys::default())
+        .last_runs()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn staged_fires_are_invisible_until_committed_and_recorded_once_settled() {
+    let (_s, conn) = server().await;
+    let lease = acquire(&leader(&conn, 10_000)).await;
+    let em = emitter(&conn);
+    assert!(em.stages());
+    // One entry already sent at 1000: its fire at 1000 is not staged again.
+    em.emit(&lease, &[fire("old", 1_000, "celery")])
+        .await
+        .unwrap();
+    let batch = BatchId {
+        epoch: lease.epoch,
+        at_ms: 1_000,
+    };
+    let first = [
+        fire("a", 1_000, "celery"),
+        fire("b", 1_000, "reports"),
+        fire("old", 1_000, "celery"),
+    ];
+    assert_eq!(
+        em.stage(&lease, batch, &first).await.unwrap(),
+        [Sent, Sent, AlreadySent]
+    );
+    // A second chunk of the same batch; a repeat of a staged entry is not staged twice.
+    let second = [fire("c", 1_000, "celery"), fire("a", 1_000, "celery")];
+    assert_eq!(
+        em.stage(&lease, batch, &second).await.unwrap(),
+        [Sent, AlreadySent]
+    );
+    assert_eq!(list(&conn, "celery").await.len(), 1, "staged fires visible");
+    assert!(list(&conn, "reports").await.is_empty());
+    assert!(!runs(&conn).await.contains_key("a"));
+
+    em.commit(&lease, batch).await.unwrap();
+    // The queue already held "old": its messages were moved behind it in order; "reports"
+    // was empty and got the staged list as is.
+    let celery = list(&conn, "celery").await;
+    assert_eq!(celery.len(), 3);
+    assert_eq!(
+        celery,
+        [
+            "{\"entry\":\"c\",\"at\":1000}",
+            "{\"entry\":\"a\",\"at\":1000}",
+            "{\"entry\":\"old\",\"at\":1000}",
+        ]
+    );
+    assert_eq!(
+        list(&conn, "reports").await,
+        ["{\"entry\":\"b\",\"at\":1000}"]
+    );
+    // Committing again is a no-op.
+    em.commit(&lease, batch).await.unwrap();
+    assert_eq!(list(&conn, "celery").await.len(), 3);
+
+    em.settle(batch).await.unwrap();
+    em.settle(batch).await.unwrap();
+    let r = runs(&conn).await;
+    for e in ["a", "b", "c"] {
+        assert_eq!((r[e].fire_at_ms, r[e].count), (1_000, 1), "{e}");
+        assert_eq!(
+            r[e].fingerprint.as_deref(),
+            Some(format!("fp-{e}").as_str())
+        );
+    }
+    assert_eq!(r["old"].count, 1);
+    // Nothing of the batch is left, and the renamed queue kept no expiry.
+    assert!(keys_matching(&conn, "beatd:batch*").await.is_empty());
+    let raw = redis::Client::open(conn_url(&conn)).unwrap();
+    let mut c = raw.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("reports")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(ttl, -1, "the queue inherited the staged list's expiry");
+    // What was settled is not sent again, staged or emitted.
+    assert_eq!(
+        em.emit(&lease, &[fire("a", 1_000, "celery")])
+            .await
+            .unwrap(),
+        [AlreadySent]
+    );
+}
+
+#[tokio::test]
+async fn every_phase_is_fenced_and_recovery_rolls_back_or_settles() {
+    let (_s, conn) = server().await;
+    let lock = leader(&conn, 10_000);
+    let old = acquire(&lock).await;
+    let em = emitter(&conn);
+    let staged_only = BatchId {
+        epoch: old.epoch,
+        at_ms: 2_000,
+    };
+    let committed = BatchId {
+        epoch: old.epoch,
+        at_ms: 1_000,
+    };
+    em.stage(&old, committed, &[fire("a", 1_000, "celery")])
+        .await
+        .unwrap();
+    em.commit(&old, committed).await.unwrap(); // and the leader dies before settling
+    em.stage(&old, staged_only, &[fire("a", 2_000, "celery")])
+        .await
+        .unwrap(); // and before committing this one
+
+    // A new leader (the old lease expired, simulated by a release).
+    lock.release(&old).await.unwrap();
+    let new = acquire(&lock).await;
+    assert!(matches!(
+        em.commit(&old, staged_only).await,
+        Err(beatd::beat_io::Error::LeaseLost)
+    ));
+    assert!(matches!(
+        em.stage(&old, staged_only, &[fire("b", 2_000, "celery")])
+            .await,
+        Err(beatd::beat_io::Error::LeaseLost)
+    ));
+    assert!(matches!(
+        em.recover(&old).await,
+        Err(beatd::beat_io::Error::LeaseLost)
+    ));
+    em.recover(&new).await.unwrap();
+    // The committed batch is recorded; the staged one is gone, not recorded, not visible.
+    let r = runs(&conn).await;
+    assert_eq!((r["a"].fire_at_ms, r["a"].count), (1_000, 1));
+    assert_eq!(
+        list(&conn, "celery").await,
+        ["{\"entry\":\"a\",\"at\":1000}"]
+    );
+    assert!(keys_matching(&conn, "beatd:batch*").await.is_empty());
+    // The new leader sends the rolled-back fire time itself, once.
+    assert_eq!(
+        em.emit(&new, &[fire("a", 2_000, "celery")]).await.unwrap(),
+        [Sent]
+    );
+    // A late commit of the rolled-back batch (even under the right token) finds it gone.
+    let gone = BatchId {
+        epoch: new.epoch,
+        at_ms: 3_000,
+    };
+    em.stage(&new, gone, &[fire("a", 3_000, "celery")])
+        .await
+        .unwrap();
+    em.recover(&new).await.unwrap();
+    assert!(em.commit(&new, gone).await.is_err());
+    assert_eq!(list(&conn, "celery").await.len(), 2);
+    assert_eq!(runs(&conn).await["a"].count, 2);
+}
+
+#[tokio::test]
+async fn a_large_batch_commits_onto_an_empty_queue_whole_and_in_order() {
+    let (_s, conn) = server().await;
+    let lease = acquire(&leader(&conn, 10_000)).await;
+    let em = emitter(&conn);
+    let batch = BatchId {
+        epoch: lease.epoch,
+        at_ms: 5_000,
+    };
+    let fires: Vec<_> = (0..5_000)
+        .map(|i| fire(&format!("e{i:04}"), 5_000, "celery"))
+        .collect();
+    // Staged over three calls, as the beat does, plus the emitter's own chunking.
+    for part in fires.chunks(2_000) {
+        assert!(em
+            .stage(&lease, batch, part)
+            .await
+            .unwrap()
+            .iter()
+            .all(|o| *o == Sent));
+    }
+    em.commit(&lease, batch).await.unwrap();
+    em.settle(batch).await.unwrap();
+    let q = list(&conn, "celery").await;
+    assert_eq!(q.len(), 5_000);
+    // BRPOP takes from the right: the first staged fire must be there.
+    assert_eq!(q.last().unwrap(), "{\"entry\":\"e0000\",\"at\":5000}");
+    assert_eq!(q[0], "{\"entry\":\"e4999\",\"at\":5000}");
+    assert_eq!(runs(&conn).await.len(), 5_000);
+}
