@@ -19,8 +19,10 @@ use std::sync::LazyLock;
 
 static EMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/emit.lua")));
 static STAGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/stage.lua")));
-static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/commit.lua")));
-static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/settle.lua")));
+const COMMIT_LUA: &str = include_str!("scripts/commit.lua");
+const SETTLE_LUA: &str = include_str!("scripts/settle.lua");
+static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(COMMIT_LUA));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
 
 /// How long staged keys live if nobody commits or rolls them back (a replica set that is
 /// never started again); the next leader's recovery normally removes them within seconds.
@@ -131,6 +133,23 @@ impl RedisEmitter {
         for chunk in chunks(fires, self.opts) {
             outcomes.extend(self.stage_chunk(&lease.token, batch, chunk).await?);
         }
+        // The commit must not pay a NOSCRIPT round trip at the fire instant (a restarted
+        // Redis, or the first batch of a process): load both scripts now.
+        self.conn
+            .run(|mut c| async move {
+                redis::pipe()
+                    .cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(COMMIT_LUA)
+                    .ignore()
+                    .cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(SETTLE_LUA)
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await?;
         Ok(outcomes)
     }
 
