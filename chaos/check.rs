@@ -6,8 +6,9 @@
 //!
 //! - **due**: the fire times of every entry in `[start_at, end_at]` (all entries use
 //!   `catch_up = "all"` with a window longer than the run, so the policy wants every one sent).
-//! - **sent**: the sum of `{ns}:run_count`, which the emission script increments in the same
-//!   atomic step as the `LPUSH`: the count of messages beatd put on the queue.
+//! - **sent**: the sum of `{ns}:run_count`, which beatd increments for each fire it records
+//!   as sent (in the `LPUSH` script, or when a staged batch made visible is settled, right
+//!   after its commit or by the next leader): the count of messages beatd put on the queue.
 //! - **executed**: distinct task ids that ran at least once (a line in a worker's log).
 //! - **duplicated**: messages sent for a fire time that already had one, i.e. executed task
 //!   ids beyond the first per (entry, fire time). This is the beat's "at most once" promise.
