@@ -262,8 +262,9 @@ class Bench:
                             for i in range(n)))
         t0 = time.time()
         subprocess.run([BEATD, "check", d], capture_output=True, timeout=900)
-        # Past the beat's stage-ahead window (3 s), as for entries planned long before.
-        margin = 5 + 3 * (time.time() - t0)
+        # Past the beat's stage-ahead window (5 s), as for entries planned long before: the
+        # beat starts, plans, idles, then stages when the window opens.
+        margin = 7 + 3 * (time.time() - t0)
         fire = math.ceil(time.time() + margin)
         at = datetime.fromtimestamp(fire, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         toml = "".join(
