@@ -113,8 +113,17 @@ fn check_sources(files: &[SourceFile], now: DateTime<Utc>) -> (Vec<Entry>, Vec<D
     let mut seen: HashMap<String, (usize, std::ops::Range<usize>)> = HashMap::new();
     for (i, file) in files.iter().enumerate() {
         let mut out = Vec::new();
-        let raw = parse::schedule_file(file, &mut out);
-        for checked in validate::file(file, &raw, now, &mut out) {
+        let doc = parse::document(file)
+            .map_err(|errors| out.extend(errors))
+            .ok();
+        let raw = doc
+            .as_ref()
+            .map(|doc| parse::schedule_file(file, doc, &mut out))
+            .unwrap_or_default();
+        // Exactly: the list is copied into the beat's shared slice, and a doubled capacity
+        // (16,384 slots for 10,000 entries) would be part of the load's peak.
+        entries.reserve_exact(raw.entries.len());
+        validate::file(file, &raw, now, &mut out, |checked, out| {
             if let Some(name) = checked.name {
                 let (span, name) = (name.span(), name.into_inner());
                 if let Some((j, first)) = seen.get(&name) {
@@ -127,12 +136,12 @@ fn check_sources(files: &[SourceFile], now: DateTime<Utc>) -> (Vec<Entry>, Vec<D
                                  last-run state is keyed by them",
                             ),
                     );
-                    continue;
+                    return;
                 }
                 seen.insert(name, (i, span));
             }
             entries.extend(checked.entry);
-        }
+        });
         out.sort_by_key(|d| (d.line, d.column));
         diags.extend(out);
     }

@@ -6,7 +6,7 @@
 
 use super::defaults::{defaults, Defaults};
 use super::diagnostic::{Diagnostic, SourceFile};
-use super::parse::{Parsed, ScheduleFile};
+use super::parse::{self, Parsed, ScheduleFile};
 use super::raw::RawEntry;
 use super::values::{self, catch_up, json_table, keep, nonempty, priority, When};
 use crate::entry::{Entry, SourceRef};
@@ -24,30 +24,35 @@ pub(crate) struct Checked {
     pub(crate) entry: Option<Entry>,
 }
 
-/// Validates one parsed file; diagnostics of every severity go to `out`.
+/// Validates one parsed file, handing each entry to `each` as soon as it is checked (so a raw
+/// entry never outlives its own check); diagnostics of every severity go to `out`.
 pub(crate) fn file(
     file: &SourceFile,
-    raw: &ScheduleFile,
+    raw: &ScheduleFile<'_, '_>,
     now: DateTime<Utc>,
     out: &mut Vec<Diagnostic>,
-) -> Vec<Checked> {
+    mut each: impl FnMut(Checked, &mut Vec<Diagnostic>),
+) {
     let defaults = raw
         .defaults
         .as_ref()
         .map(|d| defaults(file, d.value.get_ref(), out))
         .unwrap_or_default();
-    raw.entries
-        .iter()
-        .map(|e| Checked {
+    for node in raw.entries {
+        let Some(e) = parse::entry(file, node, out) else {
+            continue;
+        };
+        let checked = Checked {
             name: e
                 .value
                 .get_ref()
                 .name
                 .clone()
                 .filter(|n| !n.get_ref().trim().is_empty()),
-            entry: entry(file, e, &defaults, now, out),
-        })
-        .collect()
+            entry: entry(file, &e, &defaults, now, out),
+        };
+        each(checked, out);
+    }
 }
 
 /// The span of an entry's first line (its `[[entry]]` header), where "missing key" errors
