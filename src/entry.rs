@@ -5,7 +5,8 @@
 use crate::schedule::{self, CatchUp, Schedule};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Map, Value};
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One `[[entry]]` of a schedule file, with `[defaults]` applied and every value validated.
@@ -26,9 +27,9 @@ pub struct Entry {
     /// Destination queue (default `celery`).
     pub queue: String,
     /// Routing key written in `delivery_info`; the queue name when unset.
-    pub routing_key: Option<String>,
+    pub routing_key: Option<Box<str>>,
     /// Exchange written in `delivery_info`; `""` (the direct default) when unset.
-    pub exchange: Option<String>,
+    pub exchange: Option<Box<str>>,
     /// kombu Redis priority 0–9 (0 runs first).
     pub priority: Option<u8>,
     /// The message expires this long after its scheduled fire time.
@@ -48,7 +49,7 @@ pub struct Entry {
     /// No fire time after this instant.
     pub end_at: Option<DateTime<Utc>>,
     /// Free text for people.
-    pub description: Option<String>,
+    pub description: Option<Box<str>>,
     /// Where the entry was defined, for messages and `status`.
     pub source: Option<SourceRef>,
 }
@@ -56,8 +57,8 @@ pub struct Entry {
 /// A place in a schedule file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceRef {
-    /// The file.
-    pub path: PathBuf,
+    /// The file; shared by every entry of the file rather than copied into each.
+    pub path: Arc<Path>,
     /// 1-based line of the entry's `[[entry]]` header.
     pub line: usize,
 }

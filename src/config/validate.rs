@@ -14,6 +14,8 @@ use crate::schedule::{self, CatchUp, CronSchedule, Schedule};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -38,6 +40,7 @@ pub(crate) fn file(
         .as_ref()
         .map(|d| defaults(file, d.value.get_ref(), out))
         .unwrap_or_default();
+    let source = Arc::<Path>::from(file.path.as_path());
     for node in raw.entries {
         let Some(e) = parse::entry(file, node, out) else {
             continue;
@@ -49,7 +52,7 @@ pub(crate) fn file(
                 .name
                 .clone()
                 .filter(|n| !n.get_ref().trim().is_empty()),
-            entry: entry(file, &e, &defaults, now, out),
+            entry: entry(file, &source, &e, &defaults, now, out),
         };
         each(checked, out);
     }
@@ -70,6 +73,7 @@ fn header_span(file: &SourceFile, span: Range<usize>) -> Range<usize> {
 
 fn entry(
     file: &SourceFile,
+    source: &Arc<Path>,
     raw: &Parsed<RawEntry>,
     defaults: &Defaults,
     now: DateTime<Utc>,
@@ -194,13 +198,15 @@ fn entry(
         routing_key: e
             .routing_key
             .as_ref()
-            .map(|v| v.get_ref().clone())
-            .or_else(|| defaults.routing_key.clone()),
+            .map(Spanned::get_ref)
+            .or(defaults.routing_key.as_ref())
+            .map(|v| v.as_str().into()),
         exchange: e
             .exchange
             .as_ref()
-            .map(|v| v.get_ref().clone())
-            .or_else(|| defaults.exchange.clone()),
+            .map(Spanned::get_ref)
+            .or(defaults.exchange.as_ref())
+            .map(|v| v.as_str().into()),
         priority,
         expires,
         headers,
@@ -208,9 +214,9 @@ fn entry(
         enabled,
         start_at,
         end_at,
-        description: e.description.as_ref().map(|v| v.get_ref().clone()),
+        description: e.description.as_ref().map(|v| v.get_ref().as_str().into()),
         source: Some(SourceRef {
-            path: file.path.clone(),
+            path: source.clone(),
             line: file.line_of(header.start),
         }),
     })

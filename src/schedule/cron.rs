@@ -26,8 +26,8 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 /// A parsed cron expression bound to a time zone.
 #[derive(Clone)]
 pub struct CronSchedule {
-    /// The expression as written.
-    pub expr: String,
+    /// The expression as written; shared between entries that write it the same way.
+    pub expr: Arc<str>,
     /// Zone the fields are interpreted in.
     pub tz: chrono_tz::Tz,
     /// The parsed pattern, matched against naive wall clock times. Shared between entries
@@ -213,29 +213,29 @@ fn field_error(index: usize, text: &str, span: &Range<usize>, reason: &str) -> C
     }
 }
 
-/// The parsed pattern of `text`, shared with every live schedule of the same text; parsed by
-/// `parse` when there is none. Weak references: patterns of removed entries are freed.
+/// The expression `expr` as a shared string and its parsed pattern, both shared with every
+/// live schedule written the same way; `parse` runs when there is none. Weak references:
+/// patterns of removed entries are freed (their expressions when the map is next pruned).
 fn shared_pattern(
-    text: &str,
+    expr: &str,
     parse: impl FnOnce() -> Result<croner::Cron, CronError>,
-) -> Result<Arc<croner::Cron>, CronError> {
-    static PATTERNS: LazyLock<Mutex<HashMap<String, Weak<croner::Cron>>>> =
+) -> Result<(Arc<str>, Arc<croner::Cron>), CronError> {
+    static PATTERNS: LazyLock<Mutex<HashMap<Arc<str>, Weak<croner::Cron>>>> =
         LazyLock::new(Mutex::default);
-    if let Some(p) = PATTERNS
-        .lock()
-        .ok()
-        .and_then(|m| m.get(text).and_then(Weak::upgrade))
-    {
-        return Ok(p);
+    if let Some(found) = PATTERNS.lock().ok().and_then(|m| {
+        let (text, pattern) = m.get_key_value(expr)?;
+        Some((text.clone(), pattern.upgrade()?))
+    }) {
+        return Ok(found);
     }
-    let p = Arc::new(parse()?);
+    let (text, p) = (Arc::<str>::from(expr), Arc::new(parse()?));
     if let Ok(mut m) = PATTERNS.lock() {
         if m.len() >= 64 && m.len().is_power_of_two() {
             m.retain(|_, w| w.strong_count() > 0);
         }
-        m.insert(text.to_owned(), Arc::downgrade(&p));
+        m.insert(text.clone(), Arc::downgrade(&p));
     }
-    Ok(p)
+    Ok((text, p))
 }
 
 impl CronSchedule {
@@ -272,7 +272,7 @@ impl CronSchedule {
         if let Some(e) = stray_letters(&fields) {
             return Err(e);
         }
-        let cron = shared_pattern(text, || {
+        let (expr, cron) = shared_pattern(expr, || {
             parser().parse(text).map_err(|e| {
                 blame_field(&fields).unwrap_or_else(|| CronError {
                     message: format!(
@@ -285,7 +285,7 @@ impl CronSchedule {
         })?;
         let hour = fields[fields.len() - 4].0;
         let schedule = CronSchedule {
-            expr: expr.to_owned(),
+            expr,
             tz,
             cron,
             elapsed: hour == "*" || hour.contains('/'),

@@ -57,7 +57,7 @@ fn defaults_apply_and_entries_override_them() {
         panic!()
     };
     assert_eq!(
-        (cron.expr.as_str(), cron.tz),
+        (&*cron.expr, cron.tz),
         ("30 2 * * *", chrono_tz::Europe::Paris)
     );
     assert_eq!(
