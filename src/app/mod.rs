@@ -39,6 +39,16 @@ pub mod exit {
     pub const USAGE: u8 = 2;
 }
 
+/// glibc's settings for a footprint-bound process (see `ops::malloc`), for the commands that
+/// run a beat: the beat is I/O bound and idle most of the time. `worker` keeps glibc's
+/// defaults, which favour allocation speed (per-thread arenas, large buffers kept for reuse)
+/// for tasks that may be CPU bound.
+pub fn tune_allocator(command: &Command) {
+    if matches!(command, Command::Beat(_) | Command::Run(_)) {
+        crate::ops::malloc::tune();
+    }
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
     let config = cli.config.as_deref();
