@@ -5,8 +5,9 @@
 use crate::schedule::{self, CatchUp, Schedule};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 /// One `[[entry]]` of a schedule file, with `[defaults]` applied and every value validated.
@@ -14,18 +15,19 @@ use std::time::Duration;
 pub struct Entry {
     /// Unique id across all files; last-run state is keyed by it.
     pub name: String,
-    /// Celery task name.
-    pub task: String,
+    /// Celery task name; shared between entries of the same task.
+    pub task: Arc<str>,
     /// When it fires (cron in a time zone, anchored interval, or one-off).
     pub schedule: Schedule,
     /// IANA time zone name the entry is shown and evaluated in (`UTC` by default).
     pub timezone: chrono_tz::Tz,
-    /// Positional arguments of the task.
-    pub args: Vec<Value>,
-    /// Keyword arguments of the task.
-    pub kwargs: Map<String, Value>,
-    /// Destination queue (default `celery`).
-    pub queue: String,
+    /// Positional arguments of the task (shared: most entries have none, and a beat with
+    /// 10,000 entries keeps them all in memory).
+    pub args: Arc<[Value]>,
+    /// Keyword arguments of the task (shared when empty).
+    pub kwargs: Arc<Map<String, Value>>,
+    /// Destination queue (default `celery`); shared between entries of the same queue.
+    pub queue: Arc<str>,
     /// Routing key written in `delivery_info`; the queue name when unset.
     pub routing_key: Option<Box<str>>,
     /// Exchange written in `delivery_info`; `""` (the direct default) when unset.
@@ -34,8 +36,8 @@ pub struct Entry {
     pub priority: Option<u8>,
     /// The message expires this long after its scheduled fire time.
     pub expires: Option<Duration>,
-    /// Extra Celery headers copied into every message.
-    pub headers: Map<String, Value>,
+    /// Extra Celery headers copied into every message (shared when empty).
+    pub headers: Arc<Map<String, Value>>,
     /// The fixed offset drawn from a hash of the name (already resolved from the `jitter` bound).
     pub jitter_offset: Duration,
     /// What to do with fire times that passed while no beat was leader.
@@ -61,6 +63,48 @@ pub struct SourceRef {
     pub path: Arc<Path>,
     /// 1-based line of the entry's `[[entry]]` header.
     pub line: usize,
+}
+
+/// `s` as a string shared with every live entry that uses the same text (task and queue
+/// names repeat across thousands of entries). Weak references: text no entry uses any more
+/// is freed; the map drops its dead keys as it grows.
+#[must_use]
+pub fn shared_str(s: &str) -> Arc<str> {
+    static TEXTS: LazyLock<Mutex<HashMap<Box<str>, Weak<str>>>> = LazyLock::new(Mutex::default);
+    let Ok(mut m) = TEXTS.lock() else {
+        return Arc::from(s);
+    };
+    if let Some(found) = m.get(s).and_then(Weak::upgrade) {
+        return found;
+    }
+    if m.len() >= 64 && m.len().is_power_of_two() {
+        m.retain(|_, w| w.strong_count() > 0);
+    }
+    let text = Arc::<str>::from(s);
+    m.insert(s.into(), Arc::downgrade(&text));
+    text
+}
+
+/// `args` as the entry keeps them; every entry without arguments shares one empty list.
+#[must_use]
+pub fn shared_args(args: Vec<Value>) -> Arc<[Value]> {
+    static NONE: LazyLock<Arc<[Value]>> = LazyLock::new(|| Arc::from(Vec::new()));
+    if args.is_empty() {
+        NONE.clone()
+    } else {
+        args.into()
+    }
+}
+
+/// A JSON table (`kwargs`, `headers`) as the entry keeps it; empty tables are shared.
+#[must_use]
+pub fn shared_table(table: Map<String, Value>) -> Arc<Map<String, Value>> {
+    static EMPTY: LazyLock<Arc<Map<String, Value>>> = LazyLock::new(Arc::default);
+    if table.is_empty() {
+        EMPTY.clone()
+    } else {
+        Arc::new(table)
+    }
 }
 
 /// One nanosecond: chrono's resolution, so "the first fire at or after `t`" is exactly "the

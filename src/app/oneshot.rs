@@ -123,7 +123,7 @@ fn rows(entries: &[Entry], last: &HashMap<String, LastRun>, now: DateTime<Utc>) 
             let l = last.get(&e.name);
             let mut row = Map::new();
             row.insert("entry".into(), e.name.clone().into());
-            row.insert("task".into(), e.task.clone().into());
+            row.insert("task".into(), Value::from(&*e.task));
             row.insert(
                 "last_run".into(),
                 l.and_then(|l| DateTime::from_timestamp_millis(l.fire_at_ms))

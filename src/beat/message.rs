@@ -28,16 +28,16 @@ impl CeleryEncoder {
 /// The message of `entry` for fire time `at` under fencing `epoch`.
 #[must_use]
 pub fn task_message(entry: &Entry, at: DateTime<Utc>, epoch: u64, origin: &str) -> TaskMessage {
-    let mut headers = entry.headers.clone();
+    let mut headers = (*entry.headers).clone();
     headers.extend(beatd_headers(&entry.name, at, epoch));
     let expires = entry
         .expires
         .and_then(|e| chrono::Duration::from_std(e).ok())
         .map(|e| at + e);
-    let mut msg = TaskMessage::new(entry.task.clone())
-        .args(entry.args.clone())
-        .kwargs(entry.kwargs.clone())
-        .queue(entry.queue.clone())
+    let mut msg = TaskMessage::new(&*entry.task)
+        .args(entry.args.to_vec())
+        .kwargs((*entry.kwargs).clone())
+        .queue(&*entry.queue)
         .priority(entry.priority)
         .expires(expires)
         // celery beat sends through apply_async for registered tasks: ignore_result false.

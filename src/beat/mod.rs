@@ -68,7 +68,9 @@ pub struct BeatOptions {
     /// encoded and staged on a slow machine; staging starts only once the previous fire
     /// time is committed.
     pub stage_ahead: Duration,
-    /// Fires encoded and staged per step; the loop renews the lease between steps.
+    /// Fires encoded and staged per step; the loop renews the lease between steps. Small,
+    /// because the Redis client keeps a write buffer as large as its largest command for
+    /// good (500 fires: about 0.5 MB), and staging happens ahead of time anyway.
     pub stage_chunk: usize,
 }
 
@@ -79,10 +81,14 @@ impl Default for BeatOptions {
             max_backoff: Duration::from_secs(5),
             takeover_tolerance: Duration::from_secs(2),
             stage_ahead: Duration::from_secs(5),
-            stage_chunk: 2_000,
+            stage_chunk: 500,
         }
     }
 }
+
+/// After sending at least this many fires at once, the loop hands the freed encoding
+/// buffers back to the kernel (a few ms, after the instant).
+const BIG_BATCH: usize = 1_000;
 
 /// How long before a fire time the loop wakes to sleep the rest precisely.
 const PRECISE: Duration = Duration::from_millis(2);
@@ -490,6 +496,10 @@ impl Beat {
             *replan_pending = true;
         }
         self.account(lease, plan, &st.due, &st.outcomes, &st.task_ids, now);
+        if st.due.len() >= BIG_BATCH {
+            drop(st);
+            crate::ops::malloc::release_free_memory();
+        }
         Ok(())
     }
 
@@ -512,9 +522,11 @@ impl Beat {
                 return None;
             }
         };
+        let names: std::collections::HashSet<&str> =
+            entries.iter().map(|e| e.name.as_str()).collect();
         let mut removed: Vec<String> = last
             .keys()
-            .filter(|name| !entries.iter().any(|e| &e.name == *name))
+            .filter(|name| !names.contains(name.as_str()))
             .cloned()
             .collect();
         if !removed.is_empty() {
@@ -535,6 +547,10 @@ impl Beat {
             self.options.takeover_tolerance,
         );
         tracing::info!(entries = plan.entries().len(), "schedule planned");
+        drop(last);
+        // The state read for a big schedule is freed here; hand it back (an idle beat's
+        // footprint is a target).
+        crate::ops::malloc::release_free_memory();
         Some(plan)
     }
 
@@ -561,6 +577,10 @@ impl Beat {
                     Vec::new()
                 };
                 self.account(lease, plan, due, &outcomes, &task_ids, now);
+                if due.len() >= BIG_BATCH {
+                    drop((fires, task_ids, outcomes));
+                    crate::ops::malloc::release_free_memory();
+                }
                 Ok(())
             }
             Err(Error::LeaseLost) => Err(TermEnd::LeaseLost),

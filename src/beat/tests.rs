@@ -15,20 +15,20 @@ fn t(s: &str) -> DateTime<Utc> {
 fn every(name: &str, secs: u64, catch_up: CatchUp) -> Entry {
     Entry {
         name: name.into(),
-        task: format!("tasks.{name}"),
+        task: format!("tasks.{name}").into(),
         schedule: Schedule::Every {
             interval: Duration::from_secs(secs),
             anchor: DateTime::UNIX_EPOCH,
         },
         timezone: chrono_tz::UTC,
-        args: vec![],
-        kwargs: Map::new(),
+        args: vec![].into(),
+        kwargs: Map::new().into(),
         queue: "celery".into(),
         routing_key: None,
         exchange: None,
         priority: None,
         expires: None,
-        headers: Map::new(),
+        headers: Map::new().into(),
         jitter_offset: Duration::ZERO,
         catch_up,
         catch_up_window: Duration::from_secs(3600),
@@ -48,7 +48,7 @@ impl FireEncoder for TestEncoder {
         Fire {
             entry: entry.name.clone(),
             fire_at_ms: at.timestamp_millis(),
-            list_key: entry.queue.clone(),
+            list_key: entry.queue.to_string(),
             payload: format!("{}@{}#{epoch}", entry.name, at.timestamp_millis()).into_bytes(),
             schedule_fingerprint: plan::fingerprint(entry),
         }

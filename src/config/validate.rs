@@ -189,12 +189,12 @@ fn entry(
         catch_up_window: catch_up_window
             .unwrap_or_else(|| schedule::default_catch_up_window(&schedule)),
         name,
-        task,
+        task: crate::entry::shared_str(&task),
         schedule,
         timezone: tz,
-        args: args.unwrap_or_default(),
-        kwargs: kwargs.unwrap_or_default(),
-        queue: queue.unwrap_or_else(|| "celery".to_owned()),
+        args: crate::entry::shared_args(args.unwrap_or_default()),
+        kwargs: crate::entry::shared_table(kwargs.unwrap_or_default()),
+        queue: crate::entry::shared_str(queue.as_deref().unwrap_or("celery")),
         routing_key: e
             .routing_key
             .as_ref()
@@ -209,7 +209,7 @@ fn entry(
             .map(|v| v.as_str().into()),
         priority,
         expires,
-        headers,
+        headers: crate::entry::shared_table(headers),
         catch_up: catch_up.unwrap_or_default(),
         enabled,
         start_at,

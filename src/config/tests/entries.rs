@@ -51,7 +51,7 @@ fn defaults_apply_and_entries_override_them() {
     };
 
     assert_eq!(nightly.name, "nightly");
-    assert_eq!(nightly.task, "reports.generate");
+    assert_eq!(&*nightly.task, "reports.generate");
     assert_eq!(nightly.timezone, chrono_tz::Europe::Paris);
     let Schedule::Cron(cron) = &nightly.schedule else {
         panic!()
@@ -61,7 +61,7 @@ fn defaults_apply_and_entries_override_them() {
         ("30 2 * * *", chrono_tz::Europe::Paris)
     );
     assert_eq!(
-        nightly.args,
+        *nightly.args,
         [
             json!("pdf"),
             json!(2),
@@ -71,10 +71,10 @@ fn defaults_apply_and_entries_override_them() {
         ]
     );
     assert_eq!(
-        json!(nightly.kwargs),
+        json!(*nightly.kwargs),
         json!({"to": ["ops@example.com"], "depth": {"n": 1}})
     );
-    assert_eq!(nightly.queue, "reports");
+    assert_eq!(&*nightly.queue, "reports");
     assert_eq!(
         (nightly.routing_key.as_deref(), nightly.exchange.as_deref()),
         (Some("rk"), Some("ex"))
@@ -82,7 +82,7 @@ fn defaults_apply_and_entries_override_them() {
     assert_eq!(nightly.priority, Some(3));
     assert_eq!(nightly.expires, Some(Duration::from_secs(600)));
     assert_eq!(
-        json!(nightly.headers),
+        json!(*nightly.headers),
         json!({"team": "ops", "tier": "platinum"})
     );
     assert_eq!(
@@ -105,10 +105,7 @@ fn defaults_apply_and_entries_override_them() {
     };
     assert_eq!(heartbeat.schedule, every);
     assert_eq!(heartbeat.timezone, chrono_tz::UTC);
-    assert_eq!(
-        (heartbeat.queue.as_str(), heartbeat.priority),
-        ("fast", Some(0))
-    );
+    assert_eq!((&*heartbeat.queue, heartbeat.priority), ("fast", Some(0)));
     assert_eq!(heartbeat.catch_up, CatchUp::None);
     assert_eq!(
         heartbeat.catch_up_window,
@@ -134,7 +131,7 @@ fn bare_entries_get_the_documented_defaults() {
             anchor: at("1970-01-01T00:00:00Z")
         }
     );
-    assert_eq!((e.timezone, e.queue.as_str()), (chrono_tz::UTC, "celery"));
+    assert_eq!((e.timezone, &*e.queue), (chrono_tz::UTC, "celery"));
     assert_eq!(
         (e.routing_key.as_ref(), e.exchange.as_ref(), e.priority),
         (None, None, None)
