@@ -460,8 +460,7 @@ impl Beat {
             Ok(outcomes) => {
                 self.store_ok();
                 st.outcomes.extend(outcomes);
-                st.task_ids
-                    .extend(fires.iter().map(|f| task_id(&f.payload)));
+                st.task_ids.extend(task_ids(&fires));
                 Ok(())
             }
             Err(Error::LeaseLost) => Err(TermEnd::LeaseLost),
@@ -571,11 +570,7 @@ impl Beat {
             Ok(outcomes) => {
                 self.store_ok();
                 let now = self.clock.now();
-                let task_ids: Vec<String> = if tracing::enabled!(tracing::Level::INFO) {
-                    fires.iter().map(|f| task_id(&f.payload)).collect()
-                } else {
-                    Vec::new()
-                };
+                let task_ids = task_ids(&fires);
                 self.account(lease, plan, due, &outcomes, &task_ids, now);
                 if due.len() >= BIG_BATCH {
                     drop((fires, task_ids, outcomes));
@@ -632,6 +627,16 @@ impl Beat {
             }
             plan.complete(*d);
         }
+    }
+}
+
+/// The task ids of `fires` for their log lines; none (and no parsing) when those lines are
+/// not logged.
+fn task_ids(fires: &[Fire]) -> Vec<String> {
+    if tracing::enabled!(tracing::Level::INFO) {
+        fires.iter().map(|f| task_id(&f.payload)).collect()
+    } else {
+        Vec::new()
     }
 }
 

@@ -130,6 +130,22 @@ fn mem_emitter(leader: &Arc<MemoryLeader>, staged: bool) -> Arc<MemoryEmitter> {
     Arc::new(if staged { em.with_staging() } else { em })
 }
 
+/// A beat on the staging emitter with one entry `name` every 10 s, from `origin`.
+fn start_staged(
+    origin: DateTime<Utc>,
+    name: &str,
+) -> (Harness, Arc<MemoryLeader>, Arc<MemoryEmitter>) {
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let emitter = mem_emitter(&leader, true);
+    let h = start(
+        origin,
+        vec![every(name, 10, CatchUp::All)],
+        leader.clone(),
+        emitter.clone(),
+    );
+    (h, leader, emitter)
+}
+
 /// Runs a test body `name(staged: bool)` twice: emitting at the instant, and staging ahead
 /// and committing at the instant (the Redis path).
 macro_rules! both_paths {
@@ -482,14 +498,7 @@ fn a_fire_time_due_within_the_takeover_tolerance_is_sent_late_even_without_catch
 #[tokio::test(start_paused = true)]
 async fn staged_fires_stay_invisible_until_their_instant_then_are_recorded() {
     let origin = t("2026-11-23T10:00:00Z");
-    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
-    let emitter = mem_emitter(&leader, true);
-    let h = start(
-        origin,
-        vec![every("tick", 10, CatchUp::All)],
-        leader,
-        emitter.clone(),
-    );
+    let (h, _, emitter) = start_staged(origin, "tick");
     // stage_ahead is 5 s: the :10 fire is parked at :05, not pushed.
     settle(Duration::from_millis(6_000)).await;
     let epoch = h.status.epoch.load(Ordering::Relaxed);
@@ -512,14 +521,7 @@ async fn staged_fires_stay_invisible_until_their_instant_then_are_recorded() {
 #[tokio::test(start_paused = true)]
 async fn a_reload_between_staging_and_the_instant_rolls_the_batch_back() {
     let origin = t("2026-11-23T10:00:00Z");
-    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
-    let emitter = mem_emitter(&leader, true);
-    let h = start(
-        origin,
-        vec![every("a", 10, CatchUp::All)],
-        leader,
-        emitter.clone(),
-    );
+    let (h, _, emitter) = start_staged(origin, "a");
     settle(Duration::from_millis(6_000)).await; // a@:10 staged
     assert_eq!(emitter.batches().len(), 1);
     // The schedule changes to every 4 s: :10 must not go out, :08 and :12 must.
@@ -535,14 +537,7 @@ async fn a_reload_between_staging_and_the_instant_rolls_the_batch_back() {
 #[tokio::test(start_paused = true)]
 async fn a_lease_lost_after_staging_sends_nothing_and_the_next_leader_sends_the_fire() {
     let origin = t("2026-11-23T10:00:00Z");
-    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
-    let emitter = mem_emitter(&leader, true);
-    let h = start(
-        origin,
-        vec![every("a", 10, CatchUp::All)],
-        leader.clone(),
-        emitter.clone(),
-    );
+    let (h, leader, emitter) = start_staged(origin, "a");
     settle(Duration::from_millis(6_000)).await; // a@:10 staged by epoch 1
     leader.revoke();
     let other = leader

@@ -94,19 +94,7 @@ impl RedisEmitter {
             .key(&self.keys.run_count)
             .key(&self.keys.fingerprint)
             .arg(token);
-        let mut lists: HashMap<&str, usize> = HashMap::new();
-        for f in fires {
-            let next = lists.len() + 1;
-            let idx = *lists.entry(f.list_key.as_str()).or_insert_with(|| {
-                inv.key(f.list_key.as_bytes());
-                next
-            });
-            inv.arg(&f.entry)
-                .arg(f.fire_at_ms)
-                .arg(&f.schedule_fingerprint)
-                .arg(idx)
-                .arg(f.payload.as_slice());
-        }
+        add_fires(&mut inv, fires);
         let reply: Vec<Value> = self
             .conn
             .run(|mut c| async move { inv.invoke_async(&mut c).await })
@@ -169,19 +157,7 @@ impl RedisEmitter {
             .arg(token)
             .arg(batch.to_string())
             .arg(STAGED_TTL_MS);
-        let mut lists: HashMap<&str, usize> = HashMap::new();
-        for f in fires {
-            let next = lists.len() + 1;
-            let idx = *lists.entry(f.list_key.as_str()).or_insert_with(|| {
-                inv.key(f.list_key.as_bytes());
-                next
-            });
-            inv.arg(&f.entry)
-                .arg(f.fire_at_ms)
-                .arg(&f.schedule_fingerprint)
-                .arg(idx)
-                .arg(f.payload.as_slice());
-        }
+        add_fires(&mut inv, fires);
         let reply: Vec<Value> = self
             .conn
             .run(|mut c| async move { inv.invoke_async(&mut c).await })
@@ -257,6 +233,25 @@ impl RedisEmitter {
                 "settle script returned {reply:?}"
             ))),
         }
+    }
+}
+
+/// Appends the fires in the layout `emit.lua` and `stage.lua` share: each distinct
+/// destination list as a key after the fixed ones, numbered from 1 in order of first use,
+/// then five arguments per fire (entry, fire ms, fingerprint, list number, payload).
+fn add_fires(inv: &mut redis::ScriptInvocation<'_>, fires: &[Fire]) {
+    let mut lists: HashMap<&str, usize> = HashMap::new();
+    for f in fires {
+        let next = lists.len() + 1;
+        let idx = *lists.entry(f.list_key.as_str()).or_insert_with(|| {
+            inv.key(f.list_key.as_bytes());
+            next
+        });
+        inv.arg(&f.entry)
+            .arg(f.fire_at_ms)
+            .arg(&f.schedule_fingerprint)
+            .arg(idx)
+            .arg(f.payload.as_slice());
     }
 }
 
