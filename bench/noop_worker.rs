@@ -19,7 +19,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let url =
         std::env::var("BEATD_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
-    let client = redis::Client::open(url)?;
+    let beatd_conn = beatd::redis::RedisConn::new(
+        &beatd::redis::BrokerUrl::parse(&url)?,
+        beatd::redis::ConnectOptions::default(),
+    )?;
     let shutdown = Shutdown::default();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -31,7 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     worker::run(
         WorkerOptions::default(),
         registry,
-        client,
+        beatd_conn,
         Arc::new(SystemClock),
         shutdown,
     )

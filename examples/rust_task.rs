@@ -51,7 +51,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let url =
         std::env::var("BEATD_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
-    let client = redis::Client::open(url)?;
+    let conn = beatd::redis::RedisConn::new(
+        &beatd::redis::BrokerUrl::parse(&url)?,
+        beatd::redis::ConnectOptions::default(),
+    )?;
     let shutdown = Shutdown::default();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -63,7 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     worker::run(
         WorkerOptions::default(),
         registry,
-        client,
+        conn,
         Arc::new(SystemClock),
         shutdown,
     )

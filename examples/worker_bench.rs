@@ -22,7 +22,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: worker_bench REDIS_URL [N] [CONCURRENCY]")?;
     let n: usize = argv.next().map_or(Ok(20_000), |s| s.parse())?;
     let concurrency: usize = argv.next().map_or(Ok(64), |s| s.parse())?;
-    let client = redis::Client::open(url)?;
+    let client = redis::Client::open(url.as_str())?;
+    let beatd_conn = beatd::redis::RedisConn::new(
+        &beatd::redis::BrokerUrl::parse(&url)?,
+        beatd::redis::ConnectOptions::default(),
+    )?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let queue = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let now = SystemClock.now();
@@ -57,7 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let w = tokio::spawn(worker::run(
         opts,
         registry,
-        client,
+        beatd_conn,
         Arc::new(SystemClock),
         shutdown.clone(),
     ));

@@ -112,6 +112,25 @@ pub fn shared_table(table: Map<String, Value>) -> Arc<Map<String, Value>> {
 const EPSILON: TimeDelta = TimeDelta::nanoseconds(1);
 
 impl Entry {
+    /// The fingerprint of what decides an entry's fire times. A different fingerprint means the
+    /// schedule changed, so the old last run must not trigger a catch-up of the new schedule.
+    #[must_use]
+    pub fn fingerprint(&self) -> String {
+        use crate::schedule::Schedule;
+        let base = match &self.schedule {
+            Schedule::Cron(c) => format!("cron:{}@{}", c.expr, c.tz),
+            Schedule::Every { interval, anchor } => {
+                format!(
+                    "every:{}ms@{}",
+                    interval.as_millis(),
+                    anchor.timestamp_millis()
+                )
+            }
+            Schedule::At(at) => format!("at:{}", at.timestamp_millis()),
+        };
+        format!("{base}+{}ms", self.jitter_offset.as_millis())
+    }
+
     /// The jitter offset as a signed delta (saturating; offsets are far below its range).
     fn offset(&self) -> TimeDelta {
         TimeDelta::from_std(self.jitter_offset).unwrap_or(TimeDelta::MAX)

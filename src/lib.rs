@@ -1,36 +1,41 @@
 //! beatd: a highly available, Celery-compatible periodic-task scheduler and a minimal worker.
 //!
-//! Crate map (dependencies point downwards; the first four are pure, no I/O, no system clock):
+//! Crate map, from the pure core up (a module imports only from modules above it in this
+//! list; ARCHITECTURE.md has the whole map and the rules):
 //!
-//! - [`schedule`]: next-fire math for `cron` / `every` / `at`, DST policy, jitter, catch-up.
-//! - [`entry`]: the validated schedule entry, the unit every other module talks about.
-//! - [`config`]: schedule files and `beatd.toml`, parsed in two stages with file:line:column
-//!   diagnostics.
-//! - [`protocol`]: Celery protocol v2 messages and result-backend records (build and parse).
-//! - [`clock`]: the only place that reads the system clock.
-//! - [`beat`]: the scheduler loop over small traits (leader lock, emitter, state).
-//! - [`beat_io`]: those traits (`LeaderLock`, `Emitter`, `StateStore`) and in-memory
-//!   implementations.
-//! - [`redis_edge`]: their Redis implementations, connection and URL handling.
-//! - [`embedded`]: the zero-setup implementations (state file, in-process queue).
-//! - [`app`], [`cli`], [`ops`]: commands, flags, HTTP, metrics, systemd.
+//! - [`schedule`], [`entry`], [`config`], [`protocol`], [`clock`], [`backoff`], [`store`]:
+//!   pure — no I/O, no system clock (but in `clock`).
+//! - [`redis`]: the one way into Redis (URL, connection, keys), for every command.
+//! - [`leader`], [`state`], [`emit`]: the beat's three ports, each with its trait and every
+//!   implementation (Redis, in-memory, file / in-process queue).
+//! - [`beat`]: the scheduler loop over those ports; [`worker`]: the worker.
+//! - [`ops`], [`host`], [`shutdown`], [`telemetry`]: HTTP, metrics, liveness, systemd,
+//!   signals, logs.
+//! - [`app`], [`cli`], [`error`]: the commands, their flags and settings, the crate error.
 
 pub mod app;
+pub mod backoff;
 pub mod beat;
-pub mod beat_io;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod embedded;
+pub mod emit;
 pub mod entry;
+pub mod error;
+pub mod host;
+pub mod leader;
 pub mod ops;
 pub mod protocol;
-pub mod redis_edge;
+pub mod redis;
 pub mod schedule;
 pub mod shutdown;
+pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod testkit;
 pub mod worker;
+
+pub use error::Error;
 
 /// An error and its sources as one line, `outer: inner: root`, for logs and `main`.
 #[must_use]

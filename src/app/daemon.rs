@@ -1,63 +1,93 @@
-//! The long-running commands, wired: `beat` (Redis), `run` (embedded, or beat and worker on
-//! Redis) and `worker`. Each loads its settings, starts its parts under one task tracker,
-//! serves HTTP, tells systemd, and stops in order: readiness 503, stop ticking and release
-//! the lock, drain the worker, exit within the shutdown grace.
+//! What the long-running commands share, wired once: signals, the HTTP endpoint, systemd
+//! notifications and the watchdog, loop liveness, and the assembly of the beat (its ports on
+//! Redis or on the state file) and of the worker. Each part starts under one task tracker and
+//! stops in order: readiness 503, stop ticking and release the lock, drain the worker, exit
+//! within the shutdown grace.
+//!
+//! [`serve_beat`] is the whole beat daemon with its dependencies passed in, so a test can run
+//! it in-process on ports of its own choosing.
 
-use crate::app::{settings, Error};
+use super::settings::Settings;
 use crate::beat::message::CeleryEncoder;
-use crate::beat::{Beat, BeatOptions, BeatStatus};
-use crate::beat_io::{Emitter, LeaderLock, StateStore};
+use crate::beat::{Beat, BeatOptions, BeatStatus, Emission};
 use crate::clock::{Clock, SharedClock, SystemClock};
-use crate::config;
+use crate::config::{self, AppConfig};
+use crate::emit::{LocalEmitter, RedisEmitter};
 use crate::entry::Entry;
+use crate::error::{exit, Error};
+use crate::leader::{FileLeader, Handover, LeaderLock, Poll, RedisLeader};
 use crate::ops::http::{self, Health};
-use crate::ops::{metrics::Metrics, notify as sd};
-use crate::redis_edge::{BrokerUrl, ConnectOptions, RedisConn};
+use crate::ops::liveness::Liveness;
+use crate::ops::metrics::Metrics;
+use crate::ops::notify::{self as sd, Watchdog};
+use crate::redis::{BrokerUrl, ConnectOptions, Keys, RedisConn};
 use crate::shutdown::Signals;
+use crate::state::{FileState, RedisState, StateStore};
+use crate::worker::{Registry, Shutdown, WorkerOptions};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// No loop is given longer than this between two turns before `/healthz` reports it stalled.
+const LIVENESS_CAP: Duration = Duration::from_secs(60);
+
 /// What every daemon shares.
-pub(crate) struct Daemon {
+pub struct Daemon {
+    /// Wall time.
     pub clock: SharedClock,
+    /// Stop and reload requests.
     pub signals: Signals,
+    /// Served on `/metrics`.
     pub metrics: Arc<Metrics>,
-    pub tracker: TaskTracker,
-    pub grace: Duration,
+    /// The loops `/healthz` and the watchdog watch.
+    pub liveness: Liveness,
+    /// Every task of the daemon.
+    tracker: TaskTracker,
+    /// Graceful stop limit.
+    grace: Duration,
+    /// Where watchdog pings go.
+    watchdog: Watchdog,
     /// Stops the HTTP endpoint, after everything else.
-    pub http_stop: tokio_util::sync::CancellationToken,
+    http_stop: CancellationToken,
 }
 
 impl Daemon {
-    pub(crate) fn new(grace: Duration) -> Result<Self, Error> {
-        let signals = Signals::install()
-            .map_err(|e| Error::Other(format!("installing signal handlers: {e}")))?;
-        Ok(Self {
+    /// A daemon driven by the process's signals and systemd's watchdog.
+    ///
+    /// # Errors
+    /// When the signal handlers cannot be installed.
+    pub fn new(grace: Duration) -> Result<Self, Error> {
+        let signals = Signals::install().map_err(Error::Signals)?;
+        Ok(Self::with(grace, signals, Watchdog::from_env()))
+    }
+
+    /// A daemon driven by `signals` (tokens a test cancels) pinging `watchdog`.
+    #[must_use]
+    pub fn with(grace: Duration, signals: Signals, watchdog: Watchdog) -> Self {
+        Self {
             clock: Arc::new(SystemClock),
             signals,
             metrics: Arc::new(Metrics::default()),
+            liveness: Liveness::default(),
             tracker: TaskTracker::new(),
             grace,
-            http_stop: tokio_util::sync::CancellationToken::new(),
-        })
+            watchdog,
+            http_stop: CancellationToken::new(),
+        }
     }
 
-    /// Binds and serves the HTTP endpoint when an address is set.
-    pub(crate) async fn serve_http(
-        &self,
-        addr: Option<SocketAddr>,
-        health: &Arc<Health>,
-    ) -> Result<(), Error> {
-        let Some(addr) = addr else { return Ok(()) };
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::Other(format!("cannot listen on {addr} (--http-addr): {e}")))?;
-        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "http endpoint listening");
+    /// Serves HTTP on `listener` when there is one.
+    fn serve_http(&self, listener: Option<TcpListener>, health: &Arc<Health>) {
+        let Some(listener) = listener else { return };
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(addr = %addr, "http endpoint listening");
+        }
         let health = health.clone();
         // Outside the tracker on purpose: the endpoint outlives the drain so probes see 503
         // until the very end; `wait` stops it last.
@@ -67,11 +97,10 @@ impl Daemon {
                 tracing::error!(error = %e, "http endpoint failed");
             }
         });
-        Ok(())
     }
 
-    /// Sends READY=1 once `ready` holds, and pings the watchdog while the process lives.
-    pub(crate) fn notify_when_ready(&self, ready: http::ReadyFn) {
+    /// Sends READY=1 once `ready` holds, and pings the watchdog while every loop turns.
+    fn notify_when_ready(&self, ready: http::ReadyFn) {
         let stop = self.signals.graceful.clone();
         let r = ready.clone();
         self.tracker.spawn(async move {
@@ -87,25 +116,36 @@ impl Daemon {
                 }
             }
         });
-        self.tracker
-            .spawn(sd::watchdog(|| true, self.signals.graceful.clone()));
+        let live = self.liveness.clone();
+        self.tracker.spawn(
+            self.watchdog
+                .clone()
+                .run(move || live.healthy(), self.signals.graceful.clone()),
+        );
     }
 
     /// Serves HTTP with readiness `ready`, tells systemd once ready, and runs until stopped.
-    pub(crate) async fn serve(
+    ///
+    /// # Errors
+    /// None yet; the signature leaves room for a failing part.
+    pub async fn serve(
         self,
         ready: http::ReadyFn,
-        addr: Option<SocketAddr>,
+        listener: Option<TcpListener>,
     ) -> Result<u8, Error> {
-        let health = Arc::new(Health::new(ready.clone(), self.metrics.clone()));
-        self.serve_http(addr, &health).await?;
+        let health = Arc::new(Health::new(
+            ready.clone(),
+            self.metrics.clone(),
+            self.liveness.clone(),
+        ));
+        self.serve_http(listener, &health);
         self.notify_when_ready(ready);
         self.wait(&health).await;
-        Ok(crate::app::exit::OK)
+        Ok(exit::OK)
     }
 
     /// Waits for a stop signal, then for every task, within the grace.
-    pub(crate) async fn wait(self, health: &Health) {
+    async fn wait(self, health: &Health) {
         self.signals.graceful.cancelled().await;
         health.draining.store(true, Ordering::Relaxed);
         sd::stopping();
@@ -121,8 +161,23 @@ impl Daemon {
     }
 }
 
+/// Binds the HTTP endpoint's address, when one is set.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn bind(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, Error> {
+    let Some(addr) = addr else { return Ok(None) };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| Error::Listen { addr, source })
+}
+
 /// Loads schedules for a daemon start; warnings go to the log.
-pub(crate) fn load_entries(paths: &[PathBuf], clock: &dyn Clock) -> Result<Vec<Entry>, Error> {
+///
+/// # Errors
+/// Diagnostics of invalid files.
+pub fn load_entries(paths: &[PathBuf], clock: &dyn Clock) -> Result<Vec<Entry>, Error> {
     let loaded = config::load_schedules(paths, clock.now()).map_err(Error::Config)?;
     for w in &loaded.warnings {
         tracing::warn!("{}", w.to_string().trim_end());
@@ -130,69 +185,121 @@ pub(crate) fn load_entries(paths: &[PathBuf], clock: &dyn Clock) -> Result<Vec<E
     Ok(loaded.entries)
 }
 
-/// The producer name in `headers.origin`, like Celery's `gen<pid>@<host>`.
-pub(crate) fn origin() -> String {
-    format!("beatd{}@{}", std::process::id(), hostname())
-}
-
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-/// Connects to Redis; a wrong password ends the start at once, an unreachable server is
-/// retried by the loops (and readiness stays false meanwhile).
-pub(crate) async fn redis(url: &BrokerUrl) -> Result<RedisConn, Error> {
-    let conn = RedisConn::new(url, ConnectOptions::default())
-        .map_err(|e| Error::Other(crate::error_chain(&e)))?;
+/// Connects a daemon to Redis; a wrong password ends the start at once, an unreachable server
+/// is retried by the loops (and readiness stays false meanwhile).
+///
+/// # Errors
+/// An invalid URL or rejected credentials.
+pub async fn redis(url: &BrokerUrl) -> Result<RedisConn, Error> {
+    let conn = RedisConn::new(url, ConnectOptions::default())?;
     match conn.check().await {
         Ok(()) => tracing::info!(redis = %url.redacted(), "redis reachable"),
-        Err(e @ crate::redis_edge::Error::AuthFailed { .. }) => {
-            return Err(Error::Other(crate::error_chain(&e)));
-        }
+        Err(e @ crate::redis::Error::AuthFailed { .. }) => return Err(e.into()),
         Err(e) => {
-            tracing::warn!(error = %crate::error_chain(&e), "redis not reachable yet; retrying")
+            tracing::warn!(error = %crate::error_chain(&e), "redis not reachable yet; retrying");
         }
     }
     Ok(conn)
 }
 
-/// The beat's parts, however they are backed.
-pub(crate) struct BeatParts {
+/// Connects a one-shot command (`send`, `status`): an unreachable Redis is an error at once.
+///
+/// # Errors
+/// No Redis URL configured; Redis unreachable or refusing the credentials.
+pub async fn connect_once(settings: &Settings) -> Result<(RedisConn, Keys), Error> {
+    let Some(url) = &settings.redis_url else {
+        return Err(Error::Usage(
+            "no Redis URL: set --redis-url, BEATD_REDIS_URL, CELERY_BROKER_URL or REDIS_URL".into(),
+        ));
+    };
+    let conn = crate::redis::connect(url, ConnectOptions::default()).await?;
+    Ok((conn, Keys::new(&settings.namespace)))
+}
+
+/// The beat's ports, however they are backed: the seam where a second broker or a
+/// Sentinel-managed Redis plugs in (ARCHITECTURE.md shows how).
+pub struct BeatPorts {
+    /// Leadership.
     pub leader: Arc<dyn LeaderLock>,
-    pub emitter: Arc<dyn Emitter>,
+    /// How a standby hears of a release.
+    pub handover: Arc<dyn Handover>,
+    /// Emission, direct or staged.
+    pub emission: Emission,
+    /// Last runs.
     pub state: Arc<dyn StateStore>,
 }
 
-/// Starts the beat loop and the reloader; returns the beat's status for readiness.
-pub(crate) fn start_beat(
+impl BeatPorts {
+    /// The HA ports on Redis under `namespace`, with leases of `ttl`: staged emission.
+    #[must_use]
+    pub fn redis(conn: &RedisConn, namespace: &str, ttl: Duration) -> Self {
+        let keys = Keys::new(namespace);
+        let leader = Arc::new(RedisLeader::new(conn.clone(), keys.clone(), ttl));
+        Self {
+            leader: leader.clone(),
+            handover: leader,
+            emission: Emission::Staged(Arc::new(RedisEmitter::new(
+                conn.clone(),
+                keys.clone(),
+                crate::emit::EmitOptions::default(),
+            ))),
+            state: Arc::new(RedisState::new(conn.clone(), keys)),
+        }
+    }
+
+    /// The embedded mode's ports: the lock on the state file, the state file, and the
+    /// in-process queue `queue` the worker reads.
+    ///
+    /// # Errors
+    /// The state file is locked by another process, or unreadable.
+    pub fn embedded(
+        state_file: &Path,
+        queue: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    ) -> Result<Self, Error> {
+        let leader = Arc::new(FileLeader::acquire(state_file)?);
+        let state = Arc::new(FileState::open(state_file)?);
+        Ok(Self {
+            leader,
+            handover: Arc::new(Poll),
+            emission: Emission::Direct(Arc::new(LocalEmitter::new(state.clone(), queue))),
+            state,
+        })
+    }
+}
+
+/// Starts the beat loop and the reloader under the daemon; returns the beat's status for
+/// readiness.
+pub fn start_beat(
     d: &Daemon,
-    parts: BeatParts,
+    ports: BeatPorts,
     entries: Vec<Entry>,
     paths: Vec<PathBuf>,
+    options: BeatOptions,
 ) -> Arc<BeatStatus> {
     let (tx, rx) = watch::channel::<Arc<[Entry]>>(entries.into());
     // The load's parse tree, raw tables and the list just copied are free now; without this
     // glibc keeps them as the idle footprint (with 10,000 entries, most of it).
     crate::ops::malloc::release_free_memory();
     let status = Arc::new(BeatStatus::default());
+    let heartbeat = d.liveness.register(
+        "beat",
+        Liveness::bound_for(options.longest_sleep(), LIVENESS_CAP),
+    );
     let beat = Beat {
         clock: d.clock.clone(),
-        leader: parts.leader,
-        emitter: parts.emitter,
-        state: parts.state,
-        encoder: Arc::new(CeleryEncoder::new(d.clock.clone(), origin())),
+        leader: ports.leader,
+        handover: ports.handover,
+        emission: ports.emission,
+        state: ports.state,
+        encoder: Arc::new(CeleryEncoder::new(d.clock.clone(), crate::host::origin())),
         entries: rx,
         status: status.clone(),
         metrics: d.metrics.clone(),
-        options: BeatOptions::default(),
+        options,
+        heartbeat,
     };
     d.tracker.spawn(beat.run(d.signals.graceful.clone()));
-    d.tracker.spawn(crate::app::reload::run(
+    d.tracker.spawn(super::reload::run(
         paths,
         tx,
         d.signals.reload.clone(),
@@ -203,112 +310,137 @@ pub(crate) fn start_beat(
     status
 }
 
-/// `beatd beat`.
-pub async fn beat(
-    config: Option<&std::path::Path>,
-    args: &crate::cli::BeatArgs,
+/// The beat daemon, whole: the beat on `ports`, the reloader on `paths`, HTTP on `listener`,
+/// systemd and the watchdog, until the daemon's graceful signal. Ready while the store
+/// answers.
+///
+/// # Errors
+/// As [`Daemon::serve`].
+pub async fn serve_beat(
+    d: Daemon,
+    ports: BeatPorts,
+    entries: Vec<Entry>,
+    paths: Vec<PathBuf>,
+    options: BeatOptions,
+    listener: Option<TcpListener>,
 ) -> Result<u8, Error> {
-    let file = settings::app_config(config)?;
-    let d = Daemon::new(settings::shutdown_grace(&args.daemon, &file))?;
-    let paths = settings::schedule_paths(&args.schedules, &file);
-    let entries = load_entries(&paths, d.clock.as_ref())?;
-    let Some(url) = settings::redis_url(&args.redis, &file)? else {
-        return Err(Error::Usage(
-            "beatd beat needs Redis: set --redis-url, BEATD_REDIS_URL, CELERY_BROKER_URL or \
-             REDIS_URL (or use `beatd run` for the embedded mode)"
-                .into(),
-        ));
-    };
-    let conn = redis(&url).await?;
-    let parts = redis_parts(
-        &conn,
-        &settings::namespace(&args.redis, &file),
-        settings::lock_ttl(&args.leader, &file),
-    );
-    tracing::info!(entries = entries.len(), redis = %url.redacted(), "beat starting");
-    let status = start_beat(&d, parts, entries, paths);
-    let ready: http::ReadyFn = {
-        let s = status.clone();
-        Arc::new(move || s.store_reachable.load(Ordering::Relaxed))
-    };
-    d.serve(ready, settings::http_addr(&args.daemon, &file)?)
-        .await
+    let status = start_beat(&d, ports, entries, paths, options);
+    let ready: http::ReadyFn = Arc::new(move || status.store_reachable.load(Ordering::Relaxed));
+    d.serve(ready, listener).await
 }
 
-/// The Redis implementations of the beat's ports.
-pub(crate) fn redis_parts(conn: &RedisConn, namespace: &str, ttl: Duration) -> BeatParts {
-    let b = crate::redis_edge::Backend::new(conn, namespace, ttl);
-    BeatParts {
-        leader: b.leader,
-        emitter: b.emitter,
-        state: b.state,
+/// The registry of every task defined in `beatd.toml`.
+///
+/// # Errors
+/// When a definition cannot be registered.
+pub fn registry(file: &AppConfig) -> Result<Registry, Error> {
+    let mut registry = Registry::new();
+    for (name, def) in &file.worker.tasks {
+        registry
+            .add_spec(name.clone(), def)
+            .map_err(|source| Error::Task {
+                name: name.clone(),
+                source,
+            })?;
+    }
+    Ok(registry)
+}
+
+/// The worker's options from the settings.
+#[must_use]
+pub fn worker_options(settings: &Settings) -> WorkerOptions {
+    WorkerOptions {
+        queues: settings.queues.clone(),
+        concurrency: settings.concurrency,
+        visibility_timeout: settings.visibility_timeout,
+        shutdown_grace: settings.shutdown_grace,
+        ..WorkerOptions::default()
     }
 }
 
-/// `beatd run`: beat and worker in one process. Without a Redis URL: the embedded mode
-/// (state file + lock, in-process queue); with one: the Redis beat and worker side by side.
-pub async fn run(
-    config: Option<&std::path::Path>,
-    args: &crate::cli::RunArgs,
-) -> Result<u8, Error> {
-    use crate::app::worker as w;
-    let file = settings::app_config(config)?;
-    let d = Daemon::new(settings::shutdown_grace(&args.daemon, &file))?;
-    let paths = settings::schedule_paths(&args.schedules, &file);
-    let entries = load_entries(&paths, d.clock.as_ref())?;
-    let registry = w::registry(&file)?;
-    let opts = w::options(&args.worker, &args.daemon, &file);
-    let ready: http::ReadyFn = if let Some(url) = settings::redis_url(&args.redis, &file)? {
-        let conn = redis(&url).await?;
-        let parts = redis_parts(
-            &conn,
-            &settings::namespace(&args.redis, &file),
-            settings::lock_ttl(&args.leader, &file),
-        );
-        tracing::info!(entries = entries.len(), redis = %url.redacted(), "beat and worker starting on redis");
-        start_beat(&d, parts, entries, paths);
-        w::start_redis_worker(&d, opts, registry, &url)?;
-        w::redis_ready(conn, &d)
-    } else {
-        let state = settings::state_file(args.state_file.as_deref(), &file);
-        let lock = crate::embedded::StateLock::acquire(&state)
-            .map_err(|e| Error::Other(crate::error_chain(&e)))?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let emitter = Arc::new(
-            crate::embedded::FileEmitter::open(&state, tx)
-                .map_err(|e| Error::Other(crate::error_chain(&e)))?,
-        );
-        tracing::info!(
-            entries = entries.len(),
-            state = %state.display(),
-            tasks = ?registry.names(),
-            "embedded mode (no Redis configured): beat and worker in one process"
-        );
-        let parts = BeatParts {
-            leader: Arc::new(crate::embedded::EmbeddedLeader::new(lock)),
-            emitter: emitter.clone(),
-            state: emitter,
-        };
-        start_beat(&d, parts, entries, paths);
-        let pipeline = crate::worker::Pipeline::new(
-            Arc::new(registry),
-            Arc::new(crate::worker::LogResults),
-            d.clock.clone(),
-        )
-        .with_metrics(d.metrics.clone());
-        let shutdown = crate::worker::Shutdown {
-            graceful: d.signals.graceful.clone(),
-            immediate: d.signals.immediate.clone(),
-        };
-        d.tracker.spawn(crate::worker::run_local(
-            pipeline,
-            rx,
-            opts.concurrency,
-            opts.shutdown_grace,
-            shutdown,
-        ));
-        Arc::new(|| true)
-    };
-    d.serve(ready, settings::http_addr(&args.daemon, &file)?)
-        .await
+/// The worker's stop tokens, from the daemon's.
+#[must_use]
+pub fn worker_shutdown(d: &Daemon) -> Shutdown {
+    Shutdown {
+        graceful: d.signals.graceful.clone(),
+        immediate: d.signals.immediate.clone(),
+    }
+}
+
+/// Starts the worker on Redis under the daemon, retrying until it can start.
+pub fn start_redis_worker(d: &Daemon, opts: WorkerOptions, registry: Registry, conn: RedisConn) {
+    let clock = d.clock.clone();
+    let shutdown = worker_shutdown(d);
+    let metrics = d.metrics.clone();
+    let registry = Arc::new(registry);
+    let heartbeat = d.liveness.register(
+        "worker",
+        Liveness::bound_for(opts.longest_turn(), LIVENESS_CAP),
+    );
+    d.tracker.spawn(async move {
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(5));
+        loop {
+            heartbeat.beat();
+            let run = crate::worker::Worker {
+                opts: opts.clone(),
+                registry: Registry::clone(&registry),
+                conn: conn.clone(),
+                clock: clock.clone(),
+                shutdown: shutdown.clone(),
+                metrics: metrics.clone(),
+                heartbeat: Some(heartbeat.clone()),
+            }
+            .run();
+            match run.await {
+                Ok(()) => return,
+                Err(e) => {
+                    metrics.redis_errors.inc();
+                    tracing::warn!(error = %crate::error_chain(&e), "worker cannot start; retrying");
+                }
+            }
+            tokio::select! {
+                () = shutdown.graceful.cancelled() => return,
+                () = tokio::time::sleep(backoff.next()) => {}
+            }
+        }
+    });
+}
+
+/// Readiness from a background PING every 2 s.
+pub fn redis_ready(conn: RedisConn, d: &Daemon) -> http::ReadyFn {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let stop = d.signals.graceful.clone();
+    d.tracker.spawn(async move {
+        loop {
+            f.store(conn.check().await.is_ok(), Ordering::Relaxed);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    });
+    Arc::new(move || flag.load(Ordering::Relaxed))
+}
+
+/// Starts the embedded worker on the in-process queue `rx`.
+pub fn start_local_worker(
+    d: &Daemon,
+    opts: &WorkerOptions,
+    registry: Registry,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    let pipeline = crate::worker::Pipeline::new(
+        Arc::new(registry),
+        Arc::new(crate::worker::LogResults),
+        d.clock.clone(),
+    )
+    .with_metrics(d.metrics.clone());
+    d.tracker.spawn(crate::worker::run_local(
+        pipeline,
+        rx,
+        opts.concurrency,
+        opts.shutdown_grace,
+        worker_shutdown(d),
+    ));
 }

@@ -1,9 +1,44 @@
 //! `beatd next`: upcoming fire times per entry, in the entry's zone with its UTC offset.
 //! The cheapest way to see what a DST transition does to a schedule.
 
+use super::settings::Settings;
+use crate::cli::{NextArgs, OutputFormat};
+use crate::clock::{Clock, SystemClock};
 use crate::entry::Entry;
+use crate::error::{exit, Error};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
+
+/// Runs `beatd next`.
+///
+/// # Errors
+/// A bad `--from`, an unknown `--entry`, invalid schedule files.
+pub fn next(settings: &Settings, args: &NextArgs) -> Result<u8, Error> {
+    let now = SystemClock.now();
+    let from = match &args.from {
+        Some(s) => DateTime::parse_from_rfc3339(s)
+            .map_err(|e| Error::Usage(format!("--from {s:?} is not an RFC 3339 instant: {e}")))?
+            .to_utc(),
+        None => now,
+    };
+    let loaded = crate::config::load_schedules(&settings.schedules, now).map_err(Error::Config)?;
+    for name in &args.entry {
+        if !loaded.entries.iter().any(|e| &e.name == name) {
+            return Err(Error::Usage(format!("no entry named {name:?}")));
+        }
+    }
+    let list = next_fires(&loaded.entries, &args.entry, from, args.count);
+    match args.format {
+        OutputFormat::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&list).expect("serializes")
+            );
+        }
+        OutputFormat::Text => print!("{}", render_text(&list)),
+    }
+    Ok(exit::OK)
+}
 
 /// One entry's upcoming fires, as printed by `--format json`.
 #[derive(Debug, Serialize, PartialEq, Eq)]

@@ -1,14 +1,133 @@
-//! Settings of the long-running commands: `beatd.toml` (optional) with environment variables
-//! and flags merged over it, in DESIGN.md's precedence (defaults < file < env < flags; clap
-//! already folded env into the flags).
+//! Settings, resolved once per command from flags, environment and `beatd.toml` into one
+//! [`Settings`] value, in DESIGN.md's precedence (defaults < file < env < flags). Two levels,
+//! as in ripgrep: [`Flags`] is what the command line said (clap already folded `BEATD_*`
+//! variables in), flat and unvalidated; [`Settings::resolve`] merges it with the environment's
+//! Celery-style variables and the file, validates, and is the only place that does.
 
-use crate::app::Error;
-use crate::cli::{DaemonArgs, LeaderArgs, RedisArgs, ScheduleArgs, WorkerOpts};
+use crate::cli::{self, Command};
 use crate::config::{self, AppConfig};
-use crate::redis_edge::{resolve_url, BrokerUrl};
+use crate::error::Error;
+use crate::redis::{resolve_url, BrokerUrl};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// What the command line set, whichever command it was; unset means "not given".
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--schedules` (and the positional paths of `check`).
+    pub schedules: Vec<PathBuf>,
+    /// `--redis-url`.
+    pub redis_url: Option<String>,
+    /// `--namespace`.
+    pub namespace: Option<String>,
+    /// `--lock-ttl`.
+    pub lock_ttl: Option<Duration>,
+    /// `--http-addr` (`off` or an address).
+    pub http_addr: Option<String>,
+    /// `--shutdown-grace`.
+    pub shutdown_grace: Option<Duration>,
+    /// `--queues`.
+    pub queues: Vec<String>,
+    /// `--concurrency`.
+    pub concurrency: Option<usize>,
+    /// `--visibility-timeout`.
+    pub visibility_timeout: Option<Duration>,
+    /// `--state-file`.
+    pub state_file: Option<PathBuf>,
+}
+
+impl Flags {
+    /// The flags of `command`, with the global `--config`.
+    #[must_use]
+    pub fn of(config: Option<&Path>, command: &Command) -> Self {
+        let mut f = Self {
+            config: config.map(Path::to_path_buf),
+            ..Self::default()
+        };
+        let d = |x: Option<humantime::Duration>| x.map(Into::into);
+        let redis = |f: &mut Self, r: &cli::RedisArgs| {
+            f.redis_url.clone_from(&r.redis_url);
+            f.namespace.clone_from(&r.namespace);
+        };
+        let daemon = |f: &mut Self, a: &cli::DaemonArgs| {
+            f.http_addr.clone_from(&a.http_addr);
+            f.shutdown_grace = d(a.shutdown_grace);
+        };
+        let worker = |f: &mut Self, w: &cli::WorkerOpts| {
+            f.queues.clone_from(&w.queues);
+            f.concurrency = w.concurrency;
+            f.visibility_timeout = d(w.visibility_timeout);
+        };
+        match command {
+            Command::Beat(a) => {
+                f.schedules.clone_from(&a.schedules.schedules);
+                redis(&mut f, &a.redis);
+                f.lock_ttl = d(a.leader.lock_ttl);
+                daemon(&mut f, &a.daemon);
+            }
+            Command::Worker(a) => {
+                redis(&mut f, &a.redis);
+                worker(&mut f, &a.worker);
+                daemon(&mut f, &a.daemon);
+            }
+            Command::Run(a) => {
+                f.schedules.clone_from(&a.schedules.schedules);
+                redis(&mut f, &a.redis);
+                f.lock_ttl = d(a.leader.lock_ttl);
+                worker(&mut f, &a.worker);
+                daemon(&mut f, &a.daemon);
+                f.state_file.clone_from(&a.state_file);
+            }
+            Command::Check(a) => {
+                f.schedules = a
+                    .paths
+                    .iter()
+                    .chain(&a.schedules.schedules)
+                    .cloned()
+                    .collect();
+            }
+            Command::Next(a) => f.schedules.clone_from(&a.schedules.schedules),
+            Command::Send(a) => redis(&mut f, &a.redis),
+            Command::Status(a) => {
+                f.schedules.clone_from(&a.schedules.schedules);
+                redis(&mut f, &a.redis);
+                f.state_file.clone_from(&a.state_file);
+            }
+        }
+        f
+    }
+}
+
+/// Everything a command runs with, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `beatd.toml` as loaded (defaults when absent); task definitions live here.
+    pub file: AppConfig,
+    /// Schedule paths: flags/env, else the file's, else `schedules/`.
+    pub schedules: Vec<PathBuf>,
+    /// The broker URL: flag, `BEATD_REDIS_URL`, `CELERY_BROKER_URL`, `REDIS_URL`, the file.
+    pub redis_url: Option<BrokerUrl>,
+    /// The key namespace.
+    pub namespace: String,
+    /// Leader lock TTL.
+    pub lock_ttl: Duration,
+    /// The HTTP address, `None` when `off`.
+    pub http_addr: Option<SocketAddr>,
+    /// Graceful stop limit.
+    pub shutdown_grace: Duration,
+    /// The embedded state file: flag/env, file, `$STATE_DIRECTORY/beatd-state.json`
+    /// (systemd), else `./beatd-state.json`.
+    pub state_file: PathBuf,
+    /// Worker queues.
+    pub queues: Vec<String>,
+    /// Tasks run at once.
+    pub concurrency: usize,
+    /// Unacked messages older than this are restored.
+    pub visibility_timeout: Duration,
+}
 
 /// Loads `beatd.toml`: the `--config` path (which must exist), else `./beatd.toml` when it
 /// exists, else the defaults.
@@ -25,70 +144,93 @@ pub fn app_config(path: Option<&Path>) -> Result<AppConfig, Error> {
     }
 }
 
-/// The broker URL: flag, `BEATD_REDIS_URL`, `CELERY_BROKER_URL`, `REDIS_URL`, then the file.
-///
-/// # Errors
-/// When the URL found does not parse.
-pub fn redis_url(args: &RedisArgs, file: &AppConfig) -> Result<Option<BrokerUrl>, Error> {
-    let found = resolve_url(args.redis_url.as_deref(), |k| std::env::var(k).ok())
-        .map(|(url, _source)| url)
-        .or_else(|| file.redis_url.as_ref().map(|u| u.as_str().to_owned()));
-    found
-        .map(|u| BrokerUrl::parse(&u).map_err(|e| Error::Usage(crate::error_chain(&e))))
-        .transpose()
+impl Settings {
+    /// Resolves `flags` over the process environment and `beatd.toml`.
+    ///
+    /// # Errors
+    /// An invalid `beatd.toml`, Redis URL or HTTP address.
+    pub fn resolve(flags: &Flags) -> Result<Self, Error> {
+        let file = app_config(flags.config.as_deref())?;
+        Self::resolve_with(flags, file, |k| std::env::var(k).ok())
+    }
+
+    /// [`Settings::resolve`] with the file already loaded and the environment given.
+    ///
+    /// # Errors
+    /// As [`Settings::resolve`].
+    pub fn resolve_with(
+        flags: &Flags,
+        file: AppConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, Error> {
+        let redis_url = resolve_url(flags.redis_url.as_deref(), &env)
+            .map(|(url, _source)| url)
+            .or_else(|| file.redis_url.as_ref().map(|u| u.as_str().to_owned()))
+            .map(|u| BrokerUrl::parse(&u).map_err(|e| Error::Usage(crate::error_chain(&e))))
+            .transpose()?;
+        let http_addr = match flags.http_addr.as_deref() {
+            None => file.http_addr,
+            Some("off") => None,
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|e| Error::Usage(format!("--http-addr {s:?}: {e} (or `off`)")))?,
+            ),
+        };
+        let state_file = state_file_in(
+            flags.state_file.as_deref(),
+            &file,
+            env("STATE_DIRECTORY").as_deref(),
+        );
+        Ok(Self {
+            schedules: schedule_paths(flags, &file),
+            redis_url,
+            namespace: flags
+                .namespace
+                .clone()
+                .unwrap_or_else(|| file.namespace.clone()),
+            lock_ttl: flags.lock_ttl.unwrap_or(file.lock_ttl),
+            http_addr,
+            shutdown_grace: flags.shutdown_grace.unwrap_or(file.worker.shutdown_grace),
+            state_file,
+            queues: if flags.queues.is_empty() {
+                file.worker.queues.clone()
+            } else {
+                flags.queues.clone()
+            },
+            concurrency: flags
+                .concurrency
+                .or(file.worker.concurrency)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from))
+                .max(1),
+            visibility_timeout: flags
+                .visibility_timeout
+                .unwrap_or(file.worker.visibility_timeout),
+            file,
+        })
+    }
+
+    /// The Redis URL, or a usage error naming where it could have come from.
+    ///
+    /// # Errors
+    /// When none is configured; `why` says what needed it.
+    pub fn require_redis(&self, why: &str) -> Result<&BrokerUrl, Error> {
+        self.redis_url.as_ref().ok_or_else(|| {
+            Error::Usage(format!(
+                "{why} needs Redis: set --redis-url, BEATD_REDIS_URL, CELERY_BROKER_URL or \
+                 REDIS_URL (or use `beatd run` for the embedded mode)"
+            ))
+        })
+    }
 }
 
-/// The key namespace.
+/// Schedule paths: flags/env, else the file's (whose default is `schedules/`).
 #[must_use]
-pub fn namespace(args: &RedisArgs, file: &AppConfig) -> String {
-    args.namespace
-        .clone()
-        .unwrap_or_else(|| file.namespace.clone())
-}
-
-/// Schedule paths: flags/env, else the file's, else `schedules/`.
-#[must_use]
-pub fn schedule_paths(args: &ScheduleArgs, file: &AppConfig) -> Vec<PathBuf> {
-    if args.schedules.is_empty() {
+pub fn schedule_paths(flags: &Flags, file: &AppConfig) -> Vec<PathBuf> {
+    if flags.schedules.is_empty() {
         file.schedules.clone()
     } else {
-        args.schedules.clone()
+        flags.schedules.clone()
     }
-}
-
-/// Leader lock TTL.
-#[must_use]
-pub fn lock_ttl(args: &LeaderArgs, file: &AppConfig) -> Duration {
-    args.lock_ttl.map_or(file.lock_ttl, Into::into)
-}
-
-/// The HTTP address, `None` when `off`.
-///
-/// # Errors
-/// When the flag is neither `off` nor a socket address.
-pub fn http_addr(args: &DaemonArgs, file: &AppConfig) -> Result<Option<SocketAddr>, Error> {
-    match args.http_addr.as_deref() {
-        None => Ok(file.http_addr),
-        Some("off") => Ok(None),
-        Some(s) => s
-            .parse()
-            .map(Some)
-            .map_err(|e| Error::Usage(format!("--http-addr {s:?}: {e} (or `off`)"))),
-    }
-}
-
-/// Graceful stop limit.
-#[must_use]
-pub fn shutdown_grace(args: &DaemonArgs, file: &AppConfig) -> Duration {
-    args.shutdown_grace
-        .map_or(file.worker.shutdown_grace, Into::into)
-}
-
-/// The embedded state file: flag/env, file, `$STATE_DIRECTORY/beatd-state.json` (systemd),
-/// else `./beatd-state.json`.
-#[must_use]
-pub fn state_file(flag: Option<&Path>, file: &AppConfig) -> PathBuf {
-    state_file_in(flag, file, std::env::var("STATE_DIRECTORY").ok().as_deref())
 }
 
 fn state_file_in(flag: Option<&Path>, file: &AppConfig, state_directory: Option<&str>) -> PathBuf {
@@ -103,32 +245,6 @@ fn state_file_in(flag: Option<&Path>, file: &AppConfig, state_directory: Option<
         Some(dir) => PathBuf::from(dir).join("beatd-state.json"),
         None => PathBuf::from("beatd-state.json"),
     }
-}
-
-/// Worker queues, concurrency and visibility timeout.
-#[must_use]
-pub fn worker_queues(args: &WorkerOpts, file: &AppConfig) -> Vec<String> {
-    if args.queues.is_empty() {
-        file.worker.queues.clone()
-    } else {
-        args.queues.clone()
-    }
-}
-
-/// Tasks run at once.
-#[must_use]
-pub fn concurrency(args: &WorkerOpts, file: &AppConfig) -> usize {
-    args.concurrency
-        .or(file.worker.concurrency)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from))
-        .max(1)
-}
-
-/// Visibility timeout.
-#[must_use]
-pub fn visibility_timeout(args: &WorkerOpts, file: &AppConfig) -> Duration {
-    args.visibility_timeout
-        .map_or(file.worker.visibility_timeout, Into::into)
 }
 
 #[cfg(test)]
@@ -160,5 +276,35 @@ mod tests {
             state_file_in(None, &file, Some("/var/lib/beatd")),
             Path::new("/etc/x.json")
         );
+    }
+
+    #[test]
+    fn flags_win_over_env_and_env_over_the_file() {
+        let mut file = AppConfig::default();
+        file.namespace = "from-file".into();
+        file.lock_ttl = Duration::from_secs(30);
+        let env = |k: &str| (k == "CELERY_BROKER_URL").then(|| "redis://env:6379/0".to_owned());
+        let s = Settings::resolve_with(&Flags::default(), file.clone(), env).unwrap();
+        assert_eq!(s.namespace, "from-file");
+        assert_eq!(s.lock_ttl, Duration::from_secs(30));
+        assert!(s.redis_url.unwrap().expose().contains("env:6379"));
+        let flags = Flags {
+            redis_url: Some("redis://flag:6379/1".into()),
+            namespace: Some("from-flag".into()),
+            http_addr: Some("off".into()),
+            ..Flags::default()
+        };
+        let s = Settings::resolve_with(&flags, file, env).unwrap();
+        assert_eq!(s.namespace, "from-flag");
+        assert!(s.redis_url.unwrap().expose().contains("flag:6379"));
+        assert_eq!(s.http_addr, None);
+        let bad = Flags {
+            http_addr: Some("nowhere".into()),
+            ..Flags::default()
+        };
+        assert!(matches!(
+            Settings::resolve_with(&bad, AppConfig::default(), |_| None),
+            Err(Error::Usage(_))
+        ));
     }
 }

@@ -1,10 +1,9 @@
 //! What a fire sends: the Celery message of an entry for one scheduled fire time, as
 //! `celery beat` would send it, plus beatd's three headers (entry, scheduled time, epoch).
 
-use crate::beat::plan::fingerprint;
 use crate::beat::FireEncoder;
-use crate::beat_io::Fire;
 use crate::clock::SharedClock;
+use crate::emit::Fire;
 use crate::entry::Entry;
 use crate::protocol::{beatd_headers, TaskMessage};
 use chrono::{DateTime, Utc};
@@ -60,9 +59,10 @@ impl FireEncoder for CeleryEncoder {
         Fire {
             entry: entry.name.clone(),
             fire_at_ms: at.timestamp_millis(),
+            task_id: encoded.id,
             list_key: encoded.list_key,
             payload: encoded.payload.into_bytes(),
-            schedule_fingerprint: fingerprint(entry),
+            schedule_fingerprint: entry.fingerprint(),
         }
     }
 }

@@ -1,6 +1,8 @@
-//! The scheduler loop: leadership, the plan, and emission, over the small traits in
-//! [`crate::beat_io`]. Owns when things are sent; owns no I/O of its own (Redis, files and the queue
-//! are behind the traits) and reads time only through a [`Clock`].
+//! The scheduler loop: leadership, the plan, and emission, over the ports in [`crate::leader`],
+//! [`crate::emit`] and [`crate::state`]. Owns when things are sent; owns no I/O of its own
+//! (Redis, files and the queue are behind the ports) and reads wall time only through a
+//! [`crate::clock::Clock`]. One leadership term is a [`term::Term`]; this loop performs what
+//! it says.
 //!
 //! Glossary, mapped to Celery Beat's names:
 //!
@@ -16,16 +18,23 @@
 
 pub mod message;
 pub mod plan;
+pub(crate) mod term;
 
-use crate::beat_io::{BatchId, EmitOutcome, Emitter, Error, Fire, LeaderLock, Lease, StateStore};
+use crate::backoff::Backoff;
 use crate::clock::SharedClock;
+use crate::emit::{Committed, EmitOutcome, Emitter, Fire, StagedEmitter};
 use crate::entry::Entry;
+use crate::leader::{Handover, LeaderLock, Lease};
+use crate::ops::liveness::Heartbeat;
 use crate::ops::metrics::Metrics;
+use crate::state::StateStore;
+use crate::store::Error;
 use chrono::{DateTime, TimeDelta, Utc};
 use plan::{Due, Plan};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use term::{Now, Phase, Staging, Term, Timing};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +71,7 @@ pub struct BeatOptions {
     /// notice a released lock, and a graceful handover must not lose the fire time due
     /// meanwhile, whatever the catch-up policy.
     pub takeover_tolerance: Duration,
-    /// With an emitter that stages ([`Emitter::stages`]), how long before a fire time its
+    /// With a staged emitter ([`Emission::Staged`]), how long before a fire time its
     /// messages may be encoded and parked in the store, so that at the instant one O(1)
     /// commit makes them visible. Large enough for 100,000 fires of one instant to be
     /// encoded and staged on a slow machine; staging starts only once the previous fire
@@ -72,6 +81,20 @@ pub struct BeatOptions {
     /// because the Redis client keeps a write buffer as large as its largest command for
     /// good (500 fires: about 0.5 MB), and staging happens ahead of time anyway.
     pub stage_chunk: usize,
+    /// The loop never sleeps longer than this, leader or standby, so its heartbeat shows it
+    /// alive (an embedded lease is renewed only every 20 minutes).
+    pub max_sleep: Duration,
+}
+
+impl BeatOptions {
+    /// The longest a healthy loop goes between two turns: its longest sleep, or a standby's
+    /// longest backoff.
+    #[must_use]
+    pub fn longest_sleep(&self) -> Duration {
+        self.max_sleep
+            .max(self.max_backoff)
+            .max(self.acquire_interval)
+    }
 }
 
 impl Default for BeatOptions {
@@ -82,6 +105,7 @@ impl Default for BeatOptions {
             takeover_tolerance: Duration::from_secs(2),
             stage_ahead: Duration::from_secs(5),
             stage_chunk: 500,
+            max_sleep: Duration::from_secs(5),
         }
     }
 }
@@ -93,23 +117,25 @@ const BIG_BATCH: usize = 1_000;
 /// How long before a fire time the loop wakes to sleep the rest precisely.
 const PRECISE: Duration = Duration::from_millis(2);
 
-/// The fires of one fire time being staged, popped from the plan (a replan rebuilds them).
-struct Staging {
-    /// Names the batch in the store.
-    batch: BatchId,
-    /// The fire time of every fire in it.
-    at: DateTime<Utc>,
-    /// The fires, all due at `at`.
-    due: Vec<Due>,
-    /// Outcomes of the fires staged so far (a prefix of `due`).
-    outcomes: Vec<EmitOutcome>,
-    /// Task ids of the fires staged so far, for the fire log lines.
-    task_ids: Vec<String>,
+/// How fires reach the store, chosen when the daemon is wired.
+#[derive(Clone)]
+pub enum Emission {
+    /// Encode and push each fire time's messages at the instant.
+    Direct(Arc<dyn Emitter>),
+    /// Park a fire time's messages up to [`BeatOptions::stage_ahead`] before it and make them
+    /// visible at the instant with one commit; overdue fires (catch-up, a late term start)
+    /// are still pushed directly.
+    Staged(Arc<dyn StagedEmitter>),
 }
 
-impl Staging {
-    fn complete(&self) -> bool {
-        self.outcomes.len() == self.due.len()
+impl Emission {
+    /// The emitter that sends now (every emission has one).
+    #[must_use]
+    pub fn emitter(&self) -> &dyn Emitter {
+        match self {
+            Self::Direct(e) => e.as_ref(),
+            Self::Staged(e) => e.as_ref(),
+        }
     }
 }
 
@@ -119,8 +145,10 @@ pub struct Beat {
     pub clock: SharedClock,
     /// Leadership.
     pub leader: Arc<dyn LeaderLock>,
+    /// How a standby hears of a release.
+    pub handover: Arc<dyn Handover>,
     /// Atomic push-and-record.
-    pub emitter: Arc<dyn Emitter>,
+    pub emission: Emission,
     /// Last runs.
     pub state: Arc<dyn StateStore>,
     /// Message encoder.
@@ -133,6 +161,8 @@ pub struct Beat {
     pub metrics: Arc<Metrics>,
     /// Timing knobs.
     pub options: BeatOptions,
+    /// Beaten every turn of the loop, leader or standby (`/healthz`, the watchdog).
+    pub heartbeat: Heartbeat,
 }
 
 /// Why a leadership term ended.
@@ -145,6 +175,11 @@ enum TermEnd {
     StoreError,
 }
 
+/// [`PRECISE`] as a wall-clock span.
+fn early() -> TimeDelta {
+    TimeDelta::from_std(PRECISE).unwrap_or_default()
+}
+
 impl Beat {
     /// Runs until `shutdown` is cancelled; releases the lock on the way out.
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -154,6 +189,7 @@ impl Beat {
         // waiting out the TTL.
         let mut held: Option<Lease> = None;
         loop {
+            self.heartbeat.beat();
             let acquired = match held.take() {
                 Some(lease) => self.resume(lease, &mut held).await,
                 None => self.leader.try_acquire().await,
@@ -164,18 +200,18 @@ impl Beat {
                 Ok(Some(lease)) => {
                     self.status.store_reachable.store(true, Ordering::Relaxed);
                     backoff.reset();
-                    match self.lead(&lease, &shutdown).await {
-                        TermEnd::Cancelled => {
+                    match self.lead(lease, &shutdown).await {
+                        (TermEnd::Cancelled, lease) => {
                             self.step_down(&lease).await;
                             return;
                         }
-                        TermEnd::LeaseLost => {
+                        (TermEnd::LeaseLost, lease) => {
                             self.metrics.lock_losses.inc();
                             self.set_leader(false);
                             tracing::warn!(epoch = lease.epoch, "leadership lost; now standby");
                             (self.options.acquire_interval, true)
                         }
-                        TermEnd::StoreError => {
+                        (TermEnd::StoreError, lease) => {
                             self.set_leader(false);
                             held = Some(lease);
                             (backoff.next(), false)
@@ -201,7 +237,7 @@ impl Beat {
                 }
                 () = async {
                     if standby {
-                        self.leader.wait_released(wait).await;
+                        self.handover.released(wait).await;
                     } else {
                         tokio::time::sleep(wait).await;
                     }
@@ -258,9 +294,16 @@ impl Beat {
         }
     }
 
-    /// One leadership term: plan from the recorded state, then send what falls due, renew
-    /// the lease every ttl/3, and stop the moment the lease may have run out.
-    async fn lead(&mut self, lease: &Lease, shutdown: &CancellationToken) -> TermEnd {
+    fn now(&self) -> Now {
+        Now {
+            instant: Instant::now(),
+            wall: self.clock.now(),
+        }
+    }
+
+    /// One leadership term: plan from the recorded state, then do what the term says until
+    /// it ends. Returns the lease as last renewed.
+    async fn lead(&mut self, lease: Lease, shutdown: &CancellationToken) -> (TermEnd, Lease) {
         self.set_leader(true);
         self.status.epoch.store(lease.epoch, Ordering::Relaxed);
         self.metrics
@@ -268,155 +311,149 @@ impl Beat {
             .set(i64::try_from(lease.epoch).unwrap_or(i64::MAX));
         self.metrics.lock_acquisitions.inc();
         tracing::info!(epoch = lease.epoch, "leadership acquired");
-        let mut valid_until = lease.acquired_at + lease.ttl;
-        let mut renew_at = lease.acquired_at + lease.ttl / 3;
         // Seen now: the plan below is made from the current entries.
         self.entries.borrow_and_update();
-        let Some(mut plan) = self.replan(lease).await else {
-            return TermEnd::StoreError;
+        let Some(mut plan) = self.replan(&lease).await else {
+            return (TermEnd::StoreError, lease);
         };
-        // After a store error: replan (which reads the store) not before this instant.
-        let mut retry_at: Option<Instant> = None;
-        let mut retry = Backoff::new(Duration::from_secs(1));
-        // The plan must be made again: the entries changed, or an emission failed.
-        let mut replan_pending = false;
-        // The next fire time's messages, being parked in the store ahead of it.
-        let mut staging: Option<Staging> = None;
-        let stages = self.emitter.stages();
+        let mut term = Term::new(lease);
+        let timing = Timing {
+            early: PRECISE,
+            stage_ahead: matches!(self.emission, Emission::Staged(_))
+                .then_some(self.options.stage_ahead),
+            max_sleep: self.options.max_sleep,
+        };
         loop {
-            // Timers wake up to a millisecond or two late: wake a little early and sleep the
-            // rest precisely (see `reach`).
-            let early = TimeDelta::from_std(PRECISE).unwrap_or_default();
-            let wake = match &staging {
-                Some(st) if !st.complete() => Some(Instant::now()),
-                Some(st) => Some(self.instant_of(st.at - early)),
-                None => plan.next_wake().map(|at| {
-                    let ahead = if stages {
-                        TimeDelta::from_std(self.options.stage_ahead).unwrap_or_default()
-                    } else {
-                        early
-                    };
-                    self.instant_of(at - ahead)
-                }),
-            }
-            .map(|w| retry_at.map_or(w, |r| w.max(r)));
-            let mut until = wake.map_or(renew_at, |w| w.min(renew_at));
-            if replan_pending {
-                until = retry_at.map_or(until, |r| until.min(r));
-            }
+            self.heartbeat.beat();
+            let until = term.wake(plan.next_wake(), self.now(), timing);
             tokio::select! {
-                () = shutdown.cancelled() => return TermEnd::Cancelled,
+                () = shutdown.cancelled() => return (TermEnd::Cancelled, term.lease),
                 () = tokio::time::sleep_until(until) => {}
-                changed = self.entries.changed() => replan_pending |= changed.is_ok(),
-            }
-            if Instant::now() >= valid_until {
-                // Paused or starved past the TTL: another replica may lead already.
-                return TermEnd::LeaseLost;
-            }
-            if Instant::now() >= renew_at {
-                let sent_at = Instant::now();
-                match self.leader.renew(lease).await {
-                    Ok(true) => {
-                        self.store_ok();
-                        self.metrics.lock_renewals.inc();
-                        valid_until = sent_at + lease.ttl;
-                        renew_at = sent_at + lease.ttl / 3;
-                    }
-                    Ok(false) => return TermEnd::LeaseLost,
-                    Err(e) => {
-                        self.store_failed(&e);
-                        // Keep trying within the TTL; the check above ends the term in time.
-                        renew_at = Instant::now() + Duration::from_millis(200);
+                changed = self.entries.changed() => {
+                    if changed.is_ok() {
+                        term.entries_changed();
                     }
                 }
             }
-            if replan_pending {
-                // A batch staged from the old plan must not go out: the replan rolls it back.
-                staging = None;
-            }
-            if replan_pending && retry_at.is_none_or(|r| Instant::now() >= r) {
-                if let Some(new_plan) = self.reload(lease).await {
-                    plan = new_plan;
-                    replan_pending = false;
-                    retry_at = None;
-                    retry.reset();
-                } else {
-                    // Keep the lease (and the old plan), try again shortly.
-                    retry_at = Some(Instant::now() + retry.next());
-                    continue;
-                }
-            }
-            if retry_at.is_some_and(|r| Instant::now() < r) {
-                continue;
-            }
-            let step = match staging.as_ref().map(|st| (st.complete(), st.at)) {
-                Some((false, _)) => {
-                    let st = staging.as_mut().expect("staging checked above");
-                    self.stage_step(lease, &plan, st).await
-                }
-                Some((true, at)) if self.clock.now() + early >= at => {
-                    self.reach(at).await;
-                    if Instant::now() >= valid_until {
-                        return TermEnd::LeaseLost;
-                    }
-                    let st = staging.take().expect("staging checked above");
-                    self.commit(lease, &mut plan, st, &mut replan_pending).await
-                }
-                Some(_) => continue,
-                None => {
-                    let now = self.clock.now();
-                    match plan.next_wake() {
-                        Some(at) if at <= now + early => {
-                            self.reach(at).await;
-                            let due = plan.pop_due(self.clock.now());
-                            if Instant::now() >= valid_until {
-                                return TermEnd::LeaseLost;
-                            }
-                            self.emit(lease, &mut plan, &due).await
-                        }
-                        Some(at)
-                            if stages
-                                && (at - now).to_std().unwrap_or_default()
-                                    <= self.options.stage_ahead =>
-                        {
-                            let due = plan.pop_due(at);
-                            staging = Some(Staging {
-                                batch: BatchId {
-                                    epoch: lease.epoch,
-                                    at_ms: at.timestamp_millis(),
-                                },
-                                at,
-                                outcomes: Vec::with_capacity(due.len()),
-                                task_ids: Vec::with_capacity(due.len()),
-                                due,
-                            });
-                            continue;
-                        }
-                        _ => continue,
-                    }
-                }
-            };
-            match step {
-                Ok(()) => {
-                    retry_at = None;
-                    retry.reset();
-                }
-                // The store failed (the outcome is unknown): keep the lease and replan from
-                // the store once it answers, as a new term would: what was recorded is not
-                // sent again, what was staged and not committed is rolled back, fire times
-                // due within the takeover tolerance go out late, older ones follow the
-                // catch-up policy (the store was down). The lease deadline above still ends
-                // the term in time. Stepping down instead would leave the lock,
-                // unreleasable while the store is down, blocking every replica until the TTL
-                // runs out.
-                Err(TermEnd::StoreError) => {
-                    staging = None;
-                    replan_pending = true;
-                    retry_at = Some(Instant::now() + retry.next());
-                }
-                Err(end) => return end,
+            if let Err(end) = self.turn(&mut term, &mut plan).await {
+                return (end, term.lease);
             }
         }
+    }
+
+    /// One turn of a term: end it if the lease may be gone, renew when due, then the phase's
+    /// work. A store failure keeps the lease and replans from the store once it answers, as
+    /// a new term would: what was recorded is not sent again, what was staged and not
+    /// committed is rolled back, fire times due within the takeover tolerance go out late,
+    /// older ones follow the catch-up policy. The lease deadline still ends the term in time.
+    /// Stepping down instead would leave the lock, unreleasable while the store is down,
+    /// blocking every replica until the TTL runs out.
+    async fn turn(&mut self, term: &mut Term, plan: &mut Plan) -> Result<(), TermEnd> {
+        let now = Instant::now();
+        if term.expired(now) {
+            // Paused or starved past the TTL: another replica may lead already.
+            return Err(TermEnd::LeaseLost);
+        }
+        if term.renew_due(now) {
+            self.renew(term).await?;
+        }
+        let step = match std::mem::replace(&mut term.phase, Phase::Planned) {
+            Phase::Replan {
+                not_before: Some(r),
+            } if Instant::now() < r => {
+                term.phase = Phase::Replan {
+                    not_before: Some(r),
+                };
+                return Ok(());
+            }
+            Phase::Replan { .. } => {
+                self.entries.borrow_and_update();
+                match self.replan(&term.lease).await {
+                    Some(new_plan) => {
+                        *plan = new_plan;
+                        Ok(())
+                    }
+                    None => Err(TermEnd::StoreError),
+                }
+            }
+            Phase::Staging(mut st) => {
+                let step = self.stage_step(&term.lease, plan, &mut st).await;
+                if step.is_ok() {
+                    term.phase = if st.complete() {
+                        Phase::Staged(st)
+                    } else {
+                        Phase::Staging(st)
+                    };
+                }
+                step
+            }
+            Phase::Staged(st) if self.clock.now() + early() < st.at => {
+                term.phase = Phase::Staged(st);
+                return Ok(());
+            }
+            Phase::Staged(st) => {
+                self.reach(st.at).await;
+                if term.expired(Instant::now()) {
+                    return Err(TermEnd::LeaseLost);
+                }
+                self.commit(term, plan, st).await
+            }
+            Phase::Planned => self.follow(term, plan).await,
+        };
+        match step {
+            Ok(()) => {
+                term.store_ok();
+                Ok(())
+            }
+            Err(TermEnd::StoreError) => {
+                term.store_failed(Instant::now());
+                Ok(())
+            }
+            Err(end) => Err(end),
+        }
+    }
+
+    /// Renews the lease; a store error keeps the old deadline and retries shortly.
+    async fn renew(&self, term: &mut Term) -> Result<(), TermEnd> {
+        let sent_at = Instant::now();
+        match self.leader.renew(&term.lease).await {
+            Ok(true) => {
+                self.store_ok();
+                self.metrics.lock_renewals.inc();
+                term.renewed(sent_at);
+                Ok(())
+            }
+            Ok(false) => Err(TermEnd::LeaseLost),
+            Err(e) => {
+                self.store_failed(&e);
+                term.renew_failed(Instant::now());
+                Ok(())
+            }
+        }
+    }
+
+    /// Follows the plan: sends what is due now, or starts staging the next fire time when it
+    /// is close enough and the emitter stages.
+    async fn follow(&self, term: &mut Term, plan: &mut Plan) -> Result<(), TermEnd> {
+        let now = self.clock.now();
+        let Some(at) = plan.next_wake() else {
+            return Ok(());
+        };
+        if at <= now + early() {
+            self.reach(at).await;
+            let due = plan.pop_due(self.clock.now());
+            if term.expired(Instant::now()) {
+                return Err(TermEnd::LeaseLost);
+            }
+            return self.emit(&term.lease, plan, &due).await;
+        }
+        if let Emission::Staged(emitter) = &self.emission {
+            if (at - now).to_std().unwrap_or_default() <= self.options.stage_ahead {
+                let due = plan.pop_due(at);
+                term.phase = Phase::Staging(Staging::new(&term.lease, at, due, emitter.clone()));
+            }
+        }
+        Ok(())
     }
 
     /// Returns once the clock reads `at`. The last stretch (at most [`PRECISE`]) is slept
@@ -433,13 +470,8 @@ impl Beat {
             std::thread::sleep(left);
         }
         if self.clock.now() < at {
-            tokio::time::sleep_until(self.instant_of(at)).await;
+            tokio::time::sleep_until(self.now().instant_of(at)).await;
         }
-    }
-
-    /// The tokio instant at which the clock will read `at` (now if it already does).
-    fn instant_of(&self, at: DateTime<Utc>) -> Instant {
-        Instant::now() + (at - self.clock.now()).to_std().unwrap_or_default()
     }
 
     /// Encodes and stages the next chunk of a staging batch.
@@ -456,45 +488,42 @@ impl Beat {
             .iter()
             .map(|d| self.encoder.encode(&entries[d.idx], d.at, lease.epoch))
             .collect();
-        match self.emitter.stage(lease, st.batch, &fires).await {
+        match st.emitter.stage(lease, st.batch, &fires).await {
             Ok(outcomes) => {
                 self.store_ok();
                 st.outcomes.extend(outcomes);
-                st.task_ids.extend(task_ids(&fires));
+                st.task_ids.extend(fires.into_iter().map(|f| f.task_id));
                 Ok(())
             }
-            Err(Error::LeaseLost) => Err(TermEnd::LeaseLost),
-            Err(e) => {
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// Maps a port error onto how the term goes on.
+    fn failed(&self, e: Error) -> TermEnd {
+        match e {
+            Error::LeaseLost => TermEnd::LeaseLost,
+            e @ Error::Unavailable(_) => {
                 self.store_failed(&e);
-                Err(TermEnd::StoreError)
+                TermEnd::StoreError
             }
         }
     }
 
-    /// Commits a fully staged batch at its fire time, then records it.
-    async fn commit(
-        &self,
-        lease: &Lease,
-        plan: &mut Plan,
-        st: Staging,
-        replan_pending: &mut bool,
-    ) -> Result<(), TermEnd> {
-        match self.emitter.commit(lease, st.batch).await {
-            Ok(()) => self.store_ok(),
-            Err(Error::LeaseLost) => return Err(TermEnd::LeaseLost),
-            Err(e) => {
+    /// Commits a fully staged batch at its fire time (which records it).
+    async fn commit(&self, term: &mut Term, plan: &mut Plan, st: Staging) -> Result<(), TermEnd> {
+        match st.emitter.commit(&term.lease, st.batch).await {
+            Ok(Committed::Recorded) => self.store_ok(),
+            Ok(Committed::Unrecorded(e)) => {
+                // Sent but not yet recorded: the replan's recovery records it before anything
+                // else is sent.
                 self.store_failed(&e);
-                return Err(TermEnd::StoreError);
+                term.phase = Phase::Replan { not_before: None };
             }
+            Err(e) => return Err(self.failed(e)),
         }
         let now = self.clock.now();
-        if let Err(e) = self.emitter.settle(st.batch).await {
-            // Sent but not yet recorded: the replan's recovery records it before anything
-            // else is sent.
-            self.store_failed(&e);
-            *replan_pending = true;
-        }
-        self.account(lease, plan, &st.due, &st.outcomes, &st.task_ids, now);
+        self.account(&term.lease, plan, &st.due, &st.outcomes, &st.task_ids, now);
         if st.due.len() >= BIG_BATCH {
             drop(st);
             crate::ops::malloc::release_free_memory();
@@ -510,9 +539,11 @@ impl Beat {
     /// state is shared, the plan is per process.
     async fn replan(&self, lease: &Lease) -> Option<Plan> {
         let entries = self.entries.borrow().clone();
-        if let Err(e) = self.emitter.recover(lease).await {
-            self.store_failed(&e);
-            return None;
+        if let Emission::Staged(emitter) = &self.emission {
+            if let Err(e) = emitter.recover(lease).await {
+                self.store_failed(&e);
+                return None;
+            }
         }
         let mut last = match self.state.last_runs().await {
             Ok(last) => last,
@@ -553,36 +584,25 @@ impl Beat {
         Some(plan)
     }
 
-    /// Replans from the current entries after a reload or a store error (the new plan
-    /// forgets removed entries).
-    async fn reload(&mut self, lease: &Lease) -> Option<Plan> {
-        self.entries.borrow_and_update();
-        self.replan(lease).await
-    }
-
     async fn emit(&self, lease: &Lease, plan: &mut Plan, due: &[Due]) -> Result<(), TermEnd> {
         let entries = plan.entries().clone();
         let fires: Vec<Fire> = due
             .iter()
             .map(|d| self.encoder.encode(&entries[d.idx], d.at, lease.epoch))
             .collect();
-        match self.emitter.emit(lease, &fires).await {
+        match self.emission.emitter().emit(lease, &fires).await {
             Ok(outcomes) => {
                 self.store_ok();
                 let now = self.clock.now();
-                let task_ids = task_ids(&fires);
+                let task_ids: Vec<String> = fires.into_iter().map(|f| f.task_id).collect();
                 self.account(lease, plan, due, &outcomes, &task_ids, now);
                 if due.len() >= BIG_BATCH {
-                    drop((fires, task_ids, outcomes));
+                    drop((task_ids, outcomes));
                     crate::ops::malloc::release_free_memory();
                 }
                 Ok(())
             }
-            Err(Error::LeaseLost) => Err(TermEnd::LeaseLost),
-            Err(e) => {
-                self.store_failed(&e);
-                Err(TermEnd::StoreError)
-            }
+            Err(e) => Err(self.failed(e)),
         }
     }
 
@@ -627,62 +647,6 @@ impl Beat {
             }
             plan.complete(*d);
         }
-    }
-}
-
-/// The task ids of `fires` for their log lines; none (and no parsing) when those lines are
-/// not logged.
-fn task_ids(fires: &[Fire]) -> Vec<String> {
-    if tracing::enabled!(tracing::Level::INFO) {
-        fires.iter().map(|f| task_id(&f.payload)).collect()
-    } else {
-        Vec::new()
-    }
-}
-
-/// The Celery task id (`headers.id`) of an encoded envelope, for the fire log line; the
-/// envelope is beatd's own, so a missing id only shows as empty.
-fn task_id(payload: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        headers: Headers,
-    }
-    #[derive(serde::Deserialize)]
-    struct Headers {
-        id: String,
-    }
-    serde_json::from_slice::<Envelope>(payload)
-        .map(|e| e.headers.id)
-        .unwrap_or_default()
-}
-
-/// Capped exponential backoff.
-#[derive(Debug)]
-struct Backoff {
-    /// The next wait.
-    current: Duration,
-    /// The cap.
-    max: Duration,
-}
-
-impl Backoff {
-    const START: Duration = Duration::from_millis(100);
-
-    fn new(max: Duration) -> Self {
-        Self {
-            current: Self::START,
-            max,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.current = Self::START;
-    }
-
-    fn next(&mut self) -> Duration {
-        let wait = self.current;
-        self.current = (self.current * 2).min(self.max);
-        wait
     }
 }
 

@@ -1,8 +1,8 @@
 //! The beat's plan: a min-heap of (next fire time, entry) that says what is due and when to
 //! wake. Pure and synchronous; the loop in `beat` owns time and I/O.
 
-use crate::beat_io::LastRun;
 use crate::entry::Entry;
+use crate::state::LastRun;
 use chrono::{DateTime, TimeDelta, Utc};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -44,25 +44,6 @@ pub struct Due {
     pub catch_up: bool,
 }
 
-/// The fingerprint of what decides an entry's fire times. A different fingerprint means the
-/// schedule changed, so the old last run must not trigger a catch-up of the new schedule.
-#[must_use]
-pub fn fingerprint(entry: &Entry) -> String {
-    use crate::schedule::Schedule;
-    let base = match &entry.schedule {
-        Schedule::Cron(c) => format!("cron:{}@{}", c.expr, c.tz),
-        Schedule::Every { interval, anchor } => {
-            format!(
-                "every:{}ms@{}",
-                interval.as_millis(),
-                anchor.timestamp_millis()
-            )
-        }
-        Schedule::At(at) => format!("at:{}", at.timestamp_millis()),
-    };
-    format!("{base}+{}ms", entry.jitter_offset.as_millis())
-}
-
 impl Plan {
     /// Plans `entries` as seen at `now`, given the recorded last runs: missed fire times
     /// (per each entry's catch-up policy) are due at once, the rest at their next fire time.
@@ -94,7 +75,7 @@ impl Plan {
         for (idx, entry) in entries.iter().enumerate() {
             let last = last_runs
                 .get(&entry.name)
-                .filter(|l| l.fingerprint.as_deref() == Some(fingerprint(entry).as_str()))
+                .filter(|l| l.fingerprint.as_deref() == Some(entry.fingerprint().as_str()))
                 .and_then(|l| DateTime::from_timestamp_millis(l.fire_at_ms));
             let missed = entry.missed_fires(last, now);
             // The regular chain starts after `now`, or, when the policy caught nothing up,

@@ -2,11 +2,15 @@
 //! in-memory lock and emitter. No sleeping in real time.
 
 use super::*;
-use crate::beat_io::{MemoryEmitter, MemoryLeader};
 use crate::clock::TokioClock;
+use crate::emit::{BatchId, MemoryEmitter};
+use crate::leader::{MemoryLeader, Poll};
+use crate::ops::liveness::Liveness;
 use crate::schedule::{CatchUp, Schedule};
+use crate::state::{LastRun, MemoryState};
+use crate::store::Fault;
 use serde_json::Map;
-use std::sync::atomic::AtomicBool;
+use std::collections::HashMap;
 
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().to_utc()
@@ -48,16 +52,50 @@ impl FireEncoder for TestEncoder {
         Fire {
             entry: entry.name.clone(),
             fire_at_ms: at.timestamp_millis(),
+            task_id: format!("{}@{}", entry.name, at.timestamp_millis()),
             list_key: entry.queue.to_string(),
             payload: format!("{}@{}#{epoch}", entry.name, at.timestamp_millis()).into_bytes(),
-            schedule_fingerprint: plan::fingerprint(entry),
+            schedule_fingerprint: entry.fingerprint(),
         }
     }
 }
 
+/// The in-memory emitter a test reads back, its state, and which path the beat takes.
+#[derive(Clone)]
+struct Mem {
+    em: Arc<MemoryEmitter>,
+    state: MemoryState,
+    staged: bool,
+}
+
+impl std::ops::Deref for Mem {
+    type Target = MemoryEmitter;
+    fn deref(&self) -> &MemoryEmitter {
+        &self.em
+    }
+}
+
+impl Mem {
+    async fn last_runs(&self) -> Result<HashMap<String, LastRun>, Error> {
+        self.state.last_runs().await
+    }
+
+    fn emission(&self) -> Emission {
+        if self.staged {
+            Emission::Staged(self.em.clone())
+        } else {
+            Emission::Direct(self.em.clone())
+        }
+    }
+}
+
+fn heartbeat() -> Heartbeat {
+    Liveness::default().register("beat", Duration::from_secs(60))
+}
+
 struct Harness {
     leader: Arc<MemoryLeader>,
-    emitter: Arc<MemoryEmitter>,
+    emitter: Mem,
     status: Arc<BeatStatus>,
     entries: watch::Sender<Arc<[Entry]>>,
     shutdown: CancellationToken,
@@ -68,7 +106,7 @@ fn start(
     origin: DateTime<Utc>,
     entries: Vec<Entry>,
     leader: Arc<MemoryLeader>,
-    emitter: Arc<MemoryEmitter>,
+    emitter: Mem,
 ) -> Harness {
     let (tx, rx) = watch::channel::<Arc<[Entry]>>(entries.into());
     let status = Arc::new(BeatStatus::default());
@@ -76,13 +114,15 @@ fn start(
     let beat = Beat {
         clock: Arc::new(TokioClock::starting_at(origin)),
         leader: leader.clone(),
-        emitter: emitter.clone(),
-        state: emitter.clone(),
+        handover: Arc::new(Poll),
+        emission: emitter.emission(),
+        state: Arc::new(emitter.state.clone()),
         encoder: Arc::new(TestEncoder),
         entries: rx,
         status: status.clone(),
         metrics: Arc::new(Metrics::default()),
         options: BeatOptions::default(),
+        heartbeat: heartbeat(),
     };
     let task = tokio::spawn(beat.run(shutdown.clone()));
     Harness {
@@ -124,17 +164,18 @@ async fn settle(d: Duration) {
     tokio::time::sleep(d).await;
 }
 
-/// An emitter fenced by `leader`, offering the two-phase path when `staged`.
-fn mem_emitter(leader: &Arc<MemoryLeader>, staged: bool) -> Arc<MemoryEmitter> {
-    let em = MemoryEmitter::new(leader.clone());
-    Arc::new(if staged { em.with_staging() } else { em })
+/// An emitter fenced by `leader`; the beat takes the two-phase path when `staged`.
+fn mem_emitter(leader: &Arc<MemoryLeader>, staged: bool) -> Mem {
+    let state = MemoryState::default();
+    Mem {
+        em: Arc::new(MemoryEmitter::new(leader.clone(), state.clone())),
+        state,
+        staged,
+    }
 }
 
 /// A beat on the staging emitter with one entry `name` every 10 s, from `origin`.
-fn start_staged(
-    origin: DateTime<Utc>,
-    name: &str,
-) -> (Harness, Arc<MemoryLeader>, Arc<MemoryEmitter>) {
+fn start_staged(origin: DateTime<Utc>, name: &str) -> (Harness, Arc<MemoryLeader>, Mem) {
     let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
     let emitter = mem_emitter(&leader, true);
     let h = start(
@@ -320,119 +361,37 @@ async fn ten_thousand_entries_due_together_go_out_in_one_batch(staged: bool) {
     h.stop().await;
 }
 
-/// Wraps the in-memory ports and fails every call while `down` is set, like Redis during an
-/// outage that keeps its data (AOF).
-struct Outage<T> {
-    inner: Arc<T>,
-    down: Arc<AtomicBool>,
-}
-
-impl<T> Outage<T> {
-    fn check(&self) -> Result<(), Error> {
-        if self.down.load(Ordering::SeqCst) {
-            Err(Error::Unavailable("store down".into()))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl LeaderLock for Outage<MemoryLeader> {
-    async fn try_acquire(&self) -> Result<Option<Lease>, Error> {
-        self.check()?;
-        self.inner.try_acquire().await
-    }
-    async fn renew(&self, lease: &Lease) -> Result<bool, Error> {
-        self.check()?;
-        self.inner.renew(lease).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<(), Error> {
-        self.check()?;
-        self.inner.release(lease).await
-    }
-    async fn holder(&self) -> Result<Option<crate::beat_io::LeaderInfo>, Error> {
-        self.check()?;
-        self.inner.holder().await
-    }
-}
-
-#[async_trait::async_trait]
-impl Emitter for Outage<MemoryEmitter> {
-    async fn emit(&self, lease: &Lease, fires: &[Fire]) -> Result<Vec<EmitOutcome>, Error> {
-        self.check()?;
-        self.inner.emit(lease, fires).await
-    }
-    fn stages(&self) -> bool {
-        self.inner.stages()
-    }
-    async fn stage(
-        &self,
-        lease: &Lease,
-        batch: BatchId,
-        fires: &[Fire],
-    ) -> Result<Vec<EmitOutcome>, Error> {
-        self.check()?;
-        self.inner.stage(lease, batch, fires).await
-    }
-    async fn commit(&self, lease: &Lease, batch: BatchId) -> Result<(), Error> {
-        self.check()?;
-        self.inner.commit(lease, batch).await
-    }
-    async fn settle(&self, batch: BatchId) -> Result<(), Error> {
-        self.check()?;
-        self.inner.settle(batch).await
-    }
-    async fn recover(&self, lease: &Lease) -> Result<(), Error> {
-        self.check()?;
-        self.inner.recover(lease).await
-    }
-}
-
-#[async_trait::async_trait]
-impl StateStore for Outage<MemoryEmitter> {
-    async fn last_runs(
-        &self,
-    ) -> Result<std::collections::HashMap<String, crate::beat_io::LastRun>, Error> {
-        self.check()?;
-        self.inner.last_runs().await
-    }
-    async fn forget(&self, entries: &[String]) -> Result<(), Error> {
-        self.check()?;
-        self.inner.forget(entries).await
-    }
-}
-
 both_paths!(a_store_outage_shorter_than_the_ttl_resumes_the_same_lease_and_catches_up);
 async fn a_store_outage_shorter_than_the_ttl_resumes_the_same_lease_and_catches_up(staged: bool) {
     let origin = t("2026-11-23T10:00:00.500Z");
-    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
-    let emitter = mem_emitter(&leader, staged);
-    let down = Arc::new(AtomicBool::new(false));
+    // One fault switch for the lock, the emitter and the state: the store goes down whole.
+    let down = Fault::default();
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)).with_fault(down.clone()));
+    let state = MemoryState::default().with_fault(down.clone());
+    let emitter = Mem {
+        em: Arc::new(MemoryEmitter::new(leader.clone(), state.clone()).with_fault(down.clone())),
+        state,
+        staged,
+    };
     let (_tx, rx) = watch::channel::<Arc<[Entry]>>(vec![every("tick", 1, CatchUp::All)].into());
     let status = Arc::new(BeatStatus::default());
     let shutdown = CancellationToken::new();
-    let out_emitter = Arc::new(Outage {
-        inner: emitter.clone(),
-        down: down.clone(),
-    });
     let beat = Beat {
         clock: Arc::new(TokioClock::starting_at(origin)),
-        leader: Arc::new(Outage {
-            inner: leader.clone(),
-            down: down.clone(),
-        }),
-        emitter: out_emitter.clone(),
-        state: out_emitter,
+        leader: leader.clone(),
+        handover: Arc::new(Poll),
+        emission: emitter.emission(),
+        state: Arc::new(emitter.state.clone()),
         encoder: Arc::new(TestEncoder),
         entries: rx,
         status: status.clone(),
         metrics: Arc::new(Metrics::default()),
         options: BeatOptions::default(),
+        heartbeat: heartbeat(),
     };
     let task = tokio::spawn(beat.run(shutdown.clone()));
     settle(Duration::from_millis(2_000)).await; // :01 :02
-    down.store(true, Ordering::SeqCst);
+    down.set_down(true);
     settle(Duration::from_millis(3_000)).await; // :03 :04 :05 fail
     assert!(
         !status.store_reachable.load(Ordering::Relaxed),
@@ -440,7 +399,7 @@ async fn a_store_outage_shorter_than_the_ttl_resumes_the_same_lease_and_catches_
     );
     // Nothing can go out while the store is down; the lease is kept for the TTL.
     assert_eq!(fired(&emitter, "tick").len(), 2, "sent through an outage");
-    down.store(false, Ordering::SeqCst);
+    down.set_down(false);
     settle(Duration::from_millis(3_000)).await;
     assert!(status.is_leader.load(Ordering::Relaxed));
     // Same lease: no new acquisition, so the epoch did not move.
@@ -461,15 +420,13 @@ async fn a_store_outage_shorter_than_the_ttl_resumes_the_same_lease_and_catches_
 
 #[test]
 fn a_fire_time_due_within_the_takeover_tolerance_is_sent_late_even_without_catch_up() {
-    use crate::beat_io::LastRun;
-    use std::collections::HashMap;
     let entry = every("tick", 1, CatchUp::None);
     let last = HashMap::from([(
         "tick".to_string(),
         LastRun {
             fire_at_ms: t("2026-01-01T10:00:00Z").timestamp_millis(),
             count: 1,
-            fingerprint: Some(plan::fingerprint(&entry)),
+            fingerprint: Some(entry.fingerprint()),
         },
     )]);
     let now = t("2026-01-01T10:00:01.800Z");

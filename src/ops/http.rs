@@ -1,7 +1,8 @@
-//! The HTTP endpoint: `/healthz` (the process answers), `/readyz` (config loaded and the
+//! The HTTP endpoint: `/healthz` (every loop keeps turning, see `ops::liveness`), `/readyz` (config loaded and the
 //! store reachable; 503 as soon as a graceful stop begins, before anything drains) and
 //! `/metrics` (Prometheus text). Owns no state; it reads what it is given.
 
+use crate::ops::liveness::Liveness;
 use crate::ops::metrics::Metrics;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -23,16 +24,19 @@ pub struct Health {
     pub draining: AtomicBool,
     /// The metrics to expose.
     pub metrics: Arc<Metrics>,
+    /// The loops whose progress `/healthz` reports.
+    pub liveness: Liveness,
 }
 
 impl Health {
     /// Health that is ready when `ready` says so.
     #[must_use]
-    pub fn new(ready: ReadyFn, metrics: Arc<Metrics>) -> Self {
+    pub fn new(ready: ReadyFn, metrics: Arc<Metrics>, liveness: Liveness) -> Self {
         Self {
             ready,
             draining: AtomicBool::new(false),
             metrics,
+            liveness,
         }
     }
 
@@ -53,13 +57,28 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(health);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    let stalled = health.liveness.stalled();
+    if stalled.is_empty() {
+        return (StatusCode::OK, "ok\n".to_owned());
+    }
+    let what: Vec<String> = stalled
+        .iter()
+        .map(|(name, age)| format!("{name} loop stalled for {}s", age.as_secs()))
+        .collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{}\n", what.join(", ")),
+    )
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {

@@ -1,7 +1,9 @@
-//! Operations: the HTTP endpoint, Prometheus metrics, systemd notifications and the
-//! allocator's settings.
+//! Operations: the HTTP endpoint, Prometheus metrics, loop liveness, systemd notifications
+//! and the allocator's settings. Reads what the daemon hands it; never imports `beat`,
+//! `worker` or the ports.
 
 pub mod http;
+pub mod liveness;
 pub mod malloc;
 pub mod metrics;
 pub mod notify;

@@ -49,24 +49,67 @@ pub fn reloading() {
     }
 }
 
-/// The watchdog interval systemd asked for (`WATCHDOG_USEC`), if any.
-#[must_use]
-pub fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled()
+/// Where and how often watchdog pings go: systemd's `$NOTIFY_SOCKET` at half of
+/// `$WATCHDOG_USEC` ([`Watchdog::from_env`]), or a socket of a test's own.
+#[derive(Debug, Clone)]
+pub struct Watchdog {
+    /// Half the interval systemd asked for; `None`: no watchdog.
+    every: Option<Duration>,
+    /// A datagram socket to ping instead of `$NOTIFY_SOCKET`.
+    socket: Option<std::path::PathBuf>,
 }
 
-/// Pings the watchdog at half its interval while `alive` holds and until `shutdown`.
-pub async fn watchdog(alive: impl Fn() -> bool + Send, shutdown: CancellationToken) {
-    let Some(interval) = watchdog_interval() else {
-        return;
-    };
-    let mut tick = tokio::time::interval(interval / 2);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {
-                if alive() {
-                    send(&[NotifyState::Watchdog]);
+impl Watchdog {
+    /// The watchdog systemd asked for, if any.
+    #[must_use]
+    pub fn from_env() -> Self {
+        Self {
+            every: sd_notify::watchdog_enabled().map(|i| i / 2),
+            socket: None,
+        }
+    }
+
+    /// Pings `socket` every `every` (tests).
+    #[must_use]
+    pub fn to_socket(socket: std::path::PathBuf, every: Duration) -> Self {
+        Self {
+            every: Some(every),
+            socket: Some(socket),
+        }
+    }
+
+    fn ping(&self) {
+        match &self.socket {
+            None => send(&[NotifyState::Watchdog]),
+            Some(path) => {
+                let sent = std::os::unix::net::UnixDatagram::unbound()
+                    .and_then(|s| s.send_to(b"WATCHDOG=1", path));
+                if let Err(e) = sent {
+                    tracing::warn!(error = %e, "watchdog ping failed");
+                }
+            }
+        }
+    }
+
+    /// Pings while `alive` holds, until `shutdown`; a stalled process stops pinging, so
+    /// systemd restarts it after `WatchdogSec`.
+    pub async fn run(self, alive: impl Fn() -> bool + Send, shutdown: CancellationToken) {
+        let Some(every) = self.every else {
+            return;
+        };
+        let mut tick = tokio::time::interval(every);
+        let mut stalled = false;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    if alive() {
+                        stalled = false;
+                        self.ping();
+                    } else if !stalled {
+                        stalled = true;
+                        tracing::error!("a loop has stalled: watchdog pings stop");
+                    }
                 }
             }
         }

@@ -129,7 +129,7 @@ impl TaskMessage {
             retries: 0,
             timelimit: (None, None),
             ignore_result: None,
-            origin: default_origin(),
+            origin: DEFAULT_ORIGIN.into(),
             reply_to: String::new(),
             beat: false,
             parent_id: None,
@@ -357,19 +357,9 @@ fn seconds(s: Option<f64>) -> Value {
     }
 }
 
-/// `beatd<pid>@<host>`, shaped like Celery's `gen<pid>@<host>`.
-fn default_origin() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-        })
-        .unwrap_or_else(|| "localhost".into());
-    format!("beatd{}@{host}", std::process::id())
-}
+/// `headers.origin` until [`TaskMessage::origin`] sets the producer's own name (the daemon
+/// passes `beatd<pid>@<host>`, see `crate::host::origin`): `protocol` reads no environment.
+pub const DEFAULT_ORIGIN: &str = "beatd";
 
 #[cfg(test)]
 mod tests {

@@ -5,9 +5,11 @@
 
 use super::broker::{self, Delivery};
 use super::held::{Held, HeldGuard};
-use super::pipeline::{Disposition, Pipeline};
+use super::pipeline::{Disposition, Finished, Pipeline};
 use super::restore::restore_visible;
 use super::{Shutdown, WorkerOptions};
+use crate::backoff::Backoff;
+use crate::ops::liveness::Heartbeat;
 use crate::protocol::ParsedTask;
 use redis::aio::ConnectionManager;
 use std::collections::BTreeMap;
@@ -16,6 +18,9 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+/// While every prefetch place is taken, the loop still beats this often.
+const IDLE_BEAT: Duration = Duration::from_secs(1);
 
 /// Most messages taken in one round trip after a BRPOP.
 const MAX_BATCH: usize = 64;
@@ -48,7 +53,13 @@ pub(crate) async fn consume(
     conn: ConnectionManager,
     wait_conns: Vec<ConnectionManager>,
     shutdown: Shutdown,
+    heartbeat: Option<Heartbeat>,
 ) {
+    let beat = || {
+        if let Some(h) = &heartbeat {
+            h.beat();
+        }
+    };
     let max_bytes = opts.max_message_bytes;
     let wait_keys = broker::brpop_keys(&opts.queues);
     let abort = shutdown.immediate.child_token();
@@ -77,16 +88,22 @@ pub(crate) async fn consume(
         stop_restore.clone(),
     ));
     let mut queues = opts.queues.clone();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_secs(5));
     let poll = opts.poll_timeout.as_secs_f64().max(0.01);
 
     while !ctx.graceful.is_cancelled() && !abort.is_cancelled() {
+        beat();
         while jobs.try_join_next().is_some() {}
-        let first = tokio::select! {
-            _ = ctx.graceful.cancelled() => break,
-            _ = abort.cancelled() => break,
-            p = prefetch.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        // Every prefetch place taken by long tasks is a healthy wait: keep beating meanwhile.
+        let first = loop {
+            tokio::select! {
+                _ = ctx.graceful.cancelled() => break None,
+                _ = abort.cancelled() => break None,
+                p = prefetch.clone().acquire_owned() => break p.ok(),
+                () = tokio::time::sleep(IDLE_BEAT) => beat(),
+            }
         };
+        let Some(first) = first else { break };
         let mut permits = vec![first];
         while permits.len() < MAX_BATCH {
             match prefetch.clone().try_acquire_owned() {
@@ -110,31 +127,31 @@ pub(crate) async fn consume(
                     _ = abort.cancelled() => break,
                 };
                 if let Err(e) = waited {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot wait for messages");
+                    let wait = backoff.next();
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot wait for messages");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = ctx.graceful.cancelled() => break,
                         _ = abort.cancelled() => break,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 } else {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                 }
                 continue;
             }
             Err(e) => {
                 ctx.pipeline.redis_error();
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot fetch messages");
+                let wait = backoff.next();
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot fetch messages");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = ctx.graceful.cancelled() => break,
                     _ = abort.cancelled() => break,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         // kombu rotates the queue order after each delivery so no queue starves.
         queues.rotate_left(1);
         if ctx.graceful.is_cancelled() || abort.is_cancelled() {
@@ -144,8 +161,8 @@ pub(crate) async fn consume(
         let mut accepted = Vec::with_capacity(msgs.len());
         let mut unmarked = Vec::new();
         for (tag, raw) in msgs {
-            match ctx.pipeline.receive(&raw).await {
-                Some(task) => {
+            match ctx.pipeline.receive(&raw) {
+                Ok(task) => {
                     let marked = !tag.is_empty();
                     let d = Delivery {
                         list_key: list_key.clone(),
@@ -163,19 +180,9 @@ pub(crate) async fn consume(
                     }
                     accepted.push((task, d));
                 }
-                // Rejected (and a FAILURE stored): acknowledged, so it is not restored later.
-                None if !tag.is_empty() => {
-                    let ack_only = broker::FinishWrites {
-                        result: None,
-                        ttl_secs: 0,
-                        push: None,
-                    };
-                    if let Err(e) = broker::finish(&mut ctx.conn.clone(), &tag, &ack_only).await {
-                        ctx.pipeline.redis_error();
-                        tracing::warn!(error = %e, tag, "cannot ack a rejected message; it will be restored and rejected again");
-                    }
-                }
-                None => {}
+                // Rejected: its FAILURE (when its id is known) and its ack go out in one step,
+                // as every other message's result does, so it is not restored later.
+                Err(finished) => finish(&ctx, &tag, "", &finished).await,
             }
         }
         // Messages the script could not read but the worker can (rare): tracked as kombu does.
@@ -312,6 +319,14 @@ async fn job(
     // result and ack are written.
     drop(slot);
     drop(prefetch);
+    finish(&ctx, &tag, &task.id, &finished).await;
+}
+
+/// Stores a handled message's result, acknowledges it and sends its retry, in one script
+/// (`broker::finish`), retried a few times: the one way every message ends, run or
+/// rejected. An empty `tag` (a message that was never recorded as unacked) has nothing to
+/// acknowledge, but its result is still stored.
+async fn finish(ctx: &Ctx, tag: &str, task_id: &str, finished: &Finished) {
     let push = match &finished.disposition {
         Disposition::Done => None,
         Disposition::Retry {
@@ -324,19 +339,18 @@ async fn job(
         push,
     };
     let mut conn = ctx.conn.clone();
-    let mut delay = Duration::from_millis(50);
+    let mut delay = Backoff::between(Duration::from_millis(50), Duration::from_millis(800));
     for attempt in 0..5 {
-        match broker::finish(&mut conn, &tag, &writes).await {
+        match broker::finish(&mut conn, tag, &writes).await {
             Ok(()) => return,
             Err(e) if attempt == 4 => {
                 ctx.pipeline.redis_error();
-                tracing::error!(task_id = %task.id, error = %e,
-                    "cannot store result and ack; the message will be restored and may run again");
+                tracing::error!(task_id, tag, error = %e,
+                    "cannot store result and ack; the message will be restored and handled again");
             }
             Err(_) => {
                 ctx.pipeline.redis_error();
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+                tokio::time::sleep(delay.next()).await;
             }
         }
     }

@@ -35,8 +35,12 @@ pub async fn run_local(
         jobs.spawn(async move {
             let mut raw = msg;
             loop {
-                let Some(task) = pipeline.receive(&raw).await else {
-                    return;
+                let task = match pipeline.receive(&raw) {
+                    Ok(task) => task,
+                    Err(rejected) => {
+                        pipeline.store_finished(rejected).await;
+                        return;
+                    }
                 };
                 if let Some(eta) = task.eta {
                     crate::clock::sleep_until(pipeline.clock().as_ref(), eta).await;

@@ -26,7 +26,6 @@ mod exec;
 mod held;
 mod http;
 mod local;
-mod observe;
 mod pipeline;
 mod registry;
 mod restore;
@@ -34,14 +33,15 @@ mod results;
 mod spec;
 
 pub use local::run_local;
-pub use observe::{Observer, Outcome};
 pub use pipeline::{Disposition, Finished, Pipeline, DEFAULT_MAX_MESSAGE_BYTES};
 pub use registry::{Handler, Registered, Registry, TaskError, TaskRequest, TaskResult};
 pub use results::{LogResults, MemoryResults, RedisResults, ResultSink};
 pub use spec::{HeaderValue, TaskKind, TaskOptions, TaskSpec};
 
 use crate::clock::SharedClock;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use crate::ops::liveness::Heartbeat;
+use crate::ops::metrics::Metrics;
+use crate::redis::RedisConn;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +52,9 @@ pub enum Error {
     /// Redis refused or dropped a command.
     #[error("redis")]
     Redis(#[from] redis::RedisError),
+    /// No connection to Redis could be made.
+    #[error(transparent)]
+    Connect(#[from] crate::redis::Error),
     /// An `exec` task with no program.
     #[error("task {task:?} has an empty command")]
     EmptyCommand {
@@ -105,6 +108,15 @@ pub struct WorkerOptions {
     pub result_ttl: Duration,
 }
 
+impl WorkerOptions {
+    /// The longest a healthy consume loop goes between two turns: a blocked pop's timeout
+    /// plus its connection's reply margin, or the longest backoff after a failure.
+    #[must_use]
+    pub fn longest_turn(&self) -> Duration {
+        (self.poll_timeout + Duration::from_secs(10)).max(Duration::from_secs(5))
+    }
+}
+
 impl Default for WorkerOptions {
     fn default() -> Self {
         Self {
@@ -132,90 +144,106 @@ pub struct Shutdown {
     pub immediate: CancellationToken,
 }
 
-/// Runs the worker on Redis until `shutdown`, storing results in the Redis result backend.
+/// The worker on Redis, with everything it runs on.
+pub struct Worker {
+    /// Settings.
+    pub opts: WorkerOptions,
+    /// The tasks it runs.
+    pub registry: Registry,
+    /// Where its connections come from (it opens its own blocking ones from it).
+    pub conn: RedisConn,
+    /// Wall time.
+    pub clock: SharedClock,
+    /// When to stop.
+    pub shutdown: Shutdown,
+    /// `beatd_worker_*` and `beatd_redis_errors_total`.
+    pub metrics: Arc<Metrics>,
+    /// Beaten every turn of the consume loop (`/healthz`, the watchdog).
+    pub heartbeat: Option<Heartbeat>,
+}
+
+impl Worker {
+    /// A worker with its own metrics and no heartbeat.
+    #[must_use]
+    pub fn new(
+        opts: WorkerOptions,
+        registry: Registry,
+        conn: RedisConn,
+        clock: SharedClock,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            opts,
+            registry,
+            conn,
+            clock,
+            shutdown,
+            metrics: Arc::default(),
+            heartbeat: None,
+        }
+    }
+
+    /// Runs until `shutdown`, storing results in the Redis result backend.
+    ///
+    /// # Errors
+    /// No queues, or Redis unreachable at startup. Later Redis outages are retried, not
+    /// returned.
+    pub async fn run(self) -> Result<(), Error> {
+        let opts = self.opts;
+        if opts.queues.is_empty() {
+            return Err(Error::NoQueues);
+        }
+        let conn = self.conn;
+        let connecting = async {
+            let main = conn.dedicated(Duration::from_secs(10)).await?;
+            // Waiting blocks a connection: each watched list gets its own so acks, results and
+            // the atomic pops never wait behind it.
+            let mut wait_conns = Vec::new();
+            for _ in broker::brpop_keys(&opts.queues) {
+                wait_conns.push(
+                    conn.dedicated(opts.poll_timeout + Duration::from_secs(10))
+                        .await?,
+                );
+            }
+            Ok::<_, Error>((main, wait_conns))
+        };
+        // Connecting retries for seconds while Redis is down: a stop signal must not wait for it.
+        let (main, wait_conns) = tokio::select! {
+            c = connecting => c?,
+            () = self.shutdown.graceful.cancelled() => return Ok(()),
+            () = self.shutdown.immediate.cancelled() => return Ok(()),
+        };
+        let results = RedisResults::new(main.clone()).with_ttl(opts.result_ttl.as_secs());
+        let pipeline = Pipeline::new(Arc::new(self.registry), Arc::new(results), self.clock)
+            .with_max_message_bytes(opts.max_message_bytes)
+            .with_metrics(self.metrics);
+        tracing::info!(queues = ?opts.queues, concurrency = opts.concurrency, "worker started");
+        consumer::consume(
+            &opts,
+            pipeline,
+            main,
+            wait_conns,
+            self.shutdown,
+            self.heartbeat,
+        )
+        .await;
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+/// Runs the worker on Redis until `shutdown` ([`Worker::run`] with its own metrics).
 ///
 /// # Errors
-/// No queues, or Redis unreachable at startup. Later Redis outages are retried, not returned.
+/// As [`Worker::run`].
 pub async fn run(
     opts: WorkerOptions,
     registry: Registry,
-    client: redis::Client,
+    conn: RedisConn,
     clock: SharedClock,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
-    run_observed(
-        opts,
-        registry,
-        client,
-        clock,
-        shutdown,
-        None,
-        Arc::default(),
-    )
-    .await
-}
-
-/// [`run`] with a hook called once per handled message, counting into `metrics` (the
-/// daemon's, served on `/metrics`).
-///
-/// # Errors
-/// As [`run`].
-pub async fn run_observed(
-    opts: WorkerOptions,
-    registry: Registry,
-    client: redis::Client,
-    clock: SharedClock,
-    shutdown: Shutdown,
-    observer: Option<Arc<dyn Observer>>,
-    metrics: Arc<crate::ops::metrics::Metrics>,
-) -> Result<(), Error> {
-    if opts.queues.is_empty() {
-        return Err(Error::NoQueues);
-    }
-    let connecting = async {
-        let conn = connect(&client, Duration::from_secs(10)).await?;
-        // Waiting blocks a connection: each watched list gets its own so acks, results and
-        // the atomic pops never wait behind it.
-        let mut wait_conns = Vec::new();
-        for _ in broker::brpop_keys(&opts.queues) {
-            wait_conns.push(connect(&client, opts.poll_timeout + Duration::from_secs(10)).await?);
-        }
-        Ok::<_, Error>((conn, wait_conns))
-    };
-    // Connecting retries for seconds while Redis is down: a stop signal must not wait for it.
-    let (conn, wait_conns) = tokio::select! {
-        c = connecting => c?,
-        () = shutdown.graceful.cancelled() => return Ok(()),
-        () = shutdown.immediate.cancelled() => return Ok(()),
-    };
-    let results = RedisResults::new(conn.clone()).with_ttl(opts.result_ttl.as_secs());
-    let mut pipeline = Pipeline::new(Arc::new(registry), Arc::new(results), clock)
-        .with_max_message_bytes(opts.max_message_bytes)
-        .with_metrics(metrics);
-    if let Some(observer) = observer {
-        pipeline = pipeline.with_observer(observer);
-    }
-    tracing::info!(queues = ?opts.queues, concurrency = opts.concurrency, "worker started");
-    consumer::consume(&opts, pipeline, conn, wait_conns, shutdown).await;
-    tracing::info!("worker stopped");
-    Ok(())
-}
-
-/// Longest wait between two reconnect attempts of a worker connection, in milliseconds.
-const RECONNECT_MAX_DELAY_MS: u64 = 500;
-
-pub(crate) async fn connect(
-    client: &redis::Client,
-    response: Duration,
-) -> Result<ConnectionManager, Error> {
-    // redis-rs hands its retry `factor` (100) to backon as the growth factor, so without a
-    // cap the waits between reconnect attempts go 1 s, 60 s, 60 s...: a command issued during
-    // an outage of a few seconds then blocks for minutes after Redis is back. Cap each wait.
-    let cfg = ConnectionManagerConfig::new()
-        .set_max_delay(RECONNECT_MAX_DELAY_MS)
-        .set_connection_timeout(Duration::from_secs(5))
-        .set_response_timeout(response)
-        .set_factor(2)
-        .set_number_of_retries(3);
-    Ok(client.get_connection_manager_with_config(cfg).await?)
+    Worker::new(opts, registry, conn, clock, shutdown)
+        .run()
+        .await
 }

@@ -4,7 +4,6 @@
 //! the result and decide on a retry. The Redis consumer and the embedded in-process queue of
 //! `beatd run` share it; neither acking nor queue I/O happens here.
 
-use super::observe::{Observer, Outcome};
 use super::registry::{Registry, TaskError, TaskRequest};
 use super::results::ResultSink;
 use crate::clock::SharedClock;
@@ -67,8 +66,6 @@ pub struct Pipeline {
     clock: SharedClock,
     /// Larger messages are rejected.
     max_message_bytes: usize,
-    /// Metrics hook.
-    observer: Option<Arc<dyn Observer>>,
     /// `beatd_worker_*` metrics: tasks by task and state, run time, in flight. A private
     /// registry unless the daemon hands its own over with [`Pipeline::with_metrics`].
     metrics: Arc<Metrics>,
@@ -83,21 +80,7 @@ impl Pipeline {
             results,
             clock,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            observer: None,
             metrics: Arc::default(),
-        }
-    }
-
-    /// Reports every handled message to `observer`.
-    #[must_use]
-    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
-        self.observer = Some(observer);
-        self
-    }
-
-    fn observe(&self, task: &str, outcome: Outcome, ran_for: Option<Duration>) {
-        if let Some(o) = &self.observer {
-            o.task_done(task, outcome, ran_for);
         }
     }
 
@@ -139,8 +122,9 @@ impl Pipeline {
 
     /// Handles one message end to end, sleeping until its ETA (embedded mode).
     pub async fn handle(&self, raw: &[u8]) -> Disposition {
-        let Some(task) = self.receive(raw).await else {
-            return Disposition::Done;
+        let task = match self.receive(raw) {
+            Ok(task) => task,
+            Err(rejected) => return self.store_finished(rejected).await,
         };
         if let Some(eta) = task.eta {
             crate::clock::sleep_until(self.clock.as_ref(), eta).await;
@@ -148,23 +132,24 @@ impl Pipeline {
         self.execute(&task).await
     }
 
-    /// Decodes a message. Malformed ones are logged, get a FAILURE when their id is known,
-    /// and yield `None`: the caller acknowledges and drops them.
-    pub async fn receive(&self, raw: &[u8]) -> Option<ParsedTask> {
+    /// Decodes a message. A malformed one is logged and comes back as what to do with it:
+    /// acknowledge it and store a FAILURE when its id is known. The caller finishes it the
+    /// way it finishes every message ([`Pipeline::store_finished`], or the Redis
+    /// transport's atomic result-and-ack).
+    ///
+    /// # Errors
+    /// The rejected message's [`Finished`].
+    pub fn receive(&self, raw: &[u8]) -> Result<ParsedTask, Finished> {
         match Envelope::parse_limited(raw, self.max_message_bytes) {
             Ok(task) => {
                 tracing::debug!(task_id = %task.id, task = %task.task, "task received");
-                Some(task)
+                Ok(task)
             }
-            Err(err) => {
-                self.observe("", Outcome::Rejected, None);
-                self.reject(&err).await;
-                None
-            }
+            Err(err) => Err(self.reject(&err)),
         }
     }
 
-    async fn reject(&self, err: &DecodeError) {
+    fn reject(&self, err: &DecodeError) -> Finished {
         let (exc_type, module) = match err {
             DecodeError::BadBase64 { .. }
             | DecodeError::BodyNotJson { .. }
@@ -174,16 +159,22 @@ impl Pipeline {
         };
         let id = err.task_id().unwrap_or("");
         tracing::error!(task_id = id, error = %err, "rejected malformed message; acked and dropped");
-        if let Some(id) = err.task_id() {
+        // The task name of a malformed message is not to be trusted: one label value.
+        self.count("<malformed>", "rejected");
+        Finished::done(err.task_id().map(|id| {
             let exc = ExcInfo::new(exc_type, format!("invalid task message: {err}"), module);
-            self.store(ResultRecord::failure(id, &exc, None, self.clock.now()))
-                .await;
-        }
+            ResultRecord::failure(id, &exc, None, self.clock.now())
+        }))
     }
 
     /// Runs a decoded message now (its ETA has passed or is ignored) and stores its result.
     pub async fn execute(&self, task: &ParsedTask) -> Disposition {
         let finished = self.execute_deferred(task).await;
+        self.store_finished(finished).await
+    }
+
+    /// Stores a finished message's result, if any, and returns what to do with the message.
+    pub async fn store_finished(&self, finished: Finished) -> Disposition {
         if let Some(record) = finished.record {
             self.store(record).await;
         }
@@ -200,7 +191,6 @@ impl Pipeline {
         let keep = |r: ResultRecord| (!ignore).then_some(r);
         if task.expires.is_some_and(|e| e <= now) {
             tracing::info!(task_id = %task.id, task = %task.task, "discarding expired task");
-            self.observe(&task.task, Outcome::Revoked, None);
             let name = registered
                 .as_ref()
                 .map_or("<unregistered>", |_| task.task.as_str());
@@ -209,7 +199,6 @@ impl Pipeline {
         }
         let Some(registered) = registered else {
             tracing::error!(task_id = %task.id, task = %task.task, "received unregistered task");
-            self.observe(&task.task, Outcome::Unregistered, None);
             // Any producer can name any task: one label value for all unknown names keeps
             // the series count bounded.
             self.count("<unregistered>", "unregistered");
@@ -246,7 +235,6 @@ impl Pipeline {
         match outcome {
             Ok(value) => {
                 tracing::info!(task_id = %task.id, task = %task.task, elapsed, "task succeeded");
-                self.observe(&task.task, Outcome::Succeeded, Some(ran_for));
                 Finished::done(keep(ResultRecord::success(&task.id, value, done)))
             }
             Err(e) if e.retryable && task.retries < options.max_retries => {
@@ -256,7 +244,6 @@ impl Pipeline {
                 tracing::warn!(task_id = %task.id, task = %task.task, retries = task.retries,
                     reason = %exc_text(&e), "task failed; retrying");
                 let (list_key, payload) = retry_message(task, eta);
-                self.observe(&task.task, Outcome::Retried, Some(ran_for));
                 Finished {
                     disposition: Disposition::Retry {
                         list_key,
@@ -269,7 +256,6 @@ impl Pipeline {
             Err(e) => {
                 tracing::error!(task_id = %task.id, task = %task.task, elapsed,
                     reason = %exc_text(&e), "task failed");
-                self.observe(&task.task, Outcome::Failed, Some(ran_for));
                 Finished::done(keep(ResultRecord::failure(
                     &task.id,
                     &e.exc,

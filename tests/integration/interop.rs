@@ -728,11 +728,7 @@ expires = "2h"
         let _: () = redis::pipe()
             .hset("beatd:last_run", &entry.name, last)
             .hset("beatd:run_count", &entry.name, 1)
-            .hset(
-                "beatd:fingerprint",
-                &entry.name,
-                beatd::beat::plan::fingerprint(entry),
-            )
+            .hset("beatd:fingerprint", &entry.name, entry.fingerprint())
             .query(&mut c)
             .expect("seed state");
     }

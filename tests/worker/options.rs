@@ -101,12 +101,11 @@ async fn two_workers_share_a_queue_without_loss_or_duplicates() {
         reg
     };
     let a = Harness::start(registry(), opts()).await;
-    let client = redis::Client::open(a.server.url()).unwrap();
     let shutdown = beatd::worker::Shutdown::default();
     let b = tokio::spawn(beatd::worker::run(
         opts(),
         registry(),
-        client,
+        beatd_conn(&a.server.url()),
         Arc::new(beatd::clock::SystemClock),
         shutdown.clone(),
     ));

@@ -241,39 +241,62 @@ async fn embedded_pipeline_runs_envelopes_from_a_channel() {
     tokio::time::timeout(WAIT, runner).await.unwrap().unwrap();
 }
 
-#[derive(Default)]
-struct Counts(Mutex<Vec<(String, &'static str, bool)>>);
-
-impl beatd::worker::Observer for Counts {
-    fn task_done(&self, task: &str, outcome: beatd::worker::Outcome, ran_for: Option<Duration>) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((task.to_string(), outcome.as_str(), ran_for.is_some()));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn observer_sees_every_outcome() {
+async fn metrics_count_every_outcome() {
     let mut reg = Registry::new();
     reg.register("tasks.ok", |_req| async move { Ok(json!(1)) });
     reg.register("tasks.bad", |_req| async move {
         Err(TaskError::fatal("Bad", "bad"))
     });
-    let counts = Arc::new(Counts::default());
+    let metrics = Arc::new(beatd::ops::metrics::Metrics::default());
     let server = beatd::testkit::RedisServer::start().unwrap();
-    let client = redis::Client::open(server.url()).unwrap();
     let shutdown = Shutdown::default();
-    let observer: Arc<dyn beatd::worker::Observer> = counts.clone();
-    let run = tokio::spawn(beatd::worker::run_observed(
-        opts(),
-        reg,
-        client,
-        Arc::new(SystemClock),
-        shutdown.clone(),
-        Some(observer),
-        Arc::default(),
-    ));
+    let run = tokio::spawn(
+        beatd::worker::Worker {
+            metrics: metrics.clone(),
+            ..beatd::worker::Worker::new(
+                opts(),
+                reg,
+                crate::util::beatd_conn(&server.url()),
+                Arc::new(SystemClock),
+                shutdown.clone(),
+            )
+        }
+        .run(),
+    );
+    // (task, outcome, whether it ran) per handled message, from the daemon's metrics.
+    let counts = || {
+        let text = metrics.render();
+        let ran = |task: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!(
+                        "beatd_worker_task_duration_seconds_count{{task=\"{task}\"}} "
+                    ))
+                })
+                .map_or(0, |n| n.trim().parse::<u64>().unwrap())
+        };
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("beatd_worker_tasks_total{task=\"") else {
+                continue;
+            };
+            let (task, rest) = rest.split_once("\",state=\"").unwrap();
+            let (state, n) = rest.split_once("\"} ").unwrap();
+            let task = if task == "<malformed>" { "" } else { task };
+            for _ in 0..n.trim().parse::<u64>().unwrap() {
+                let state: &'static str = Box::leak(state.to_string().into_boxed_str());
+                // A message ran when its outcome is one a run produces (durations are
+                // counted per task, checked below).
+                out.push((
+                    task.to_string(),
+                    state,
+                    matches!(state, "success" | "failure"),
+                ));
+            }
+        }
+        (out, ran("tasks.ok"), ran("tasks.bad"))
+    };
     let h = Harness {
         server,
         shutdown,
@@ -291,23 +314,26 @@ async fn observer_sees_every_outcome() {
     }
     h.push_raw("celery", b"garbage").await;
     let deadline = Instant::now() + WAIT;
-    while counts.0.lock().unwrap().len() < 5 {
-        assert!(Instant::now() < deadline, "{:?}", counts.0.lock().unwrap());
+    while counts().0.len() < 5 {
+        assert!(Instant::now() < deadline, "{:?}", counts().0);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut got = counts.0.lock().unwrap().clone();
+    let (mut got, ok_ran, bad_ran) = counts();
     got.sort();
+    // tasks.ok ran once (the expired one did not), tasks.bad once.
+    assert_eq!((ok_ran, bad_ran), (1, 1));
     let want = [
         ("", "rejected", false),
         ("tasks.bad", "failure", true),
         ("tasks.ok", "revoked", false),
         ("tasks.ok", "success", true),
-        ("tasks.unknown", "unregistered", false),
+        ("<unregistered>", "unregistered", false),
     ];
-    let want: Vec<_> = want
+    let mut want: Vec<_> = want
         .iter()
         .map(|(t, o, r)| (t.to_string(), *o, *r))
         .collect();
+    want.sort();
     assert_eq!(got, want);
     h.stop().await;
 }

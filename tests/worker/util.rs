@@ -40,6 +40,15 @@ pub fn opts() -> WorkerOptions {
     }
 }
 
+/// beatd's own handle on the server at `url`, for the worker.
+pub fn beatd_conn(url: &str) -> beatd::redis::RedisConn {
+    beatd::redis::RedisConn::new(
+        &beatd::redis::BrokerUrl::parse(url).unwrap(),
+        beatd::redis::ConnectOptions::default(),
+    )
+    .unwrap()
+}
+
 pub async fn connect(url: &str) -> MultiplexedConnection {
     let client = redis::Client::open(url).unwrap();
     client.get_multiplexed_async_connection().await.unwrap()
@@ -59,11 +68,10 @@ impl Harness {
 
     pub async fn start_on(server: RedisServer, reg: Registry, opts: WorkerOptions) -> Self {
         let shutdown = Shutdown::default();
-        let client = redis::Client::open(server.url()).unwrap();
         let handle = tokio::spawn(worker::run(
             opts,
             reg,
-            client,
+            beatd_conn(&server.url()),
             Arc::new(SystemClock),
             shutdown.clone(),
         ));

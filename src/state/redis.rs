@@ -1,12 +1,9 @@
-//! Last-run state on Redis (`{ns}:last_run`, `{ns}:run_count`, `{ns}:fingerprint`, written by
-//! the emission script) and the CLI's one-shot operations: `beatd send` ([`send_one`]) and
-//! `beatd status` ([`status`]).
-//!
-//! Owns reading and pruning that state. Writing it belongs to emission alone, atomically with
-//! the push, so state and queue never disagree.
+//! Last-run state on Redis: `{ns}:last_run`, `{ns}:run_count` and `{ns}:fingerprint`, written
+//! by the emission scripts (`crate::emit::redis`). Owns reading and pruning them.
 
-use super::{Error, Keys, RedisConn, RedisLeader};
-use crate::beat_io::{self, LastRun, LeaderInfo, StateStore};
+use super::{LastRun, StateStore};
+use crate::redis::{Error, Keys, RedisConn};
+use crate::store;
 use async_trait::async_trait;
 use std::collections::HashMap;
 
@@ -32,7 +29,7 @@ impl RedisState {
         Self { conn, keys }
     }
 
-    /// Like [`StateStore::last_runs`], with the Redis error.
+    /// Every recorded last run, with the Redis error (`beatd status`).
     ///
     /// # Errors
     /// As the connection's; [`Error::Command`] if a hash holds a non-number.
@@ -43,7 +40,7 @@ impl RedisState {
         let (last, counts, fps): Hashes = self
             .conn
             .run(|mut c| async move {
-                redis::pipe()
+                ::redis::pipe()
                     .atomic()
                     .hgetall(&k.last_run)
                     .hgetall(&k.run_count)
@@ -55,18 +52,14 @@ impl RedisState {
         Ok(merge(last, &counts, fps))
     }
 
-    /// Like [`StateStore::forget`], with the Redis error.
-    ///
-    /// # Errors
-    /// As the connection's.
-    pub async fn remove(&self, entries: &[String]) -> Result<(), Error> {
+    async fn remove(&self, entries: &[String]) -> Result<(), Error> {
         if entries.is_empty() {
             return Ok(());
         }
         let k = &self.keys;
         self.conn
             .run(|mut c| async move {
-                redis::pipe()
+                ::redis::pipe()
                     .atomic()
                     .hdel(&k.last_run, entries)
                     .hdel(&k.run_count, entries)
@@ -98,48 +91,11 @@ fn merge(
 
 #[async_trait]
 impl StateStore for RedisState {
-    async fn last_runs(&self) -> Result<HashMap<String, LastRun>, beat_io::Error> {
+    async fn last_runs(&self) -> Result<HashMap<String, LastRun>, store::Error> {
         Ok(self.read().await?)
     }
 
-    async fn forget(&self, entries: &[String]) -> Result<(), beat_io::Error> {
+    async fn forget(&self, entries: &[String]) -> Result<(), store::Error> {
         Ok(self.remove(entries).await?)
     }
-}
-
-/// `LPUSH`es one message now (`beatd send`): no lock, no state, like Celery's `send_task`.
-/// Returns the list's length after the push.
-///
-/// # Errors
-/// As the connection's.
-pub async fn send_one(conn: &RedisConn, list_key: &str, payload: &[u8]) -> Result<u64, Error> {
-    conn.run(|mut c| async move {
-        redis::cmd("LPUSH")
-            .arg(list_key.as_bytes())
-            .arg(payload)
-            .query_async(&mut c)
-            .await
-    })
-    .await
-}
-
-/// What `beatd status` shows from Redis.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    /// The lock holder, `None` when no replica leads.
-    pub leader: Option<LeaderInfo>,
-    /// Last run per entry, including entries no longer in the files until the beat forgets
-    /// them.
-    pub last_runs: HashMap<String, LastRun>,
-}
-
-/// Reads the leader and the last runs under `keys`.
-///
-/// # Errors
-/// As the connection's.
-pub async fn status(conn: &RedisConn, keys: &Keys) -> Result<Status, Error> {
-    let leader = RedisLeader::new(conn.clone(), keys.clone(), super::leader::DEFAULT_TTL);
-    let leader = leader.current_holder().await?;
-    let last_runs = RedisState::new(conn.clone(), keys.clone()).read().await?;
-    Ok(Status { leader, last_runs })
 }

@@ -1,8 +1,10 @@
 //! Emission and state against a real server.
 
 use crate::*;
-use beatd::beat_io::{EmitOutcome, Emitter, Fire, StateStore};
-use beatd::redis_edge::{self, EmitOptions, Keys, RedisEmitter, RedisState};
+use beatd::emit::{EmitOptions, RedisEmitter};
+use beatd::emit::{EmitOutcome, Emitter, Fire};
+use beatd::redis::{self as redis_edge, Keys};
+use beatd::state::{RedisState, StateStore};
 use std::time::Duration;
 use EmitOutcome::{AlreadySent, Sent};
 
@@ -160,9 +162,10 @@ async fn emit_keeps_payload_bytes_entry_names_and_millisecond_precision() {
 #[tokio::test]
 async fn backend_wires_all_three_traits_under_one_namespace() {
     let (_s, conn) = server().await;
-    let b = redis_edge::Backend::new(&conn, "other", Duration::from_secs(10));
+    let b = beatd::app::daemon::BeatPorts::redis(&conn, "other", Duration::from_secs(10));
     let lease = b.leader.try_acquire().await.unwrap().expect("free");
-    b.emitter
+    b.emission
+        .emitter()
         .emit(&lease, &[fire("a", 1, "celery")])
         .await
         .unwrap();

@@ -1,8 +1,8 @@
 //! How long 10,000 fires take.
 
 use crate::*;
-use beatd::beat_io::{EmitOutcome::Sent, Emitter, Fire};
-use beatd::redis_edge::{EmitOptions, Keys, RedisEmitter};
+use beatd::emit::{EmitOptions, EmitOutcome::Sent, Emitter, Fire, RedisEmitter};
+use beatd::redis::Keys;
 use std::time::{Duration, Instant};
 
 /// Not a timed assertion: prints how long 10,000 fires of ~1 KB take, as Redis main-thread
@@ -73,6 +73,7 @@ fn herd(at: i64) -> Vec<Fire> {
         .map(|i| Fire {
             entry: format!("entry-{i:05}"),
             fire_at_ms: at,
+            task_id: String::new(),
             list_key: if i % 2 == 0 {
                 "celery".into()
             } else {

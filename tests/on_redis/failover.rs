@@ -4,8 +4,10 @@
 //! takeover (the new leader catches up on every missed fire time).
 
 use crate::*;
-use beatd::beat_io::{EmitOutcome, Emitter, Error as IoError, Fire, LeaderLock};
-use beatd::redis_edge::{connect, ConnectOptions, Keys, RedisEmitter, RedisLeader};
+use beatd::emit::{EmitOutcome, Emitter, Fire, RedisEmitter};
+use beatd::leader::{LeaderLock, RedisLeader};
+use beatd::redis::{connect, ConnectOptions, Keys};
+use beatd::store::Error as IoError;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -53,6 +55,7 @@ async fn replica(
             .map(|k| Fire {
                 entry: "every-100ms".into(),
                 fire_at_ms: k * PERIOD_MS,
+                task_id: String::new(),
                 list_key: "celery".into(),
                 payload: (k * PERIOD_MS).to_string().into_bytes(),
                 schedule_fingerprint: "fp".into(),

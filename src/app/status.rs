@@ -1,92 +1,36 @@
-//! The one-shot commands that talk to a running deployment: `send` (enqueue one task now)
-//! and `status` (leader, last and next fire per entry).
+//! `beatd status`: the leader and, per entry, its last and next fire time, from Redis or
+//! from the embedded mode's state file.
 
-use crate::app::{exit, settings, Error};
-use crate::beat_io::LastRun;
-use crate::cli::{OutputFormat, SendArgs, StatusArgs};
+use super::settings::Settings;
+use crate::cli::{OutputFormat, StatusArgs};
 use crate::clock::{Clock, SystemClock};
 use crate::entry::Entry;
-use crate::protocol::TaskMessage;
-use crate::redis_edge::{self, ConnectOptions, Keys, RedisConn};
+use crate::error::{exit, Error};
+use crate::redis;
+use crate::state::LastRun;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::path::Path;
-
-fn other(e: &(dyn std::error::Error + 'static)) -> Error {
-    Error::Other(crate::error_chain(e))
-}
-
-async fn connect(
-    args: &crate::cli::RedisArgs,
-    config: Option<&Path>,
-) -> Result<(RedisConn, Keys), Error> {
-    let file = settings::app_config(config)?;
-    let Some(url) = settings::redis_url(args, &file)? else {
-        return Err(Error::Usage(
-            "no Redis URL: set --redis-url, BEATD_REDIS_URL, CELERY_BROKER_URL or REDIS_URL".into(),
-        ));
-    };
-    let conn = redis_edge::connect(&url, ConnectOptions::default())
-        .await
-        .map_err(|e| other(&e))?;
-    Ok((conn, Keys::new(&settings::namespace(args, &file))))
-}
-
-/// `beatd send`: one Celery message now; prints its task id.
-pub async fn send(config: Option<&Path>, args: &SendArgs) -> Result<u8, Error> {
-    let parsed_args: Value = serde_json::from_str(&args.args)
-        .map_err(|e| Error::Usage(format!("--args is not JSON: {e}")))?;
-    let Value::Array(task_args) = parsed_args else {
-        return Err(Error::Usage("--args must be a JSON array".into()));
-    };
-    let parsed_kwargs: Value = serde_json::from_str(&args.kwargs)
-        .map_err(|e| Error::Usage(format!("--kwargs is not JSON: {e}")))?;
-    let Value::Object(kwargs) = parsed_kwargs else {
-        return Err(Error::Usage("--kwargs must be a JSON object".into()));
-    };
-    let (conn, _) = connect(&args.redis, config).await?;
-    let now = SystemClock.now();
-    let expires = args
-        .expires
-        .and_then(|d| chrono::Duration::from_std(d.into()).ok())
-        .map(|d| now + d);
-    let msg = TaskMessage::new(args.task.clone())
-        .args(task_args)
-        .kwargs(kwargs)
-        .queue(args.queue.clone())
-        .priority(args.priority)
-        .expires(expires)
-        .origin(crate::app::daemon::origin());
-    let encoded = msg.encode(now);
-    redis_edge::send_one(&conn, &encoded.list_key, encoded.payload.as_bytes())
-        .await
-        .map_err(|e| other(&e))?;
-    println!("{}", encoded.id);
-    Ok(exit::OK)
-}
 
 /// `beatd status`: the leader and, per entry, its last and next fire time.
-pub async fn status(config: Option<&Path>, args: &StatusArgs) -> Result<u8, Error> {
-    let file = settings::app_config(config)?;
+///
+/// # Errors
+/// Invalid schedule files; Redis unreachable; an unreadable state file.
+pub async fn status(settings: &Settings, args: &StatusArgs) -> Result<u8, Error> {
     let now = SystemClock.now();
-    let paths = settings::schedule_paths(&args.schedules, &file);
-    let entries = crate::config::load_schedules(&paths, now)
+    let entries = crate::config::load_schedules(&settings.schedules, now)
         .map_err(Error::Config)?
         .entries;
-    let embedded = settings::redis_url(&args.redis, &file)?.is_none();
-    let (leader, last_runs) = if embedded {
-        let path = settings::state_file(args.state_file.as_deref(), &file);
-        let last = crate::embedded::state_file::read(&path).map_err(|e| other(&e))?;
+    let (leader, last_runs) = if settings.redis_url.is_none() {
+        let path = &settings.state_file;
+        let last = crate::state::file::read(path)?;
         (
             json!({"mode": "embedded", "state_file": path.display().to_string()}),
             last,
         )
     } else {
-        let (conn, keys) = connect(&args.redis, config).await?;
-        let st = redis_edge::status(&conn, &keys)
-            .await
-            .map_err(|e| other(&e))?;
+        let (conn, keys) = super::daemon::connect_once(settings).await?;
+        let st = redis::status(&conn, &keys).await?;
         let leader = match st.leader {
             Some(l) => json!({
                 "mode": "redis",

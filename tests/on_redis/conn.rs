@@ -1,8 +1,10 @@
 //! Connection behaviour: outages, timeouts, passwords, config warnings.
 
 use crate::*;
-use beatd::beat_io::{EmitOutcome::Sent, Emitter, Error as IoError, LeaderLock};
-use beatd::redis_edge::{self, connect, ConnectOptions, Error};
+use beatd::emit::{EmitOutcome::Sent, Emitter};
+use beatd::leader::LeaderLock;
+use beatd::redis::{self as redis_edge, connect, ConnectOptions, Error};
+use beatd::store::Error as IoError;
 use beatd::testkit::RedisServer;
 use std::time::{Duration, Instant};
 
@@ -24,7 +26,7 @@ async fn emit_fails_while_redis_is_down_then_works_after_reconnect() {
     assert!(lock.renew(&lease).await.is_err());
     // While down, calls fail at once (no waiting out the backoff inside a call).
     for _ in 0..10 {
-        let err = lock.holder().await.unwrap_err();
+        let err: IoError = lock.holder().await.unwrap_err().into();
         assert!(matches!(err, IoError::Unavailable(_)), "{err:?}");
     }
     let elapsed = t.elapsed();

@@ -16,10 +16,9 @@ mod stage;
 /// How long 10,000 fires take (prints; asserts no time).
 mod timing;
 
-use beatd::beat_io::{Fire, LeaderLock, Lease};
-use beatd::redis_edge::{
-    connect, BrokerUrl, ConnectOptions, EmitOptions, Keys, RedisConn, RedisEmitter, RedisLeader,
-};
+use beatd::emit::{EmitOptions, Fire, RedisEmitter};
+use beatd::leader::{LeaderLock, Lease, RedisLeader};
+use beatd::redis::{connect, BrokerUrl, ConnectOptions, Keys, RedisConn};
 use beatd::testkit::RedisServer;
 use std::time::Duration;
 
@@ -47,6 +46,7 @@ pub(crate) fn fire(entry: &str, at: i64, list: &str) -> Fire {
     Fire {
         entry: entry.into(),
         fire_at_ms: at,
+        task_id: format!("{entry}@{at}"),
         list_key: list.into(),
         payload: format!("{{\"entry\":\"{entry}\",\"at\":{at}}}").into_bytes(),
         schedule_fingerprint: format!("fp-{entry}"),

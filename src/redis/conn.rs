@@ -1,5 +1,7 @@
 //! The one place that opens Redis connections: timeouts, reconnection with capped exponential
 //! backoff, and the mapping of client errors to [`Error`] variants named for what happened.
+//! The beat and the one-shot commands share one multiplexed [`RedisConn`]; the worker takes
+//! its blocking and consuming connections from it too ([`RedisConn::dedicated`]).
 //!
 //! Calls fail fast instead of waiting out the backoff: while Redis is down every call returns
 //! [`Error::Unreachable`] at once and a new connection is attempted only when the backoff has
@@ -14,6 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
+
+/// Longest wait between two reconnect attempts of a [`RedisConn::dedicated`] connection.
+const DEDICATED_RECONNECT_MAX_DELAY_MS: u64 = 500;
 
 /// Timeouts and backoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,10 +50,7 @@ impl ConnectOptions {
     /// after a working connection drops; see [`RedisConn`]).
     #[must_use]
     pub fn backoff(&self, failures: u32) -> Duration {
-        let exp = failures.saturating_sub(1).min(20);
-        self.backoff_min
-            .saturating_mul(1 << exp)
-            .min(self.backoff_max)
+        crate::backoff::Backoff::between(self.backoff_min, self.backoff_max).after(failures)
     }
 }
 
@@ -125,6 +127,34 @@ impl RedisConn {
     /// The client, for connections of their own (pub/sub).
     pub(crate) fn client(&self) -> &redis::Client {
         &self.inner.client
+    }
+
+    /// A connection of the caller's own, reconnecting by itself, for commands that block it
+    /// (`BRPOP`) or that must not queue behind other callers' (the worker's takes, acks and
+    /// results). `response` bounds each reply: a blocking command needs its own timeout
+    /// plus a margin.
+    ///
+    /// # Errors
+    /// As [`RedisConn::check`], when the first connection cannot be made.
+    pub async fn dedicated(
+        &self,
+        response: Duration,
+    ) -> Result<redis::aio::ConnectionManager, Error> {
+        // redis-rs hands its retry `factor` (100) to backon as the growth factor, so without a
+        // cap the waits between reconnect attempts go 1 s, 60 s, 60 s...: a command issued
+        // during an outage of a few seconds then blocks for minutes after Redis is back. Cap
+        // each wait.
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_max_delay(DEDICATED_RECONNECT_MAX_DELAY_MS)
+            .set_connection_timeout(Duration::from_secs(5))
+            .set_response_timeout(response)
+            .set_factor(2)
+            .set_number_of_retries(3);
+        self.inner
+            .client
+            .get_connection_manager_with_config(cfg)
+            .await
+            .map_err(|e| self.classify(Arc::new(e), true))
     }
 
     /// The printable URL.

@@ -1,8 +1,9 @@
-//! The Redis edge of the beat: connection ([`conn`], [`url`]), the leader lock with fencing
-//! ([`leader`]), atomic emission ([`emit`]) and last-run state ([`state`]), plus the two
-//! one-shot operations the CLI needs ([`send_one`], [`status`]).
+//! The one way into Redis, for the beat, the worker and the one-shot commands: the URL
+//! ([`url`]), the self-healing connection with its timeouts and backoff ([`conn`]), the error
+//! type named for what happened, the names of beatd's own keys ([`Keys`]), and the two
+//! one-shot operations of the CLI ([`commands`]).
 //!
-//! Owns every Redis key beatd itself writes, all under one namespace (default `beatd`):
+//! beatd's own keys, all under one namespace (default `beatd`):
 //!
 //! | key | type | content |
 //! |---|---|---|
@@ -16,22 +17,18 @@
 //! | `{ns}:batch:<id>:dests` | hash | index → destination queue list |
 //! | `{ns}:batch:<id>:q<index>` | list | staged messages, renamed onto the queue at the instant |
 //!
-//! and the Celery queue lists it pushes to. Does not own the message format (`protocol`),
-//! planning or the loop (`beat`): these implement the traits of [`crate::beat_io`].
+//! and the Celery queue lists it pushes to. The scripts that write them live with their
+//! concern (`leader/scripts`, `emit/scripts`). Never imports `beat`, `leader`, `emit`,
+//! `state` or `worker`: they import this.
 
+pub mod commands;
 pub mod conn;
-pub mod emit;
-pub mod leader;
-pub mod state;
 pub mod url;
 
+pub use commands::{send_one, status, Status};
 pub use conn::{connect, ConnectOptions, RedisConn};
-pub use emit::{EmitOptions, RedisEmitter};
-pub use leader::{RedisLeader, DEFAULT_TTL};
-pub use state::{send_one, status, RedisState, Status};
 pub use url::{resolve_url, BrokerUrl, RedactedUrl, UrlSource};
 
-use crate::beat_io::{Emitter, LeaderLock, StateStore};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,7 +90,7 @@ pub enum Error {
     UnexpectedReply(String),
 }
 
-impl From<Error> for crate::beat_io::Error {
+impl From<Error> for crate::store::Error {
     fn from(e: Error) -> Self {
         match e {
             Error::LeaseLost => Self::LeaseLost,
@@ -140,34 +137,5 @@ impl Keys {
 impl Default for Keys {
     fn default() -> Self {
         Self::new(DEFAULT_NAMESPACE)
-    }
-}
-
-/// The three Redis implementations the beat loop holds, sharing one connection.
-#[derive(Clone)]
-pub struct Backend {
-    /// The leader lock.
-    pub leader: Arc<dyn LeaderLock>,
-    /// Fenced, exactly-once emission.
-    pub emitter: Arc<dyn Emitter>,
-    /// Last-run state.
-    pub state: Arc<dyn StateStore>,
-}
-
-impl Backend {
-    /// Wires the Redis lock, emitter and state under `namespace`, with leases of `ttl` and
-    /// default chunking.
-    #[must_use]
-    pub fn new(conn: &RedisConn, namespace: &str, ttl: Duration) -> Self {
-        let keys = Keys::new(namespace);
-        Self {
-            leader: Arc::new(RedisLeader::new(conn.clone(), keys.clone(), ttl)),
-            emitter: Arc::new(RedisEmitter::new(
-                conn.clone(),
-                keys.clone(),
-                EmitOptions::default(),
-            )),
-            state: Arc::new(RedisState::new(conn.clone(), keys)),
-        }
     }
 }

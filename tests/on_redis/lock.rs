@@ -1,8 +1,10 @@
 //! Leader lock: acquire, renew, release, expiry, contenders, fencing.
 
 use crate::*;
-use beatd::beat_io::{EmitOutcome::Sent, Emitter, Error as IoError, LeaderLock, Lease};
-use beatd::redis_edge::{connect, ConnectOptions};
+use beatd::emit::{EmitOutcome::Sent, Emitter};
+use beatd::leader::{Handover, LeaderLock, Lease};
+use beatd::redis::{connect, ConnectOptions};
+use beatd::store::Error as IoError;
 use beatd::testkit::RedisServer;
 use std::time::Duration;
 
@@ -104,10 +106,10 @@ async fn a_release_wakes_a_waiting_standby_before_its_poll_interval() {
     let (one, two) = (leader(&conn, 10_000), leader(&conn, 10_000));
     let a = acquire(&one).await;
     // The first wait starts the standby's subscription; give it time to be in place.
-    two.wait_released(Duration::from_millis(500)).await;
+    two.released(Duration::from_millis(500)).await;
     let started = tokio::time::Instant::now();
     let waiting = tokio::spawn(async move {
-        two.wait_released(Duration::from_secs(30)).await;
+        two.released(Duration::from_secs(30)).await;
         two
     });
     tokio::time::sleep(Duration::from_millis(200)).await;

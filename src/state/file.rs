@@ -1,30 +1,21 @@
 //! The embedded mode's last-run state: a JSON file replaced atomically (temp file, fsync,
 //! rename, fsync of the directory) so `kill -9` at any instant leaves either the old or the
-//! new state, never a torn one; plus the exclusive lock that keeps a second `beatd run` off
-//! the same file.
+//! new state, never a torn one. The exclusive lock that keeps a second `beatd run` off the
+//! same file is leadership, in `crate::leader::file`.
 
-use crate::beat_io::LastRun;
+use super::{Error as StoreError, LastRun, StateStore};
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// State-file errors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Another process holds the lock.
-    #[error(
-        "state file {path} is in use by another beatd (lock {lock} is held); stop it, or give \
-         this one its own --state-file"
-    )]
-    Locked {
-        /// The state file.
-        path: PathBuf,
-        /// The lock file.
-        lock: PathBuf,
-    },
-    /// I/O on the state or lock file.
+    /// I/O on the state file.
     #[error("{op} {path}: {source}")]
     Io {
         /// What was being done.
@@ -61,58 +52,6 @@ struct Record {
     fire_at_ms: i64,
     count: u64,
     fingerprint: Option<String>,
-}
-
-/// Exclusive ownership of a state file for the life of the process.
-#[derive(Debug)]
-pub struct StateLock {
-    /// Held open: the OS lock lasts as long as the handle (and dies with the process).
-    _file: File,
-}
-
-impl StateLock {
-    /// Takes the lock on `<state>.lock`, or fails at once if another process holds it.
-    ///
-    /// # Errors
-    /// [`Error::Locked`] when held elsewhere, [`Error::Io`] when the file cannot be opened.
-    pub fn acquire(state: &Path) -> Result<Self, Error> {
-        let lock = lock_path(state);
-        if let Some(dir) = lock.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(|source| Error::Io {
-                op: "create",
-                path: dir.into(),
-                source,
-            })?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock)
-            .map_err(|source| Error::Io {
-                op: "open",
-                path: lock.clone(),
-                source,
-            })?;
-        match file.try_lock() {
-            Ok(()) => Ok(Self { _file: file }),
-            Err(fs::TryLockError::WouldBlock) => Err(Error::Locked {
-                path: state.into(),
-                lock,
-            }),
-            Err(fs::TryLockError::Error(source)) => Err(Error::Io {
-                op: "lock",
-                path: lock,
-                source,
-            }),
-        }
-    }
-}
-
-fn lock_path(state: &Path) -> PathBuf {
-    let mut name = state.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
-    state.with_file_name(name)
 }
 
 /// Reads the state file; a missing file is an empty state.
@@ -198,6 +137,73 @@ pub fn write(path: &Path, state: &HashMap<String, LastRun>) -> Result<(), Error>
     Ok(())
 }
 
+/// The state file as a [`StateStore`], with the one transaction the local emitter records
+/// through ([`FileState::update`]).
+#[derive(Debug)]
+pub struct FileState {
+    /// The state file.
+    path: PathBuf,
+    /// The state as last written.
+    state: Mutex<HashMap<String, LastRun>>,
+}
+
+impl FileState {
+    /// Loads `path` (missing = empty).
+    ///
+    /// # Errors
+    /// When the file exists but cannot be read or parsed.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        Ok(Self {
+            path: path.into(),
+            state: Mutex::new(read(path)?),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, LastRun>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies `f` to a copy of the state; when it returns `true` (changed) the copy is
+    /// written to the file, and becomes the state only once written.
+    ///
+    /// # Errors
+    /// When the write fails; the state is then unchanged.
+    pub fn update<R>(
+        &self,
+        f: impl FnOnce(&mut HashMap<String, LastRun>) -> (R, bool),
+    ) -> Result<R, Error> {
+        let mut state = self.lock();
+        let mut next = state.clone();
+        let (out, changed) = f(&mut next);
+        if changed {
+            write(&self.path, &next)?;
+            *state = next;
+        }
+        Ok(out)
+    }
+}
+
+fn unavailable(e: Error) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}
+
+#[async_trait]
+impl StateStore for FileState {
+    async fn last_runs(&self) -> Result<HashMap<String, LastRun>, StoreError> {
+        Ok(self.lock().clone())
+    }
+
+    async fn forget(&self, entries: &[String]) -> Result<(), StoreError> {
+        self.update(|next| {
+            for name in entries {
+                next.remove(name);
+            }
+            ((), true)
+        })
+        .map_err(unavailable)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,16 +228,6 @@ mod tests {
         write(&path, &state).unwrap();
         assert_eq!(read(&path).unwrap()["a"].count, 3);
         assert!(!dir.path().join("state.json.tmp").exists());
-    }
-
-    #[test]
-    fn a_second_lock_is_refused_with_a_clear_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        let _first = StateLock::acquire(&path).unwrap();
-        let err = StateLock::acquire(&path).unwrap_err();
-        assert!(matches!(err, Error::Locked { .. }), "{err}");
-        assert!(err.to_string().contains("in use by another beatd"), "{err}");
     }
 
     #[test]

@@ -6,10 +6,11 @@
 //! belong to the beat loop; the emission script re-checks the token, so a paused or partitioned
 //! ex-leader can never push even if it has not noticed yet.
 
-use super::{Error, Keys, RedisConn};
-use crate::beat_io::{self, LeaderInfo, LeaderLock, Lease};
+use super::{Handover, LeaderInfo, LeaderLock, Lease};
+use crate::redis::{Error, Keys, RedisConn};
+use crate::store;
+use ::redis::Script;
 use async_trait::async_trait;
-use redis::Script;
 use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -49,7 +50,7 @@ impl RedisLeader {
             conn,
             keys,
             ttl,
-            identity: format!("{}:{}", hostname(), std::process::id()),
+            identity: format!("{}:{}", crate::host::hostname(), std::process::id()),
             released: std::sync::Arc::default(),
             listening: std::sync::OnceLock::new(),
         }
@@ -94,11 +95,7 @@ impl RedisLeader {
             .max(1)
     }
 
-    /// Like [`LeaderLock::try_acquire`], with the Redis error.
-    ///
-    /// # Errors
-    /// As the connection's.
-    pub async fn acquire(&self) -> Result<Option<Lease>, Error> {
+    async fn acquire(&self) -> Result<Option<Lease>, Error> {
         // Random per acquisition: a replica that lost the lock and re-acquired it must not
         // let its old lease pass for the new one.
         let token = format!("{}:{:016x}", self.identity, rand::random::<u64>());
@@ -154,11 +151,11 @@ impl RedisLeader {
         Ok(n == 1)
     }
 
-    /// Like [`LeaderLock::holder`], with the Redis error.
+    /// The current holder, if any (`beatd status`).
     ///
     /// # Errors
     /// As the connection's.
-    pub async fn current_holder(&self) -> Result<Option<LeaderInfo>, Error> {
+    pub async fn holder(&self) -> Result<Option<LeaderInfo>, Error> {
         let k = &self.keys;
         let (holder, pttl, epoch): (Option<String>, i64, Option<u64>) = self
             .conn
@@ -181,38 +178,27 @@ impl RedisLeader {
 
 #[async_trait]
 impl LeaderLock for RedisLeader {
-    async fn try_acquire(&self) -> Result<Option<Lease>, beat_io::Error> {
+    async fn try_acquire(&self) -> Result<Option<Lease>, store::Error> {
         Ok(self.acquire().await?)
     }
 
-    async fn renew(&self, lease: &Lease) -> Result<bool, beat_io::Error> {
+    async fn renew(&self, lease: &Lease) -> Result<bool, store::Error> {
         Ok(self.compare_and(&RENEW, &lease.token, true).await?)
     }
 
-    async fn release(&self, lease: &Lease) -> Result<(), beat_io::Error> {
+    async fn release(&self, lease: &Lease) -> Result<(), store::Error> {
         self.compare_and(&RELEASE, &lease.token, false).await?;
         Ok(())
     }
+}
 
-    async fn holder(&self) -> Result<Option<LeaderInfo>, beat_io::Error> {
-        Ok(self.current_holder().await?)
-    }
-
-    async fn wait_released(&self, max: Duration) {
+#[async_trait]
+impl Handover for RedisLeader {
+    async fn released(&self, max: Duration) {
         self.listen();
         tokio::select! {
             () = self.released.notified() => {}
             () = tokio::time::sleep(max) => {}
         }
     }
-}
-
-/// The host name for lock tokens: `$HOSTNAME` (the pod name in Kubernetes), else the kernel's.
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
 }

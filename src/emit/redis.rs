@@ -10,10 +10,12 @@
 //! Owns batching and the scripts' argument layout. Does not build messages (`protocol`) or
 //! decide what is due (`beat`).
 
-use super::{Error, Keys, RedisConn};
-use crate::beat_io::{self, BatchId, EmitOutcome, Emitter, Fire, Lease};
+use super::{BatchId, Committed, EmitOutcome, Emitter, Fire, StagedEmitter};
+use crate::leader::Lease;
+use crate::redis::{Error, Keys, RedisConn};
+use crate::store;
+use ::redis::{Script, Value};
 use async_trait::async_trait;
-use redis::{Script, Value};
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
@@ -41,7 +43,7 @@ pub struct EmitOptions {
 
 impl Default for EmitOptions {
     fn default() -> Self {
-        // Measured (tests/redis_edge.rs, emit_10k_fires_timing, 2 busy cores): 10,000 fires of
+        // Measured (tests/on_redis/timing.rs, 2 busy cores): 10,000 fires of
         // 900 B cost about the same Redis CPU (55–75 ms) in chunks of 1,000 to 10,000, so the
         // smaller chunk wins: it blocks Redis about 7–15 ms at a time, and the first messages land
         // sooner.
@@ -70,16 +72,9 @@ impl RedisEmitter {
         Self { conn, keys, opts }
     }
 
-    /// Like [`Emitter::emit`], with the Redis error.
-    ///
-    /// # Errors
     /// [`Error::LeaseLost`] when the token no longer holds (this chunk and later ones push
     /// nothing); connection errors otherwise.
-    pub async fn emit_fires(
-        &self,
-        lease: &Lease,
-        fires: &[Fire],
-    ) -> Result<Vec<EmitOutcome>, Error> {
+    async fn emit_fires(&self, lease: &Lease, fires: &[Fire]) -> Result<Vec<EmitOutcome>, Error> {
         let mut outcomes = Vec::with_capacity(fires.len());
         for chunk in chunks(fires, self.opts) {
             outcomes.extend(self.emit_chunk(&lease.token, chunk).await?);
@@ -106,12 +101,9 @@ impl RedisEmitter {
         format!("{}{batch}", self.keys.batch_prefix)
     }
 
-    /// Like [`Emitter::stage`], with the Redis error.
-    ///
-    /// # Errors
     /// [`Error::LeaseLost`]; [`Error::UnexpectedReply`] when the batch was committed already;
     /// connection errors otherwise.
-    pub async fn stage_fires(
+    async fn stage_fires(
         &self,
         lease: &Lease,
         batch: BatchId,
@@ -125,7 +117,7 @@ impl RedisEmitter {
         // Redis, or the first batch of a process): load both scripts now.
         self.conn
             .run(|mut c| async move {
-                redis::pipe()
+                ::redis::pipe()
                     .cmd("SCRIPT")
                     .arg("LOAD")
                     .arg(COMMIT_LUA)
@@ -170,12 +162,14 @@ impl RedisEmitter {
         parse_reply(&reply, fires.len())
     }
 
-    /// Like [`Emitter::commit`], with the Redis error.
+    /// The first half of [`StagedEmitter::commit`]: renames a staged batch onto its queues,
+    /// recording nothing (tests use it to stop between the two halves, as a leader that dies
+    /// there would).
     ///
     /// # Errors
     /// [`Error::LeaseLost`]; [`Error::UnexpectedReply`] when the batch is no longer staged;
     /// connection errors otherwise.
-    pub async fn commit_batch(&self, lease: &Lease, batch: BatchId) -> Result<(), Error> {
+    pub async fn publish(&self, lease: &Lease, batch: BatchId) -> Result<(), Error> {
         let key = self.batch_key(batch);
         let mut inv = COMMIT.prepare_invoke();
         inv.key(&self.keys.leader)
@@ -200,12 +194,21 @@ impl RedisEmitter {
         }
     }
 
+    /// The second half of [`StagedEmitter::commit`]: records the last runs of a published
+    /// batch and forgets it. Idempotent.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn settle(&self, batch: BatchId) -> Result<(), Error> {
+        self.settle_batches(None, Some(batch)).await.map(drop)
+    }
+
     /// Settles one committed batch, or with `lease` every committed batch and rolls back the
     /// rest. Returns (fires recorded, batches rolled back).
     ///
     /// # Errors
     /// [`Error::LeaseLost`] (recovery only); connection errors.
-    pub async fn settle_batches(
+    async fn settle_batches(
         &self,
         lease: Option<&Lease>,
         batch: Option<BatchId>,
@@ -239,7 +242,7 @@ impl RedisEmitter {
 /// Appends the fires in the layout `emit.lua` and `stage.lua` share: each distinct
 /// destination list as a key after the fixed ones, numbered from 1 in order of first use,
 /// then five arguments per fire (entry, fire ms, fingerprint, list number, payload).
-fn add_fires(inv: &mut redis::ScriptInvocation<'_>, fires: &[Fire]) {
+fn add_fires(inv: &mut ::redis::ScriptInvocation<'_>, fires: &[Fire]) {
     let mut lists: HashMap<&str, usize> = HashMap::new();
     for f in fires {
         let next = lists.len() + 1;
@@ -295,37 +298,31 @@ fn parse_reply(reply: &[Value], n: usize) -> Result<Vec<EmitOutcome>, Error> {
 
 #[async_trait]
 impl Emitter for RedisEmitter {
-    async fn emit(
-        &self,
-        lease: &Lease,
-        fires: &[Fire],
-    ) -> Result<Vec<EmitOutcome>, beat_io::Error> {
+    async fn emit(&self, lease: &Lease, fires: &[Fire]) -> Result<Vec<EmitOutcome>, store::Error> {
         Ok(self.emit_fires(lease, fires).await?)
     }
+}
 
-    fn stages(&self) -> bool {
-        true
-    }
-
+#[async_trait]
+impl StagedEmitter for RedisEmitter {
     async fn stage(
         &self,
         lease: &Lease,
         batch: BatchId,
         fires: &[Fire],
-    ) -> Result<Vec<EmitOutcome>, beat_io::Error> {
+    ) -> Result<Vec<EmitOutcome>, store::Error> {
         Ok(self.stage_fires(lease, batch, fires).await?)
     }
 
-    async fn commit(&self, lease: &Lease, batch: BatchId) -> Result<(), beat_io::Error> {
-        Ok(self.commit_batch(lease, batch).await?)
+    async fn commit(&self, lease: &Lease, batch: BatchId) -> Result<Committed, store::Error> {
+        self.publish(lease, batch).await?;
+        Ok(match self.settle(batch).await {
+            Ok(()) => Committed::Recorded,
+            Err(e) => Committed::Unrecorded(e.into()),
+        })
     }
 
-    async fn settle(&self, batch: BatchId) -> Result<(), beat_io::Error> {
-        self.settle_batches(None, Some(batch)).await?;
-        Ok(())
-    }
-
-    async fn recover(&self, lease: &Lease) -> Result<(), beat_io::Error> {
+    async fn recover(&self, lease: &Lease) -> Result<(), store::Error> {
         let (settled, rolled_back) = self.settle_batches(Some(lease), None).await?;
         if settled > 0 || rolled_back > 0 {
             tracing::info!(
@@ -346,6 +343,7 @@ mod tests {
         Fire {
             entry: "e".into(),
             fire_at_ms: 0,
+            task_id: String::new(),
             list_key: "celery".into(),
             payload: vec![b'x'; len],
             schedule_fingerprint: String::new(),

@@ -3,8 +3,10 @@
 //! and settles what was, and every phase is fenced by the lease.
 
 use crate::*;
-use beatd::beat_io::{BatchId, EmitOutcome, Emitter, StateStore};
-use beatd::redis_edge::{Keys, RedisState};
+use beatd::emit::{BatchId, EmitOutcome, Emitter, StagedEmitter};
+use beatd::redis::Keys;
+use beatd::state::RedisState;
+use beatd::state::StateStore;
 use EmitOutcome::{AlreadySent, Sent};
 
 async fn keys_matching(conn: &RedisConn, pattern: &str) -> Vec<String> {
@@ -19,7 +21,7 @@ async fn keys_matching(conn: &RedisConn, pattern: &str) -> Vec<String> {
     keys
 }
 
-async fn runs(conn: &RedisConn) -> std::collections::HashMap<String, beatd::beat_io::LastRun> {
+async fn runs(conn: &RedisConn) -> std::collections::HashMap<String, beatd::state::LastRun> {
     RedisState::new(conn.clone(), Keys::default())
         .last_runs()
         .await
@@ -31,7 +33,6 @@ async fn staged_fires_are_invisible_until_committed_and_recorded_once_settled() 
     let (_s, conn) = server().await;
     let lease = acquire(&leader(&conn, 10_000)).await;
     let em = emitter(&conn);
-    assert!(em.stages());
     // One entry already sent at 1000: its fire at 1000 is not staged again.
     em.emit(&lease, &[fire("old", 1_000, "celery")])
         .await
@@ -127,7 +128,7 @@ async fn every_phase_is_fenced_and_recovery_rolls_back_or_settles() {
     em.stage(&old, committed, &[fire("a", 1_000, "celery")])
         .await
         .unwrap();
-    em.commit(&old, committed).await.unwrap(); // and the leader dies before settling
+    em.publish(&old, committed).await.unwrap(); // and the leader dies before settling
     em.stage(&old, staged_only, &[fire("a", 2_000, "celery")])
         .await
         .unwrap(); // and before committing this one
@@ -137,16 +138,16 @@ async fn every_phase_is_fenced_and_recovery_rolls_back_or_settles() {
     let new = acquire(&lock).await;
     assert!(matches!(
         em.commit(&old, staged_only).await,
-        Err(beatd::beat_io::Error::LeaseLost)
+        Err(beatd::store::Error::LeaseLost)
     ));
     assert!(matches!(
         em.stage(&old, staged_only, &[fire("b", 2_000, "celery")])
             .await,
-        Err(beatd::beat_io::Error::LeaseLost)
+        Err(beatd::store::Error::LeaseLost)
     ));
     assert!(matches!(
         em.recover(&old).await,
-        Err(beatd::beat_io::Error::LeaseLost)
+        Err(beatd::store::Error::LeaseLost)
     ));
     em.recover(&new).await.unwrap();
     // The committed batch is recorded; the staged one is gone, not recorded, not visible.

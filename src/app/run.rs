@@ -1,0 +1,46 @@
+//! `beatd run`: beat and worker in one process. Without a Redis URL, the embedded mode (the
+//! state file and its lock, an in-process queue); with one, the Redis beat and worker side by
+//! side.
+
+use super::daemon::{self, BeatPorts, Daemon};
+use super::settings::Settings;
+use crate::beat::BeatOptions;
+use crate::error::Error;
+use crate::ops::http;
+use std::sync::Arc;
+
+/// Runs `beatd run` until stopped.
+///
+/// # Errors
+/// Invalid schedules or tasks, rejected credentials, a locked state file, an address that
+/// cannot be bound.
+pub async fn run(settings: Settings) -> Result<u8, Error> {
+    let d = Daemon::new(settings.shutdown_grace)?;
+    let entries = daemon::load_entries(&settings.schedules, d.clock.as_ref())?;
+    let registry = daemon::registry(&settings.file)?;
+    let opts = daemon::worker_options(&settings);
+    let paths = settings.schedules.clone();
+    let ready: http::ReadyFn = if let Some(url) = &settings.redis_url {
+        let conn = daemon::redis(url).await?;
+        let ports = BeatPorts::redis(&conn, &settings.namespace, settings.lock_ttl);
+        tracing::info!(entries = entries.len(), redis = %url.redacted(), "beat and worker starting on redis");
+        daemon::start_beat(&d, ports, entries, paths, BeatOptions::default());
+        daemon::start_redis_worker(&d, opts, registry, conn.clone());
+        daemon::redis_ready(conn, &d)
+    } else {
+        let state = &settings.state_file;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let ports = BeatPorts::embedded(state, tx)?;
+        tracing::info!(
+            entries = entries.len(),
+            state = %state.display(),
+            tasks = ?registry.names(),
+            "embedded mode (no Redis configured): beat and worker in one process"
+        );
+        daemon::start_beat(&d, ports, entries, paths, BeatOptions::default());
+        daemon::start_local_worker(&d, &opts, registry, rx);
+        Arc::new(|| true)
+    };
+    let listener = daemon::bind(settings.http_addr).await?;
+    d.serve(ready, listener).await
+}
