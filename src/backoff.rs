@@ -37,7 +37,7 @@ impl Backoff {
     }
 
     /// The wait before the next attempt; the one after doubles.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         let wait = self.current;
         self.current = self.current.saturating_mul(2).min(self.max);
         wait
@@ -59,10 +59,10 @@ mod tests {
     #[test]
     fn doubles_caps_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(500));
-        let waits: Vec<u128> = (0..5).map(|_| b.next().as_millis()).collect();
+        let waits: Vec<u128> = (0..5).map(|_| b.next_wait().as_millis()).collect();
         assert_eq!(waits, [100, 200, 400, 500, 500]);
         b.reset();
-        assert_eq!(b.next(), Duration::from_millis(100));
+        assert_eq!(b.next_wait(), Duration::from_millis(100));
         assert_eq!(b.after(3), Duration::from_millis(400));
         assert_eq!(b.after(u32::MAX), Duration::from_millis(500));
     }

@@ -400,7 +400,7 @@ pub fn start_redis_worker(d: &Daemon, opts: WorkerOptions, registry: Registry, c
             }
             tokio::select! {
                 () = shutdown.graceful.cancelled() => return,
-                () = tokio::time::sleep(backoff.next()) => {}
+                () = tokio::time::sleep(backoff.next_wait()) => {}
             }
         }
     });

@@ -280,9 +280,11 @@ mod tests {
 
     #[test]
     fn flags_win_over_env_and_env_over_the_file() {
-        let mut file = AppConfig::default();
-        file.namespace = "from-file".into();
-        file.lock_ttl = Duration::from_secs(30);
+        let file = AppConfig {
+            namespace: "from-file".into(),
+            lock_ttl: Duration::from_secs(30),
+            ..AppConfig::default()
+        };
         let env = |k: &str| (k == "CELERY_BROKER_URL").then(|| "redis://env:6379/0".to_owned());
         let s = Settings::resolve_with(&Flags::default(), file.clone(), env).unwrap();
         assert_eq!(s.namespace, "from-file");

@@ -214,7 +214,7 @@ impl Beat {
                         (TermEnd::StoreError, lease) => {
                             self.set_leader(false);
                             held = Some(lease);
-                            (backoff.next(), false)
+                            (backoff.next_wait(), false)
                         }
                     }
                 }
@@ -225,7 +225,7 @@ impl Beat {
                 }
                 Err(e) => {
                     self.store_failed(&e);
-                    (backoff.next(), false)
+                    (backoff.next_wait(), false)
                 }
             };
             tokio::select! {

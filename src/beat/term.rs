@@ -189,7 +189,7 @@ impl Term {
     /// it answers, after a backoff.
     pub(crate) fn store_failed(&mut self, now: Instant) {
         self.phase = Phase::Replan {
-            not_before: Some(now + self.retry.next()),
+            not_before: Some(now + self.retry.next_wait()),
         };
     }
 

@@ -127,7 +127,7 @@ pub(crate) async fn consume(
                     _ = abort.cancelled() => break,
                 };
                 if let Err(e) = waited {
-                    let wait = backoff.next();
+                    let wait = backoff.next_wait();
                     tracing::warn!(error = %e, retry_in = ?wait, "cannot wait for messages");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
@@ -141,7 +141,7 @@ pub(crate) async fn consume(
             }
             Err(e) => {
                 ctx.pipeline.redis_error();
-                let wait = backoff.next();
+                let wait = backoff.next_wait();
                 tracing::warn!(error = %e, retry_in = ?wait, "cannot fetch messages");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -350,7 +350,7 @@ async fn finish(ctx: &Ctx, tag: &str, task_id: &str, finished: &Finished) {
             }
             Err(_) => {
                 ctx.pipeline.redis_error();
-                tokio::time::sleep(delay.next()).await;
+                tokio::time::sleep(delay.next_wait()).await;
             }
         }
     }

@@ -38,7 +38,7 @@ pub async fn run_local(
                 let task = match pipeline.receive(&raw) {
                     Ok(task) => task,
                     Err(rejected) => {
-                        pipeline.store_finished(rejected).await;
+                        pipeline.store_finished(*rejected).await;
                         return;
                     }
                 };

@@ -124,7 +124,7 @@ impl Pipeline {
     pub async fn handle(&self, raw: &[u8]) -> Disposition {
         let task = match self.receive(raw) {
             Ok(task) => task,
-            Err(rejected) => return self.store_finished(rejected).await,
+            Err(rejected) => return self.store_finished(*rejected).await,
         };
         if let Some(eta) = task.eta {
             crate::clock::sleep_until(self.clock.as_ref(), eta).await;
@@ -139,13 +139,13 @@ impl Pipeline {
     ///
     /// # Errors
     /// The rejected message's [`Finished`].
-    pub fn receive(&self, raw: &[u8]) -> Result<ParsedTask, Finished> {
+    pub fn receive(&self, raw: &[u8]) -> Result<ParsedTask, Box<Finished>> {
         match Envelope::parse_limited(raw, self.max_message_bytes) {
             Ok(task) => {
                 tracing::debug!(task_id = %task.id, task = %task.task, "task received");
                 Ok(task)
             }
-            Err(err) => Err(self.reject(&err)),
+            Err(err) => Err(Box::new(self.reject(&err))),
         }
     }
 

@@ -97,7 +97,7 @@ impl ResultSink for LogResults {
     }
 }
 
-/// Keeps every record in memory, in order (tests, `run --dry-run`).
+/// Keeps every record in memory, in order (tests).
 #[derive(Debug, Clone, Default)]
 pub struct MemoryResults {
     /// The records stored so far.

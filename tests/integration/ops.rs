@@ -15,6 +15,7 @@ use std::process::Command;
 
 mod deploy;
 mod http;
+mod liveness;
 mod logs;
 mod reload;
 mod systemd;
