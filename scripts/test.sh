@@ -36,6 +36,8 @@ export BEATD_TEST_PYTHON="$VENV/bin/python"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== no import cycles between modules"
+python3 scripts/import-cycles.py
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"

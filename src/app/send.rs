@@ -36,7 +36,7 @@ pub async fn send(settings: &Settings, args: &SendArgs) -> Result<u8, Error> {
         .expires(expires)
         .origin(crate::host::origin());
     let encoded = msg.encode(now);
-    crate::redis::send_one(&conn, &encoded.list_key, encoded.payload.as_bytes()).await?;
+    crate::emit::send_one(&conn, &encoded.list_key, encoded.payload.as_bytes()).await?;
     println!("{}", encoded.id);
     Ok(exit::OK)
 }

@@ -6,7 +6,6 @@ use crate::cli::{OutputFormat, StatusArgs};
 use crate::clock::{Clock, SystemClock};
 use crate::entry::Entry;
 use crate::error::{exit, Error};
-use crate::redis;
 use crate::state::LastRun;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
@@ -30,7 +29,7 @@ pub async fn status(settings: &Settings, args: &StatusArgs) -> Result<u8, Error>
         )
     } else {
         let (conn, keys) = super::daemon::connect_once(settings).await?;
-        let st = redis::status(&conn, &keys).await?;
+        let st = crate::state::status(&conn, &keys).await?;
         let leader = match st.leader {
             Some(l) => json!({
                 "mode": "redis",

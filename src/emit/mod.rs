@@ -16,7 +16,7 @@ pub mod redis;
 pub use crate::store::Error;
 pub use local::LocalEmitter;
 pub use memory::{MemoryEmitter, Pushed};
-pub use redis::{EmitOptions, RedisEmitter};
+pub use redis::{send_one, EmitOptions, RedisEmitter};
 
 use crate::leader::Lease;
 use async_trait::async_trait;
@@ -93,7 +93,7 @@ pub trait StagedEmitter: Emitter {
 
     /// Makes a staged batch visible to workers, atomically and only while the lock still
     /// holds `lease.token`, then records its last runs (as [`Emitter::emit`] does) and forgets
-    /// the batch. Committing a committed batch again only records it.
+    /// the batch. Once recorded, the batch is gone: committing it again is an error.
     ///
     /// # Errors
     /// [`Error::LeaseLost`]; [`Error::Unavailable`] when the store failed before the batch

@@ -335,6 +335,22 @@ impl StagedEmitter for RedisEmitter {
     }
 }
 
+/// `LPUSH`es one message now (`beatd send`): no lock, no state, like Celery's `send_task`.
+/// Returns the list's length after the push.
+///
+/// # Errors
+/// As the connection's.
+pub async fn send_one(conn: &RedisConn, list_key: &str, payload: &[u8]) -> Result<u64, Error> {
+    conn.run(|mut c| async move {
+        ::redis::cmd("LPUSH")
+            .arg(list_key.as_bytes())
+            .arg(payload)
+            .query_async(&mut c)
+            .await
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,6 @@
 //! The one way into Redis, for the beat, the worker and the one-shot commands: the URL
 //! ([`url`]), the self-healing connection with its timeouts and backoff ([`conn`]), the error
-//! type named for what happened, the names of beatd's own keys ([`Keys`]), and the two
-//! one-shot operations of the CLI ([`commands`]).
+//! type named for what happened, and the names of beatd's own keys ([`Keys`]).
 //!
 //! beatd's own keys, all under one namespace (default `beatd`):
 //!
@@ -21,11 +20,9 @@
 //! concern (`leader/scripts`, `emit/scripts`). Never imports `beat`, `leader`, `emit`,
 //! `state` or `worker`: they import this.
 
-pub mod commands;
 pub mod conn;
 pub mod url;
 
-pub use commands::{send_one, status, Status};
 pub use conn::{connect, ConnectOptions, RedisConn};
 pub use url::{resolve_url, BrokerUrl, RedactedUrl, UrlSource};
 

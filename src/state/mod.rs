@@ -4,7 +4,8 @@
 //!
 //! Owns reading and pruning the state, and the one rule for recording a run ([`record`]).
 //! Writing belongs to emission alone, atomically with the push (`crate::emit`), so state and
-//! queue never disagree. Never imports `emit`, `leader` or `beat`.
+//! queue never disagree. `beatd status` reads the lock holder beside the last runs
+//! ([`status`]), so this imports `leader`; never `emit` or `beat`.
 
 pub mod file;
 pub mod memory;
@@ -13,7 +14,7 @@ pub mod redis;
 pub use crate::store::Error;
 pub use file::FileState;
 pub use memory::MemoryState;
-pub use redis::RedisState;
+pub use redis::{status, RedisState, Status};
 
 use async_trait::async_trait;
 use std::collections::HashMap;

@@ -2,6 +2,7 @@
 //! by the emission scripts (`crate::emit::redis`). Owns reading and pruning them.
 
 use super::{LastRun, StateStore};
+use crate::leader::{LeaderInfo, RedisLeader, DEFAULT_TTL};
 use crate::redis::{Error, Keys, RedisConn};
 use crate::store;
 use async_trait::async_trait;
@@ -98,4 +99,25 @@ impl StateStore for RedisState {
     async fn forget(&self, entries: &[String]) -> Result<(), store::Error> {
         Ok(self.remove(entries).await?)
     }
+}
+
+/// What `beatd status` shows from Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The lock holder, `None` when no replica leads.
+    pub leader: Option<LeaderInfo>,
+    /// Last run per entry, including entries no longer in the files until the beat forgets
+    /// them.
+    pub last_runs: HashMap<String, LastRun>,
+}
+
+/// Reads the leader and the last runs under `keys`.
+///
+/// # Errors
+/// As the connection's.
+pub async fn status(conn: &RedisConn, keys: &Keys) -> Result<Status, Error> {
+    let leader = RedisLeader::new(conn.clone(), keys.clone(), DEFAULT_TTL);
+    let leader = leader.holder().await?;
+    let last_runs = RedisState::new(conn.clone(), keys.clone()).read().await?;
+    Ok(Status { leader, last_runs })
 }

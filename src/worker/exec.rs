@@ -3,7 +3,7 @@
 //! `BEATD_TASK_*` variables, and maps its exit to a result. Output is read with bounds so a
 //! chatty program cannot exhaust memory.
 
-use super::registry::{Handler, TaskError, TaskRequest, TaskResult};
+use super::task::{Handler, TaskError, TaskRequest, TaskResult};
 use super::Error;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

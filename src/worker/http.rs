@@ -4,8 +4,8 @@
 //! environment: checked when the task is registered (a missing secret fails at startup) and
 //! re-read on every request (a rotated secret needs no restart).
 
-use super::registry::{Handler, TaskError, TaskRequest, TaskResult};
 use super::spec::HeaderValue;
+use super::task::{Handler, TaskError, TaskRequest, TaskResult};
 use super::Error;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

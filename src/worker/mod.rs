@@ -31,12 +31,14 @@ mod registry;
 mod restore;
 mod results;
 mod spec;
+mod task;
 
 pub use local::run_local;
 pub use pipeline::{Disposition, Finished, Pipeline, DEFAULT_MAX_MESSAGE_BYTES};
-pub use registry::{Handler, Registered, Registry, TaskError, TaskRequest, TaskResult};
+pub use registry::{Registered, Registry};
 pub use results::{LogResults, MemoryResults, RedisResults, ResultSink};
 pub use spec::{HeaderValue, TaskKind, TaskOptions, TaskSpec};
+pub use task::{Handler, TaskError, TaskRequest, TaskResult};
 
 use crate::clock::SharedClock;
 use crate::ops::liveness::Heartbeat;
@@ -207,11 +209,20 @@ impl Worker {
             }
             Ok::<_, Error>((main, wait_conns))
         };
-        // Connecting retries for seconds while Redis is down: a stop signal must not wait for it.
-        let (main, wait_conns) = tokio::select! {
-            c = connecting => c?,
-            () = self.shutdown.graceful.cancelled() => return Ok(()),
-            () = self.shutdown.immediate.cancelled() => return Ok(()),
+        // Connecting retries for seconds while Redis is down: a stop signal must not wait for
+        // it, and the heartbeat goes on (the loop is waiting on the network, not wedged).
+        tokio::pin!(connecting);
+        let (main, wait_conns) = loop {
+            tokio::select! {
+                c = &mut connecting => break c?,
+                () = self.shutdown.graceful.cancelled() => return Ok(()),
+                () = self.shutdown.immediate.cancelled() => return Ok(()),
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if let Some(h) = &self.heartbeat {
+                        h.beat();
+                    }
+                }
+            }
         };
         let results = RedisResults::new(main.clone()).with_ttl(opts.result_ttl.as_secs());
         let pipeline = Pipeline::new(Arc::new(self.registry), Arc::new(results), self.clock)

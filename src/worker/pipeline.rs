@@ -4,8 +4,9 @@
 //! the result and decide on a retry. The Redis consumer and the embedded in-process queue of
 //! `beatd run` share it; neither acking nor queue I/O happens here.
 
-use super::registry::{Registry, TaskError, TaskRequest};
+use super::registry::Registry;
 use super::results::ResultSink;
+use super::task::{TaskError, TaskRequest};
 use crate::clock::SharedClock;
 use crate::ops::metrics::Metrics;
 use crate::protocol::{
@@ -319,7 +320,7 @@ fn request(task: &ParsedTask) -> TaskRequest {
 /// Runs the handler on its own task so a panic becomes a FAILURE, and aborts it (which
 /// kills an exec child) when the limit passes or when the caller is dropped.
 async fn run_guarded(
-    handler: Arc<dyn super::registry::Handler>,
+    handler: Arc<dyn super::task::Handler>,
     req: TaskRequest,
     limit: Option<Duration>,
 ) -> Result<Value, TaskError> {

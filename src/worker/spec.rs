@@ -65,10 +65,7 @@ impl TaskOptions {
     #[must_use]
     pub fn backoff(&self, retries: u32) -> Duration {
         const CAP: Duration = Duration::from_secs(3600);
-        let factor = 1u32.checked_shl(retries.min(31)).unwrap_or(u32::MAX);
-        self.retry_backoff
-            .checked_mul(factor)
-            .map_or(CAP, |d| d.min(CAP))
+        crate::backoff::Backoff::between(self.retry_backoff, CAP).after(retries.saturating_add(1))
     }
 }
 

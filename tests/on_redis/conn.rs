@@ -73,7 +73,7 @@ async fn password_protected_server_accepts_the_right_url_and_rejects_a_wrong_one
     let ok = connect(&at(":s3cr%40t@", 2), ConnectOptions::default())
         .await
         .expect("right password");
-    beatd_redis::send_one(&ok, "celery", b"{}").await.unwrap();
+    beatd::emit::send_one(&ok, "celery", b"{}").await.unwrap();
     // Without a password, db 2 fails in the handshake's SELECT and db 0 at the first PING.
     for (auth, db) in [(":badpw123@", 2), ("", 2), ("", 0), (":badpw123@", 0)] {
         let err = connect(&at(auth, db), ConnectOptions::default())

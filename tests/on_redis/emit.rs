@@ -110,18 +110,18 @@ async fn state_reads_all_three_hashes_and_forgets_entries() {
 async fn send_one_and_status() {
     let (_s, conn) = server().await;
     assert_eq!(
-        beatd_redis::send_one(&conn, "celery", b"{}").await.unwrap(),
+        beatd::emit::send_one(&conn, "celery", b"{}").await.unwrap(),
         1
     );
     let keys = Keys::default();
-    let st = beatd_redis::status(&conn, &keys).await.unwrap();
+    let st = beatd::state::status(&conn, &keys).await.unwrap();
     assert!(st.leader.is_none() && st.last_runs.is_empty());
     let lease = acquire(&leader(&conn, 10_000)).await;
     emitter(&conn)
         .emit(&lease, &[fire("a", 10, "celery")])
         .await
         .unwrap();
-    let st = beatd_redis::status(&conn, &keys).await.unwrap();
+    let st = beatd::state::status(&conn, &keys).await.unwrap();
     assert_eq!(
         st.leader.map(|l| (l.holder, l.epoch)),
         Some((lease.token, 1))
@@ -170,9 +170,9 @@ async fn backend_wires_all_three_traits_under_one_namespace() {
         .await
         .unwrap();
     assert_eq!(b.state.last_runs().await.unwrap()["a"].fire_at_ms, 1);
-    let default_ns = beatd_redis::status(&conn, &Keys::default()).await.unwrap();
+    let default_ns = beatd::state::status(&conn, &Keys::default()).await.unwrap();
     assert!(default_ns.leader.is_none() && default_ns.last_runs.is_empty());
-    let other = beatd_redis::status(&conn, &Keys::new("other"))
+    let other = beatd::state::status(&conn, &Keys::new("other"))
         .await
         .unwrap();
     assert_eq!(other.leader.map(|l| l.epoch), Some(1));

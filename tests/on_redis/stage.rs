@@ -60,7 +60,7 @@ async fn staged_fires_are_invisible_until_committed_and_recorded_once_settled() 
     assert!(list(&conn, "reports").await.is_empty());
     assert!(!runs(&conn).await.contains_key("a"));
 
-    em.commit(&lease, batch).await.unwrap();
+    em.publish(&lease, batch).await.unwrap();
     // The queue already held "old": its messages were moved behind it in order; "reports"
     // was empty and got the staged list as is.
     let celery = list(&conn, "celery").await;
@@ -78,7 +78,7 @@ async fn staged_fires_are_invisible_until_committed_and_recorded_once_settled() 
         ["{\"entry\":\"b\",\"at\":1000}"]
     );
     // Committing again is a no-op.
-    em.commit(&lease, batch).await.unwrap();
+    em.publish(&lease, batch).await.unwrap();
     assert_eq!(list(&conn, "celery").await.len(), 3);
 
     em.settle(batch).await.unwrap();
