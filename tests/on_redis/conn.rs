@@ -3,7 +3,7 @@
 use crate::*;
 use beatd::emit::{EmitOutcome::Sent, Emitter};
 use beatd::leader::LeaderLock;
-use beatd::redis::{self as beatd_redis, connect, ConnectOptions, Error};
+use beatd::redis::{connect, ConnectOptions, Error};
 use beatd::store::Error as IoError;
 use beatd::testkit::RedisServer;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 use crate::*;
 use beatd::emit::{EmitOptions, RedisEmitter};
 use beatd::emit::{EmitOutcome, Emitter, Fire};
-use beatd::redis::{self as beatd_redis, Keys};
+use beatd::redis::Keys;
 use beatd::state::{RedisState, StateStore};
 use std::time::Duration;
 use EmitOutcome::{AlreadySent, Sent};
