@@ -6,13 +6,13 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY examples ./examples
-RUN cargo build --release --locked --bin beatd
+RUN cargo build --profile footprint --locked --bin beatd
 
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates tzdata \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/target/release/beatd /usr/local/bin/beatd
+COPY --from=build /src/target/footprint/beatd /usr/local/bin/beatd
 COPY schedules /etc/beatd/schedules
 # Build-time check: the image is not built when a shipped schedule file is broken.
 RUN beatd check /etc/beatd/schedules

@@ -25,8 +25,8 @@ import redis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
-BEATD = os.environ.get("BENCH_BEATD", os.path.join(ROOT, "target", "release", "beatd"))
-NOOP_WORKER = os.path.join(ROOT, "target", "release", "examples", "bench_noop_worker")
+BEATD = os.environ.get("BENCH_BEATD", os.path.join(ROOT, "target", "footprint", "beatd"))
+NOOP_WORKER = os.path.join(ROOT, "target", "footprint", "examples", "bench_noop_worker")
 PEERS_BIN = os.path.join(BENCH, "tcs", "target", "release")
 OBSERVE = os.path.join(PEERS_BIN, "observe")
 TCS = os.path.join(PEERS_BIN, "tcs")

@@ -2,7 +2,7 @@
 # One command for every benchmark: bench/run.sh [--quick] [--only emission,drift,...]
 #
 # Installs the peers (a venv with celery[redis] and celery-redbeat under bench/.venv, the
-# tokio-cron-scheduler harness and queue observer under bench/tcs), builds beatd --release,
+# tokio-cron-scheduler harness and queue observer under bench/tcs), builds beatd with the footprint profile,
 # starts a private redis-server on a free port (never 6379), runs every measurement with a
 # bounded time, then writes bench/results/<stamp>.json and BENCHMARKS.md.
 set -euo pipefail
@@ -15,7 +15,7 @@ if [ ! -x bench/.venv/bin/celery ]; then
   bench/.venv/bin/pip install --quiet 'celery[redis]' celery-redbeat
 fi
 
-cargo build --release --bin beatd --example bench_noop_worker
+cargo build --profile footprint --bin beatd --example bench_noop_worker
 cargo build --release --manifest-path bench/tcs/Cargo.toml
 
 mkdir -p bench/results

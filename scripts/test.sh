@@ -19,8 +19,8 @@ fi
 # Python Celery for the interoperability tests and kubernetes-validate for the offline
 # check of deploy/k8s (a private venv, never the system's).
 VENV="${BEATD_TEST_VENV:-$PWD/.venv-celery}"
-if ! "$VENV/bin/python" -c 'import celery, redis, kubernetes_validate' >/dev/null 2>&1; then
-  echo "== creating $VENV with celery[redis] and kubernetes-validate"
+if ! "$VENV/bin/python" -c 'import celery, redis, kubernetes_validate, honcho' >/dev/null 2>&1; then
+  echo "== creating $VENV with celery[redis], kubernetes-validate and honcho"
   if [ ! -x "$VENV/bin/python" ] && ! python3 -m venv "$VENV" >/dev/null 2>&1; then
     # Debian splits venv support (ensurepip) into its own package.
     rm -rf "$VENV"
@@ -30,7 +30,7 @@ if ! "$VENV/bin/python" -c 'import celery, redis, kubernetes_validate' >/dev/nul
     python3 -m venv "$VENV"
   fi
   "$VENV/bin/pip" install -q --disable-pip-version-check 'celery[redis]>=5.4,<6' \
-    'kubernetes-validate>=1.28'
+    'kubernetes-validate>=1.28' 'honcho>=2,<3'
 fi
 export BEATD_TEST_PYTHON="$VENV/bin/python"
 

@@ -105,6 +105,10 @@ pub struct LeaderArgs {
     /// Leader lock time-to-live, e.g. `10s` [default: 10s].
     #[arg(long, env = "BEATD_LOCK_TTL", value_name = "DURATION")]
     pub lock_ttl: Option<humantime::Duration>,
+    /// Report not ready (`/readyz` 503) while this replica's schedule files differ from the
+    /// leader's [default: only logged and counted].
+    #[arg(long, env = "BEATD_STRICT_SCHEDULE")]
+    pub strict_schedule: bool,
 }
 
 /// Worker options.
@@ -179,14 +183,16 @@ pub struct CheckArgs {
 pub struct NextArgs {
     #[command(flatten)]
     pub schedules: ScheduleArgs,
-    /// Fire times per entry.
-    #[arg(long, default_value_t = 5)]
-    pub count: usize,
+    /// Fire times per entry (at least 1).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    pub count: u16,
     /// Only this entry (repeatable).
     #[arg(long)]
     pub entry: Vec<String>,
-    /// Start from this instant (RFC 3339) instead of now.
-    #[arg(long, value_name = "RFC3339")]
+    /// Start from this instant instead of now: RFC 3339 (`2027-03-26T12:00:00+01:00`), or a
+    /// local date-time (`2027-03-26T12:00:00`) read in the app-wide default zone (UTC unless
+    /// set).
+    #[arg(long, value_name = "DATETIME")]
     pub from: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]

@@ -1,63 +1,128 @@
 //! `beatd check`: validates `beatd.toml` and the schedule files, reporting every problem as
-//! `path:line:column`; exits 1 when there is any.
+//! `path:line:column`, and ends with one summary line; exits 1 when there is any error.
+//! Nothing to check is an error too: a CI step run from the wrong directory must not pass.
 
-use super::settings::{app_config, schedule_paths, Flags};
+use super::settings::{app_config, default_timezone, schedule_paths, Flags};
 use crate::clock::{Clock, SystemClock};
-use crate::config;
+use crate::config::{self, AppConfig};
+use crate::entry::Entry;
 use crate::error::{exit, Error};
+use std::path::Path;
 
 /// Runs the check.
 ///
 /// # Errors
 /// None today: every problem found is reported and turns into exit code 1.
 pub fn check(flags: &Flags) -> Result<u8, Error> {
+    let mut errors = 0usize;
+    let mut warnings = 0usize;
     // beatd.toml first: it may name the schedule paths.
-    let (file, mut failed) = match app_config(flags.config.as_deref()) {
-        Ok(file) => (file, false),
+    let config_given = flags.config.is_some() || Path::new("beatd.toml").is_file();
+    let file = match app_config(flags.config.as_deref()) {
+        Ok(file) => file,
         Err(Error::Config(d)) => {
             eprint!("{d}");
-            (config::AppConfig::default(), true)
+            errors += d.errors().count();
+            warnings += d.warnings().count();
+            AppConfig::default()
         }
         Err(e) => return Err(e),
     };
     // Only the schedule paths matter here: a check must not fail on a Redis URL it never uses.
-    let paths = if flags.schedules.is_empty() {
-        // The default schedule directory is optional for a worker-only host.
-        schedule_paths(flags, &file)
-            .iter()
-            .filter(|p| p.exists())
-            .cloned()
-            .collect()
-    } else {
-        flags.schedules.clone()
+    let paths = schedule_paths(flags, &file);
+    if paths.is_empty() {
+        eprintln!("error: no schedule paths configured: nothing to check");
+        errors += 1;
+    }
+    for p in &paths {
+        if let Some(why) = nothing_to_check(p) {
+            eprintln!("{}: error: {why}", p.display());
+            eprintln!(
+                "  = help: run beatd from the project directory, or name the schedules with \
+                 --schedules PATH (or BEATD_SCHEDULES)"
+            );
+            errors += 1;
+        }
+    }
+    let tz = match default_timezone(&file, |k| std::env::var(k).ok()) {
+        Ok(tz) => tz,
+        Err(e) => {
+            eprintln!("error: {e}");
+            errors += 1;
+            None
+        }
     };
     let mut entries = 0;
-    if !paths.is_empty() {
-        match config::load_schedules(&paths, SystemClock.now()) {
+    if errors == 0 {
+        match config::load_schedules_in(&paths, SystemClock.now(), tz) {
             Ok(loaded) => {
                 for w in &loaded.warnings {
                     eprint!("{w}");
+                }
+                warnings += loaded.warnings.len();
+                if config_given {
+                    warnings += unhandled(&loaded.entries, &file);
                 }
                 entries = loaded.entries.len();
             }
             Err(d) => {
                 eprint!("{d}");
-                eprintln!("check failed: {}", d.summary());
-                failed = true;
+                errors += d.errors().count();
+                warnings += d.warnings().count();
             }
         }
     }
-    if failed {
+    if errors > 0 {
+        eprintln!("check failed: {}", summary(errors, warnings));
         return Ok(exit::FAILURE);
     }
     let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    println!(
-        "ok: {entries} entries in {}",
-        if shown.is_empty() {
-            "(no schedules)".to_string()
-        } else {
-            shown.join(", ")
-        }
-    );
+    let noun = if entries == 1 { "entry" } else { "entries" };
+    let warned = if warnings > 0 {
+        format!(" ({})", summary(0, warnings))
+    } else {
+        String::new()
+    };
+    println!("ok: {entries} {noun} in {}{warned}", shown.join(", "));
     Ok(exit::OK)
+}
+
+/// Why `path` gives nothing to check, if it does not.
+fn nothing_to_check(path: &Path) -> Option<String> {
+    if !path.exists() {
+        return Some("no such file or directory: nothing to check".into());
+    }
+    if path.is_dir() {
+        let has_toml = std::fs::read_dir(path).ok()?.any(|e| {
+            e.ok()
+                .is_some_and(|e| e.path().extension().is_some_and(|x| x == "toml"))
+        });
+        if !has_toml {
+            return Some("directory has no *.toml schedule files: nothing to check".into());
+        }
+    }
+    None
+}
+
+/// Warns about each scheduled task name `beatd.toml` has no handler for (a Python worker may
+/// run them; `beatd worker` would answer `NotRegistered`). Returns how many were warned.
+pub fn unhandled(entries: &[Entry], file: &AppConfig) -> usize {
+    let missing = config::unhandled_tasks(entries, file);
+    for (task, entry) in &missing {
+        eprintln!(
+            "warning: task {task:?} of entry {entry:?} has no handler in beatd.toml \
+             ([worker.tasks.\"{task}\"]): beatd's worker would fail it as NotRegistered; fine \
+             if a Celery worker runs it"
+        );
+    }
+    missing.len()
+}
+
+fn summary(errors: usize, warnings: usize) -> String {
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    match (errors, warnings) {
+        (e, 0) => plural(e, "error"),
+        (0, w) => plural(w, "warning"),
+        (e, w) => format!("{}, {}", plural(e, "error"), plural(w, "warning")),
+    }
 }

@@ -7,6 +7,7 @@
 //! [`serve_beat`] is the whole beat daemon with its dependencies passed in, so a test can run
 //! it in-process on ports of its own choosing.
 
+pub use super::reload::Sources;
 use super::settings::Settings;
 use crate::beat::message::CeleryEncoder;
 use crate::beat::{Beat, BeatOptions, BeatStatus, Emission};
@@ -22,6 +23,7 @@ use crate::ops::metrics::Metrics;
 use crate::ops::notify::{self as sd, Watchdog};
 use crate::redis::{BrokerUrl, ConnectOptions, Keys, RedisConn};
 use crate::shutdown::Signals;
+use crate::state::fleet::{Agreement, Fleet};
 use crate::state::{FileState, RedisState, StateStore};
 use crate::worker::{Registry, Shutdown, WorkerOptions};
 use std::net::SocketAddr;
@@ -177,8 +179,13 @@ pub async fn bind(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, Error
 ///
 /// # Errors
 /// Diagnostics of invalid files.
-pub fn load_entries(paths: &[PathBuf], clock: &dyn Clock) -> Result<Vec<Entry>, Error> {
-    let loaded = config::load_schedules(paths, clock.now()).map_err(Error::Config)?;
+pub fn load_entries(
+    paths: &[PathBuf],
+    default_timezone: Option<chrono_tz::Tz>,
+    clock: &dyn Clock,
+) -> Result<Vec<Entry>, Error> {
+    let loaded =
+        config::load_schedules_in(paths, clock.now(), default_timezone).map_err(Error::Config)?;
     for w in &loaded.warnings {
         tracing::warn!("{}", w.to_string().trim_end());
     }
@@ -267,15 +274,22 @@ impl BeatPorts {
     }
 }
 
-/// Starts the beat loop and the reloader under the daemon; returns the beat's status for
-/// readiness.
+/// A started beat: its status (readiness) and its current entries.
+pub struct StartedBeat {
+    /// Leader or not, store reachable or not.
+    pub status: Arc<BeatStatus>,
+    /// The entries the beat runs; a reload sends a new value.
+    pub entries: watch::Receiver<Arc<[Entry]>>,
+}
+
+/// Starts the beat loop and the reloader under the daemon.
 pub fn start_beat(
     d: &Daemon,
     ports: BeatPorts,
     entries: Vec<Entry>,
-    paths: Vec<PathBuf>,
+    sources: Sources,
     options: BeatOptions,
-) -> Arc<BeatStatus> {
+) -> StartedBeat {
     let (tx, rx) = watch::channel::<Arc<[Entry]>>(entries.into());
     // The load's parse tree, raw tables and the list just copied are free now; without this
     // glibc keeps them as the idle footprint (with 10,000 entries, most of it).
@@ -292,7 +306,7 @@ pub fn start_beat(
         emission: ports.emission,
         state: ports.state,
         encoder: Arc::new(CeleryEncoder::new(d.clock.clone(), crate::host::origin())),
-        entries: rx,
+        entries: rx.clone(),
         status: status.clone(),
         metrics: d.metrics.clone(),
         options,
@@ -300,19 +314,60 @@ pub fn start_beat(
     };
     d.tracker.spawn(beat.run(d.signals.graceful.clone()));
     d.tracker.spawn(super::reload::run(
-        paths,
+        sources,
         tx,
         d.signals.reload.clone(),
         d.clock.clone(),
         d.metrics.clone(),
         d.signals.graceful.clone(),
     ));
-    status
+    StartedBeat {
+        status,
+        entries: rx,
+    }
 }
 
-/// The beat daemon, whole: the beat on `ports`, the reloader on `paths`, HTTP on `listener`,
-/// systemd and the watchdog, until the daemon's graceful signal. Ready while the store
-/// answers.
+/// Starts the watch that publishes (as leader) or compares (as standby) the schedule set on
+/// Redis; returns what it found, for readiness.
+pub fn start_fleet_watch(
+    d: &Daemon,
+    conn: &RedisConn,
+    namespace: &str,
+    beat: &StartedBeat,
+) -> Arc<Agreement> {
+    let agreement = Arc::new(Agreement::default());
+    let status = beat.status.clone();
+    d.tracker.spawn(crate::state::fleet::watch(
+        Fleet::new(conn.clone(), Keys::new(namespace)),
+        beat.entries.clone(),
+        move || status.is_leader.load(Ordering::Relaxed),
+        format!("{}:{}", crate::host::hostname(), std::process::id()),
+        d.metrics.clone(),
+        agreement.clone(),
+        d.signals.graceful.clone(),
+    ));
+    agreement
+}
+
+/// Readiness of a beat on Redis: the store answers, and with `strict_schedule` this
+/// replica's schedule files match the leader's.
+#[must_use]
+pub fn beat_ready(
+    beat: &StartedBeat,
+    agreement: &Arc<Agreement>,
+    strict_schedule: bool,
+) -> http::ReadyFn {
+    let status = beat.status.clone();
+    let agreement = agreement.clone();
+    Arc::new(move || {
+        status.store_reachable.load(Ordering::Relaxed)
+            && !(strict_schedule && agreement.mismatch().is_some())
+    })
+}
+
+/// The beat daemon, whole: the beat on `ports`, the reloader on `sources`, the schedule-set
+/// watch on `fleet`, HTTP on `listener`, systemd and the watchdog, until the daemon's graceful
+/// signal. Ready while the store answers (and, with `strict_schedule`, the schedules agree).
 ///
 /// # Errors
 /// As [`Daemon::serve`].
@@ -320,13 +375,33 @@ pub async fn serve_beat(
     d: Daemon,
     ports: BeatPorts,
     entries: Vec<Entry>,
-    paths: Vec<PathBuf>,
+    sources: Sources,
     options: BeatOptions,
+    fleet: Option<FleetWatch>,
     listener: Option<TcpListener>,
 ) -> Result<u8, Error> {
-    let status = start_beat(&d, ports, entries, paths, options);
-    let ready: http::ReadyFn = Arc::new(move || status.store_reachable.load(Ordering::Relaxed));
+    let beat = start_beat(&d, ports, entries, sources, options);
+    let ready = match fleet {
+        Some(f) => {
+            let agreement = start_fleet_watch(&d, &f.conn, &f.namespace, &beat);
+            beat_ready(&beat, &agreement, f.strict_schedule)
+        }
+        None => {
+            let status = beat.status;
+            Arc::new(move || status.store_reachable.load(Ordering::Relaxed))
+        }
+    };
     d.serve(ready, listener).await
+}
+
+/// Where a beat on Redis compares its schedule set with the leader's.
+pub struct FleetWatch {
+    /// The Redis the replicas share.
+    pub conn: RedisConn,
+    /// Their namespace.
+    pub namespace: String,
+    /// Whether a replica whose schedule differs from the leader's is not ready.
+    pub strict_schedule: bool,
 }
 
 /// The registry of every task defined in `beatd.toml`.

@@ -62,9 +62,31 @@ const RELEASE_POLL: Duration = Duration::from_millis(100);
 /// sending a batch or waiting on Redis; past this, the memory waits for the next reload.
 const RELEASE_WAIT: Duration = Duration::from_secs(60);
 
+/// Where schedules are read from, and how.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Schedule files and directories.
+    pub paths: Vec<PathBuf>,
+    /// The zone of entries whose file sets none.
+    pub default_timezone: Option<chrono_tz::Tz>,
+}
+
+impl Sources {
+    /// Loads them as of `now`.
+    ///
+    /// # Errors
+    /// Diagnostics of invalid files.
+    pub fn load(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<config::Schedules, config::Diagnostics> {
+        config::load_schedules_in(&self.paths, now, self.default_timezone)
+    }
+}
+
 /// Reloads schedules into `entries` until `shutdown`.
 pub async fn run(
-    paths: Vec<PathBuf>,
+    sources: Sources,
     entries: watch::Sender<Arc<[Entry]>>,
     hup: Arc<Notify>,
     clock: SharedClock,
@@ -72,7 +94,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let (tx, mut rx) = mpsc::channel(64);
-    let _watcher = watch(&paths, tx);
+    let _watcher = watch(&sources.paths, tx);
     // The schedule the last reload replaced, until the beat's plan has dropped it: then its
     // memory is freed, and handed back to the kernel (glibc keeps it otherwise, about 5 MB
     // for 10,000 entries).
@@ -99,7 +121,7 @@ pub async fn run(
                 continue;
             }
         }
-        if let Some(old) = reload_once(&paths, &entries, clock.as_ref(), &metrics) {
+        if let Some(old) = reload_once(&sources, &entries, clock.as_ref(), &metrics) {
             replaced = Some((Arc::downgrade(&old), tokio::time::Instant::now()));
         }
     }
@@ -107,13 +129,13 @@ pub async fn run(
 
 /// One reload attempt; returns the schedule it replaced, if it replaced it.
 pub fn reload_once(
-    paths: &[PathBuf],
+    sources: &Sources,
     entries: &watch::Sender<Arc<[Entry]>>,
     clock: &dyn crate::clock::Clock,
     metrics: &Metrics,
 ) -> Option<Arc<[Entry]>> {
     sd::reloading();
-    let outcome = match config::load_schedules(paths, clock.now()) {
+    let outcome = match sources.load(clock.now()) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 tracing::warn!("{}", w.to_string().trim_end());

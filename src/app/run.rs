@@ -16,17 +16,31 @@ use std::sync::Arc;
 /// cannot be bound.
 pub async fn run(settings: Settings) -> Result<u8, Error> {
     let d = Daemon::new(settings.shutdown_grace)?;
-    let entries = daemon::load_entries(&settings.schedules, d.clock.as_ref())?;
+    let entries = daemon::load_entries(
+        &settings.schedules,
+        settings.default_timezone,
+        d.clock.as_ref(),
+    )?;
     let registry = daemon::registry(&settings.file)?;
+    for (task, entry) in crate::config::unhandled_tasks(&entries, &settings.file) {
+        tracing::warn!(task = %task, entry = %entry,
+            "scheduled task has no handler in beatd.toml; this worker will fail it as NotRegistered");
+    }
     let opts = daemon::worker_options(&settings);
-    let paths = settings.schedules.clone();
+    let paths = daemon::Sources {
+        paths: settings.schedules.clone(),
+        default_timezone: settings.default_timezone,
+    };
     let ready: http::ReadyFn = if let Some(url) = &settings.redis_url {
         let conn = daemon::redis(url).await?;
         let ports = BeatPorts::redis(&conn, &settings.namespace, settings.lock_ttl);
         tracing::info!(entries = entries.len(), redis = %url.redacted(), "beat and worker starting on redis");
-        daemon::start_beat(&d, ports, entries, paths, BeatOptions::default());
+        let beat = daemon::start_beat(&d, ports, entries, paths, BeatOptions::default());
+        let agreement = daemon::start_fleet_watch(&d, &conn, &settings.namespace, &beat);
         daemon::start_redis_worker(&d, opts, registry, conn.clone());
-        daemon::redis_ready(conn, &d)
+        let redis_up = daemon::redis_ready(conn, &d);
+        let strict = settings.strict_schedule;
+        Arc::new(move || redis_up() && !(strict && agreement.mismatch().is_some()))
     } else {
         let state = &settings.state_file;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -25,6 +25,8 @@ pub struct Flags {
     pub namespace: Option<String>,
     /// `--lock-ttl`.
     pub lock_ttl: Option<Duration>,
+    /// `--strict-schedule`.
+    pub strict_schedule: bool,
     /// `--http-addr` (`off` or an address).
     pub http_addr: Option<String>,
     /// `--shutdown-grace`.
@@ -66,6 +68,7 @@ impl Flags {
                 f.schedules.clone_from(&a.schedules.schedules);
                 redis(&mut f, &a.redis);
                 f.lock_ttl = d(a.leader.lock_ttl);
+                f.strict_schedule = a.leader.strict_schedule;
                 daemon(&mut f, &a.daemon);
             }
             Command::Worker(a) => {
@@ -77,6 +80,7 @@ impl Flags {
                 f.schedules.clone_from(&a.schedules.schedules);
                 redis(&mut f, &a.redis);
                 f.lock_ttl = d(a.leader.lock_ttl);
+                f.strict_schedule = a.leader.strict_schedule;
                 worker(&mut f, &a.worker);
                 daemon(&mut f, &a.daemon);
                 f.state_file.clone_from(&a.state_file);
@@ -106,14 +110,40 @@ impl Flags {
 pub struct Settings {
     /// `beatd.toml` as loaded (defaults when absent); task definitions live here.
     pub file: AppConfig,
-    /// Schedule paths: flags/env, else the file's, else `schedules/`.
+    /// The app-wide default zone: `BEATD_TIMEZONE`, then `CELERY_TIMEZONE`, then the file's.
+///
+/// # Errors
+/// A variable that names no IANA zone.
+pub fn default_timezone(
+    file: &AppConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<chrono_tz::Tz>, Error> {
+    for var in ["BEATD_TIMEZONE", "CELERY_TIMEZONE"] {
+        if let Some(v) = env(var).filter(|v| !v.trim().is_empty()) {
+            return v.trim().parse().map(Some).map_err(|_| {
+                Error::Usage(format!(
+                    "{var}={v:?} is not an IANA time zone (e.g. Europe/Paris, America/New_York, UTC)"
+                ))
+            });
+        }
+    }
+    Ok(file.default_timezone)
+}
+
+/// Schedule paths: flags/env, else the file's, else `schedules/`.
     pub schedules: Vec<PathBuf>,
+    /// The zone of entries whose schedule file sets none: `BEATD_TIMEZONE`,
+    /// `CELERY_TIMEZONE` (Celery's `timezone` setting), else `beatd.toml`'s
+    /// `[defaults] timezone`; `None`: UTC.
+    pub default_timezone: Option<chrono_tz::Tz>,
     /// The broker URL: flag, `BEATD_REDIS_URL`, `CELERY_BROKER_URL`, `REDIS_URL`, the file.
     pub redis_url: Option<BrokerUrl>,
     /// The key namespace.
     pub namespace: String,
     /// Leader lock TTL.
     pub lock_ttl: Duration,
+    /// Not ready while this replica's schedules differ from the leader's.
+    pub strict_schedule: bool,
     /// The HTTP address, `None` when `off`.
     pub http_addr: Option<SocketAddr>,
     /// Graceful stop limit.
@@ -164,9 +194,17 @@ impl Settings {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, Error> {
         let redis_url = resolve_url(flags.redis_url.as_deref(), &env)
-            .map(|(url, _source)| url)
-            .or_else(|| file.redis_url.as_ref().map(|u| u.as_str().to_owned()))
-            .map(|u| BrokerUrl::parse(&u).map_err(|e| Error::Usage(crate::error_chain(&e))))
+            .map(|(url, source)| (url, source.to_string()))
+            .or_else(|| {
+                file.redis_url
+                    .as_ref()
+                    .map(|u| (u.as_str().to_owned(), "beatd.toml".to_owned()))
+            })
+            .map(|(u, source)| {
+                BrokerUrl::parse(&u).map_err(|e| {
+                    Error::Usage(format!("{} (set by {source})", crate::error_chain(&e)))
+                })
+            })
             .transpose()?;
         let http_addr = match flags.http_addr.as_deref() {
             None => file.http_addr,
@@ -176,6 +214,7 @@ impl Settings {
                     .map_err(|e| Error::Usage(format!("--http-addr {s:?}: {e} (or `off`)")))?,
             ),
         };
+        let default_timezone = default_timezone(&file, &env)?;
         let state_file = state_file_in(
             flags.state_file.as_deref(),
             &file,
@@ -183,12 +222,14 @@ impl Settings {
         );
         Ok(Self {
             schedules: schedule_paths(flags, &file),
+            default_timezone,
             redis_url,
             namespace: flags
                 .namespace
                 .clone()
                 .unwrap_or_else(|| file.namespace.clone()),
             lock_ttl: flags.lock_ttl.unwrap_or(file.lock_ttl),
+            strict_schedule: flags.strict_schedule,
             http_addr,
             shutdown_grace: flags.shutdown_grace.unwrap_or(file.worker.shutdown_grace),
             state_file,

@@ -17,9 +17,10 @@ use std::collections::HashMap;
 /// Invalid schedule files; Redis unreachable; an unreadable state file.
 pub async fn status(settings: &Settings, args: &StatusArgs) -> Result<u8, Error> {
     let now = SystemClock.now();
-    let entries = crate::config::load_schedules(&settings.schedules, now)
+    let entries = crate::config::load_schedules_in(&settings.schedules, now, settings.default_timezone)
         .map_err(Error::Config)?
         .entries;
+    let mut schedule = Value::Null;
     let (leader, last_runs) = if settings.redis_url.is_none() {
         let path = &settings.state_file;
         let last = crate::state::file::read(path)?;
@@ -30,6 +31,7 @@ pub async fn status(settings: &Settings, args: &StatusArgs) -> Result<u8, Error>
     } else {
         let (conn, keys) = super::daemon::connect_once(settings).await?;
         let st = crate::state::status(&conn, &keys).await?;
+        schedule = compare_schedule(&conn, &keys, &entries).await?;
         let leader = match st.leader {
             Some(l) => json!({
                 "mode": "redis",
@@ -44,15 +46,42 @@ pub async fn status(settings: &Settings, args: &StatusArgs) -> Result<u8, Error>
     let rows = rows(&entries, &last_runs, now);
     match args.format {
         OutputFormat::Json => {
-            let out = json!({"leader": leader, "entries": rows});
+            let out = json!({"leader": leader, "schedule": schedule, "entries": rows});
             println!(
                 "{}",
                 serde_json::to_string_pretty(&out).expect("serializes")
             );
         }
-        OutputFormat::Text => print!("{}", render_text(&leader, &rows)),
+        OutputFormat::Text => print!("{}", render_text(&leader, &schedule, &rows)),
     }
     Ok(exit::OK)
+}
+
+/// These schedule files against the set the leader published: `null` when none is
+/// published (no leader, or one older than this feature).
+async fn compare_schedule(
+    conn: &crate::redis::RedisConn,
+    keys: &crate::redis::Keys,
+    entries: &[Entry],
+) -> Result<Value, Error> {
+    use crate::state::fleet::{Fleet, ScheduleSet};
+    let fleet = Fleet::new(conn.clone(), keys.clone());
+    let mine = ScheduleSet::of(entries);
+    let Some(published) = fleet.published().await? else {
+        return Ok(Value::Null);
+    };
+    let diff = match fleet.compare(&mine).await? {
+        Some((_, diff)) => diff,
+        None => crate::state::fleet::Diff::default(),
+    };
+    Ok(json!({
+        "leader": published.leader,
+        "matches": published.id == mine.id,
+        "only_here": diff.only_here,
+        "only_leader": diff.only_leader,
+        "changed": diff.changed,
+        "summary": diff.to_string(),
+    }))
 }
 
 fn rfc(t: DateTime<Utc>) -> String {
@@ -80,7 +109,7 @@ fn rows(entries: &[Entry], last: &HashMap<String, LastRun>, now: DateTime<Utc>) 
         .collect()
 }
 
-fn render_text(leader: &Value, rows: &[Value]) -> String {
+fn render_text(leader: &Value, schedule: &Value, rows: &[Value]) -> String {
     let mut out = String::new();
     match leader.get("holder").and_then(Value::as_str) {
         Some(holder) => out.push_str(&format!(
@@ -94,6 +123,15 @@ fn render_text(leader: &Value, rows: &[Value]) -> String {
             ));
         }
         None => out.push_str("leader: none (no replica holds the lock)\n"),
+    }
+    match schedule.get("matches").and_then(Value::as_bool) {
+        Some(true) => out.push_str("schedule: these files match the leader's\n"),
+        Some(false) => out.push_str(&format!(
+            "schedule: these files DIFFER from the leader's ({}): {}; only the leader's entries fire\n",
+            schedule["leader"].as_str().unwrap_or("?"),
+            schedule["summary"].as_str().unwrap_or("")
+        )),
+        None => {}
     }
     out.push_str(&format!(
         "{:<32} {:<26} {:<26} {}\n",

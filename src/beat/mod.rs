@@ -114,6 +114,9 @@ impl Default for BeatOptions {
 /// buffers back to the kernel (a few ms, after the instant).
 const BIG_BATCH: usize = 1_000;
 
+/// A regular fire sent later than this after its fire time counts as late.
+const LATE: TimeDelta = TimeDelta::seconds(1);
+
 /// How long before a fire time the loop wakes to sleep the rest precisely.
 const PRECISE: Duration = Duration::from_millis(2);
 
@@ -188,6 +191,8 @@ impl Beat {
         // its token (a Redis restart with AOF, a short partition), leading resumes without
         // waiting out the TTL.
         let mut held: Option<Lease> = None;
+        // Said once per stretch of standing by, at start and after each term.
+        let mut standby_said = false;
         loop {
             self.heartbeat.beat();
             let acquired = match held.take() {
@@ -200,6 +205,7 @@ impl Beat {
                 Ok(Some(lease)) => {
                     self.status.store_reachable.store(true, Ordering::Relaxed);
                     backoff.reset();
+                    standby_said = false;
                     match self.lead(lease, &shutdown).await {
                         (TermEnd::Cancelled, lease) => {
                             self.step_down(&lease).await;
@@ -221,6 +227,10 @@ impl Beat {
                 Ok(None) => {
                     self.status.store_reachable.store(true, Ordering::Relaxed);
                     backoff.reset();
+                    if !standby_said {
+                        tracing::info!("standing by: another replica holds the leader lock");
+                        standby_said = true;
+                    }
                     (self.options.acquire_interval, true)
                 }
                 Err(e) => {
@@ -618,10 +628,17 @@ impl Beat {
         now: DateTime<Utc>,
     ) {
         let entries = plan.entries().clone();
+        let (mut late, mut latest) = (0u64, TimeDelta::zero());
         for (i, (d, outcome)) in due.iter().zip(outcomes).enumerate() {
             let entry = &entries[d.idx];
             match outcome {
                 EmitOutcome::Sent => {
+                    // A catch-up run is late by design; a regular one a second late means
+                    // the beat is falling behind its schedule.
+                    if !d.catch_up && now - d.at > LATE {
+                        late += 1;
+                        latest = latest.max(now - d.at);
+                    }
                     self.status.sent.fetch_add(1, Ordering::Relaxed);
                     self.metrics
                         .messages_sent
@@ -646,6 +663,14 @@ impl Beat {
                 }
             }
             plan.complete(*d);
+        }
+        if late > 0 {
+            self.metrics.fires_late.inc_by(late);
+            tracing::warn!(
+                late,
+                latest_ms = latest.num_milliseconds(),
+                "fire times sent more than a second late: a takeover, or the beat falling behind its schedule"
+            );
         }
     }
 }

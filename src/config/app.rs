@@ -5,7 +5,7 @@
 
 use super::diagnostic::{Diagnostic, Diagnostics, SourceFile};
 use super::parse::{self, Node};
-use super::raw::{RawAppConfig, RawTask, RawWorker};
+use super::raw::{RawAppConfig, RawAppDefaults, RawTask, RawWorker};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -34,6 +34,9 @@ pub struct AppConfig {
     pub schedules: Vec<PathBuf>,
     /// `[worker]`.
     pub worker: WorkerConfig,
+    /// `[defaults] timezone`: the zone of entries whose schedule file sets none (Celery's
+    /// `timezone` setting). `None`: UTC.
+    pub default_timezone: Option<chrono_tz::Tz>,
 }
 
 /// `[worker]`: what the bundled worker consumes and how it runs tasks.
@@ -168,6 +171,7 @@ impl Default for AppConfig {
             state_file: None,
             schedules: vec![PathBuf::from("schedules")],
             worker: WorkerConfig::default(),
+            default_timezone: None,
         }
     }
 }
@@ -216,11 +220,16 @@ fn load(file: &SourceFile) -> Result<AppConfig, Diagnostics> {
         }
         true
     };
-    let worker = |key: &str, node: &Node<'_>, out: &mut Vec<Diagnostic>| {
-        key == "worker" && {
+    let worker = |key: &str, node: &Node<'_>, out: &mut Vec<Diagnostic>| match key {
+        "worker" => {
             parse::table::<RawWorker>(file, "[worker]", node, &tasks, out);
             true
         }
+        "defaults" => {
+            parse::table::<RawAppDefaults>(file, "[defaults] of beatd.toml", node, &parse::flat, out);
+            true
+        }
+        _ => false,
     };
     let Some(raw) = parse::table::<RawAppConfig>(file, "beatd.toml", &doc, &worker, &mut out)
     else {

@@ -42,9 +42,33 @@ pub struct Schedules {
     pub warnings: Vec<Diagnostic>,
 }
 
+/// (task, first entry naming it) for every task of an enabled entry that `app` defines no
+/// `[worker.tasks]` handler for: `beatd worker` answers those with `NotRegistered`.
+#[must_use]
+pub fn unhandled_tasks(entries: &[Entry], app: &AppConfig) -> Vec<(String, String)> {
+    let mut seen = std::collections::BTreeMap::new();
+    for e in entries.iter().filter(|e| e.enabled) {
+        if !app.worker.tasks.contains_key(&*e.task) {
+            seen.entry(e.task.to_string())
+                .or_insert_with(|| e.name.clone());
+        }
+    }
+    seen.into_iter().collect()
+}
+
 /// Loads schedule files. Each path is a file, or a directory whose `*.toml` files are read in
 /// name order (not recursively). On any error, returns every error and warning of every file.
 pub fn load_schedules(paths: &[PathBuf], now: DateTime<Utc>) -> Result<Schedules, Diagnostics> {
+    load_schedules_in(paths, now, None)
+}
+
+/// [`load_schedules`] with an app-wide default time zone (`beatd.toml`'s `[defaults]`,
+/// `CELERY_TIMEZONE`): used by entries whose file's `[defaults]` and own table set none.
+pub fn load_schedules_in(
+    paths: &[PathBuf],
+    now: DateTime<Utc>,
+    default_timezone: Option<chrono_tz::Tz>,
+) -> Result<Schedules, Diagnostics> {
     let mut diags = Vec::new();
     let mut sources = Vec::new();
     for path in paths {
@@ -65,7 +89,7 @@ pub fn load_schedules(paths: &[PathBuf], now: DateTime<Utc>) -> Result<Schedules
             Err(d) => diags.push(d),
         }
     }
-    finish(diags, check_sources(&sources, now))
+    finish(diags, check_sources(&sources, now, default_timezone))
 }
 
 /// Loads one schedule file from memory, as if read from `path`.
@@ -87,7 +111,7 @@ pub fn load_schedule_sources(
         .iter()
         .map(|(p, t)| SourceFile::new(p, t.as_str()))
         .collect();
-    finish(Vec::new(), check_sources(&files, now))
+    finish(Vec::new(), check_sources(&files, now, None))
 }
 
 fn finish(
@@ -106,7 +130,11 @@ fn finish(
 
 /// Validates every file and checks names across them. Diagnostics come out grouped by file in
 /// load order and sorted by position within each file.
-fn check_sources(files: &[SourceFile], now: DateTime<Utc>) -> (Vec<Entry>, Vec<Diagnostic>) {
+fn check_sources(
+    files: &[SourceFile],
+    now: DateTime<Utc>,
+    default_timezone: Option<chrono_tz::Tz>,
+) -> (Vec<Entry>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut entries = Vec::new();
     // name → (file index, span of the name's value) of its first definition
@@ -123,7 +151,7 @@ fn check_sources(files: &[SourceFile], now: DateTime<Utc>) -> (Vec<Entry>, Vec<D
         // Exactly: the list is copied into the beat's shared slice, and a doubled capacity
         // (16,384 slots for 10,000 entries) would be part of the load's peak.
         entries.reserve_exact(raw.entries.len());
-        validate::file(file, &raw, now, &mut out, |checked, out| {
+        validate::file(file, &raw, now, default_timezone, &mut out, |checked, out| {
             if let Some(name) = checked.name {
                 let (span, name) = (name.span(), name.into_inner());
                 if let Some((j, first)) = seen.get(&name) {

@@ -82,6 +82,15 @@ pub(crate) struct RawAppConfig {
     pub(crate) state_file: Option<Spanned<String>>,
     pub(crate) schedules: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) worker: Option<Spanned<RawWorker>>,
+    pub(crate) defaults: Option<Spanned<RawAppDefaults>>,
+}
+
+/// `[defaults]` of `beatd.toml`: what every schedule file inherits unless its own
+/// `[defaults]` says otherwise.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAppDefaults {
+    pub(crate) timezone: Option<Spanned<String>>,
 }
 
 /// `[worker]`.

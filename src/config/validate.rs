@@ -32,14 +32,17 @@ pub(crate) fn file(
     file: &SourceFile,
     raw: &ScheduleFile<'_, '_>,
     now: DateTime<Utc>,
+    default_timezone: Option<Tz>,
     out: &mut Vec<Diagnostic>,
     mut each: impl FnMut(Checked, &mut Vec<Diagnostic>),
 ) {
-    let defaults = raw
+    let mut defaults: Defaults = raw
         .defaults
         .as_ref()
         .map(|d| defaults(file, d.value.get_ref(), out))
         .unwrap_or_default();
+    // The file's own [defaults] win over the app-wide one.
+    defaults.timezone = defaults.timezone.or(default_timezone);
     let source = Arc::<Path>::from(file.path.as_path());
     for node in raw.entries {
         let Some(e) = parse::entry(file, node, out) else {
@@ -178,6 +181,27 @@ fn entry(
         .or(defaults.enabled)
         .unwrap_or(true);
     let window = window(file, e, defaults, tz, now, enabled, out);
+    if let (Some(max), Some(sched)) = (jitter, &schedule) {
+        if let Some(period) = shortest_period(sched).filter(|p| max >= *p) {
+            let span = e
+                .jitter
+                .as_ref()
+                .map_or_else(|| header.clone(), Spanned::span);
+            out.push(
+                file.warning(
+                    span,
+                    format!(
+                        "`jitter` of {} is not shorter than the entry's period ({})",
+                        humantime::format_duration(max),
+                        humantime::format_duration(period)
+                    ),
+                )
+                .with_help(
+                    "a fire may then be pushed past the next one; keep jitter well below the period",
+                ),
+            );
+        }
+    }
 
     if out.iter().filter(|d| d.is_error()).count() > errors_before || !raw.dropped.is_empty() {
         return None;
@@ -220,6 +244,30 @@ fn entry(
             line: file.line_of(header.start),
         }),
     })
+}
+
+/// The shortest `every` interval: one message per fire time through the broker, and the
+/// embedded beat's loop, are not built for more.
+const MIN_EVERY: Duration = Duration::from_secs(1);
+
+/// The shortest gap between two fire times of `schedule` (sampled for cron); `None` for a
+/// one-off.
+fn shortest_period(schedule: &Schedule) -> Option<Duration> {
+    match schedule {
+        Schedule::Every { interval, .. } => Some(*interval),
+        Schedule::At(_) => None,
+        Schedule::Cron(cron) => {
+            let reference = DateTime::<Utc>::from_timestamp(978_307_200, 0); // 2001-01-01
+            let fires: Vec<_> = std::iter::successors(reference, |t| cron.next_after(*t))
+                .skip(1)
+                .take(64)
+                .collect();
+            fires
+                .windows(2)
+                .filter_map(|w| (w[1] - w[0]).to_std().ok())
+                .min()
+        }
+    }
 }
 
 /// Exactly one of `cron` / `every` / `at`, parsed in the entry's zone.
@@ -288,6 +336,22 @@ fn schedule(
     }
     if let Some(every) = &e.every {
         let interval = keep(values::positive_duration(file, "every", every), out);
+        if let Some(i) = interval.filter(|i| *i < MIN_EVERY) {
+            out.push(
+                file.error(
+                    every.span(),
+                    format!(
+                        "`every` of {} is below the 1s minimum",
+                        humantime::format_duration(i)
+                    ),
+                )
+                .with_help(
+                    "beatd sends one message per fire time through the broker; for work more \
+                     often than every second, run a loop inside a task",
+                ),
+            );
+            return None;
+        }
         let anchor = match &e.anchor {
             Some(a) => keep(values::when(file, "anchor", a), out).map(|w| w.resolve(tz)),
             None => Some(DateTime::UNIX_EPOCH),

@@ -63,10 +63,37 @@ pub(crate) fn timezone(file: &SourceFile, v: &Spanned<String>) -> Result<Tz, Dia
     let name = v.get_ref().trim();
     name.parse::<Tz>().map_err(|_| {
         let d = file.error(v.span(), format!("unknown time zone `{name}`"));
+        if let Some(zones) = abbreviation(name) {
+            return d.with_help(format!(
+                "`{name}` is an abbreviation, not a zone: write the IANA zone of the place, \
+                 e.g. {zones} (it follows daylight saving time by itself)"
+            ));
+        }
         match closest_zone(name) {
             Some(best) => d.with_help(format!("did you mean `{best}`?")),
             None => d.with_help("use an IANA name such as \"Europe/Paris\" or \"UTC\""),
         }
+    })
+}
+
+/// IANA zones for the common abbreviations people write (`CEST` is summer time of a place,
+/// not a zone of its own; tzdb's `CET` and `EST` exist but are rarely what is meant).
+fn abbreviation(name: &str) -> Option<&'static str> {
+    Some(match name.to_ascii_uppercase().as_str() {
+        "CEST" | "MEZ" | "MESZ" => "\"Europe/Paris\", \"Europe/Berlin\" or \"Europe/Madrid\"",
+        "BST" => "\"Europe/London\"",
+        "IST" => "\"Asia/Kolkata\" or \"Europe/Dublin\"",
+        "EEST" => "\"Europe/Athens\" or \"Europe/Helsinki\"",
+        "WEST" => "\"Europe/Lisbon\"",
+        "EDT" => "\"America/New_York\"",
+        "CDT" => "\"America/Chicago\"",
+        "MDT" => "\"America/Denver\"",
+        "PDT" | "PST" => "\"America/Los_Angeles\"",
+        "AEST" | "AEDT" => "\"Australia/Sydney\"",
+        "JST" => "\"Asia/Tokyo\"",
+        "KST" => "\"Asia/Seoul\"",
+        "BRT" => "\"America/Sao_Paulo\"",
+        _ => return None,
     })
 }
 

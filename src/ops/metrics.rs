@@ -43,6 +43,11 @@ pub struct Metrics {
     pub task_duration: Family<Labels, Histogram>,
     /// `beatd_worker_in_flight`.
     pub in_flight: Gauge,
+    /// `beatd_schedule_mismatch`: 1 while this replica's schedule differs from the leader's.
+    pub schedule_mismatch: Gauge,
+    /// `beatd_fires_late_total`: fire times sent more than a second after they fell due
+    /// while leading (a beat falling behind its schedule).
+    pub fires_late: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -121,8 +126,22 @@ impl Default for Metrics {
         );
         let in_flight = Gauge::default();
         registry.register("worker_in_flight", "Tasks running now", in_flight.clone());
+        let schedule_mismatch = Gauge::default();
+        registry.register(
+            "schedule_mismatch",
+            "1 while this replica's schedule files differ from the leader's",
+            schedule_mismatch.clone(),
+        );
+        let fires_late = Counter::default();
+        registry.register(
+            "fires_late",
+            "Fire times sent more than a second after they fell due",
+            fires_late.clone(),
+        );
         Self {
             registry,
+            schedule_mismatch,
+            fires_late,
             messages_sent,
             emission_lateness,
             is_leader,
@@ -175,6 +194,8 @@ mod tests {
             "beatd_reloads_total",
             "beatd_reload_failures_total",
             "beatd_worker_in_flight",
+            "beatd_schedule_mismatch 0",
+            "beatd_fires_late_total 0",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

@@ -15,6 +15,8 @@
 //! | `{ns}:batch:<id>` | hash | entry → `<fire ms> <fingerprint>`, the runs the batch will record |
 //! | `{ns}:batch:<id>:dests` | hash | index → destination queue list |
 //! | `{ns}:batch:<id>:q<index>` | list | staged messages, renamed onto the queue at the instant |
+//! | `{ns}:schedule_set_id` | string, PX | the leader's `<schedule set id> <host>:<pid>` |
+//! | `{ns}:schedule_set` | hash, PX | entry → fingerprint of the leader's schedule set |
 //!
 //! and the Celery queue lists it pushes to. The scripts that write them live with their
 //! concern (`leader/scripts`, `emit/scripts`). Never imports `beat`, `leader`, `emit`,
@@ -113,6 +115,10 @@ pub struct Keys {
     pub batches: String,
     /// `{ns}:batch:`, the prefix of every staged batch's keys.
     pub batch_prefix: String,
+    /// `{ns}:schedule_set_id`
+    pub schedule_set_id: String,
+    /// `{ns}:schedule_set`
+    pub schedule_set: String,
 }
 
 impl Keys {
@@ -127,6 +133,8 @@ impl Keys {
             fingerprint: format!("{ns}:fingerprint"),
             batches: format!("{ns}:batches"),
             batch_prefix: format!("{ns}:batch:"),
+            schedule_set_id: format!("{ns}:schedule_set_id"),
+            schedule_set: format!("{ns}:schedule_set"),
         }
     }
 }

@@ -150,6 +150,35 @@ fn stray_letter(index: usize, text: &str) -> Option<char> {
     )
 }
 
+/// A misspelt month or day name in field `index`, with the closest real one: `MOM` reads as
+/// an illegal `M` to croner, where the user meant `MON`.
+fn unknown_name(index: usize, text: &str) -> Option<String> {
+    let (names, kind): (&[&str], &str) = match index {
+        4 => (&MONTH_NAMES, "month"),
+        5 => (&DAY_NAMES, "day"),
+        _ => return None,
+    };
+    let token = text
+        .split(|c: char| ",-/#".contains(c))
+        .map(str::to_ascii_uppercase)
+        .find(|t| {
+            t.len() >= 2
+                && t.chars().all(|c| c.is_ascii_alphabetic())
+                && !names.contains(&t.as_str())
+                && !(index == 5 && t == "L")
+        })?;
+    let best = names
+        .iter()
+        .map(|n| (strsim::jaro_winkler(&token, n), *n))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .filter(|(score, _)| *score >= 0.7)
+        .map(|(_, n)| n);
+    Some(match best {
+        Some(n) => format!("unknown {kind} name \"{token}\"; did you mean {n}?"),
+        None => format!("unknown {kind} name \"{token}\""),
+    })
+}
+
 /// croner's message, reworded to sit after `invalid hour field "25": `.
 fn reword(err: &croner::errors::CronError, text: &str) -> String {
     let raw = err.to_string();
@@ -183,6 +212,9 @@ fn stray_letters(fields: &[(&str, Range<usize>)]) -> Option<CronError> {
     let skip = 6 - fields.len();
     fields.iter().enumerate().find_map(|(i, (text, span))| {
         let c = stray_letter(i + skip, text)?;
+        if let Some(hint) = unknown_name(i + skip, text) {
+            return Some(field_error(i + skip, text, span, &hint));
+        }
         Some(field_error(
             i + skip,
             text,

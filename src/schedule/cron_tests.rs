@@ -208,3 +208,23 @@ fn classifies_elapsed_time_entries_by_the_hour_field() {
     assert!(!elapsed("0 1-3 * * *"));
     assert!(!elapsed("@daily"));
 }
+
+#[test]
+fn a_misspelt_day_or_month_name_gets_the_closest_real_one() {
+    let e = err("0 9 * * MOM");
+    assert!(
+        e.message
+            .contains("unknown day name \"MOM\"; did you mean MON?"),
+        "{}",
+        e.message
+    );
+    let e = err("0 9 1 JNA *");
+    assert!(
+        e.message.contains("unknown month name \"JNA\"; did you mean JAN?"),
+        "{}",
+        e.message
+    );
+    // Names that are right stay accepted, and letters of other fields keep their message.
+    assert!(CronSchedule::parse("0 9 * * MON-FRI", UTC).is_ok());
+    assert!(err("0 x * * *").message.contains("illegal character 'x'"));
+}

@@ -8,6 +8,7 @@
 //! ([`status`]), so this imports `leader`; never `emit` or `beat`.
 
 pub mod file;
+pub mod fleet;
 pub mod memory;
 pub mod redis;
 

@@ -69,7 +69,7 @@ fn check_positional_paths_and_a_clean_file_exit_0() {
     let out = output(beatd(dir.path()).args(["check", "ok.toml"]));
     let (stdout, stderr) = texts(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("ok: 1 entries"), "{stdout}");
+    assert!(stdout.contains("ok: 1 entry in ok.toml"), "{stdout}");
 }
 
 #[test]
@@ -179,4 +179,115 @@ fn beat_without_redis_says_how_to_configure_it() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("beatd beat needs Redis"), "{stderr}");
     assert!(stderr.contains("beatd run"), "{stderr}");
+}
+
+#[test]
+fn check_with_nothing_to_check_fails_naming_the_path() {
+    // Run from a directory with no schedules/: a CI step in the wrong place must fail.
+    let dir = project(&[]);
+    let out = output(beatd(dir.path()).arg("check"));
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("schedules: error: no such file or directory: nothing to check"),
+        "{stderr}"
+    );
+    assert!(stderr.trim_end().ends_with("check failed: 1 error"), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    // A directory without one *.toml file is nothing to check either.
+    let empty = project(&[("schedules/README", "not a schedule")]);
+    let out = output(beatd(empty.path()).arg("check"));
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("directory has no *.toml schedule files"), "{stderr}");
+}
+
+#[test]
+fn check_ends_with_a_summary_also_for_beatd_toml_and_warns_about_unhandled_tasks() {
+    let dir = project(&[
+        ("beatd.toml", "namespce = \"x\"\n"),
+        ("schedules/a.toml", "[[entry]]\nname = \"a\"\ntask = \"t\"\nevery = \"1m\"\n"),
+    ]);
+    let out = output(beatd(dir.path()).arg("check"));
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("beatd.toml:1:1: error: unknown key `namespce`"), "{stderr}");
+    assert!(stderr.trim_end().ends_with("check failed: 1 error"), "{stderr}");
+
+    let ok = project(&[
+        (
+            "beatd.toml",
+            "[worker.tasks.\"t.known\"]\nkind = \"exec\"\ncommand = [\"true\"]\n",
+        ),
+        (
+            "schedules/a.toml",
+            "[[entry]]\nname = \"a\"\ntask = \"t.known\"\nevery = \"1m\"\n\
+             [[entry]]\nname = \"b\"\ntask = \"t.python\"\nevery = \"1m\"\n",
+        ),
+    ]);
+    let out = output(beatd(ok.path()).arg("check"));
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("task \"t.python\" of entry \"b\" has no handler in beatd.toml"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("\"t.known\""), "{stderr}");
+    assert_eq!(stdout.trim(), "ok: 2 entries in schedules (1 warning)");
+}
+
+#[test]
+fn next_reads_a_local_from_and_refuses_a_zero_count() {
+    let dir = project(&[(
+        "schedules/a.toml",
+        "[[entry]]\nname = \"a\"\ntask = \"t\"\ncron = \"0 12 * * *\"\n",
+    )]);
+    let out = output(beatd(dir.path()).args([
+        "next",
+        "--from",
+        "2027-03-26T12:00:00",
+        "--count",
+        "1",
+        "--format",
+        "json",
+    ]));
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    // Strictly after 12:00 UTC (the default zone): the next day's noon.
+    assert_eq!(v[0]["fires"], json!(["2027-03-27T12:00:00+00:00"]));
+    // With an app-wide zone, a local --from is read in it.
+    let out = output(
+        beatd(dir.path())
+            .env("CELERY_TIMEZONE", "Europe/Paris")
+            .args(["next", "--from", "2027-03-26T12:30", "--count", "1", "--format", "json"]),
+    );
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    // The entry's zone is now Paris too: 12:30 Paris is after noon, so the 27th at noon.
+    assert_eq!(v[0]["fires"], json!(["2027-03-27T12:00:00+01:00"]));
+    let out = output(beatd(dir.path()).args(["next", "--count", "0"]));
+    assert_eq!(out.status.code(), Some(2), "{:?}", texts(&out));
+    let out = output(beatd(dir.path()).args(["next", "--from", "tomorrow"]));
+    let (_, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("2027-03-26T12:00:00+01:00"), "{stderr}");
+}
+
+#[test]
+fn a_broker_url_that_is_not_redis_names_the_variable_it_came_from() {
+    let dir = project(&[(
+        "schedules/a.toml",
+        "[[entry]]\nname = \"a\"\ntask = \"t\"\nevery = \"1m\"\n",
+    )]);
+    let out = output(
+        beatd(dir.path())
+            .env("CELERY_BROKER_URL", "amqp://guest:secret@localhost:5672//")
+            .args(["beat", "--http-addr", "off"]),
+    );
+    let (_, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("(set by CELERY_BROKER_URL)"), "{stderr}");
+    assert!(!stderr.contains("secret"), "{stderr}");
 }

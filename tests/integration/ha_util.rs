@@ -80,6 +80,8 @@ pub struct BeatOpts {
     pub lock_ttl: Option<&'static str>,
     /// Serve `/readyz` on a free loopback port instead of `--http-addr off`.
     pub http: bool,
+    /// More arguments of `beatd beat`.
+    pub extra: Vec<&'static str>,
 }
 
 /// A `beatd beat` child process. Killed (`kill -9`) on drop if still running.
@@ -121,9 +123,12 @@ impl Beat {
         if let Some(ttl) = opts.lock_ttl {
             cmd.args(["--lock-ttl", ttl]);
         }
+        cmd.args(&opts.extra);
         // Only this test's Redis and settings: nothing from the environment the tests run in.
         for (k, _) in std::env::vars() {
-            if k.starts_with("BEATD_") || k == "CELERY_BROKER_URL" || k == "REDIS_URL" {
+            if k.starts_with("BEATD_")
+                || ["CELERY_BROKER_URL", "REDIS_URL", "CELERY_TIMEZONE"].contains(&k.as_str())
+            {
                 cmd.env_remove(k);
             }
         }

@@ -31,3 +31,5 @@ mod redis_cli;
 mod schedule_props;
 // Redis with a password, an ACL user limited to beatd's keys, and TLS.
 mod secure;
+// Two replicas of one namespace with different schedule files: the split is reported.
+mod split;

@@ -40,6 +40,7 @@ pub(crate) fn clean_env(cmd: &mut Command) {
                 "NOTIFY_SOCKET",
                 "RUST_LOG",
                 "STATE_DIRECTORY",
+                "CELERY_TIMEZONE",
             ]
             .contains(&k.as_str())
         {

@@ -26,6 +26,9 @@ const INHERITED: &[&str] = &[
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "STATE_DIRECTORY",
+    "BEATD_TIMEZONE",
+    "CELERY_TIMEZONE",
+    "BEATD_STRICT_SCHEDULE",
 ];
 
 /// `beatd` with a clean environment, run in `dir`.

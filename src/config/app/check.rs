@@ -93,6 +93,11 @@ pub(super) fn app(file: &SourceFile, raw: &RawAppConfig, out: &mut Vec<Diagnosti
             .worker
             .as_ref()
             .map_or_else(WorkerConfig::default, |w| worker(file, w.get_ref(), out)),
+        default_timezone: raw
+            .defaults
+            .as_ref()
+            .and_then(|d| d.get_ref().timezone.as_ref())
+            .and_then(|tz| keep(values::timezone(file, tz), out)),
     }
 }
 

@@ -242,3 +242,15 @@ fn a_bad_key_does_not_hide_bad_values_elsewhere() {
         ]
     );
 }
+
+#[test]
+fn app_wide_defaults_take_a_time_zone_and_report_a_bad_one() {
+    let c = load_app_config_str("beatd.toml", "[defaults]\ntimezone = \"Europe/Paris\"\n").unwrap();
+    assert_eq!(c.default_timezone.map(|t| t.name()), Some("Europe/Paris"));
+    let e = errors("[defaults]\ntimezone = \"CEST\"\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].message, "unknown time zone `CEST`");
+    assert_eq!((e[0].line, e[0].column), (2, 12));
+    let e = errors("[defaults]\nqueue = \"x\"\n");
+    assert!(e[0].message.contains("unknown"), "{:?}", e[0]);
+}

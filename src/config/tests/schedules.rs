@@ -332,3 +332,89 @@ schedules/reports.toml:6:1: error: unknown key `tsak` in [[entry]]
     assert_eq!(all.to_string(), want);
     assert_eq!(all.summary(), "2 errors");
 }
+
+#[test]
+fn an_interval_below_one_second_is_an_error_with_a_hint() {
+    let d = one("[[entry]]\nname = \"a\"\ntask = \"t\"\nevery = \"500ms\"\n");
+    assert_eq!(d.message, "`every` of 500ms is below the 1s minimum");
+    assert_eq!((d.line, d.column), (4, 9));
+    assert!(d.help.unwrap().contains("loop inside a task"));
+    let d = one("[[entry]]\nname = \"a\"\ntask = \"t\"\nevery = \"1ns\"\n");
+    assert!(d.message.contains("below the 1s minimum"), "{d}");
+    assert!(load_schedule_str(
+        "x.toml",
+        "[[entry]]\nname = \"a\"\ntask = \"t\"\nevery = \"1s\"\n",
+        NOW
+    )
+    .is_ok());
+}
+
+#[test]
+fn a_jitter_not_shorter_than_the_period_is_a_warning() {
+    let s = load_schedule_str(
+        "x.toml",
+        "[[entry]]\nname = \"a\"\ntask = \"t\"\nevery = \"1m\"\njitter = \"2m\"\n\
+         [[entry]]\nname = \"b\"\ntask = \"t\"\ncron = \"*/5 * * * *\"\njitter = \"5m\"\n\
+         [[entry]]\nname = \"c\"\ntask = \"t\"\ncron = \"0 * * * *\"\njitter = \"5m\"\n",
+        NOW,
+    )
+    .unwrap();
+    let w: Vec<_> = s.warnings.iter().map(|d| (d.line, d.message.clone())).collect();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert_eq!(
+        w[0],
+        (
+            5,
+            "`jitter` of 2m is not shorter than the entry's period (1m)".to_string()
+        )
+    );
+    assert_eq!(w[1].0, 9);
+    assert!(w[1].1.contains("period (5m)"), "{w:?}");
+}
+
+#[test]
+fn an_abbreviation_gets_the_iana_zone_people_mean() {
+    let d = one("[[entry]]\nname = \"a\"\ntask = \"t\"\ncron = \"0 9 * * *\"\ntimezone = \"CEST\"\n");
+    assert_eq!(d.message, "unknown time zone `CEST`");
+    let help = d.help.unwrap();
+    assert!(help.contains("\"Europe/Paris\""), "{help}");
+    assert!(!help.contains("`CET`"), "{help}");
+}
+
+#[test]
+fn the_app_wide_zone_applies_where_file_and_entry_set_none() {
+    use crate::config::load_schedules_in;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        "[[entry]]\nname = \"plain\"\ntask = \"t\"\ncron = \"0 9 * * *\"\n\
+         [[entry]]\nname = \"own\"\ntask = \"t\"\ncron = \"0 9 * * *\"\ntimezone = \"Asia/Tokyo\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        "[defaults]\ntimezone = \"America/New_York\"\n\
+         [[entry]]\nname = \"file\"\ntask = \"t\"\ncron = \"0 9 * * *\"\n",
+    )
+    .unwrap();
+    let paris: chrono_tz::Tz = "Europe/Paris".parse().unwrap();
+    let s = load_schedules_in(&[dir.path().to_path_buf()], NOW, Some(paris)).unwrap();
+    let zone = |n: &str| {
+        s.entries
+            .iter()
+            .find(|e| e.name == n)
+            .unwrap()
+            .timezone
+            .name()
+            .to_string()
+    };
+    assert_eq!(zone("plain"), "Europe/Paris");
+    assert_eq!(zone("own"), "Asia/Tokyo");
+    assert_eq!(zone("file"), "America/New_York");
+    let utc = load_schedules_in(&[dir.path().to_path_buf()], NOW, None).unwrap();
+    assert_eq!(
+        utc.entries.iter().find(|e| e.name == "plain").unwrap().timezone,
+        chrono_tz::UTC
+    );
+    let _ = at;
+}

@@ -96,8 +96,9 @@ fn a_wedged_beat_loop_turns_healthz_503_and_stops_the_watchdog() {
         d,
         ports,
         Vec::new(),
-        Vec::new(),
+        beatd::app::daemon::Sources::default(),
         options,
+        None,
         Some(listener),
     ));
 
