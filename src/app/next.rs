@@ -19,7 +19,9 @@ pub fn next(settings: &Settings, args: &NextArgs) -> Result<u8, Error> {
         Some(s) => parse_from(s, settings.default_timezone.unwrap_or(chrono_tz::UTC))?,
         None => now,
     };
-    let loaded = crate::config::load_schedules_in(&settings.schedules, now, settings.default_timezone).map_err(Error::Config)?;
+    let loaded =
+        crate::config::load_schedules_in(&settings.schedules, now, settings.default_timezone)
+            .map_err(Error::Config)?;
     for name in &args.entry {
         if !loaded.entries.iter().any(|e| &e.name == name) {
             return Err(Error::Usage(format!("no entry named {name:?}")));
@@ -44,24 +46,32 @@ fn parse_from(s: &str, tz: chrono_tz::Tz) -> Result<DateTime<Utc>, Error> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.to_utc());
     }
-    let local = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M"]
-        .iter()
-        .find_map(|f| chrono::NaiveDateTime::parse_from_str(s, f).ok())
-        .or_else(|| {
-            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                .ok()
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-        })
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "--from {s:?} is not a date-time: write 2027-03-26T12:00:00+01:00 (an instant) \
+    let local = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|f| chrono::NaiveDateTime::parse_from_str(s, f).ok())
+    .or_else(|| {
+        chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+    })
+    .ok_or_else(|| {
+        Error::Usage(format!(
+            "--from {s:?} is not a date-time: write 2027-03-26T12:00:00+01:00 (an instant) \
                  or 2027-03-26T12:00:00 (local time in {tz})"
-            ))
-        })?;
+        ))
+    })?;
     // In a DST gap the local time does not exist: the instant just after the gap.
     tz.from_local_datetime(&local)
         .earliest()
-        .or_else(|| tz.from_local_datetime(&(local + chrono::Duration::hours(1))).earliest())
+        .or_else(|| {
+            tz.from_local_datetime(&(local + chrono::Duration::hours(1)))
+                .earliest()
+        })
         .map(|t| t.to_utc())
         .ok_or_else(|| Error::Usage(format!("--from {s:?} does not exist in {tz}")))
 }

@@ -110,27 +110,7 @@ impl Flags {
 pub struct Settings {
     /// `beatd.toml` as loaded (defaults when absent); task definitions live here.
     pub file: AppConfig,
-    /// The app-wide default zone: `BEATD_TIMEZONE`, then `CELERY_TIMEZONE`, then the file's.
-///
-/// # Errors
-/// A variable that names no IANA zone.
-pub fn default_timezone(
-    file: &AppConfig,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<Option<chrono_tz::Tz>, Error> {
-    for var in ["BEATD_TIMEZONE", "CELERY_TIMEZONE"] {
-        if let Some(v) = env(var).filter(|v| !v.trim().is_empty()) {
-            return v.trim().parse().map(Some).map_err(|_| {
-                Error::Usage(format!(
-                    "{var}={v:?} is not an IANA time zone (e.g. Europe/Paris, America/New_York, UTC)"
-                ))
-            });
-        }
-    }
-    Ok(file.default_timezone)
-}
-
-/// Schedule paths: flags/env, else the file's, else `schedules/`.
+    /// Schedule paths: flags/env, else the file's, else `schedules/`.
     pub schedules: Vec<PathBuf>,
     /// The zone of entries whose schedule file sets none: `BEATD_TIMEZONE`,
     /// `CELERY_TIMEZONE` (Celery's `timezone` setting), else `beatd.toml`'s
@@ -262,6 +242,26 @@ impl Settings {
             ))
         })
     }
+}
+
+/// The app-wide default zone: `BEATD_TIMEZONE`, then `CELERY_TIMEZONE`, then the file's.
+///
+/// # Errors
+/// A variable that names no IANA zone.
+pub fn default_timezone(
+    file: &AppConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<chrono_tz::Tz>, Error> {
+    for var in ["BEATD_TIMEZONE", "CELERY_TIMEZONE"] {
+        if let Some(v) = env(var).filter(|v| !v.trim().is_empty()) {
+            return v.trim().parse().map(Some).map_err(|_| {
+                Error::Usage(format!(
+                    "{var}={v:?} is not an IANA time zone (e.g. Europe/Paris, America/New_York, UTC)"
+                ))
+            });
+        }
+    }
+    Ok(file.default_timezone)
 }
 
 /// Schedule paths: flags/env, else the file's (whose default is `schedules/`).

@@ -17,9 +17,10 @@ use std::collections::HashMap;
 /// Invalid schedule files; Redis unreachable; an unreadable state file.
 pub async fn status(settings: &Settings, args: &StatusArgs) -> Result<u8, Error> {
     let now = SystemClock.now();
-    let entries = crate::config::load_schedules_in(&settings.schedules, now, settings.default_timezone)
-        .map_err(Error::Config)?
-        .entries;
+    let entries =
+        crate::config::load_schedules_in(&settings.schedules, now, settings.default_timezone)
+            .map_err(Error::Config)?
+            .entries;
     let mut schedule = Value::Null;
     let (leader, last_runs) = if settings.redis_url.is_none() {
         let path = &settings.state_file;

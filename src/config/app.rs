@@ -226,7 +226,13 @@ fn load(file: &SourceFile) -> Result<AppConfig, Diagnostics> {
             true
         }
         "defaults" => {
-            parse::table::<RawAppDefaults>(file, "[defaults] of beatd.toml", node, &parse::flat, out);
+            parse::table::<RawAppDefaults>(
+                file,
+                "[defaults] of beatd.toml",
+                node,
+                &parse::flat,
+                out,
+            );
             true
         }
         _ => false,

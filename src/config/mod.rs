@@ -151,25 +151,32 @@ fn check_sources(
         // Exactly: the list is copied into the beat's shared slice, and a doubled capacity
         // (16,384 slots for 10,000 entries) would be part of the load's peak.
         entries.reserve_exact(raw.entries.len());
-        validate::file(file, &raw, now, default_timezone, &mut out, |checked, out| {
-            if let Some(name) = checked.name {
-                let (span, name) = (name.span(), name.into_inner());
-                if let Some((j, first)) = seen.get(&name) {
-                    let note = files[*j].note(first.clone(), "first defined here");
-                    out.push(
-                        file.error(span, format!("duplicate entry name `{name}`"))
-                            .with_note(note)
-                            .with_help(
-                                "entry names are unique across all schedule files; \
+        validate::file(
+            file,
+            &raw,
+            now,
+            default_timezone,
+            &mut out,
+            |checked, out| {
+                if let Some(name) = checked.name {
+                    let (span, name) = (name.span(), name.into_inner());
+                    if let Some((j, first)) = seen.get(&name) {
+                        let note = files[*j].note(first.clone(), "first defined here");
+                        out.push(
+                            file.error(span, format!("duplicate entry name `{name}`"))
+                                .with_note(note)
+                                .with_help(
+                                    "entry names are unique across all schedule files; \
                                  last-run state is keyed by them",
-                            ),
-                    );
-                    return;
+                                ),
+                        );
+                        return;
+                    }
+                    seen.insert(name, (i, span));
                 }
-                seen.insert(name, (i, span));
-            }
-            entries.extend(checked.entry);
-        });
+                entries.extend(checked.entry);
+            },
+        );
         out.sort_by_key(|d| (d.line, d.column));
         diags.extend(out);
     }

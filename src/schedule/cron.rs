@@ -167,16 +167,17 @@ fn unknown_name(index: usize, text: &str) -> Option<String> {
                 && !names.contains(&t.as_str())
                 && !(index == 5 && t == "L")
         })?;
+    // One edit away (a transposition counts as one): `MOM`, `JNA`, `TUS`. Anything further
+    // keeps croner's "illegal character", which points at the letter.
     let best = names
         .iter()
-        .map(|n| (strsim::jaro_winkler(&token, n), *n))
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .filter(|(score, _)| *score >= 0.7)
-        .map(|(_, n)| n);
-    Some(match best {
-        Some(n) => format!("unknown {kind} name \"{token}\"; did you mean {n}?"),
-        None => format!("unknown {kind} name \"{token}\""),
-    })
+        .map(|n| (strsim::damerau_levenshtein(&token, n), *n))
+        .min_by_key(|(d, _)| *d)
+        .filter(|(d, _)| *d <= 1)
+        .map(|(_, n)| n)?;
+    Some(format!(
+        "unknown {kind} name \"{token}\"; did you mean {best}?"
+    ))
 }
 
 /// croner's message, reworded to sit after `invalid hour field "25": `.

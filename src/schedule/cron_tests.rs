@@ -220,7 +220,8 @@ fn a_misspelt_day_or_month_name_gets_the_closest_real_one() {
     );
     let e = err("0 9 1 JNA *");
     assert!(
-        e.message.contains("unknown month name \"JNA\"; did you mean JAN?"),
+        e.message
+            .contains("unknown month name \"JNA\"; did you mean JAN?"),
         "{}",
         e.message
     );

@@ -192,27 +192,42 @@ fn check_with_nothing_to_check_fails_naming_the_path() {
         stderr.contains("schedules: error: no such file or directory: nothing to check"),
         "{stderr}"
     );
-    assert!(stderr.trim_end().ends_with("check failed: 1 error"), "{stderr}");
+    assert!(
+        stderr.trim_end().ends_with("check failed: 1 error"),
+        "{stderr}"
+    );
     assert!(stdout.is_empty(), "{stdout}");
     // A directory without one *.toml file is nothing to check either.
     let empty = project(&[("schedules/README", "not a schedule")]);
     let out = output(beatd(empty.path()).arg("check"));
     let (stdout, stderr) = texts(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
-    assert!(stderr.contains("directory has no *.toml schedule files"), "{stderr}");
+    assert!(
+        stderr.contains("directory has no *.toml schedule files"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn check_ends_with_a_summary_also_for_beatd_toml_and_warns_about_unhandled_tasks() {
     let dir = project(&[
         ("beatd.toml", "namespce = \"x\"\n"),
-        ("schedules/a.toml", "[[entry]]\nname = \"a\"\ntask = \"t\"\nevery = \"1m\"\n"),
+        (
+            "schedules/a.toml",
+            "[[entry]]\nname = \"a\"\ntask = \"t\"\nevery = \"1m\"\n",
+        ),
     ]);
     let out = output(beatd(dir.path()).arg("check"));
     let (stdout, stderr) = texts(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
-    assert!(stderr.contains("beatd.toml:1:1: error: unknown key `namespce`"), "{stderr}");
-    assert!(stderr.trim_end().ends_with("check failed: 1 error"), "{stderr}");
+    assert!(
+        stderr.contains("beatd.toml:1:1: error: unknown key `namespce`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.trim_end().ends_with("check failed: 1 error"),
+        "{stderr}"
+    );
 
     let ok = project(&[
         (
@@ -260,7 +275,15 @@ fn next_reads_a_local_from_and_refuses_a_zero_count() {
     let out = output(
         beatd(dir.path())
             .env("CELERY_TIMEZONE", "Europe/Paris")
-            .args(["next", "--from", "2027-03-26T12:30", "--count", "1", "--format", "json"]),
+            .args([
+                "next",
+                "--from",
+                "2027-03-26T12:30",
+                "--count",
+                "1",
+                "--format",
+                "json",
+            ]),
     );
     let (stdout, stderr) = texts(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");

@@ -55,7 +55,8 @@ fn a_replica_with_other_schedule_files_says_so_until_they_match() {
     );
     let port = b.http_port.unwrap();
     wait_until("the standby reports the split", WAIT, || {
-        b.log_text().contains("schedule files differ from those of the leader")
+        b.log_text()
+            .contains("schedule files differ from those of the leader")
     });
     let log = b.log_text();
     assert!(log.contains("standing by"), "{log}");
@@ -92,5 +93,7 @@ fn a_replica_with_other_schedule_files_says_so_until_they_match() {
         body(port, "/metrics").is_some_and(|m| m.contains("beatd_schedule_mismatch 0"))
     });
     assert_eq!(b.readyz(), Some(200));
-    assert!(b.log_text().contains("schedule files now match the leader's"));
+    assert!(b
+        .log_text()
+        .contains("schedule files now match the leader's"));
 }

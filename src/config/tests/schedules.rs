@@ -359,7 +359,11 @@ fn a_jitter_not_shorter_than_the_period_is_a_warning() {
         NOW,
     )
     .unwrap();
-    let w: Vec<_> = s.warnings.iter().map(|d| (d.line, d.message.clone())).collect();
+    let w: Vec<_> = s
+        .warnings
+        .iter()
+        .map(|d| (d.line, d.message.clone()))
+        .collect();
     assert_eq!(w.len(), 2, "{w:?}");
     assert_eq!(
         w[0],
@@ -368,13 +372,14 @@ fn a_jitter_not_shorter_than_the_period_is_a_warning() {
             "`jitter` of 2m is not shorter than the entry's period (1m)".to_string()
         )
     );
-    assert_eq!(w[1].0, 9);
+    assert_eq!(w[1].0, 10);
     assert!(w[1].1.contains("period (5m)"), "{w:?}");
 }
 
 #[test]
 fn an_abbreviation_gets_the_iana_zone_people_mean() {
-    let d = one("[[entry]]\nname = \"a\"\ntask = \"t\"\ncron = \"0 9 * * *\"\ntimezone = \"CEST\"\n");
+    let d =
+        one("[[entry]]\nname = \"a\"\ntask = \"t\"\ncron = \"0 9 * * *\"\ntimezone = \"CEST\"\n");
     assert_eq!(d.message, "unknown time zone `CEST`");
     let help = d.help.unwrap();
     assert!(help.contains("\"Europe/Paris\""), "{help}");
@@ -413,7 +418,11 @@ fn the_app_wide_zone_applies_where_file_and_entry_set_none() {
     assert_eq!(zone("file"), "America/New_York");
     let utc = load_schedules_in(&[dir.path().to_path_buf()], NOW, None).unwrap();
     assert_eq!(
-        utc.entries.iter().find(|e| e.name == "plain").unwrap().timezone,
+        utc.entries
+            .iter()
+            .find(|e| e.name == "plain")
+            .unwrap()
+            .timezone,
         chrono_tz::UTC
     );
     let _ = at;
