@@ -30,8 +30,8 @@ fn pyapp_dir() -> PathBuf {
     manifest_dir().join("tests/interop")
 }
 
-/// The Python interpreter with `celery` and `redis` importable.
-fn python() -> &'static Path {
+/// The Python interpreter with `celery` and `redis` importable (also `celery_import`'s).
+pub(crate) fn python() -> &'static Path {
     static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     match PYTHON.get_or_init(find_python) {
         Ok(p) => p,

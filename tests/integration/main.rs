@@ -4,6 +4,8 @@
 
 mod util;
 
+// scripts/celery-to-toml.py on a real Celery app: `beatd check`, and `next` against Celery.
+mod celery_import;
 // The chaos run (short) and its invariant checker.
 mod chaos;
 // Command line: check diagnostics and exit codes, next, help.
