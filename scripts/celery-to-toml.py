@@ -413,6 +413,11 @@ def schedule_lines(sched, relative: bool, app_tz: str, deadline) -> tuple[list[s
             )
         if every <= dt.timedelta(0):
             raise Refused(f"interval {every} is not positive")
+        if every < dt.timedelta(seconds=1):
+            raise Refused(
+                f"interval {every} is below beatd's 1s minimum (one message per fire time "
+                "through the broker): run a loop inside a task instead"
+            )
         text = humantime(every, "the interval")
         lines = [f"every = {toml_str(text)}"]
         note = (f"# Celery: every {text} from the last run; beatd: at anchor + k x {text}, "

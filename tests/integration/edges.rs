@@ -64,7 +64,7 @@ fn a_10_mb_schedule_file_loads() {
         started.elapsed()
     );
     assert!(status.success(), "{out}");
-    assert!(out.contains("ok: 1 entries"), "{out}");
+    assert!(out.contains("ok: 1 entry in schedules"), "{out}");
 }
 
 #[test]
