@@ -54,6 +54,36 @@ pub struct Entry {
     pub description: Option<Box<str>>,
     /// Where the entry was defined, for messages and `status`.
     pub source: Option<SourceRef>,
+    /// `protocol = "rq"`: the entry enqueues an RQ job instead of sending a Celery message.
+    pub rq: Option<Box<RqTarget>>,
+}
+
+/// What an RQ entry enqueues besides its function (`task`), arguments and queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RqTarget {
+    /// How `data` and `meta` are serialized: RQ's default pickle, or JSON for workers
+    /// started with `--serializer rq.serializers.JSONSerializer`.
+    pub serializer: RqSerializer,
+    /// `job_timeout`: the worker kills the job after this long.
+    pub timeout: Option<Duration>,
+    /// How long the result is kept; `Some(-1)`: forever (RQ's own encoding), in seconds.
+    pub result_ttl: Option<i64>,
+    /// How long the job may wait in the queue before RQ discards it.
+    pub ttl: Option<Duration>,
+    /// How long a failed job is kept.
+    pub failure_ttl: Option<Duration>,
+    /// Extra `job.meta` (beatd adds the fire time as `beatd_scheduled_at`).
+    pub meta: Map<String, Value>,
+}
+
+/// RQ's two serializers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RqSerializer {
+    /// `rq.serializers.DefaultSerializer` (pickle).
+    #[default]
+    Pickle,
+    /// `rq.serializers.JSONSerializer`.
+    Json,
 }
 
 /// A place in a schedule file.

@@ -60,6 +60,7 @@ impl FireEncoder for CeleryEncoder {
             entry: entry.name.clone(),
             fire_at_ms: at.timestamp_millis(),
             task_id: encoded.id,
+            rq: None,
             list_key: encoded.list_key,
             payload: encoded.payload.into_bytes(),
             schedule_fingerprint: entry.fingerprint(),

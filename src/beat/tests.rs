@@ -41,6 +41,7 @@ fn every(name: &str, secs: u64, catch_up: CatchUp) -> Entry {
         end_at: None,
         description: None,
         source: None,
+        rq: None,
     }
 }
 
@@ -53,6 +54,7 @@ impl FireEncoder for TestEncoder {
             entry: entry.name.clone(),
             fire_at_ms: at.timestamp_millis(),
             task_id: format!("{}@{}", entry.name, at.timestamp_millis()),
+            rq: None,
             list_key: entry.queue.to_string(),
             payload: format!("{}@{}#{epoch}", entry.name, at.timestamp_millis()).into_bytes(),
             schedule_fingerprint: entry.fingerprint(),

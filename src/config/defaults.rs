@@ -29,6 +29,13 @@ pub(crate) struct Defaults {
     // Civil datetimes stay unresolved: each entry reads them in its own zone.
     pub(crate) start_at: Option<Spanned<When>>,
     pub(crate) end_at: Option<Spanned<When>>,
+    // RQ: kept as written; each entry checks them against its own protocol.
+    pub(crate) protocol: Option<Spanned<String>>,
+    pub(crate) serializer: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) result_ttl: Option<Spanned<String>>,
+    pub(crate) ttl: Option<Spanned<String>>,
+    pub(crate) failure_ttl: Option<Spanned<String>>,
 }
 
 /// Validates `[defaults]`; each problem goes to `out` and leaves that default unset.
@@ -74,5 +81,11 @@ pub(crate) fn defaults(file: &SourceFile, d: &RawDefaults, out: &mut Vec<Diagnos
         enabled: d.enabled.as_ref().map(|v| *v.get_ref()),
         start_at: when("start_at", &d.start_at, out),
         end_at: when("end_at", &d.end_at, out),
+        protocol: d.protocol.clone(),
+        serializer: d.serializer.clone(),
+        timeout: d.timeout.clone(),
+        result_ttl: d.result_ttl.clone(),
+        ttl: d.ttl.clone(),
+        failure_ttl: d.failure_ttl.clone(),
     }
 }

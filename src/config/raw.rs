@@ -40,6 +40,12 @@ pub(crate) struct RawDefaults {
     pub(crate) enabled: Option<Spanned<bool>>,
     pub(crate) start_at: Option<Spanned<toml::Value>>,
     pub(crate) end_at: Option<Spanned<toml::Value>>,
+    pub(crate) protocol: Option<Spanned<String>>,
+    pub(crate) serializer: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) result_ttl: Option<Spanned<String>>,
+    pub(crate) ttl: Option<Spanned<String>>,
+    pub(crate) failure_ttl: Option<Spanned<String>>,
 }
 
 /// One `[[entry]]`.
@@ -69,6 +75,14 @@ pub(crate) struct RawEntry {
     pub(crate) start_at: Option<Spanned<toml::Value>>,
     pub(crate) end_at: Option<Spanned<toml::Value>>,
     pub(crate) description: Option<Spanned<String>>,
+    /// `celery` (default) or `rq`; the keys below only apply to `rq`.
+    pub(crate) protocol: Option<Spanned<String>>,
+    pub(crate) serializer: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) result_ttl: Option<Spanned<String>>,
+    pub(crate) ttl: Option<Spanned<String>>,
+    pub(crate) failure_ttl: Option<Spanned<String>>,
+    pub(crate) meta: Option<Spanned<toml::Table>>,
 }
 
 /// `beatd.toml`.

@@ -9,7 +9,7 @@ use super::diagnostic::{Diagnostic, SourceFile};
 use super::parse::{self, Parsed, ScheduleFile};
 use super::raw::RawEntry;
 use super::values::{self, catch_up, json_table, keep, nonempty, priority, When};
-use crate::entry::{Entry, SourceRef};
+use crate::entry::{Entry, RqSerializer, RqTarget, SourceRef};
 use crate::schedule::{self, CatchUp, CronSchedule, Schedule};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -181,6 +181,7 @@ fn entry(
         .or(defaults.enabled)
         .unwrap_or(true);
     let window = window(file, e, defaults, tz, now, enabled, out);
+    let rq = rq_target(file, e, defaults, out);
     if let (Some(max), Some(sched)) = (jitter, &schedule) {
         if let Some(period) = shortest_period(sched).filter(|p| max >= *p) {
             let span = e
@@ -208,6 +209,7 @@ fn entry(
     }
     let (name, task, schedule) = (name?, task?, schedule?);
     let (start_at, end_at) = window?;
+    let rq = rq?;
     Some(Entry {
         jitter_offset: jitter.map_or(Duration::ZERO, |max| schedule::jitter_offset(&name, max)),
         catch_up_window: catch_up_window
@@ -218,7 +220,12 @@ fn entry(
         timezone: tz,
         args: crate::entry::shared_args(args.unwrap_or_default()),
         kwargs: crate::entry::shared_table(kwargs.unwrap_or_default()),
-        queue: crate::entry::shared_str(queue.as_deref().unwrap_or("celery")),
+        // RQ's default queue is `default`, Celery's `celery`.
+        queue: crate::entry::shared_str(queue.as_deref().unwrap_or(if rq.is_some() {
+            "default"
+        } else {
+            "celery"
+        })),
         routing_key: e
             .routing_key
             .as_ref()
@@ -243,7 +250,157 @@ fn entry(
             path: source.clone(),
             line: file.line_of(header.start),
         }),
+        rq,
     })
+}
+
+/// `protocol` and the keys that only apply to one of them: `Some(None)` for a Celery entry,
+/// `Some(Some(target))` for an RQ one, `None` when something is wrong (reported to `out`).
+fn rq_target(
+    file: &SourceFile,
+    e: &RawEntry,
+    d: &Defaults,
+    out: &mut Vec<Diagnostic>,
+) -> Option<Option<Box<RqTarget>>> {
+    let errors_before = out.iter().filter(|d| d.is_error()).count();
+    let protocol = e.protocol.as_ref().or(d.protocol.as_ref());
+    let rq = match protocol.map(|p| (p, p.get_ref().trim())) {
+        None | Some((_, "celery")) => false,
+        Some((_, "rq")) => true,
+        Some((p, other)) => {
+            let diag = file.error(p.span(), format!("unknown protocol `{other}`"));
+            out.push(match values::suggest(other, ["celery", "rq"].into_iter()) {
+                Some(best) => diag.with_help(format!("did you mean `{best}`? (celery | rq)")),
+                None => diag.with_help("protocol is `celery` (the default) or `rq`"),
+            });
+            return None;
+        }
+    };
+    let own = |entry: &Option<Spanned<String>>, default: &Option<Spanned<String>>| {
+        entry.clone().or_else(|| default.clone())
+    };
+    let serializer = own(&e.serializer, &d.serializer);
+    let timeout = own(&e.timeout, &d.timeout);
+    let result_ttl = own(&e.result_ttl, &d.result_ttl);
+    let ttl = own(&e.ttl, &d.ttl);
+    let failure_ttl = own(&e.failure_ttl, &d.failure_ttl);
+    if !rq {
+        let rq_only = [
+            ("serializer", serializer.as_ref().map(Spanned::span)),
+            ("timeout", timeout.as_ref().map(Spanned::span)),
+            ("result_ttl", result_ttl.as_ref().map(Spanned::span)),
+            ("ttl", ttl.as_ref().map(Spanned::span)),
+            ("failure_ttl", failure_ttl.as_ref().map(Spanned::span)),
+            ("meta", e.meta.as_ref().map(Spanned::span)),
+        ];
+        for (key, span) in rq_only {
+            if let Some(span) = span {
+                out.push(
+                    file.error(span, format!("`{key}` only applies to protocol = \"rq\""))
+                        .with_help(
+                            "add `protocol = \"rq\"` to enqueue an RQ job; Celery entries use \
+                             `expires`, and a beatd worker's time limits are set in beatd.toml",
+                        ),
+                );
+            }
+        }
+        return (out.iter().filter(|d| d.is_error()).count() == errors_before).then_some(None);
+    }
+    let celery_only = [
+        (
+            "priority",
+            e.priority.as_ref().map(Spanned::span),
+            "RQ has no message priority; use a separate queue",
+        ),
+        (
+            "routing_key",
+            e.routing_key.as_ref().map(Spanned::span),
+            "RQ has no routing; `queue` names the RQ queue",
+        ),
+        (
+            "exchange",
+            e.exchange.as_ref().map(Spanned::span),
+            "RQ has no exchanges; `queue` names the RQ queue",
+        ),
+        (
+            "headers",
+            e.headers.as_ref().map(Spanned::span),
+            "RQ jobs carry `meta` instead",
+        ),
+        (
+            "expires",
+            e.expires.as_ref().map(Spanned::span),
+            "RQ's `ttl` discards a job that waited too long",
+        ),
+    ];
+    for (key, span, help) in celery_only {
+        if let Some(span) = span {
+            out.push(
+                file.error(span, format!("`{key}` does not apply to protocol = \"rq\""))
+                    .with_help(help),
+            );
+        }
+    }
+    if let Some(t) = &e.task {
+        let name = t.get_ref().trim();
+        let ident = |s: &str| {
+            !s.is_empty()
+                && !s.starts_with(|c: char| c.is_ascii_digit())
+                && s.chars().all(|c| c.is_alphanumeric() || c == '_')
+        };
+        if !(name.contains('.') && name.split('.').all(ident)) {
+            out.push(
+                file.error(
+                    t.span(),
+                    format!("RQ task `{name}` is not a dotted function path"),
+                )
+                .with_help("write the function as RQ imports it, e.g. \"app.tasks.count_words\""),
+            );
+        }
+    }
+    let serializer = match &serializer {
+        None => RqSerializer::Pickle,
+        Some(v) => match v.get_ref().trim() {
+            "pickle" => RqSerializer::Pickle,
+            "json" => RqSerializer::Json,
+            other => {
+                out.push(
+                    file.error(v.span(), format!("unknown serializer `{other}`"))
+                        .with_help("`pickle` (RQ's default) or `json` (workers started with --serializer rq.serializers.JSONSerializer)"),
+                );
+                RqSerializer::Pickle
+            }
+        },
+    };
+    let dur = |key: &str, v: &Option<Spanned<String>>, out: &mut Vec<Diagnostic>| {
+        v.as_ref()
+            .and_then(|v| keep(values::positive_duration(file, key, v), out))
+    };
+    let timeout = dur("timeout", &timeout, out);
+    let ttl = dur("ttl", &ttl, out);
+    let failure_ttl = dur("failure_ttl", &failure_ttl, out);
+    let result_ttl = match &result_ttl {
+        None => None,
+        Some(v) if v.get_ref().trim() == "forever" => Some(-1),
+        Some(v) => keep(values::duration(file, "result_ttl", v), out)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+    };
+    let meta = e
+        .meta
+        .as_ref()
+        .and_then(|m| keep(json_table(file, "meta", m), out))
+        .unwrap_or_default();
+    if out.iter().filter(|d| d.is_error()).count() > errors_before {
+        return None;
+    }
+    Some(Some(Box::new(RqTarget {
+        serializer,
+        timeout,
+        result_ttl,
+        ttl,
+        failure_ttl,
+        meta,
+    })))
 }
 
 /// The shortest `every` interval: one message per fire time through the broker, and the

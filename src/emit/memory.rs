@@ -234,6 +234,7 @@ mod tests {
             entry: entry.into(),
             fire_at_ms: at,
             task_id: String::new(),
+            rq: None,
             list_key: "celery".into(),
             payload: format!("{entry}@{at}").into_bytes(),
             schedule_fingerprint: "fp".into(),

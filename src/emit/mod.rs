@@ -30,14 +30,24 @@ pub struct Fire {
     pub fire_at_ms: i64,
     /// The Celery task id in the message (`headers.id`), for the fire's log line.
     pub task_id: String,
-    /// The Redis list to `LPUSH` to: the queue name, or `queue + "\x06\x16" + step` for a
-    /// kombu priority sub-queue.
+    /// The Redis list the message goes to: the queue name, or `queue + "\x06\x16" + step` for
+    /// a kombu priority sub-queue (`LPUSH`ed, as kombu does); `rq:queue:<name>` for an RQ job
+    /// (`RPUSH`ed, as RQ does).
     pub list_key: String,
-    /// The complete envelope JSON.
+    /// What lands in the list: the complete envelope JSON, or an RQ job's id.
     pub payload: Vec<u8>,
+    /// An RQ job's hash, written with the push; `None` for a Celery message.
+    pub rq: Option<Box<RqJobHash>>,
     /// Identifies the schedule the fire was planned from ([`crate::entry::Entry::fingerprint`]);
     /// stored beside the last run so a changed schedule can be told apart from a restart.
     pub schedule_fingerprint: String,
+}
+
+/// The `rq:job:<id>` hash of an RQ fire, as RQ writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RqJobHash {
+    /// Field name → value, only the fields set (RQ's worker dies on an empty number).
+    pub fields: Vec<(&'static str, Vec<u8>)>,
 }
 
 /// What happened to one [`Fire`].

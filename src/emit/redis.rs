@@ -10,7 +10,7 @@
 //! Owns batching and the scripts' argument layout. Does not build messages (`protocol`) or
 //! decide what is due (`beat`).
 
-use super::{BatchId, Committed, EmitOutcome, Emitter, Fire, StagedEmitter};
+use super::{BatchId, Committed, EmitOutcome, Emitter, Fire, RqJobHash, StagedEmitter};
 use crate::leader::Lease;
 use crate::redis::{Error, Keys, RedisConn};
 use crate::store;
@@ -241,7 +241,9 @@ impl RedisEmitter {
 
 /// Appends the fires in the layout `emit.lua` and `stage.lua` share: each distinct
 /// destination list as a key after the fixed ones, numbered from 1 in order of first use,
-/// then five arguments per fire (entry, fire ms, fingerprint, list number, payload).
+/// then five arguments per fire (entry, fire ms, fingerprint, list number, payload). An RQ
+/// job's list number is `r<number>` and its payload the msgpack array
+/// `[job id, field, value, ...]` the scripts unpack with `cmsgpack`.
 fn add_fires(inv: &mut ::redis::ScriptInvocation<'_>, fires: &[Fire]) {
     let mut lists: HashMap<&str, usize> = HashMap::new();
     for f in fires {
@@ -252,10 +254,58 @@ fn add_fires(inv: &mut ::redis::ScriptInvocation<'_>, fires: &[Fire]) {
         });
         inv.arg(&f.entry)
             .arg(f.fire_at_ms)
-            .arg(&f.schedule_fingerprint)
-            .arg(idx)
-            .arg(f.payload.as_slice());
+            .arg(&f.schedule_fingerprint);
+        match &f.rq {
+            None => {
+                inv.arg(idx).arg(f.payload.as_slice());
+            }
+            Some(job) => {
+                inv.arg(format!("r{idx}")).arg(rq_args(&f.payload, job));
+            }
+        }
     }
+}
+
+/// msgpack `[id, field, value, ...]`, strings only (Lua strings are bytes).
+fn rq_args(id: &[u8], job: &RqJobHash) -> Vec<u8> {
+    fn str_(out: &mut Vec<u8>, b: &[u8]) {
+        let n = b.len();
+        if n < 32 {
+            #[allow(clippy::cast_possible_truncation)]
+            out.push(0xa0 | n as u8);
+        } else if let Ok(n) = u8::try_from(n) {
+            out.extend([0xd9, n]);
+        } else if let Ok(n) = u16::try_from(n) {
+            out.push(0xda);
+            out.extend(n.to_be_bytes());
+        } else {
+            out.push(0xdb);
+            out.extend(u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
+        }
+        out.extend_from_slice(b);
+    }
+    let n = 1 + 2 * job.fields.len();
+    let mut out = Vec::with_capacity(
+        16 + id.len()
+            + job
+                .fields
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 10)
+                .sum::<usize>(),
+    );
+    if n < 16 {
+        #[allow(clippy::cast_possible_truncation)]
+        out.push(0x90 | n as u8);
+    } else {
+        out.push(0xdc);
+        out.extend(u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes());
+    }
+    str_(&mut out, id);
+    for (k, v) in &job.fields {
+        str_(&mut out, k.as_bytes());
+        str_(&mut out, v);
+    }
+    out
 }
 
 /// Splits `fires` into runs within both limits, never empty, order kept.
@@ -360,6 +410,7 @@ mod tests {
             entry: "e".into(),
             fire_at_ms: 0,
             task_id: String::new(),
+            rq: None,
             list_key: "celery".into(),
             payload: vec![b'x'; len],
             schedule_fingerprint: String::new(),

@@ -29,6 +29,7 @@ fn entry(schedule: Schedule) -> Entry {
         end_at: None,
         description: None,
         source: None,
+        rq: None,
     }
 }
 

@@ -56,6 +56,7 @@ async fn replica(
                 entry: "every-100ms".into(),
                 fire_at_ms: k * PERIOD_MS,
                 task_id: String::new(),
+                rq: None,
                 list_key: "celery".into(),
                 payload: (k * PERIOD_MS).to_string().into_bytes(),
                 schedule_fingerprint: "fp".into(),

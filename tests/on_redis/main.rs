@@ -11,6 +11,8 @@ mod emit;
 mod failover;
 /// Leader lock: acquire, renew, release, expiry, contenders, fencing.
 mod lock;
+/// RQ jobs through the same scripts, direct and staged.
+mod rq;
 /// Two-phase emission: stage, commit, settle, recovery, fencing.
 mod stage;
 /// How long 10,000 fires take (prints; asserts no time).
@@ -47,6 +49,7 @@ pub(crate) fn fire(entry: &str, at: i64, list: &str) -> Fire {
         entry: entry.into(),
         fire_at_ms: at,
         task_id: format!("{entry}@{at}"),
+        rq: None,
         list_key: list.into(),
         payload: format!("{{\"entry\":\"{entry}\",\"at\":{at}}}").into_bytes(),
         schedule_fingerprint: format!("fp-{entry}"),

@@ -74,6 +74,7 @@ fn herd(at: i64) -> Vec<Fire> {
             entry: format!("entry-{i:05}"),
             fire_at_ms: at,
             task_id: String::new(),
+            rq: None,
             list_key: if i % 2 == 0 {
                 "celery".into()
             } else {

@@ -22,14 +22,21 @@ local flat = redis.call('HGETALL', KEYS[3])
 for j = 1, #flat, 2 do
   local staged = ARGV[3] .. ':q' .. flat[j]
   local dest = flat[j + 1]
+  -- 'r:' marks an RQ queue: RPUSHed, taken from the head, registered in rq:queues.
+  local rq = string.sub(dest, 1, 2) == 'r:'
+  if rq then dest = string.sub(dest, 3) end
   if redis.call('EXISTS', staged) == 1 then
     if redis.call('EXISTS', dest) == 0 then
       redis.call('RENAME', staged, dest)
       redis.call('PERSIST', dest)
+    elseif rq then
+      while redis.call('LMOVE', staged, dest, 'LEFT', 'RIGHT') do
+      end
     else
       while redis.call('RPOPLPUSH', staged, dest) do
       end
     end
+    if rq then redis.call('SADD', 'rq:queues', dest) end
   end
 end
 redis.call('HSET', KEYS[2], ARGV[2], 'c')

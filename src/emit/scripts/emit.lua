@@ -5,6 +5,9 @@
 -- KEYS[4] = {ns}:fingerprint, KEYS[5..] = the distinct destination lists.
 -- ARGV[1] = lease token, then 5 values per fire, in order:
 --   entry, fire_at_ms, schedule fingerprint, list index i (the list is KEYS[4 + i]), payload.
+-- A Celery message's list index is a number and its payload the envelope (LPUSH, as kombu);
+-- an RQ job's index is 'r' .. i and its payload msgpack [job id, field, value, ...]: the hash
+-- rq:job:<id> is written, the id RPUSHed (as RQ does) and the queue added to rq:queues.
 -- Returns {0} when the lock does not hold the token (nothing written), else
 -- {1, outcomes} with outcomes one character per fire: 'S' sent, 'A' already sent.
 --
@@ -48,6 +51,8 @@ for s = 1, n, CHUNK do
 end
 
 local pushes = {}   -- list index -> payloads in fire order
+local cunpack = cmsgpack.unpack
+local jobs = {}     -- RQ: job key -> {field, value, ...}
 local out = {}
 local sent_at, sent_fp = {}, {} -- entry -> fire time as sent (text), fingerprint
 local sent_names = {}
@@ -65,7 +70,16 @@ for i = 0, n - 1 do
     end
     local qn = q.n + 1
     q.n = qn
-    q[qn] = argv[b + 4]
+    if string.byte(li, 1) == 114 then -- 'r': an RQ job
+      local job = cunpack(argv[b + 4])
+      local id = job[1]
+      local fields = {}
+      for k = 2, #job do fields[k - 1] = job[k] end
+      jobs['rq:job:' .. id] = fields
+      q[qn] = id
+    else
+      q[qn] = argv[b + 4]
+    end
     last[e] = at
     count[e] = count[e] + 1
     if sent_at[e] == nil then
@@ -80,9 +94,20 @@ for i = 0, n - 1 do
   end
 end
 
--- LPUSH of several values pushes them in order, so BRPOP takes them oldest first.
+-- RQ hashes first: a worker never pops an id whose hash is not there yet.
+for key, fields in pairs(jobs) do
+  call_chunked('HSET', key, fields)
+end
+-- LPUSH of several values pushes them in order, so BRPOP takes them oldest first; RQ's
+-- RPUSH likewise for its LPOP.
 for li, q in pairs(pushes) do
-  call_chunked('LPUSH', keys[4 + tonumber(li)], q)
+  if string.byte(li, 1) == 114 then
+    local list = keys[4 + tonumber(string.sub(li, 2))]
+    call_chunked('RPUSH', list, q)
+    redis.call('SADD', 'rq:queues', list)
+  else
+    call_chunked('LPUSH', keys[4 + tonumber(li)], q)
+  end
 end
 
 if #sent_names > 0 then

@@ -22,12 +22,20 @@ local function call_chunked(cmd, key, values)
   end
 end
 
-local function drop(batch)
+-- `rolled_back`: the batch never became visible, so the RQ job hashes it wrote go too.
+local function drop(batch, rolled_back)
   local dests = batch .. ':dests'
   for _, i in ipairs(redis.call('HKEYS', dests)) do
     redis.call('DEL', batch .. ':q' .. i)
   end
-  redis.call('DEL', batch, dests)
+  local jobs = batch .. ':jobs'
+  if rolled_back then
+    local keys = redis.call('SMEMBERS', jobs)
+    for s = 1, #keys, CHUNK do
+      redis.call('DEL', unpack(keys, s, min(s + CHUNK - 1, #keys)))
+    end
+  end
+  redis.call('DEL', batch, dests, jobs)
 end
 
 local function settle(batch)
@@ -78,10 +86,10 @@ for _, id in ipairs(ids) do
   local batch = ARGV[3] .. id
   if status == 'c' then
     settled = settled + settle(batch)
-    drop(batch)
+    drop(batch, false)
     redis.call('HDEL', KEYS[5], id)
   elseif all then
-    drop(batch)
+    drop(batch, true)
     redis.call('HDEL', KEYS[5], id)
     if status then rolled_back = rolled_back + 1 end
   end

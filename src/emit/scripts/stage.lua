@@ -9,6 +9,9 @@
 -- ARGV[1] = lease token, ARGV[2] = batch id, ARGV[3] = expiry of the staged keys in ms
 -- (a safety net only: recover.lua removes them), then 5 values per fire:
 --   entry, fire_at_ms, schedule fingerprint, list index i (the list is KEYS[5 + i]), payload.
+-- An RQ job (list index 'r' .. i, payload msgpack [job id, field, value, ...]) has its hash
+-- rq:job:<id> written now (no worker looks for it before its id is in the queue), listed
+-- under <batch>:jobs so a rollback deletes it; its destination is recorded as 'r:' .. list.
 -- Returns {0} when the lock does not hold the token, {2} when the batch was committed
 -- already, else {1, outcomes} with one character per fire: 'S' staged, 'A' already sent or
 -- already in this batch.
@@ -63,6 +66,8 @@ for s = 1, n, CHUNK do
 end
 
 local pushes, out, meta = {}, {}, {}
+local rq_dest = {} -- staged list index -> true for RQ destinations
+local job_keys = {}
 for i = 0, n - 1 do
   local b = 4 + i * 5
   local e = argv[b]
@@ -70,7 +75,14 @@ for i = 0, n - 1 do
   local prev = last[e]
   if (prev == nil or prev < at) and not held[e] then
     held[e] = true
-    local dest = keys[5 + tonumber(argv[b + 3])]
+    local li = argv[b + 3]
+    local is_rq = string.byte(li, 1) == 114
+    local dest
+    if is_rq then
+      dest = 'r:' .. keys[5 + tonumber(string.sub(li, 2))]
+    else
+      dest = keys[5 + tonumber(li)]
+    end
     local di = dest_index[dest]
     if di == nil then
       ndest = ndest + 1
@@ -83,7 +95,18 @@ for i = 0, n - 1 do
       q = {}
       pushes[di] = q
     end
-    q[#q + 1] = argv[b + 4]
+    if is_rq then
+      local job = cmsgpack.unpack(argv[b + 4])
+      local key = 'rq:job:' .. job[1]
+      local fields = {}
+      for k = 2, #job do fields[k - 1] = job[k] end
+      call_chunked('HSET', key, fields)
+      job_keys[#job_keys + 1] = key
+      rq_dest[di] = true
+      q[#q + 1] = job[1]
+    else
+      q[#q + 1] = argv[b + 4]
+    end
     meta[#meta + 1] = e
     -- Keep the decimal text as given: Lua numbers print 14 significant digits.
     meta[#meta + 1] = argv[b + 1] .. ' ' .. argv[b + 2]
@@ -93,11 +116,21 @@ for i = 0, n - 1 do
   end
 end
 
--- LPUSH keeps the order BRPOP takes them in; commit.lua moves the list as a whole.
+-- LPUSH keeps the order BRPOP takes them in (RPUSH: RQ's LPOP); commit.lua moves the list
+-- as a whole.
 for di, q in pairs(pushes) do
   local staged = batch .. ':q' .. di
-  call_chunked('LPUSH', staged, q)
+  if rq_dest[di] then
+    call_chunked('RPUSH', staged, q)
+  else
+    call_chunked('LPUSH', staged, q)
+  end
   redis.call('PEXPIRE', staged, ttl)
+end
+if #job_keys > 0 then
+  local jobs = batch .. ':jobs'
+  call_chunked('SADD', jobs, job_keys)
+  redis.call('PEXPIRE', jobs, ttl)
 end
 if #meta > 0 then
   call_chunked('HSET', batch, meta)
