@@ -304,7 +304,10 @@ fn rq_args(id: &[u8], job: &RqJobHash) -> Vec<u8> {
     str_(&mut out, id);
     str_(
         &mut out,
-        job.expire.map(|e| e.to_string()).unwrap_or_default().as_bytes(),
+        job.expire
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .as_bytes(),
     );
     for (k, v) in &job.fields {
         str_(&mut out, k.as_bytes());

@@ -33,6 +33,8 @@ mod redis_cli;
 mod rq_wire;
 // Property tests of next-fire computation against a minute-by-minute DST reference.
 mod schedule_props;
+// RQ entries end to end: three beats, stock rq workers, a kill -9 of the leader.
+mod rq_beat;
 // Redis with a password, an ACL user limited to beatd's keys, and TLS.
 mod secure;
 // Two replicas of one namespace with different schedule files: the split is reported.

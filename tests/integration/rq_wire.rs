@@ -99,7 +99,7 @@ fn imports_rq(python: &Path) -> bool {
 }
 
 /// The interop Python, with `rq` 3 importable.
-fn rq_python() -> &'static Path {
+pub(crate) fn rq_python() -> &'static Path {
     static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
     let py = python();
     let ok = CHECKED.get_or_init(|| {
@@ -131,7 +131,7 @@ fn rq_python() -> &'static Path {
 }
 
 /// The venv's `rq` command, beside its Python.
-fn rq_cli() -> PathBuf {
+pub(crate) fn rq_cli() -> PathBuf {
     let py = rq_python();
     let cli = py.parent().expect("python is in a bin dir").join("rq");
     assert!(cli.exists(), "no `rq` command beside {}", py.display());

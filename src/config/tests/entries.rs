@@ -199,6 +199,14 @@ fn rq_and_celery_options_are_refused_on_the_other_protocol() {
             (28, "unknown serializer `yaml`"),
         ]
     );
-    assert!(ds[2].help.as_deref().unwrap().contains("`ttl`"), "{:?}", ds[2]);
-    assert!(ds[4].help.as_deref().unwrap().contains("`rq`"), "{:?}", ds[4]);
+    assert!(
+        ds[2].help.as_deref().unwrap().contains("`ttl`"),
+        "{:?}",
+        ds[2]
+    );
+    assert!(
+        ds[4].help.as_deref().unwrap().contains("`rq`"),
+        "{:?}",
+        ds[4]
+    );
 }
