@@ -103,9 +103,11 @@ pub trait StagedEmitter: Emitter {
         fires: &[Fire],
     ) -> Result<Vec<EmitOutcome>, Error>;
 
-    /// Makes a staged batch visible to workers, atomically and only while the lock still
-    /// holds `lease.token`, then records its last runs (as [`Emitter::emit`] does) and forgets
-    /// the batch. Once recorded, the batch is gone: committing it again is an error.
+    /// Makes a staged batch visible to workers, only while the lock still holds
+    /// `lease.token` (onto an empty queue at once; onto a busy one an implementation may move
+    /// it in bounded steps, and a batch partly visible is finished, never rolled back, by
+    /// [`StagedEmitter::recover`]), then records its last runs (as [`Emitter::emit`] does)
+    /// and forgets the batch. Once recorded, the batch is gone: committing it again is an error.
     ///
     /// # Errors
     /// [`Error::LeaseLost`]; [`Error::Unavailable`] when the store failed before the batch

@@ -46,6 +46,8 @@ const ACL: &[&str] = &[
     "+hset",
     "+hdel",
     "+hkeys",
+    "+hrandfield",
+    "+unlink",
     "+exists",
     "+rename",
     "+persist",

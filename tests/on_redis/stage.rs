@@ -207,3 +207,125 @@ async fn a_large_batch_commits_onto_an_empty_queue_whole_and_in_order() {
     assert_eq!(q[0], "{\"entry\":\"e4999\",\"at\":5000}");
     assert_eq!(runs(&conn).await.len(), 5_000);
 }
+
+fn small_steps(conn: &RedisConn, moves: usize, settles: usize) -> beatd::emit::RedisEmitter {
+    beatd::emit::RedisEmitter::new(
+        conn.clone(),
+        Keys::default(),
+        beatd::emit::EmitOptions {
+            max_moves_per_call: moves,
+            max_settles_per_call: settles,
+            ..beatd::emit::EmitOptions::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_commit_into_a_busy_queue_goes_in_bounded_steps_and_recovery_finishes_it() {
+    let (_s, conn) = server().await;
+    let lock = leader(&conn, 10_000);
+    let old = acquire(&lock).await;
+    let em = small_steps(&conn, 3, 4);
+    // A busy queue: the staged messages cannot be renamed onto it.
+    em.emit(&old, &[fire("busy", 500, "celery")]).await.unwrap();
+    let batch = BatchId {
+        epoch: old.epoch,
+        at_ms: 1_000,
+    };
+    let fires: Vec<_> = (0..10)
+        .map(|i| fire(&format!("e{i}"), 1_000, "celery"))
+        .collect();
+    em.stage(&old, batch, &fires).await.unwrap();
+    // One step moves three, oldest first; the batch is now partly committed.
+    assert!(!em.publish_step(&old, batch).await.unwrap());
+    let q = list(&conn, "celery").await;
+    assert_eq!(q.len(), 4);
+    assert_eq!(q[0], "{\"entry\":\"e2\",\"at\":1000}");
+    // Nothing more can be staged into it, and a stale lease cannot go on with it.
+    assert!(em
+        .stage(&old, batch, &[fire("late", 1_000, "celery")])
+        .await
+        .is_err());
+    lock.release(&old).await.unwrap();
+    let new = acquire(&lock).await;
+    assert!(matches!(
+        em.publish_step(&old, batch).await,
+        Err(beatd::redis::Error::LeaseLost)
+    ));
+    // The leader died here. The next term finishes the commit (never rolls it back: part of
+    // it is visible) and records every run once.
+    em.recover(&new).await.unwrap();
+    let q = list(&conn, "celery").await;
+    assert_eq!(q.len(), 11, "{q:?}");
+    let mut entries: Vec<String> = q
+        .iter()
+        .map(|m| m.split('"').nth(3).unwrap().to_string())
+        .collect();
+    // Oldest at the right (BRPOP's end): busy, then e0..e9 in order.
+    entries.reverse();
+    let want: Vec<String> = std::iter::once("busy".to_string())
+        .chain((0..10).map(|i| format!("e{i}")))
+        .collect();
+    assert_eq!(entries, want);
+    let r = runs(&conn).await;
+    for i in 0..10 {
+        assert_eq!(
+            (r[&format!("e{i}")].fire_at_ms, r[&format!("e{i}")].count),
+            (1_000, 1)
+        );
+    }
+    assert!(keys_matching(&conn, "beatd:batch*").await.is_empty());
+    // Sent and recorded: the next plan sends none of it again.
+    assert_eq!(
+        em.emit(&new, &fires[..3]).await.unwrap(),
+        [AlreadySent, AlreadySent, AlreadySent]
+    );
+}
+
+#[tokio::test]
+async fn settle_records_in_bounded_steps_and_recovery_records_the_rest_once() {
+    let (_s, conn) = server().await;
+    let lock = leader(&conn, 10_000);
+    let old = acquire(&lock).await;
+    let em = small_steps(&conn, 3, 4);
+    let batch = BatchId {
+        epoch: old.epoch,
+        at_ms: 2_000,
+    };
+    let fires: Vec<_> = (0..10)
+        .map(|i| fire(&format!("s{i}"), 2_000, "reports"))
+        .collect();
+    em.stage(&old, batch, &fires).await.unwrap();
+    // Onto an empty queue: one rename, whatever the step size.
+    assert!(em.publish_step(&old, batch).await.unwrap());
+    assert_eq!(list(&conn, "reports").await.len(), 10);
+    // One settle step records four; the leader dies before the rest.
+    assert!(!em.settle_step(batch).await.unwrap());
+    assert_eq!(runs(&conn).await.len(), 4);
+    lock.release(&old).await.unwrap();
+    let new = acquire(&lock).await;
+    em.recover(&new).await.unwrap();
+    let r = runs(&conn).await;
+    assert_eq!(r.len(), 10);
+    assert!(
+        r.values().all(|l| (l.fire_at_ms, l.count) == (2_000, 1)),
+        "{r:?}"
+    );
+    assert_eq!(list(&conn, "reports").await.len(), 10, "nothing sent twice");
+    assert!(keys_matching(&conn, "beatd:batch*").await.is_empty());
+    // A whole settle in steps also records each once.
+    let b2 = BatchId {
+        epoch: new.epoch,
+        at_ms: 3_000,
+    };
+    let more: Vec<_> = (0..10)
+        .map(|i| fire(&format!("s{i}"), 3_000, "reports"))
+        .collect();
+    em.stage(&new, b2, &more).await.unwrap();
+    em.commit(&new, b2).await.unwrap();
+    let r = runs(&conn).await;
+    assert!(
+        r.values().all(|l| (l.fire_at_ms, l.count) == (3_000, 2)),
+        "{r:?}"
+    );
+}

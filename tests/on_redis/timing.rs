@@ -22,6 +22,7 @@ async fn emit_10k_fires_timing() {
         let opts = EmitOptions {
             max_fires_per_call: per_call,
             max_bytes_per_call: usize::MAX,
+            ..EmitOptions::default()
         };
         let em = RedisEmitter::new(conn.clone(), Keys::default(), opts);
         let mut best = (f64::MAX, f64::MAX, Duration::MAX);

@@ -1,12 +1,17 @@
 -- Records the last runs of committed batches and forgets them; with ARGV[2] = 'all' (the
--- start of a term, only by the lock holder) also rolls back every batch never committed.
+-- start of a term, only by the lock holder) also finishes batches partly committed
+-- (commit.lua's 'p') and rolls back every batch never committed. Bounded: at most ARGV[5]
+-- entries recorded plus messages moved per call, so Redis is never held for long; the
+-- caller calls again while the reply says there is more. A batch partly recorded simply
+-- has fewer entries left: recording is idempotent (only a newer fire time is written).
 --
 -- KEYS[1] = {ns}:leader, KEYS[2] = {ns}:last_run, KEYS[3] = {ns}:run_count,
 -- KEYS[4] = {ns}:fingerprint, KEYS[5] = {ns}:batches.
 -- ARGV[1] = lease token (checked for 'all' only), ARGV[2] = 'one' or 'all',
--- ARGV[3] = batch key prefix ({ns}:batch:), ARGV[4] = the batch id for 'one'.
+-- ARGV[3] = batch key prefix ({ns}:batch:), ARGV[4] = the batch id for 'one',
+-- ARGV[5] = the budget of this call.
 -- Returns {0} when 'all' and the lock does not hold the token, else {1, settled fires,
--- rolled-back batches}.
+-- rolled-back batches, 1 when more is left else 0}.
 
 local all = ARGV[2] == 'all'
 if all and redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -15,6 +20,7 @@ end
 
 local CHUNK = 4000
 local unpack, tonumber, tostring, min = unpack, tonumber, tostring, math.min
+local budget = tonumber(ARGV[5])
 
 local function call_chunked(cmd, key, values)
   for s = 1, #values, CHUNK do
@@ -23,23 +29,27 @@ local function call_chunked(cmd, key, values)
 end
 
 -- `rolled_back`: the batch never became visible, so the RQ job hashes it wrote go too.
+-- UNLINK: a big staged list is freed off the main thread.
 local function drop(batch, rolled_back)
   local dests = batch .. ':dests'
   for _, i in ipairs(redis.call('HKEYS', dests)) do
-    redis.call('DEL', batch .. ':q' .. i)
+    redis.call('UNLINK', batch .. ':q' .. i)
   end
   local jobs = batch .. ':jobs'
   if rolled_back then
     local keys = redis.call('SMEMBERS', jobs)
     for s = 1, #keys, CHUNK do
-      redis.call('DEL', unpack(keys, s, min(s + CHUNK - 1, #keys)))
+      redis.call('UNLINK', unpack(keys, s, min(s + CHUNK - 1, #keys)))
     end
   end
-  redis.call('DEL', batch, dests, jobs)
+  redis.call('UNLINK', batch, dests, jobs)
 end
 
+-- Records up to `budget` of the batch's entries and removes them from it; true when none
+-- is left.
 local function settle(batch)
-  local flat = redis.call('HGETALL', batch)
+  if budget <= 0 then return false end
+  local flat = redis.call('HRANDFIELD', batch, budget, 'WITHVALUES')
   local names = {}
   for j = 1, #flat, 2 do
     names[#names + 1] = flat[j]
@@ -71,10 +81,46 @@ local function settle(batch)
     call_chunked('HSET', KEYS[3], rc_out)
     call_chunked('HSET', KEYS[4], fp_out)
   end
-  return #lr_out / 2
+  if #names > 0 then
+    call_chunked('HDEL', batch, names)
+  end
+  budget = budget - #names
+  return redis.call('EXISTS', batch) == 0, #lr_out / 2
 end
 
-local settled, rolled_back = 0, 0
+-- Finishes moving a partly committed batch onto its queues (as commit.lua would); true
+-- when all of it is visible.
+local function finish_commit(batch)
+  local flat = redis.call('HGETALL', batch .. ':dests')
+  for j = 1, #flat, 2 do
+    local staged = batch .. ':q' .. flat[j]
+    local dest = flat[j + 1]
+    local rq = string.sub(dest, 1, 2) == 'r:'
+    if rq then dest = string.sub(dest, 3) end
+    if redis.call('EXISTS', staged) == 1 then
+      if redis.call('EXISTS', dest) == 0 then
+        redis.call('RENAME', staged, dest)
+        redis.call('PERSIST', dest)
+      else
+        while budget > 0 do
+          local moved
+          if rq then
+            moved = redis.call('LMOVE', staged, dest, 'LEFT', 'RIGHT')
+          else
+            moved = redis.call('RPOPLPUSH', staged, dest)
+          end
+          if not moved then break end
+          budget = budget - 1
+        end
+        if redis.call('EXISTS', staged) == 1 then return false end
+      end
+      if rq then redis.call('SADD', 'rq:queues', dest) end
+    end
+  end
+  return true
+end
+
+local settled, rolled_back, more = 0, 0, 0
 local ids
 if all then
   ids = redis.call('HKEYS', KEYS[5])
@@ -84,14 +130,29 @@ end
 for _, id in ipairs(ids) do
   local status = redis.call('HGET', KEYS[5], id)
   local batch = ARGV[3] .. id
+  if all and status == 'p' then
+    if finish_commit(batch) then
+      redis.call('HSET', KEYS[5], id, 'c')
+      status = 'c'
+    else
+      more = 1
+      break
+    end
+  end
   if status == 'c' then
-    settled = settled + settle(batch)
-    drop(batch, false)
-    redis.call('HDEL', KEYS[5], id)
+    local done, n = settle(batch)
+    settled = settled + (n or 0)
+    if done then
+      drop(batch, false)
+      redis.call('HDEL', KEYS[5], id)
+    else
+      more = 1
+      break
+    end
   elseif all then
     drop(batch, true)
     redis.call('HDEL', KEYS[5], id)
     if status then rolled_back = rolled_back + 1 end
   end
 end
-return {1, settled, rolled_back}
+return {1, settled, rolled_back, more}
