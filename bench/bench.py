@@ -70,11 +70,19 @@ def proc_stats(pid):
 
 
 def children(pid):
+    """Direct children of every thread of `pid` (a tokio worker thread spawns exec tasks)."""
+    out = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
+        tids = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
-        return []
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return out
 
 
 def tree_stats(pid):
