@@ -690,7 +690,7 @@ class Bench:
         if os.path.exists(HTTP_SINK):
             p = subprocess.Popen([HTTP_SINK], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  text=True)
-            p.kind = "http_sink (Rust, tokio current-thread, keep-alive)"
+            p.kind = "bench/tcs http_sink: Rust, tokio current-thread, keep-alive"
         else:
             code = (
                 "import http.server, json, sys, threading\n"
