@@ -9,6 +9,7 @@ queue and stamps each batch with the time its reply arrived: the time the messag
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shutil
@@ -27,10 +28,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 BEATD = os.environ.get("BENCH_BEATD", os.path.join(ROOT, "target", "footprint", "beatd"))
 NOOP_WORKER = os.path.join(ROOT, "target", "footprint", "examples", "bench_noop_worker")
-PEERS_BIN = os.path.join(BENCH, "tcs", "target", "release")
+PEERS_BIN = os.environ.get("BENCH_PEERS_BIN", os.path.join(BENCH, "tcs", "target", "release"))
 OBSERVE = os.path.join(PEERS_BIN, "observe")
 TCS = os.path.join(PEERS_BIN, "tcs")
+HTTP_SINK = os.path.join(PEERS_BIN, "http_sink")
 VENV_BIN = os.path.join(BENCH, ".venv", "bin")
+if not os.path.exists(os.path.join(VENV_BIN, "celery")):
+    VENV_BIN = os.path.dirname(sys.executable)  # run by another checkout's bench/.venv python
 CELERY = os.path.join(VENV_BIN, "celery")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -58,17 +62,27 @@ def proc_stats(pid):
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         out["cpu_s"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        # CPU of children it has waited for (an exec worker's task processes).
+        out["cpu_waited_s"] = (int(fields[13]) + int(fields[14])) / CLK_TCK
     except (FileNotFoundError, ProcessLookupError, IndexError):
         pass
     return out
 
 
 def children(pid):
+    """Direct children of every thread of `pid` (a tokio worker thread spawns exec tasks)."""
+    out = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
+        tids = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
-        return []
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return out
 
 
 def tree_stats(pid):
@@ -138,6 +152,130 @@ class Observer:
         out = self.p.stdout.read()
         self.p.wait(10)
         return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+# -------------------------------------------------------------------- clients of client_emission
+#
+# Each runs in its own process (fork) with its own Redis connection, speaking RESP on a raw
+# socket (no client library in the timed loop). Times are wall clock: time.time() once, then
+# time.perf_counter() from there, so they compare with the fire time across processes.
+
+
+class Clock:
+    def __init__(self):
+        self.wall0 = time.time()
+        self.perf0 = time.perf_counter()
+
+    def now(self):
+        return self.wall0 + (time.perf_counter() - self.perf0)
+
+
+def resp_connect(port):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def resp_line(s):
+    """One reply that ends with its first CRLF (integer, status)."""
+    buf = s.recv(256)
+    while not buf.endswith(b"\r\n"):
+        more = s.recv(256)
+        if not more:
+            raise ConnectionError("redis closed the connection")
+        buf += more
+    return buf
+
+
+def resp_cmd(*args):
+    out = [f"*{len(args)}\r\n".encode()]
+    for a in args:
+        a = str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+def client_llen(port, queue, spin_from, until, target, pipe):
+    """LLEN in a tight loop from `spin_from` until the length reaches `target` or `until`;
+    sends back (reply time, length) at every change."""
+    s = resp_connect(port)
+    cmd = resp_cmd("LLEN", queue)
+    clk = Clock()
+    pipe.send("ready")
+    sleep_until(spin_from)
+    steps, last, polls, t = [], None, 0, clk.now()
+    while True:
+        s.sendall(cmd)
+        n = int(resp_line(s)[1:-2])
+        t = clk.now()
+        polls += 1
+        if n != last:
+            steps.append((t, n))
+            last = n
+        if n >= target or t > until:
+            break
+    pipe.send({"steps": steps, "polls": polls, "from": spin_from, "to": t})
+
+
+def client_brpop(port, queue, at, timeout, pipe):
+    """BRPOP from `at`; sends back when the reply's first bytes arrived (None on timeout)."""
+    s = resp_connect(port)
+    clk = Clock()
+    pipe.send("ready")
+    sleep_until(at)
+    sent = clk.now()
+    s.sendall(resp_cmd("BRPOP", queue, timeout))
+    first = s.recv(65536)
+    t = clk.now()
+    pipe.send({"sent": sent, "reply": None if first.startswith(b"*-1") else t})
+
+
+def client_ping(port, start, end, pause, pipe):
+    """PING from `start` to `end`, `pause` s between round trips; sends back (sent, rtt)."""
+    s = resp_connect(port)
+    cmd = resp_cmd("PING")
+    clk = Clock()
+    pipe.send("ready")
+    sleep_until(start)
+    rtts = []
+    while True:
+        t0 = clk.now()
+        if t0 > end:
+            break
+        s.sendall(cmd)
+        resp_line(s)
+        rtts.append((t0, clk.now() - t0))
+        if pause:
+            time.sleep(pause)
+    pipe.send({"rtts": rtts})
+
+
+class Clients:
+    """Starts client processes, waits until each is connected, collects what they send."""
+
+    def __init__(self):
+        self.ctx = multiprocessing.get_context("fork")
+        self.procs = {}
+
+    def start(self, name, fn, *args):
+        parent, child = self.ctx.Pipe(duplex=False)
+        p = self.ctx.Process(target=fn, args=args + (child,), daemon=True)
+        p.start()
+        child.close()
+        if not parent.poll(10) or parent.recv() != "ready":
+            raise RuntimeError(f"client {name} did not start")
+        self.procs[name] = (p, parent)
+
+    def collect(self, deadline):
+        out = {}
+        for name, (p, pipe) in self.procs.items():
+            if pipe.poll(max(0.1, deadline - time.time())):
+                out[name] = pipe.recv()
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        return out
 
 
 class Bench:
@@ -471,6 +609,212 @@ class Bench:
                 out["beatd"]["tasks_per_s"] / out["celery_prefork"]["tasks_per_s"], 1)
         self.results["worker"] = out
 
+    # ---------------------------------------------------------------- client_emission
+
+    def client_emission(self):
+        """beatd only: what clients of the queue see at a fire instant of N entries, onto an
+        empty queue and onto one already holding `prefill` messages."""
+        ns = [1000, 10000] if self.quick else [1000, 10000, 100000]
+        prefill = int(os.environ.get("BENCH_PREFILL", "20000"))
+        out = {"prefill": prefill, "ping_pause_ms": 0.5, "bound_s": 10, "rows": []}
+        for n in ns:
+            for state in ("empty", "busy"):
+                row = self.client_emission_one(n, prefill if state == "busy" else 0,
+                                               out["bound_s"], out["ping_pause_ms"] / 1000)
+                row = {"n": n, "queue": state, **row}
+                out["rows"].append(row)
+                log("client_emission", {k: v for k, v in row.items() if k != "ping"})
+        self.results["client_emission"] = out
+
+    def client_emission_one(self, n, prefill, bound, ping_pause):
+        q = "celery"
+        self.r.flushall()
+        d = self.dir("cemit-check")
+        with open(os.path.join(d, "s.toml"), "w") as f:
+            f.write("".join(f'[[entry]]\nname = "e{i}"\ntask = "t"\ncron = "0 0 * * * *"\n\n'
+                            for i in range(n)))
+        t0 = time.time()
+        subprocess.run([BEATD, "check", d], capture_output=True, timeout=900)
+        # Past the stage-ahead window (5 s) once the beat is up, as in `emission`.
+        margin = min(15, max(8, 7 + 3 * (time.time() - t0)))
+        fire = math.ceil(time.time() + margin)
+        ft = datetime.fromtimestamp(fire, timezone.utc)
+        cron = f"{ft.second} {ft.minute} * * * *"
+        toml = "".join(f'[[entry]]\nname = "e{i}"\ntask = "bench.noop"\ncron = "{cron}"\n\n'
+                       for i in range(n))
+        if prefill:
+            filler = "x" * 100
+            pipe = self.r.pipeline(transaction=False)
+            for i in range(0, prefill, 1000):
+                pipe.lpush(q, *(f"prefill-{j}-{filler}" for j in range(i, min(prefill, i + 1000))))
+            pipe.execute()
+        p = self.beatd("cemit", toml)
+        ready = self.wait_ready(p)
+        cl = Clients()
+        # The BRPOP client takes one message: on the empty queue the poller's "all" is N - 1.
+        popped = 0 if prefill else 1
+        cl.start("llen", client_llen, self.port, q, fire - 0.2, fire + bound, prefill + n - popped)
+        cl.start("ping", client_ping, self.port, fire - 1.0, fire + 3.0, ping_pause)
+        if not prefill:
+            cl.start("brpop", client_brpop, self.port, q, fire - 1.0, 5)
+        sleep_until(fire - 0.3)
+        before = proc_stats(p.pid)
+        got = cl.collect(fire + bound + 10)
+        after = proc_stats(p.pid)
+        final_len = self.r.llen(q)
+        stop(p)
+        self.r.flushall()
+        row = {
+            "fire": fire,
+            "cron": cron,
+            "prefill": prefill,
+            "startup_s": round(ready, 3) if ready is not None else None,
+            "ready_before_fire_s": round(fire - (p.started + ready), 2) if ready else None,
+            "final_len": final_len,
+            "expected_len": prefill + n - popped,
+            "cpu_fire_s": round(after.get("cpu_s", 0.0) - before.get("cpu_s", 0.0), 2),
+            "peak_rss_mb": round(after.get("VmHWM", 0.0), 1),
+        }
+        row.update(llen_marks(got.get("llen"), prefill, n, popped, fire))
+        if not prefill:
+            b = got.get("brpop") or {}
+            row["brpop_first_ms"] = (round((b["reply"] - fire) * 1000, 2)
+                                     if b.get("reply") else None)
+        row["ping"] = ping_stats(got.get("ping"), fire)
+        return row
+
+    # ---------------------------------------------------------------- worker_kinds
+
+    def http_sink(self):
+        """The http task's endpoint: bench/tcs's http_sink, else a threaded Python server."""
+        if os.path.exists(HTTP_SINK):
+            p = subprocess.Popen([HTTP_SINK], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True)
+            p.kind = "bench/tcs http_sink: Rust, tokio current-thread, keep-alive"
+        else:
+            code = (
+                "import http.server, json, sys, threading\n"
+                "class H(http.server.BaseHTTPRequestHandler):\n"
+                "    protocol_version = 'HTTP/1.1'\n"
+                "    def do_POST(self):\n"
+                "        self.rfile.read(int(self.headers.get('Content-Length', 0)))\n"
+                "        b = b'{\"ok\":true}'\n"
+                "        self.send_response(200)\n"
+                "        self.send_header('Content-Type', 'application/json')\n"
+                "        self.send_header('Content-Length', str(len(b)))\n"
+                "        self.end_headers(); self.wfile.write(b)\n"
+                "    def log_message(self, *a): pass\n"
+                "s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)\n"
+                "print(json.dumps({'port': s.server_address[1]}), flush=True)\n"
+                "threading.Thread(target=s.serve_forever, daemon=True).start()\n"
+                "sys.stdin.read()\n"
+                "print(json.dumps({'requests': None}), flush=True)\n")
+            p = subprocess.Popen([os.path.join(VENV_BIN, "python"), "-c", code],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            p.kind = "Python ThreadingHTTPServer (bench/tcs http_sink not built)"
+        p.port = json.loads(p.stdout.readline())["port"]
+        return p
+
+    def drain(self, name, cmd, n, limit, env):
+        """Queues n bench.noop messages, starts `cmd`, and times it until every result is
+        stored: from its start, and from its first stored result to its last."""
+        ids = self.queue_noops(n)
+        head = [f"celery-task-meta-{i}" for i in ids[:20]]
+        tail = [f"celery-task-meta-{i}" for i in ids[-200:]]
+        d = self.dir(f"kinds-{name}")
+        p = subprocess.Popen(cmd, cwd=d, env=env, stdout=open(os.path.join(d, "log"), "w"),
+                             stderr=subprocess.STDOUT)
+        t0 = time.time()
+        first = last = None
+        peak = main_peak = 0.0
+        procs = 1
+        stats = {}
+        while time.time() - t0 < limit and p.poll() is None:
+            now = time.time()
+            if first is None and self.r.exists(*head):
+                first = now
+            s = tree_stats(p.pid)
+            if s["VmHWM"] > peak:
+                peak, procs = s["VmHWM"], s["procs"]
+            stats = proc_stats(p.pid) or stats
+            main_peak = max(main_peak, stats.get("VmHWM", 0.0))
+            if self.r.llen("celery") == 0 and self.r.exists(*tail) == len(tail):
+                last = now
+                break
+            time.sleep(0.005)
+        cpu = tree_stats(p.pid)["cpu_s"] + stats.get("cpu_waited_s", 0.0)
+        stop(p, wait=30)
+        done = self.results_stored()
+        r = {
+            "completed": done,
+            "wall_s_from_start": round((last or time.time()) - t0, 3),
+            "startup_to_first_result_s": round(first - t0, 3) if first else None,
+            "busy_s": round(last - first, 3) if last and first else None,
+            "peak_rss_mb": round(peak, 1),
+            "peak_rss_main_mb": round(main_peak, 1),
+            "processes": procs,
+            "cpu_s": round(cpu, 2),
+            "timed_out": last is None,
+        }
+        if last and done >= n:
+            r["tasks_per_s_from_start"] = round(n / (last - t0))
+            if first and last > first:
+                r["tasks_per_s"] = round(n / (last - first))
+        log("worker_kinds", name, r)
+        return r
+
+    def worker_kinds(self):
+        """beatd worker's exec and http kinds, the Rust no-op, celery prefork: one Redis, one run."""
+        n = int(os.environ.get("BENCH_KINDS_TASKS", "20000"))
+        out = {"tasks": n}
+        sink = self.http_sink()
+        out["http_endpoint"] = sink.kind
+        d = self.dir("kinds-config")
+        configs = {
+            "exec": '[worker.tasks."bench.noop"]\nkind = "exec"\ncommand = ["/bin/true"]\n',
+            "http": ('[worker.tasks."bench.noop"]\nkind = "http"\n'
+                     f'url = "http://127.0.0.1:{sink.port}/task"\n'),
+        }
+        for k, text in configs.items():
+            with open(os.path.join(d, f"{k}.toml"), "w") as f:
+                f.write(text)
+        out["configs"] = configs
+        beatd_worker = [BEATD, "worker", "--redis-url", self.url, "--queues", "celery",
+                        "--http-addr", "off", "--config"]
+        celery_common = ["--without-gossip", "--without-mingle", "--without-heartbeat",
+                         "-l", "warning"]
+        # beatd at warn, as Celery at -l warning: at info beatd logs a line per task.
+        env = self.env(BEATD_REDIS_URL=self.url, BEATD_LOG="warn")
+        runs = [
+            ("rust_noop", [NOOP_WORKER], 60),
+            ("exec", beatd_worker + [os.path.join(d, "exec.toml")], 60),
+            ("http", beatd_worker + [os.path.join(d, "http.toml")], 60),
+            ("celery_prefork",
+             [CELERY, "-A", "benchapp", "worker", "--pool=prefork"] + celery_common, 90),
+        ]
+        try:
+            for name, cmd, limit in runs:
+                s0 = proc_stats(sink.pid)
+                out[name] = self.drain(name, cmd, n, limit, env)
+                if name == "http":
+                    out[name]["endpoint_cpu_s"] = round(
+                        proc_stats(sink.pid).get("cpu_s", 0.0) - s0.get("cpu_s", 0.0), 2)
+        finally:
+            sink.stdin.close()
+            tail = sink.stdout.read()
+            sink.wait(10)
+        for line in tail.splitlines():
+            if '"requests"' in line:
+                out["http_endpoint_requests"] = json.loads(line)["requests"]
+        pre = out.get("celery_prefork", {})
+        for k in ("rust_noop", "exec", "http"):
+            x = out.get(k, {})
+            for rate, key in (("tasks_per_s", f"ratio_{k}_vs_prefork"),
+                              ("tasks_per_s_from_start", f"ratio_{k}_vs_prefork_from_start")):
+                if x.get(rate) and pre.get(rate):
+                    out[key] = round(x[rate] / pre[rate], 2)
+        self.results["worker_kinds"] = out
+
     # ---------------------------------------------------------------- footprint
 
     def footprint(self):
@@ -506,6 +850,53 @@ class Bench:
 
 def summary(r):
     return {k: r.get(k) for k in ("sent_pct", "p50_ms", "p99_ms", "max_ms", "last_ms")}
+
+
+def llen_marks(got, base, n, popped, fire):
+    """From the LLEN poller's (time, length) changes: when the length first exceeded `base`,
+    and first reached base + 50 %, 99 % and all of n (less what BRPOP took), in ms after
+    the fire time."""
+    if not got or not got.get("steps"):
+        return {"llen_first_ms": None, "llen_50_ms": None, "llen_99_ms": None,
+                "llen_all_ms": None}
+    steps = got["steps"]
+
+    def reached(k):
+        for t, length in steps:
+            if length >= k:
+                return round((t - fire) * 1000, 2)
+        return None
+
+    first = next((t for t, length in steps if length > base), None)
+    return {
+        "llen_first_ms": round((first - fire) * 1000, 2) if first is not None else None,
+        "llen_50_ms": reached(base + math.ceil(0.5 * n)),
+        "llen_99_ms": reached(base + math.ceil(0.99 * n)),
+        "llen_all_ms": reached(base + n - popped),
+        "llen_at_start": steps[0][1],
+        "llen_changes": len(steps) - 1,
+        "llen_polls": got["polls"],
+        "llen_poll_us": round(1e6 * (got["to"] - got["from"]) / max(1, got["polls"]), 1),
+    }
+
+
+def ping_stats(got, fire):
+    """Round trips of the unrelated PING client: the longest in its window (1 s before to 3 s
+    after the fire time), when it was sent, and the longest in the second before the fire."""
+    if not got or not got.get("rtts"):
+        return {}
+    rtts = got["rtts"]
+    worst = max(rtts, key=lambda x: x[1])
+    pre = [r for t, r in rtts if t < fire]
+    vals = sorted(r for _, r in rtts)
+    return {
+        "count": len(rtts),
+        "max_ms": round(worst[1] * 1000, 2),
+        "max_sent_at_ms": round((worst[0] - fire) * 1000, 1),
+        "p99_ms": round(pct(vals, 99) * 1000, 3),
+        "p50_ms": round(pct(vals, 50) * 1000, 3),
+        "max_before_fire_ms": round(max(pre) * 1000, 2) if pre else None,
+    }
 
 
 def emission_result(n, fire, msgs, ready, before, after, late_start=False):
@@ -638,7 +1029,8 @@ def versions():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="emission,drift,failover,worker,footprint")
+    ap.add_argument("--only", default="emission,client_emission,drift,failover,worker,"
+                    "worker_kinds,footprint")
     ap.add_argument("--out", default=None)
     ap.add_argument("--beatd-only", action="store_true",
                     help="emission: measure beatd only (e.g. BENCH_BEATD=<older build>)")
@@ -647,7 +1039,8 @@ def main():
     started = datetime.now(timezone.utc)
     b.results["machine"] = machine()
     b.results["versions"] = versions()
-    b.results["command"] = "bench/run.sh" + (" --quick" if args.quick else "")
+    b.results["command"] = "bench/run.sh" + (" --quick" if args.quick else "") + (
+        f" --only {args.only}" if args.only != ap.get_default("only") else "")
     b.results["started"] = started.isoformat(timespec="seconds")
     try:
         for part in args.only.split(","):

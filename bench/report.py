@@ -85,6 +85,74 @@ def main():
             targets.append(("100,000 due at once: all sent within 1 s",
                             f"{t100['sent_pct']} % sent, last {t100['last_ms']} ms", ok))
 
+    ce = r.get("client_emission")
+    if ce:
+        w("## What clients see: N entries due at the same second (beatd)\n")
+        w("The emission section times the message's arrival in Redis; this one times what "
+          "three separate clients of the same Redis see, in ms after the scheduled fire time (wall "
+          "clock, same host; each client a process of its own with its own connection, RESP on "
+          "a raw socket, `time.time()` once then `time.perf_counter()`). N entries "
+          "`cron = \"<s> <m> * * * *\"` (6 fields) due at one second 8–15 s after beatd starts; "
+          f"the queue `celery` either empty or pre-filled with {ce['prefill']:,} dummy messages "
+          "(LPUSHed before beatd starts). **LLEN**: a client polling `LLEN celery` in a tight "
+          "loop from 0.2 s before the fire time: the first reply above the pre-fill, then the "
+          "first reaching pre-fill + 50 %, 99 % and all of N. **BRPOP**: a client blocked in "
+          "`BRPOP celery 5` from 1 s before, on the empty queue only (on the busy one it "
+          "would get a pre-filled message at once); it takes one message, so on the empty queue "
+          "\"all\" is N − 1. **PING**: an unrelated client sending `PING` from 1 s before to 3 s "
+          f"after the fire time, {ce['ping_pause_ms']} ms between round trips: its longest "
+          "round trip (and, for comparison, the longest in the second before the fire). beatd "
+          "is stopped and Redis flushed between rows.\n")
+        w("| N | queue | LLEN first | 50 % | 99 % | all | BRPOP first | max PING | "
+          "max PING before fire | visible steps |")
+        w("|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for x in ce["rows"]:
+            pg = x.get("ping", {})
+            q = "empty" if x["queue"] == "empty" else f"{ce['prefill']:,} queued"
+            w(f"| {x['n']:,} | {q} | {f(x['llen_first_ms'], ' ms', 2)} | "
+              f"{f(x['llen_50_ms'], ' ms', 2)} | {f(x['llen_99_ms'], ' ms', 2)} | "
+              f"{f(x['llen_all_ms'], ' ms', 2)} | "
+              f"{f(x.get('brpop_first_ms'), ' ms', 2) if x['queue'] == 'empty' else 'n/a'} | "
+              f"{f(pg.get('max_ms'), ' ms', 2)} | {f(pg.get('max_before_fire_ms'), ' ms', 2)} | "
+              f"{f(x.get('llen_changes'))} |")
+        w("")
+        odd = [x for x in ce["rows"] if x.get("final_len") != x.get("expected_len")]
+        for x in odd:
+            w(f"- N = {x['n']:,}, {x['queue']}: the queue held {x.get('final_len'):,} messages "
+              f"at the end, {x.get('expected_len'):,} expected.")
+        if odd:
+            w("")
+        polls = [x.get("llen_poll_us") for x in ce["rows"] if x.get("llen_poll_us")]
+        if polls:
+            w(f"The LLEN poller made one round trip every {min(polls)}–{max(polls)} µs; "
+              "\"visible steps\" counts the distinct lengths it saw after the first change "
+              "(a commit onto a busy queue moves at most 4,000 messages per script call).\n")
+        rows = {(x["n"], x["queue"]): x for x in ce["rows"]}
+        for n, qs in ((10000, ("empty", "busy")), (100000, ("empty",))):
+            for qn in qs:
+                x = rows.get((n, qn))
+                if not x:
+                    continue
+                ok = x["llen_99_ms"] is not None and x["llen_99_ms"] <= 10
+                meas = f"99 % at {x['llen_99_ms']} ms"
+                if qn == "empty":
+                    ok = ok and x.get("brpop_first_ms") is not None and x["brpop_first_ms"] <= 5
+                    meas += f", BRPOP {x.get('brpop_first_ms')} ms"
+                    label = f"clients, {n:,} into an empty queue: 99 % seen ≤ 10 ms, first BRPOP ≤ 5 ms"
+                else:
+                    label = f"clients, {n:,} into a busy queue: 99 % seen ≤ 10 ms"
+                targets.append((label, meas, ok))
+        x = rows.get((100000, "busy"))
+        if x:
+            targets.append((f"clients, 100,000 into a queue of {ce['prefill']:,}: all seen ≤ 500 ms",
+                            f"all at {x['llen_all_ms']} ms",
+                            x["llen_all_ms"] is not None and x["llen_all_ms"] <= 500))
+        pings = [(x, x.get("ping", {}).get("max_ms")) for x in ce["rows"]]
+        worst = max(pings, key=lambda p: p[1] if p[1] is not None else 1e9)
+        ok = all(p is not None and p <= 10 for _, p in pings)
+        targets.append(("clients: max PING ≤ 10 ms at every N",
+                        f"worst {worst[1]} ms (N = {worst[0]['n']:,}, {worst[0]['queue']})", ok))
+
     d = r.get("drift")
     if d:
         w(f"## Drift: one entry every second, {d['duration_s']} s\n")
@@ -165,6 +233,51 @@ def main():
         if ratio:
             w(f"beatd worker / prefork: {ratio}×.\n")
             targets.append(("worker ≥ 10× celery prefork", f"{ratio}×", ratio >= 10))
+
+    wkk = r.get("worker_kinds")
+    if wkk:
+        w(f"## Worker kinds: {wkk['tasks']:,} tasks queued beforehand\n")
+        w("The same `bench.noop` Celery messages (made by `send_task`, one id each), the same "
+          "Redis, one run. `beatd worker --queues celery --http-addr off` (the real binary, "
+          "default concurrency = CPUs, logs at `warn`) with a `beatd.toml` that defines "
+          "`bench.noop` as `kind = \"exec\"`, `command = [\"/bin/true\"]` (a process per task), "
+          f"or as `kind = \"http\"` POSTing to a local endpoint that answers 200 with "
+          f"`{{\"ok\":true}}` ({wkk.get('http_endpoint')}); the Rust no-op handler "
+          "(`bench/noop_worker.rs`); "
+          "`celery worker --pool=prefork` running the Python no-op task "
+          "(`--without-gossip --without-mingle --without-heartbeat -l warning`). Timed until "
+          "every result is in the Redis result backend: from the worker's start (startup "
+          "included), and from its first stored result to its last. Peak RSS sums the worker "
+          "and its children (prefork's pool; for exec, the `/bin/true` processes alive at "
+          "a sample), sampled every 5 ms; CPU includes an exec worker's waited-for children. "
+          "The http endpoint is not counted in either.\n")
+        w("| worker | completed | tasks/s (first → last result) | tasks/s from start | "
+          "startup to first result | peak RSS | peak RSS, main process | CPU |")
+        w("|---|--:|--:|--:|--:|--:|--:|--:|")
+        for k, label in (("rust_noop", "beatd, Rust no-op (library)"),
+                         ("exec", "`beatd worker`, exec `/bin/true`"),
+                         ("http", "`beatd worker`, http"),
+                         ("celery_prefork", "celery worker --pool=prefork")):
+            x = wkk.get(k)
+            if x:
+                w(f"| {label} | {x['completed']:,} | {f(x.get('tasks_per_s'))} | "
+                  f"{f(x.get('tasks_per_s_from_start'))} | "
+                  f"{f(x.get('startup_to_first_result_s'), ' s', 2)} | "
+                  f"{f(x['peak_rss_mb'], ' MB')} | {f(x.get('peak_rss_main_mb'), ' MB')} | "
+                  f"{f(x.get('cpu_s'), ' s', 2)} |")
+        w("")
+        if wkk.get("http", {}).get("endpoint_cpu_s") is not None:
+            w(f"The http endpoint answered {f(wkk.get('http_endpoint_requests'))} requests "
+              f"and used {wkk['http']['endpoint_cpu_s']} s of CPU during the http row.\n")
+        for k, goal in (("exec", 2), ("http", 5)):
+            ratio = wkk.get(f"ratio_{k}_vs_prefork")
+            ratio0 = wkk.get(f"ratio_{k}_vs_prefork_from_start")
+            if ratio is not None:
+                w(f"- {k} / prefork: {ratio}× (first → last result), {ratio0}× from start")
+            targets.append((f"worker, {k} task ≥ {goal}× celery prefork (first → last result)",
+                            f"{ratio}× ({ratio0}× from start)" if ratio else "not measured",
+                            ratio is not None and ratio >= goal))
+        w("")
 
     fp = r.get("footprint")
     if fp:

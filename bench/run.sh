@@ -2,9 +2,9 @@
 # One command for every benchmark: bench/run.sh [--quick] [--only emission,drift,...]
 #
 # Installs the peers (a venv with celery[redis] and celery-redbeat under bench/.venv, the
-# tokio-cron-scheduler harness and queue observer under bench/tcs), builds beatd with the footprint profile,
-# starts a private redis-server on a free port (never 6379), runs every measurement with a
-# bounded time, then writes bench/results/<stamp>.json and BENCHMARKS.md.
+# tokio-cron-scheduler harness, queue observer and HTTP sink under bench/tcs), builds beatd
+# with the footprint profile, starts a private redis-server on a free port (never 6379), runs
+# every measurement with a bounded time, then writes bench/results/<stamp>.json and BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
