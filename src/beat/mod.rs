@@ -297,6 +297,17 @@ impl Beat {
 
     async fn step_down(&self, lease: &Lease) {
         self.set_leader(false);
+        // A batch parked for the next fire time goes with this term (its RQ job hashes too):
+        // the next leader would roll it back anyway, and if none comes it would linger.
+        // Still under the lease, so it cannot touch another leader's batch; best effort, the
+        // next term's recovery covers a failure.
+        if let Emission::Staged(emitter) = &self.emission {
+            if let Ok(Err(e)) =
+                tokio::time::timeout(Duration::from_secs(2), emitter.recover(lease)).await
+            {
+                tracing::warn!(epoch = lease.epoch, error = %e, "staged batch not rolled back");
+            }
+        }
         match tokio::time::timeout(Duration::from_secs(2), self.leader.release(lease)).await {
             Ok(Ok(())) => tracing::info!(epoch = lease.epoch, "leadership released"),
             Ok(Err(e)) => tracing::warn!(epoch = lease.epoch, error = %e, "release failed"),

@@ -21,31 +21,20 @@ elseif status ~= 's' and status ~= 'p' then
   return {2}
 end
 local budget = tonumber(ARGV[4])
-local unpack, min = unpack, math.min
 
--- Moves up to `budget` of the oldest staged messages onto a busy `dest` in bulk (one LRANGE,
--- one multi-value push, one LTRIM per 1,000), keeping the order a push at the instant would
--- have made; returns the budget left.
+-- Moves up to `budget` of the oldest staged messages onto a busy `dest`, one server-side
+-- move each (no Lua string copies: measured faster than LRANGE + a multi-value push), in the
+-- order a push at the instant would have made; returns the budget left.
 local function move(staged, dest, rq, budget)
   while budget > 0 do
-    local k = min(budget, 1000)
+    local moved
     if rq then
-      -- RQ: RPUSHed, oldest at the head.
-      local part = redis.call('LRANGE', staged, 0, k - 1)
-      if #part == 0 then break end
-      redis.call('RPUSH', dest, unpack(part))
-      redis.call('LTRIM', staged, #part, -1)
-      budget = budget - #part
+      moved = redis.call('LMOVE', staged, dest, 'LEFT', 'RIGHT')
     else
-      -- kombu: LPUSHed, oldest at the tail; push it first.
-      local part = redis.call('LRANGE', staged, -k, -1)
-      if #part == 0 then break end
-      local rev = {}
-      for i = #part, 1, -1 do rev[#rev + 1] = part[i] end
-      redis.call('LPUSH', dest, unpack(rev))
-      redis.call('LTRIM', staged, 0, -(#part + 1))
-      budget = budget - #part
+      moved = redis.call('RPOPLPUSH', staged, dest)
     end
+    if not moved then break end
+    budget = budget - 1
   end
   return budget
 end

@@ -103,22 +103,14 @@ local function finish_commit(batch)
         redis.call('PERSIST', dest)
       else
         while budget > 0 do
-          local k = min(budget, 1000)
-          local part
+          local moved
           if rq then
-            part = redis.call('LRANGE', staged, 0, k - 1)
-            if #part == 0 then break end
-            redis.call('RPUSH', dest, unpack(part))
-            redis.call('LTRIM', staged, #part, -1)
+            moved = redis.call('LMOVE', staged, dest, 'LEFT', 'RIGHT')
           else
-            part = redis.call('LRANGE', staged, -k, -1)
-            if #part == 0 then break end
-            local rev = {}
-            for i = #part, 1, -1 do rev[#rev + 1] = part[i] end
-            redis.call('LPUSH', dest, unpack(rev))
-            redis.call('LTRIM', staged, 0, -(#part + 1))
+            moved = redis.call('RPOPLPUSH', staged, dest)
           end
-          budget = budget - #part
+          if not moved then break end
+          budget = budget - 1
         end
         if redis.call('EXISTS', staged) == 1 then return false end
       end
