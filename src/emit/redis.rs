@@ -57,10 +57,10 @@ impl Default for EmitOptions {
             max_fires_per_call: 2_000,
             max_bytes_per_call: 4 << 20,
             // Measured as an unrelated client's longest PING (bench client_emission, 2
-            // cores): a message moved onto a busy queue costs about 2.2 µs (one RPOPLPUSH;
-            // LRANGE + a multi-value push was slower), a recorded run 4-8 µs; 3,000 and 400
-            // per call keep each call near 7 and 3 ms.
-            max_moves_per_call: 3_000,
+            // cores): a message moved onto a busy queue costs 2-4 µs (one RPOPLPUSH each;
+            // LRANGE + a multi-value push was slower), a recorded run 4-8 µs: 1,500 and 400
+            // per call keep each call near 6 and 3 ms (longest PING 6.1 ms at every N).
+            max_moves_per_call: 1_500,
             max_settles_per_call: 400,
         }
     }
