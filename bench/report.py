@@ -185,6 +185,91 @@ def main():
                         f"{x['rss_mb']} MB, {x['cpu_in_window_s']} s CPU in "
                         f"{fp['window_s']} s", x["rss_mb"] < 15 and x["cpu_in_window_s"] <= 0.02))
 
+    rq = r.get("rq")
+    if rq:
+        runs = rq["runs"]
+        w("## RQ: two `rq cron` processes vs two beatd beats on the same schedule\n")
+        w(f"One job, `benchjobs.tick`, every second onto an RQ queue; two replicas of each "
+          f"scheduler against the same Redis, one system at a time; no worker, so every job "
+          f"enqueued is still on `rq:queue:<name>` at the end with its `rq:job:<id>` hash. "
+          f"RQ {v.get('rq', '?')}: `rq cron benchcron` twice with the same config "
+          "(`cron.register(benchjobs.tick, queue_name=..., interval=1)`, bench/peers/benchcron.py; "
+          "`interval` takes whole seconds, 1 is the smallest; each process also puts its "
+          "replica name in the job's `meta`, as RQ records no scheduler on a job). beatd: two "
+          "`beatd beat --lock-ttl 5s` with `protocol = \"rq\"`, `task = \"benchjobs.tick\"`, "
+          "`serializer = \"json\"`, `every = \"1s\"`, `catch_up = \"all\"`, "
+          "`catch_up_window = \"1m\"` (the last row of the second table: the default "
+          "`catch_up = \"latest\"`).\n")
+        w("Fire times: beatd's are exact, the `beatd_scheduled_at` (RFC 3339, ms) in each "
+          "job's meta; its `every` fire times are whole seconds. `rq cron` records no fire "
+          "time: an interval job runs at start and then `interval` after its previous run, so "
+          "a fire time here is the UTC second of the job's `enqueued_at`, floored (one process "
+          "never enqueues twice within a second: its runs are at least 1 s apart). The window "
+          "is whole seconds from 3–4 s after both replicas are up (their startup sends are "
+          "not counted); every second in it is "
+          "one intended fire time. A duplicate is a job beyond the first for a fire time; "
+          "missed is a fire time with no job. Jobs sent after the window's end for a fire "
+          "time inside it (catch-up) count; the last is looked for 3 s after the end.\n")
+        w("| system | replicas | window | fire times | enqueued | duplicates | missed |")
+        w("|---|--:|--:|--:|--:|--:|--:|")
+        for k, label in (("rq_cron_steady", "`rq cron`"), ("beatd_steady", "beatd")):
+            x = runs.get(k)
+            if not x:
+                continue
+            if "error" in x:
+                w(f"| {label} | 2 | – | – | – | – | run failed: `{x['error']}` |")
+                continue
+            w(f"| {label} | {x['replicas']} | {x['window_s']} s | {x['fire_times']} | "
+              f"{x['enqueued']} | {x['duplicates']} | {x['missed']} |")
+        w("")
+        st = runs.get("rq_cron_steady", {})
+        if st.get("per_replica"):
+            w("`rq cron` per process: " + ", ".join(
+                f"{r_} enqueued {p['enqueued']} (runs {p.get('spacing_min_ms')}–"
+                f"{p.get('spacing_max_ms')} ms apart)" for r_, p in st["per_replica"].items())
+              + ".\n")
+        w(f"### One or both stopped for {rq['stop_s']} s\n")
+        w(f"{rq['before_stop_s']} s into the window, one replica (beatd: the leader, named by "
+          f"the lock; `rq cron`: the first started, the two do not coordinate) or both get "
+          f"SIGSTOP, then SIGCONT {rq['stop_s']} s later; or the one gets kill -9 and stays "
+          f"dead. The window runs {rq['after_stop_s']} s past the resume. \"While stopped\": "
+          "the fire times from the stop to the resume (kill -9: to the window's end). Late: "
+          "jobs in Redis more than 1 s after their fire time (beatd's catch-up; `rq cron` "
+          "has no fire time to be late for). First send: from the signal to the next job "
+          "seen on the queue (polled every 5 ms).\n")
+        w("| system | stopped | signal | window | fire times | enqueued | duplicates | missed "
+          "| missed while stopped | late > 1 s | first send after the stop |")
+        w("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+        rows = (("rq_cron_stop_one", "`rq cron`"), ("beatd_stop_one", "beatd"),
+                ("rq_cron_kill_one", "`rq cron`"), ("beatd_kill_one", "beatd"),
+                ("rq_cron_stop_both", "`rq cron`"), ("beatd_stop_both", "beatd"),
+                ("beatd_latest_stop_both", "beatd, `catch_up = \"latest\"`"))
+        for k, label in rows:
+            x = runs.get(k)
+            if not x:
+                continue
+            if "error" in x:
+                w(f"| {label} | – | – | – | – | – | – | – | – | – | run failed: "
+                  f"`{x['error']}` |")
+                continue
+            who = ("both" if x.get("stopped") == 2 else
+                   ("the leader" if x.get("stopped_leader") else "one"))
+            w(f"| {label} | {who} | {x.get('signal')} | {x['window_s']} s | "
+              f"{x['fire_times']} | {x['enqueued']} | {x['duplicates']} | {x['missed']} | "
+              f"{x.get('missed_while_stopped')} of {x.get('fire_times_while_stopped')} | "
+              f"{f(x.get('late_over_1s'))} | {f(x.get('first_send_after_stop_s'), ' s', 2)} |")
+        w("")
+        odd = [(k, x) for k, x in runs.items() if "error" not in x and (
+            x.get("hashes_not_listed") or x.get("listed_without_hash") or x.get("off_grid")
+            or x.get("no_fire_time"))]
+        for k, x in odd:
+            w(f"- `{k}`: {x.get('hashes_not_listed')} job hashes not on the queue (fire times "
+              f"{x.get('hashes_not_listed_fire_times')}), {x.get('listed_without_hash')} ids "
+              f"on the queue without a hash, {x.get('off_grid')} fire times off the 1 s grid, "
+              f"{x.get('no_fire_time')} jobs without a fire time.")
+        if odd:
+            w("")
+
     crit = os.path.join(BENCH, "results", "criterion.txt")
     if os.path.exists(crit):
         w("## Micro-benchmarks (`cargo bench`, criterion, benches/hot_paths.rs)\n")
