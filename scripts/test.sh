@@ -16,11 +16,11 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-# Python Celery for the interoperability tests and kubernetes-validate for the offline
+# Python Celery and RQ for the interoperability tests and kubernetes-validate for the offline
 # check of deploy/k8s (a private venv, never the system's).
 VENV="${BEATD_TEST_VENV:-$PWD/.venv-celery}"
-if ! "$VENV/bin/python" -c 'import celery, redis, kubernetes_validate, honcho' >/dev/null 2>&1; then
-  echo "== creating $VENV with celery[redis], kubernetes-validate and honcho"
+if ! "$VENV/bin/python" -c 'import celery, redis, kubernetes_validate, honcho, rq; assert rq.VERSION.split(".")[0] == "3"' >/dev/null 2>&1; then
+  echo "== creating $VENV with celery[redis], rq, kubernetes-validate and honcho"
   if [ ! -x "$VENV/bin/python" ] && ! python3 -m venv "$VENV" >/dev/null 2>&1; then
     # Debian splits venv support (ensurepip) into its own package.
     rm -rf "$VENV"
@@ -30,7 +30,7 @@ if ! "$VENV/bin/python" -c 'import celery, redis, kubernetes_validate, honcho' >
     python3 -m venv "$VENV"
   fi
   "$VENV/bin/pip" install -q --disable-pip-version-check 'celery[redis]>=5.4,<6' \
-    'kubernetes-validate>=1.28' 'honcho>=2,<3'
+    'rq>=3,<4' 'kubernetes-validate>=1.28' 'honcho>=2,<3'
 fi
 export BEATD_TEST_PYTHON="$VENV/bin/python"
 

@@ -42,6 +42,13 @@ pub async fn run(settings: Settings) -> Result<u8, Error> {
         let strict = settings.strict_schedule;
         Arc::new(move || redis_up() && !(strict && agreement.mismatch().is_some()))
     } else {
+        if let Some(e) = entries.iter().find(|e| e.rq.is_some()) {
+            return Err(Error::Usage(format!(
+                "entry {:?} targets RQ (protocol = \"rq\"), which needs Redis: set \
+                 --redis-url or REDIS_URL (the embedded mode's queue feeds beatd's own worker)",
+                e.name
+            )));
+        }
         let state = &settings.state_file;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let ports = BeatPorts::embedded(state, tx)?;

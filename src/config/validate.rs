@@ -285,12 +285,14 @@ fn rq_target(
     let ttl = own(&e.ttl, &d.ttl);
     let failure_ttl = own(&e.failure_ttl, &d.failure_ttl);
     if !rq {
+        // The entry's own keys only: a file's [defaults] may hold RQ options for its RQ
+        // entries beside Celery ones.
         let rq_only = [
-            ("serializer", serializer.as_ref().map(Spanned::span)),
-            ("timeout", timeout.as_ref().map(Spanned::span)),
-            ("result_ttl", result_ttl.as_ref().map(Spanned::span)),
-            ("ttl", ttl.as_ref().map(Spanned::span)),
-            ("failure_ttl", failure_ttl.as_ref().map(Spanned::span)),
+            ("serializer", e.serializer.as_ref().map(Spanned::span)),
+            ("timeout", e.timeout.as_ref().map(Spanned::span)),
+            ("result_ttl", e.result_ttl.as_ref().map(Spanned::span)),
+            ("ttl", e.ttl.as_ref().map(Spanned::span)),
+            ("failure_ttl", e.failure_ttl.as_ref().map(Spanned::span)),
             ("meta", e.meta.as_ref().map(Spanned::span)),
         ];
         for (key, span) in rq_only {

@@ -48,6 +48,8 @@ pub struct Fire {
 pub struct RqJobHash {
     /// Field name → value, only the fields set (RQ's worker dies on an empty number).
     pub fields: Vec<(&'static str, Vec<u8>)>,
+    /// `EXPIRE` of the hash in seconds, as RQ sets it for a job with a `ttl`.
+    pub expire: Option<u64>,
 }
 
 /// What happened to one [`Fire`].

@@ -243,7 +243,7 @@ impl RedisEmitter {
 /// destination list as a key after the fixed ones, numbered from 1 in order of first use,
 /// then five arguments per fire (entry, fire ms, fingerprint, list number, payload). An RQ
 /// job's list number is `r<number>` and its payload the msgpack array
-/// `[job id, field, value, ...]` the scripts unpack with `cmsgpack`.
+/// `[job id, expire, field, value, ...]` the scripts unpack with `cmsgpack`.
 fn add_fires(inv: &mut ::redis::ScriptInvocation<'_>, fires: &[Fire]) {
     let mut lists: HashMap<&str, usize> = HashMap::new();
     for f in fires {
@@ -266,7 +266,8 @@ fn add_fires(inv: &mut ::redis::ScriptInvocation<'_>, fires: &[Fire]) {
     }
 }
 
-/// msgpack `[id, field, value, ...]`, strings only (Lua strings are bytes).
+/// msgpack `[id, expire seconds or "", field, value, ...]`, strings only (Lua strings are
+/// bytes).
 fn rq_args(id: &[u8], job: &RqJobHash) -> Vec<u8> {
     fn str_(out: &mut Vec<u8>, b: &[u8]) {
         let n = b.len();
@@ -284,7 +285,7 @@ fn rq_args(id: &[u8], job: &RqJobHash) -> Vec<u8> {
         }
         out.extend_from_slice(b);
     }
-    let n = 1 + 2 * job.fields.len();
+    let n = 2 + 2 * job.fields.len();
     let mut out = Vec::with_capacity(
         16 + id.len()
             + job
@@ -301,6 +302,13 @@ fn rq_args(id: &[u8], job: &RqJobHash) -> Vec<u8> {
         out.extend(u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes());
     }
     str_(&mut out, id);
+    str_(
+        &mut out,
+        job.expire
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
     for (k, v) in &job.fields {
         str_(&mut out, k.as_bytes());
         str_(&mut out, v);

@@ -1,5 +1,5 @@
 //! The one integration-test binary: the real `beatd` binary (`env!("CARGO_BIN_EXE_beatd")`)
-//! and library against real processes and tools (redis-server, Python Celery,
+//! and library against real processes and tools (redis-server, Python Celery and RQ,
 //! systemd-analyze, kubernetes-validate). No mocks. One module per concern.
 
 mod util;
@@ -29,8 +29,12 @@ mod ops;
 mod ops_util;
 // `send` and `status` against Redis.
 mod redis_cli;
+// RQ jobs encoded by beatd, read by python-rq 3's `Job.fetch` and run by a stock `rq worker`.
+mod rq_wire;
 // Property tests of next-fire computation against a minute-by-minute DST reference.
 mod schedule_props;
+// RQ entries end to end: three beats, stock rq workers, a kill -9 of the leader.
+mod rq_beat;
 // Redis with a password, an ACL user limited to beatd's keys, and TLS.
 mod secure;
 // Two replicas of one namespace with different schedule files: the split is reported.

@@ -22,6 +22,7 @@ fn job(entry: &str, at: i64, queue: &str) -> Fire {
                 ("data", (0u8..=255).chain([0, 0xc4, 0xd9]).collect()),
                 ("description", "x".repeat(300).into_bytes()),
             ],
+            expire: (queue == "reports").then_some(600),
         })),
         schedule_fingerprint: format!("fp-{entry}"),
     }
@@ -164,6 +165,18 @@ async fn staged_rq_jobs_commit_in_order_and_a_rollback_leaves_no_hash() {
         "orphan job hash"
     );
     assert_eq!(list(&conn, "rq:queue:reports").await.len(), 6);
-    // Committed jobs keep theirs.
+    // Committed jobs keep theirs, with RQ's expiry for a job with a ttl.
     assert!(!hash(&conn, "rq:job:e4-1000").await.is_empty());
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("rq:job:e4-1000")
+        .query_async(&mut raw(&conn).await)
+        .await
+        .unwrap();
+    assert!((590..=600).contains(&ttl), "{ttl}");
+    let none: i64 = redis::cmd("TTL")
+        .arg("rq:job:n0-2000")
+        .query_async(&mut raw(&conn).await)
+        .await
+        .unwrap();
+    assert_eq!(none, -1);
 }

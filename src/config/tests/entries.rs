@@ -151,3 +151,62 @@ fn an_empty_file_has_no_entries() {
     let s = load_schedule_str("x.toml", "# nothing yet\n", NOW).unwrap();
     assert!(s.entries.is_empty() && s.warnings.is_empty());
 }
+
+#[test]
+fn an_rq_entry_reads_its_options_and_defaults_to_the_default_queue() {
+    use crate::entry::RqSerializer;
+    let s = crate::config::load_schedule_str(
+        "x.toml",
+        "[defaults]\nprotocol = \"rq\"\nresult_ttl = \"forever\"\n\
+         [[entry]]\nname = \"a\"\ntask = \"app.tasks.count_words\"\nevery = \"1m\"\n\
+         serializer = \"json\"\ntimeout = \"30s\"\nttl = \"2m\"\nfailure_ttl = \"1h\"\n\
+         meta = { team = \"data\" }\nargs = [\"http://x\"]\n\
+         [[entry]]\nname = \"b\"\ntask = \"app.b\"\nevery = \"1m\"\nprotocol = \"celery\"\n",
+        super::NOW,
+    )
+    .unwrap();
+    let a = &s.entries[0];
+    let rq = a.rq.as_deref().expect("rq");
+    assert_eq!(&*a.queue, "default");
+    assert_eq!(rq.serializer, RqSerializer::Json);
+    assert_eq!(rq.timeout, Some(std::time::Duration::from_secs(30)));
+    assert_eq!(rq.ttl, Some(std::time::Duration::from_secs(120)));
+    assert_eq!(rq.failure_ttl, Some(std::time::Duration::from_secs(3600)));
+    assert_eq!(rq.result_ttl, Some(-1));
+    assert_eq!(rq.meta["team"], "data");
+    assert!(s.entries[1].rq.is_none());
+    assert_eq!(&*s.entries[1].queue, "celery");
+}
+
+#[test]
+fn rq_and_celery_options_are_refused_on_the_other_protocol() {
+    let ds = super::diags(
+        "[[entry]]\nname = \"a\"\ntask = \"t\"\nevery = \"1m\"\ntimeout = \"5s\"\n\
+         [[entry]]\nname = \"b\"\ntask = \"app.b\"\nevery = \"1m\"\nprotocol = \"rq\"\npriority = 3\nexpires = \"1h\"\n\
+         [[entry]]\nname = \"c\"\ntask = \"not a path\"\nevery = \"1m\"\nprotocol = \"rq\"\n\
+         [[entry]]\nname = \"d\"\ntask = \"app.d\"\nevery = \"1m\"\nprotocol = \"rQ\"\n\
+         [[entry]]\nname = \"e\"\ntask = \"app.e\"\nevery = \"1m\"\nprotocol = \"rq\"\nserializer = \"yaml\"\n",
+    );
+    let got: Vec<(usize, &str)> = ds.iter().map(|d| (d.line, d.message.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (5, "`timeout` only applies to protocol = \"rq\""),
+            (11, "`priority` does not apply to protocol = \"rq\""),
+            (12, "`expires` does not apply to protocol = \"rq\""),
+            (15, "RQ task `not a path` is not a dotted function path"),
+            (22, "unknown protocol `rQ`"),
+            (28, "unknown serializer `yaml`"),
+        ]
+    );
+    assert!(
+        ds[2].help.as_deref().unwrap().contains("`ttl`"),
+        "{:?}",
+        ds[2]
+    );
+    assert!(
+        ds[4].help.as_deref().unwrap().contains("`rq`"),
+        "{:?}",
+        ds[4]
+    );
+}

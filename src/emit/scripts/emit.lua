@@ -6,7 +6,7 @@
 -- ARGV[1] = lease token, then 5 values per fire, in order:
 --   entry, fire_at_ms, schedule fingerprint, list index i (the list is KEYS[4 + i]), payload.
 -- A Celery message's list index is a number and its payload the envelope (LPUSH, as kombu);
--- an RQ job's index is 'r' .. i and its payload msgpack [job id, field, value, ...]: the hash
+-- an RQ job's index is 'r' .. i and its payload msgpack [job id, expire seconds or '', field, value, ...]: the hash
 -- rq:job:<id> is written, the id RPUSHed (as RQ does) and the queue added to rq:queues.
 -- Returns {0} when the lock does not hold the token (nothing written), else
 -- {1, outcomes} with outcomes one character per fire: 'S' sent, 'A' already sent.
@@ -74,8 +74,8 @@ for i = 0, n - 1 do
       local job = cunpack(argv[b + 4])
       local id = job[1]
       local fields = {}
-      for k = 2, #job do fields[k - 1] = job[k] end
-      jobs['rq:job:' .. id] = fields
+      for k = 3, #job do fields[k - 2] = job[k] end
+      jobs['rq:job:' .. id] = {fields = fields, expire = job[2]}
       q[qn] = id
     else
       q[qn] = argv[b + 4]
@@ -95,8 +95,9 @@ for i = 0, n - 1 do
 end
 
 -- RQ hashes first: a worker never pops an id whose hash is not there yet.
-for key, fields in pairs(jobs) do
-  call_chunked('HSET', key, fields)
+for key, job in pairs(jobs) do
+  call_chunked('HSET', key, job.fields)
+  if job.expire ~= '' then redis.call('EXPIRE', key, job.expire) end
 end
 -- LPUSH of several values pushes them in order, so BRPOP takes them oldest first; RQ's
 -- RPUSH likewise for its LPOP.

@@ -9,7 +9,7 @@
 -- ARGV[1] = lease token, ARGV[2] = batch id, ARGV[3] = expiry of the staged keys in ms
 -- (a safety net only: recover.lua removes them), then 5 values per fire:
 --   entry, fire_at_ms, schedule fingerprint, list index i (the list is KEYS[5 + i]), payload.
--- An RQ job (list index 'r' .. i, payload msgpack [job id, field, value, ...]) has its hash
+-- An RQ job (list index 'r' .. i, payload msgpack [job id, expire seconds or '', field, value, ...]) has its hash
 -- rq:job:<id> written now (no worker looks for it before its id is in the queue), listed
 -- under <batch>:jobs so a rollback deletes it; its destination is recorded as 'r:' .. list.
 -- Returns {0} when the lock does not hold the token, {2} when the batch was committed
@@ -99,8 +99,9 @@ for i = 0, n - 1 do
       local job = cmsgpack.unpack(argv[b + 4])
       local key = 'rq:job:' .. job[1]
       local fields = {}
-      for k = 2, #job do fields[k - 1] = job[k] end
+      for k = 3, #job do fields[k - 2] = job[k] end
       call_chunked('HSET', key, fields)
+      if job[2] ~= '' then redis.call('EXPIRE', key, job[2]) end
       job_keys[#job_keys + 1] = key
       rq_dest[di] = true
       q[#q + 1] = job[1]
