@@ -564,6 +564,7 @@ class Bench:
             dur = steady if scenario == "steady" else pre + RQ_STOP_S + post
             t_end = t0 + dur
             res["window_s"] = dur
+            res["window_start"], res["window_end"] = t0, t_end
             stopped_at = resumed_at = None
             if scenario != "steady":
                 sleep_until(t0 + pre + 0.5)  # mid-second: no fire time sits on the boundary
@@ -594,6 +595,7 @@ class Bench:
             arrivals = watch.stop()
             for p in procs:
                 stop(p)
+            res["stopped_all_at"] = round(time.time(), 3)
         jobs, extra = self.rq_jobs(queue, arrivals, system)
         res.update(extra)
         res.update(rq_counts(jobs, system, t0, t_end, stopped_at, resumed_at))
@@ -615,12 +617,14 @@ class Bench:
             jobs.append(rq_job(jid, h, arrivals.get(jid), system))
         orphans = [rq_job(k[len("rq:job:"):], self.r.hgetall(k), None, system)
                    for k in hashes if k[len("rq:job:"):] not in listed]
+        ttls = sorted({self.r.ttl(f"rq:job:{j['id']}") for j in orphans})
         return jobs, {
             "queue_length": len(ids),
             "job_hashes": len(hashes),
             "listed_without_hash": no_hash,
             "hashes_not_listed": len(orphans),
             "hashes_not_listed_fire_times": sorted({j["fire"] for j in orphans if j["fire"]}),
+            "hashes_not_listed_ttls": ttls,  # -1: no expiry
         }
 
     # ---------------------------------------------------------------- footprint

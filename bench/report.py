@@ -4,6 +4,7 @@ criterion figures in bench/results/criterion.json and notes in bench/notes.md)."
 import json
 import os
 import sys
+from datetime import datetime, timezone
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 
@@ -14,6 +15,12 @@ def f(v, unit="", nd=1):
     if isinstance(v, float):
         v = round(v, nd)
     return f"{v:,}{unit}" if isinstance(v, int) else f"{v}{unit}"
+
+
+def iso(t):
+    if t is None:
+        return "–"
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%H:%M:%S.%f")[:-3]
 
 
 def yes(ok):
@@ -203,8 +210,11 @@ def main():
         w("Fire times: beatd's are exact, the `beatd_scheduled_at` (RFC 3339, ms) in each "
           "job's meta; its `every` fire times are whole seconds. `rq cron` records no fire "
           "time: an interval job runs at start and then `interval` after its previous run, so "
-          "a fire time here is the UTC second of the job's `enqueued_at`, floored (one process "
-          "never enqueues twice within a second: its runs are at least 1 s apart). The window "
+          "a fire time here is the UTC second of the job's `enqueued_at`, floored. A process's "
+          "runs are about `interval` apart (the spacings are below the table), so it lands "
+          "once in each second; jitter across a second's boundary could put two of one "
+          "process's jobs in one second and none in the next (one duplicate, one miss), which "
+          "the per-process counts would show. The window "
           "is whole seconds from 3–4 s after both replicas are up (their startup sends are "
           "not counted); every second in it is "
           "one intended fire time. A duplicate is a job beyond the first for a fire time; "
@@ -262,11 +272,27 @@ def main():
         odd = [(k, x) for k, x in runs.items() if "error" not in x and (
             x.get("hashes_not_listed") or x.get("listed_without_hash") or x.get("off_grid")
             or x.get("no_fire_time"))]
+        if odd:
+            w("Left in Redis after the processes stopped (every process gets SIGTERM at the "
+              "end; beatd writes an RQ job's hash when it stages the fire, up to 5 s ahead, "
+              "and lists its id at the fire time):\n")
         for k, x in odd:
-            w(f"- `{k}`: {x.get('hashes_not_listed')} job hashes not on the queue (fire times "
-              f"{x.get('hashes_not_listed_fire_times')}), {x.get('listed_without_hash')} ids "
-              f"on the queue without a hash, {x.get('off_grid')} fire times off the 1 s grid, "
-              f"{x.get('no_fire_time')} jobs without a fire time.")
+            parts = []
+            if x.get("hashes_not_listed"):
+                fires = x.get("hashes_not_listed_fire_times", [])
+                when = ", ".join(iso(t) for t in fires)
+                stopped = x.get("stopped_all_at")
+                after = sum(1 for t in fires if stopped and t > stopped)
+                parts.append(f"{x['hashes_not_listed']} job hash(es) not on the queue, fire "
+                             f"time {when}" + (f" ({after} after the last process stopped at "
+                                               f"{iso(stopped)})" if stopped else "")
+                             + f", TTL {x.get('hashes_not_listed_ttls')} (-1: none)")
+            for fld, what in (("listed_without_hash", "ids on the queue without a hash"),
+                              ("off_grid", "fire times off the 1 s grid"),
+                              ("no_fire_time", "jobs without a fire time")):
+                if x.get(fld):
+                    parts.append(f"{x[fld]} {what}")
+            w(f"- `{k}`: " + "; ".join(parts) + ".")
         if odd:
             w("")
 
