@@ -11,6 +11,7 @@ import json
 import math
 import multiprocessing
 import os
+import pickle
 import platform
 import shutil
 import signal
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from datetime import datetime, timezone
@@ -36,6 +38,7 @@ VENV_BIN = os.path.join(BENCH, ".venv", "bin")
 if not os.path.exists(os.path.join(VENV_BIN, "celery")):
     VENV_BIN = os.path.dirname(sys.executable)  # run by another checkout's bench/.venv python
 CELERY = os.path.join(VENV_BIN, "celery")
+RQ = os.path.join(VENV_BIN, "rq")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -276,6 +279,37 @@ class Clients:
                 p.kill()
                 p.join(5)
         return out
+
+class ListWatch:
+    """Stamps every job id that appears on an RQ queue list with the time it was first seen
+    (LLEN polled every `period` s; the whole list read on each change, so an insert anywhere is
+    seen). Nothing may pop from the list meanwhile (no worker runs)."""
+
+    def __init__(self, port, key, period=0.005):
+        self.r = redis.Redis(port=port)
+        self.key = key
+        self.period = period
+        self.arrivals = {}
+        self.n = 0
+        self._stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            n = self.r.llen(self.key)
+            if n != self.n:
+                ids = self.r.lrange(self.key, 0, -1)
+                now = time.time()
+                for jid in ids:
+                    self.arrivals.setdefault(jid.decode(), now)
+                self.n = n
+            time.sleep(self.period)
+
+    def stop(self):
+        self._stop.set()
+        self.t.join(5)
+        return self.arrivals
 
 
 class Bench:
@@ -815,6 +849,127 @@ class Bench:
                     out[key] = round(x[rate] / pre[rate], 2)
         self.results["worker_kinds"] = out
 
+    # ---------------------------------------------------------------- rq
+
+    def rq_cron(self, name, replica, queue):
+        """`rq cron benchcron` (bench/peers/benchcron.py): benchjobs.tick every second."""
+        d = self.dir(name)
+        logpath = os.path.join(d, "cron.log")
+        p = subprocess.Popen([RQ, "cron", "--url", self.url, "benchcron"], cwd=d,
+                             stdout=open(logpath, "w"), stderr=subprocess.STDOUT,
+                             env=self.env(BENCH_RQ_QUEUE=queue, BENCH_RQ_REPLICA=replica))
+        p.logpath = logpath
+        p.started = time.time()
+        return p
+
+    def rq(self):
+        steady = 20 if self.quick else 60
+        pre, post = (5, 10) if self.quick else (10, 20)
+        out = {"steady_window_s": steady, "stop_s": RQ_STOP_S, "before_stop_s": pre,
+               "after_stop_s": post, "lock_ttl_s": 5, "runs": {}}
+        plan = [("rq_cron", "steady"), ("beatd", "steady"),
+                ("rq_cron", "stop_one"), ("beatd", "stop_one"),
+                ("rq_cron", "kill_one"), ("beatd", "kill_one"),
+                ("rq_cron", "stop_both"), ("beatd", "stop_both"),
+                ("beatd_latest", "stop_both")]
+        for system, scenario in plan:
+            key = f"{system}_{scenario}"
+            try:
+                out["runs"][key] = self.rq_run(system, scenario, steady, pre, post)
+            except Exception as e:  # one failed run must not lose the others
+                out["runs"][key] = {"error": repr(e)}
+            log("rq", key, {k: v for k, v in out["runs"][key].items()
+                            if k not in ("per_replica", "notes")})
+        self.results["rq"] = out
+
+    def rq_run(self, system, scenario, steady, pre, post):
+        self.r.flushall()
+        if system == "rq_cron":
+            queue = "bench_rq_cron"
+            a = self.rq_cron("rqc-a", "a", queue)
+            b = self.rq_cron("rqc-b", "b", queue)
+            wait = lambda p: self.wait_log(p, "starting...")  # noqa: E731
+        else:
+            queue = "bench_rq"
+            catch = 'catch_up = "all"\ncatch_up_window = "1m"\n' if system == "beatd" else ""
+            toml = ('[[entry]]\nname = "tick"\ntask = "benchjobs.tick"\nprotocol = "rq"\n'
+                    f'queue = "{queue}"\nserializer = "json"\nevery = "1s"\n' + catch)
+            a = self.beatd("rqb-a", toml, lock_ttl="5s")
+            b = self.beatd("rqb-b", toml, lock_ttl="5s")
+            wait = self.wait_ready
+        procs = [a, b]
+        watch = ListWatch(self.port, f"rq:queue:{queue}")
+        res = {"system": system, "scenario": scenario, "queue": queue, "replicas": 2}
+        try:
+            res["ready_s"] = [round(x, 3) if x is not None else None for x in map(wait, procs)]
+            time.sleep(2)
+            t0 = math.ceil(time.time()) + 1
+            dur = steady if scenario == "steady" else pre + RQ_STOP_S + post
+            t_end = t0 + dur
+            res["window_s"] = dur
+            res["window_start"], res["window_end"] = t0, t_end
+            stopped_at = resumed_at = None
+            if scenario != "steady":
+                sleep_until(t0 + pre + 0.5)  # mid-second: no fire time sits on the boundary
+                first, other = a, b
+                if system != "rq_cron":
+                    # beatd: the leader (the lock's value names its pid).
+                    holder = (self.r.get("beatd:leader") or b"").decode()
+                    if f":{b.pid}:" in holder:
+                        first, other = b, a
+                    res["stopped_leader"] = f":{first.pid}:" in holder
+                victims = [first, other] if scenario == "stop_both" else [first]
+                sig = signal.SIGKILL if scenario == "kill_one" else signal.SIGSTOP
+                res["stopped"] = len(victims)
+                res["signal"] = "kill -9" if sig == signal.SIGKILL else "SIGSTOP 30 s, SIGCONT"
+                stopped_at = time.time()
+                for v in victims:
+                    os.kill(v.pid, sig)
+                if sig == signal.SIGSTOP:
+                    sleep_until(stopped_at + RQ_STOP_S)
+                    resumed_at = time.time()
+                    for v in victims:
+                        os.kill(v.pid, signal.SIGCONT)
+            sleep_until(t_end + 3)  # late (caught-up) sends for fire times in the window
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    os.kill(p.pid, signal.SIGCONT)
+            arrivals = watch.stop()
+            for p in procs:
+                stop(p)
+            res["stopped_all_at"] = round(time.time(), 3)
+        jobs, extra = self.rq_jobs(queue, arrivals, system)
+        res.update(extra)
+        res.update(rq_counts(jobs, system, t0, t_end, stopped_at, resumed_at))
+        return res
+
+    def rq_jobs(self, queue, arrivals, system):
+        """The jobs on the queue list, each with its fire time: beatd's `beatd_scheduled_at`
+        from the job's meta; rq cron's `enqueued_at`, floored to the second."""
+        ids = [x.decode() for x in self.r.lrange(f"rq:queue:{queue}", 0, -1)]
+        listed = set(ids)
+        hashes = [k.decode() for k in self.r.scan_iter(match="rq:job:*", count=1000)
+                  if self.r.type(k) == b"hash"]  # not the :dependents sets
+        jobs, no_hash = [], 0
+        for jid in ids:
+            h = self.r.hgetall(f"rq:job:{jid}")
+            if not h:
+                no_hash += 1
+                continue
+            jobs.append(rq_job(jid, h, arrivals.get(jid), system))
+        orphans = [rq_job(k[len("rq:job:"):], self.r.hgetall(k), None, system)
+                   for k in hashes if k[len("rq:job:"):] not in listed]
+        ttls = sorted({self.r.ttl(f"rq:job:{j['id']}") for j in orphans})
+        return jobs, {
+            "queue_length": len(ids),
+            "job_hashes": len(hashes),
+            "listed_without_hash": no_hash,
+            "hashes_not_listed": len(orphans),
+            "hashes_not_listed_fire_times": sorted({j["fire"] for j in orphans if j["fire"]}),
+            "hashes_not_listed_ttls": ttls,  # -1: no expiry
+        }
+
     # ---------------------------------------------------------------- footprint
 
     def footprint(self):
@@ -973,6 +1128,101 @@ def failover_stats(msgs, killed_at, exact, ttl):
     return res
 
 
+RQ_STOP_S = 30
+
+
+def rq_time(v):
+    """RQ's timestamps (`2026-12-01T18:30:00.123456Z`) and beatd's RFC 3339 → unix s."""
+    if v is None:
+        return None
+    v = v.decode() if isinstance(v, bytes) else v
+    return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+
+
+def rq_meta(raw):
+    """A job's meta, serialized with its serializer: JSON (beatd's `serializer = "json"`) or
+    pickle (rq cron's default)."""
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        try:
+            return pickle.loads(raw)
+        except Exception:
+            return {}
+
+
+def rq_job(jid, h, arrival, system):
+    meta = rq_meta(h.get(b"meta"))
+    enq = rq_time(h.get(b"enqueued_at"))
+    if system == "rq_cron":
+        fire = math.floor(enq) if enq is not None else None
+    else:
+        at = meta.get("beatd_scheduled_at")
+        fire = rq_time(at) if at else None
+        fire = round(fire, 3) if fire is not None else None
+    return {"id": jid, "fire": fire, "enqueued_at": enq, "arrival": arrival,
+            "replica": meta.get("replica"), "func": (h.get(b"description") or b"").decode()}
+
+
+def rq_counts(jobs, system, t0, t_end, stopped_at, resumed_at):
+    """Duplicates and misses per fire time in [t0, t_end): one fire time per second (rq cron's
+    interval = 1, beatd's `every = "1s"`, whose fire times are whole seconds)."""
+    inw = [j for j in jobs if j["fire"] is not None and t0 <= j["fire"] < t_end]
+    counts = {}
+    for j in inw:
+        counts[j["fire"]] = counts.get(j["fire"], 0) + 1
+    grid = list(range(int(t0), int(t_end)))
+    missed = [s for s in grid if s not in counts]
+    res = {
+        "fire_times": len(grid),
+        "enqueued": len(inw),
+        "distinct_fire_times": len(counts),
+        "off_grid": sum(1 for f in counts if f not in set(grid)),
+        "duplicates": sum(c - 1 for c in counts.values() if c > 1),
+        "fire_times_duplicated": sum(1 for c in counts.values() if c > 1),
+        "missed": len(missed),
+        "outside_window": len(jobs) - len(inw),
+        "no_fire_time": sum(1 for j in jobs if j["fire"] is None),
+    }
+    reps = {}
+    for j in inw:
+        reps.setdefault(j["replica"] or "?", []).append(j)
+    per = {}
+    for r, js in sorted(reps.items()):
+        t = sorted(x["enqueued_at"] for x in js if x["enqueued_at"] is not None)
+        sp = [y - x for x, y in zip(t, t[1:])]
+        per[r] = {"enqueued": len(js)}
+        if sp:
+            per[r]["spacing_min_ms"] = round(1000 * min(sp), 1)
+            per[r]["spacing_max_ms"] = round(1000 * max(sp), 1)
+    if system == "rq_cron":
+        res["per_replica"] = per
+    late = sorted(j["arrival"] - j["fire"] for j in inw
+                  if system != "rq_cron" and j["arrival"] is not None)
+    if late:
+        res["lateness_p50_ms"] = round(1000 * pct(late, 50), 1)
+        res["lateness_max_s"] = round(late[-1], 3)
+        res["late_over_1s"] = sum(1 for x in late if x > 1.0)
+    if stopped_at is not None:
+        until = resumed_at if resumed_at is not None else t_end
+        span = [s for s in grid if stopped_at <= s < until]
+        res["stopped_at"] = round(stopped_at, 3)
+        res["resumed_at"] = round(resumed_at, 3) if resumed_at else None
+        res["fire_times_while_stopped"] = len(span)
+        res["missed_while_stopped"] = sum(1 for s in span if s not in counts)
+        res["duplicates_after_stop"] = sum(c - 1 for f, c in counts.items()
+                                           if c > 1 and f >= stopped_at)
+        after = sorted(j["arrival"] for j in jobs if j["arrival"] and j["arrival"] > stopped_at)
+        if after:
+            res["first_send_after_stop_s"] = round(after[0] - stopped_at, 3)
+        if resumed_at is not None:
+            back = sorted(j["arrival"] for j in jobs if j["arrival"] and j["arrival"] > resumed_at)
+            res["sent_within_2s_of_resume"] = sum(1 for x in back if x - resumed_at < 2)
+    return res
+
+
 def idle_stats(ready, s0, s1):
     return {
         "startup_to_ready_s": round(ready, 3) if ready is not None else None,
@@ -1022,15 +1272,18 @@ def versions():
         "kombu": sh(f"{py} -c 'import kombu; print(kombu.__version__)'"),
         "celery-redbeat": sh(f"{py} -m pip show celery-redbeat | sed -n 's/^Version: //p'"),
         "redis-py": sh(f"{py} -c 'import redis; print(redis.__version__)'"),
+        "rq": sh(f"{py} -c 'import rq; print(rq.__version__)'"),
         "tokio-cron-scheduler": "0.15.1",
     }
+
+
+ALL_SECTIONS = "emission,client_emission,drift,failover,worker,worker_kinds,footprint,rq"
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="emission,client_emission,drift,failover,worker,"
-                    "worker_kinds,footprint")
+    ap.add_argument("--only", default=ALL_SECTIONS)
     ap.add_argument("--out", default=None)
     ap.add_argument("--beatd-only", action="store_true",
                     help="emission: measure beatd only (e.g. BENCH_BEATD=<older build>)")
@@ -1039,8 +1292,8 @@ def main():
     started = datetime.now(timezone.utc)
     b.results["machine"] = machine()
     b.results["versions"] = versions()
-    b.results["command"] = "bench/run.sh" + (" --quick" if args.quick else "") + (
-        f" --only {args.only}" if args.only != ap.get_default("only") else "")
+    b.results["command"] = ("bench/run.sh" + (" --quick" if args.quick else "")
+                            + (f" --only {args.only}" if args.only != ALL_SECTIONS else ""))
     b.results["started"] = started.isoformat(timespec="seconds")
     try:
         for part in args.only.split(","):

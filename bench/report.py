@@ -4,6 +4,7 @@ criterion figures in bench/results/criterion.json and notes in bench/notes.md)."
 import json
 import os
 import sys
+from datetime import datetime, timezone
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 
@@ -14,6 +15,12 @@ def f(v, unit="", nd=1):
     if isinstance(v, float):
         v = round(v, nd)
     return f"{v:,}{unit}" if isinstance(v, int) else f"{v}{unit}"
+
+
+def iso(t):
+    if t is None:
+        return "–"
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%H:%M:%S.%f")[:-3]
 
 
 def yes(ok):
@@ -297,6 +304,110 @@ def main():
         targets.append(("idle with 10,000 entries: < 15 MB RSS, no CPU",
                         f"{x['rss_mb']} MB, {x['cpu_in_window_s']} s CPU in "
                         f"{fp['window_s']} s", x["rss_mb"] < 15 and x["cpu_in_window_s"] <= 0.02))
+
+    rq = r.get("rq")
+    if rq:
+        runs = rq["runs"]
+        w("## RQ: two `rq cron` processes vs two beatd beats on the same schedule\n")
+        w(f"One job, `benchjobs.tick`, every second onto an RQ queue; two replicas of each "
+          f"scheduler against the same Redis, one system at a time; no worker, so every job "
+          f"enqueued is still on `rq:queue:<name>` at the end with its `rq:job:<id>` hash. "
+          f"RQ {v.get('rq', '?')}: `rq cron benchcron` twice with the same config "
+          "(`cron.register(benchjobs.tick, queue_name=..., interval=1)`, bench/peers/benchcron.py; "
+          "`interval` takes whole seconds, 1 is the smallest; each process also puts its "
+          "replica name in the job's `meta`, as RQ records no scheduler on a job). beatd: two "
+          "`beatd beat --lock-ttl 5s` with `protocol = \"rq\"`, `task = \"benchjobs.tick\"`, "
+          "`serializer = \"json\"`, `every = \"1s\"`, `catch_up = \"all\"`, "
+          "`catch_up_window = \"1m\"` (the last row of the second table: the default "
+          "`catch_up = \"latest\"`).\n")
+        w("Fire times: beatd's are exact, the `beatd_scheduled_at` (RFC 3339, ms) in each "
+          "job's meta; its `every` fire times are whole seconds. `rq cron` records no fire "
+          "time: an interval job runs at start and then `interval` after its previous run, so "
+          "a fire time here is the UTC second of the job's `enqueued_at`, floored. A process's "
+          "runs are about `interval` apart (the spacings are below the table), so it lands "
+          "once in each second; jitter across a second's boundary could put two of one "
+          "process's jobs in one second and none in the next (one duplicate, one miss), which "
+          "the per-process counts would show. The window "
+          "is whole seconds from 3–4 s after both replicas are up (their startup sends are "
+          "not counted); every second in it is "
+          "one intended fire time. A duplicate is a job beyond the first for a fire time; "
+          "missed is a fire time with no job. Jobs sent after the window's end for a fire "
+          "time inside it (catch-up) count; the last is looked for 3 s after the end.\n")
+        w("| system | replicas | window | fire times | enqueued | duplicates | missed |")
+        w("|---|--:|--:|--:|--:|--:|--:|")
+        for k, label in (("rq_cron_steady", "`rq cron`"), ("beatd_steady", "beatd")):
+            x = runs.get(k)
+            if not x:
+                continue
+            if "error" in x:
+                w(f"| {label} | 2 | – | – | – | – | run failed: `{x['error']}` |")
+                continue
+            w(f"| {label} | {x['replicas']} | {x['window_s']} s | {x['fire_times']} | "
+              f"{x['enqueued']} | {x['duplicates']} | {x['missed']} |")
+        w("")
+        st = runs.get("rq_cron_steady", {})
+        if st.get("per_replica"):
+            w("`rq cron` per process: " + ", ".join(
+                f"{r_} enqueued {p['enqueued']} (runs {p.get('spacing_min_ms')}–"
+                f"{p.get('spacing_max_ms')} ms apart)" for r_, p in st["per_replica"].items())
+              + ".\n")
+        w(f"### One or both stopped for {rq['stop_s']} s\n")
+        w(f"{rq['before_stop_s']} s into the window, one replica (beatd: the leader, named by "
+          f"the lock; `rq cron`: the first started, the two do not coordinate) or both get "
+          f"SIGSTOP, then SIGCONT {rq['stop_s']} s later; or the one gets kill -9 and stays "
+          f"dead. The window runs {rq['after_stop_s']} s past the resume. \"While stopped\": "
+          "the fire times from the stop to the resume (kill -9: to the window's end). Late: "
+          "jobs in Redis more than 1 s after their fire time (beatd's catch-up; `rq cron` "
+          "has no fire time to be late for). First send: from the signal to the next job "
+          "seen on the queue (polled every 5 ms).\n")
+        w("| system | stopped | signal | window | fire times | enqueued | duplicates | missed "
+          "| missed while stopped | late > 1 s | first send after the stop |")
+        w("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+        rows = (("rq_cron_stop_one", "`rq cron`"), ("beatd_stop_one", "beatd"),
+                ("rq_cron_kill_one", "`rq cron`"), ("beatd_kill_one", "beatd"),
+                ("rq_cron_stop_both", "`rq cron`"), ("beatd_stop_both", "beatd"),
+                ("beatd_latest_stop_both", "beatd, `catch_up = \"latest\"`"))
+        for k, label in rows:
+            x = runs.get(k)
+            if not x:
+                continue
+            if "error" in x:
+                w(f"| {label} | – | – | – | – | – | – | – | – | – | run failed: "
+                  f"`{x['error']}` |")
+                continue
+            who = ("both" if x.get("stopped") == 2 else
+                   ("the leader" if x.get("stopped_leader") else "one"))
+            w(f"| {label} | {who} | {x.get('signal')} | {x['window_s']} s | "
+              f"{x['fire_times']} | {x['enqueued']} | {x['duplicates']} | {x['missed']} | "
+              f"{x.get('missed_while_stopped')} of {x.get('fire_times_while_stopped')} | "
+              f"{f(x.get('late_over_1s'))} | {f(x.get('first_send_after_stop_s'), ' s', 2)} |")
+        w("")
+        odd = [(k, x) for k, x in runs.items() if "error" not in x and (
+            x.get("hashes_not_listed") or x.get("listed_without_hash") or x.get("off_grid")
+            or x.get("no_fire_time"))]
+        if odd:
+            w("Left in Redis after the processes stopped (every process gets SIGTERM at the "
+              "end; beatd writes an RQ job's hash when it stages the fire, up to 5 s ahead, "
+              "and lists its id at the fire time):\n")
+        for k, x in odd:
+            parts = []
+            if x.get("hashes_not_listed"):
+                fires = x.get("hashes_not_listed_fire_times", [])
+                when = ", ".join(iso(t) for t in fires)
+                stopped = x.get("stopped_all_at")
+                after = sum(1 for t in fires if stopped and t > stopped)
+                parts.append(f"{x['hashes_not_listed']} job hash(es) not on the queue, fire "
+                             f"time {when}" + (f" ({after} after the last process stopped at "
+                                               f"{iso(stopped)})" if stopped else "")
+                             + f", TTL {x.get('hashes_not_listed_ttls')} (-1: none)")
+            for fld, what in (("listed_without_hash", "ids on the queue without a hash"),
+                              ("off_grid", "fire times off the 1 s grid"),
+                              ("no_fire_time", "jobs without a fire time")):
+                if x.get(fld):
+                    parts.append(f"{x[fld]} {what}")
+            w(f"- `{k}`: " + "; ".join(parts) + ".")
+        if odd:
+            w("")
 
     crit = os.path.join(BENCH, "results", "criterion.txt")
     if os.path.exists(crit):

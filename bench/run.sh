@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for every benchmark: bench/run.sh [--quick] [--only emission,drift,...]
 #
-# Installs the peers (a venv with celery[redis] and celery-redbeat under bench/.venv, the
+# Installs the peers (a venv with celery[redis], celery-redbeat and rq under bench/.venv, the
 # tokio-cron-scheduler harness, queue observer and HTTP sink under bench/tcs), builds beatd
 # with the footprint profile, starts a private redis-server on a free port (never 6379), runs
 # every measurement with a bounded time, then writes bench/results/<stamp>.json and BENCHMARKS.md.
@@ -12,7 +12,11 @@ command -v redis-server >/dev/null || { echo "redis-server not found (apt-get in
 
 if [ ! -x bench/.venv/bin/celery ]; then
   python3 -m venv bench/.venv
-  bench/.venv/bin/pip install --quiet 'celery[redis]' celery-redbeat
+  bench/.venv/bin/pip install --quiet 'celery[redis]' celery-redbeat 'rq>=3,<4'
+fi
+# RQ 3's `rq cron`, the peer of the rq section (a venv made before that section lacks it).
+if [ ! -x bench/.venv/bin/rq ]; then
+  bench/.venv/bin/pip install --quiet 'rq>=3,<4'
 fi
 
 cargo build --profile footprint --bin beatd --example bench_noop_worker
