@@ -145,8 +145,19 @@ impl RedisServer {
                     "redis-server exited early: {status}"
                 )));
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
+            if let Ok(stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+                // Parallel tests pick ports too: what answers must be this child, not another
+                // test's server that took the port first (ours then exits on its bind error,
+                // and the test meets a dead port once the other one stops).
+                let ours = self.child.as_ref().map(std::process::Child::id);
+                if server_pid(stream) == ours {
+                    return Ok(());
+                }
+                self.kill();
+                return Err(io::Error::other(format!(
+                    "port {} is another redis-server's",
+                    self.port
+                )));
             }
             if Instant::now() > deadline {
                 self.kill();
@@ -157,6 +168,28 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The `process_id` in `INFO server` of the Redis at the other end of `stream`.
+fn server_pid(mut stream: TcpStream) -> Option<u32> {
+    use std::io::{Read, Write};
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        .ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&buf).contains("\r\nrun_id:") {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl Drop for RedisServer {

@@ -21,8 +21,15 @@ use std::sync::LazyLock;
 
 static EMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/emit.lua")));
 static STAGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/stage.lua")));
-const COMMIT_LUA: &str = include_str!("scripts/commit.lua");
-const SETTLE_LUA: &str = include_str!("scripts/settle.lua");
+// Both move staged batches onto their queues with the same function, kept once.
+const COMMIT_LUA: &str = concat!(
+    include_str!("scripts/publish.lua"),
+    include_str!("scripts/commit.lua")
+);
+const SETTLE_LUA: &str = concat!(
+    include_str!("scripts/publish.lua"),
+    include_str!("scripts/settle.lua")
+);
 static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(COMMIT_LUA));
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
 

@@ -1,6 +1,6 @@
 -- Records the last runs of committed batches and forgets them; with ARGV[2] = 'all' (the
 -- start of a term, only by the lock holder) also finishes batches partly committed
--- (commit.lua's 'p') and rolls back every batch never committed. Bounded: at most ARGV[5]
+-- (commit.lua's 'p', with publish.lua's publish_batch) and rolls back every batch never committed. Bounded: at most ARGV[5]
 -- entries recorded plus messages moved per call, so Redis is never held for long; the
 -- caller calls again while the reply says there is more. A batch partly recorded simply
 -- has fewer entries left: recording is idempotent (only a newer fire time is written).
@@ -88,38 +88,6 @@ local function settle(batch)
   return redis.call('EXISTS', batch) == 0, #lr_out / 2
 end
 
--- Finishes moving a partly committed batch onto its queues (as commit.lua would); true
--- when all of it is visible.
-local function finish_commit(batch)
-  local flat = redis.call('HGETALL', batch .. ':dests')
-  for j = 1, #flat, 2 do
-    local staged = batch .. ':q' .. flat[j]
-    local dest = flat[j + 1]
-    local rq = string.sub(dest, 1, 2) == 'r:'
-    if rq then dest = string.sub(dest, 3) end
-    if redis.call('EXISTS', staged) == 1 then
-      if redis.call('EXISTS', dest) == 0 then
-        redis.call('RENAME', staged, dest)
-        redis.call('PERSIST', dest)
-      else
-        while budget > 0 do
-          local moved
-          if rq then
-            moved = redis.call('LMOVE', staged, dest, 'LEFT', 'RIGHT')
-          else
-            moved = redis.call('RPOPLPUSH', staged, dest)
-          end
-          if not moved then break end
-          budget = budget - 1
-        end
-        if redis.call('EXISTS', staged) == 1 then return false end
-      end
-      if rq then redis.call('SADD', 'rq:queues', dest) end
-    end
-  end
-  return true
-end
-
 local settled, rolled_back, more = 0, 0, 0
 local ids
 if all then
@@ -131,7 +99,9 @@ for _, id in ipairs(ids) do
   local status = redis.call('HGET', KEYS[5], id)
   local batch = ARGV[3] .. id
   if all and status == 'p' then
-    if finish_commit(batch) then
+    local done
+    done, budget = publish_batch(batch, budget)
+    if done then
       redis.call('HSET', KEYS[5], id, 'c')
       status = 'c'
     else
