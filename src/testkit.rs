@@ -150,8 +150,21 @@ impl RedisServer {
                 // test's server that took the port first (ours then exits on its bind error,
                 // and the test meets a dead port once the other one stops).
                 let ours = self.child.as_ref().map(std::process::Child::id);
-                if server_pid(stream) == ours {
-                    return Ok(());
+                match server_pid(stream) {
+                    Some(pid) if Some(pid) == ours => return Ok(()),
+                    // No INFO without AUTH (requirepass, ACL): ours is the one answering if it
+                    // is still alive a moment later (a bind error ends it at once).
+                    None => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        let alive = self
+                            .child
+                            .as_mut()
+                            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+                        if alive {
+                            return Ok(());
+                        }
+                    }
+                    Some(_) => {}
                 }
                 self.kill();
                 return Err(io::Error::other(format!(
