@@ -7,6 +7,7 @@ use super::broker::{self, Delivery};
 use super::held::{Held, HeldGuard};
 use super::pipeline::{Disposition, Finished, Pipeline};
 use super::restore::restore_visible;
+use super::slots::{RunSlots, SlotRequest};
 use super::{Shutdown, WorkerOptions};
 use crate::backoff::Backoff;
 use crate::ops::liveness::Heartbeat;
@@ -32,8 +33,8 @@ struct Ctx {
     pipeline: Pipeline,
     /// Connection for bookkeeping (acks, requeues).
     conn: ConnectionManager,
-    /// At most `concurrency` tasks run at once.
-    run_slots: Arc<Semaphore>,
+    /// At most `concurrency` tasks run at once, started in delivery order.
+    run_slots: RunSlots,
     /// Stop taking and starting; put unstarted messages back.
     graceful: CancellationToken,
     /// Stop everything now; leave unfinished messages unacknowledged.
@@ -66,7 +67,7 @@ pub(crate) async fn consume(
     let ctx = Ctx {
         pipeline,
         conn: conn.clone(),
-        run_slots: Arc::new(Semaphore::new(opts.concurrency.max(1))),
+        run_slots: RunSlots::new(opts.concurrency),
         graceful: shutdown.graceful.clone(),
         abort: abort.clone(),
         waiting: Arc::default(),
@@ -200,7 +201,12 @@ pub(crate) async fn consume(
             if let Ok(mut w) = ctx.waiting.lock() {
                 w.insert(seq, delivery);
             }
-            jobs.spawn(job(ctx.clone(), task, seq, tag, permits.pop(), guard));
+            // Due now: take a place in the slot queue in delivery order, before spawning.
+            let turn = task
+                .eta
+                .is_none_or(|eta| eta <= ctx.pipeline.clock().now())
+                .then(|| ctx.run_slots.request());
+            jobs.spawn(job(ctx.clone(), task, seq, tag, turn, permits.pop(), guard));
         }
     }
     if !abort.is_cancelled() {
@@ -279,18 +285,26 @@ async fn job(
     task: ParsedTask,
     seq: u64,
     tag: String,
+    turn: Option<SlotRequest>,
     prefetch: Option<OwnedSemaphorePermit>,
     _held: HeldGuard,
 ) {
     let clock = ctx.pipeline.clock().clone();
     let mut prefetch = prefetch;
     let wait = async {
-        if let Some(eta) = task.eta.filter(|eta| *eta > clock.now()) {
-            // A far-away ETA must not hold a prefetch slot (Celery raises its prefetch for them).
-            prefetch.take();
-            crate::clock::sleep_until(clock.as_ref(), eta).await;
-        }
-        ctx.run_slots.clone().acquire_owned().await
+        let turn = match turn {
+            Some(turn) => turn,
+            None => {
+                if let Some(eta) = task.eta {
+                    // A far-away ETA must not hold a prefetch slot (Celery raises its prefetch
+                    // for them).
+                    prefetch.take();
+                    crate::clock::sleep_until(clock.as_ref(), eta).await;
+                }
+                ctx.run_slots.request()
+            }
+        };
+        turn.await
     };
     // On a graceful stop the consumer returns this message (see `return_unstarted`).
     let slot = tokio::select! {

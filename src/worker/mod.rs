@@ -30,6 +30,7 @@ mod pipeline;
 mod registry;
 mod restore;
 mod results;
+mod slots;
 mod spec;
 mod task;
 

@@ -38,6 +38,23 @@ fn sleeper(secs: &str) -> Registry {
     reg
 }
 
+/// Like [`sleeper`], and each run appends a line to `marks` when it starts.
+fn marked_sleeper(secs: &str, marks: &std::path::Path) -> Registry {
+    let mut reg = Registry::new();
+    let script = format!("echo started >> '{}'; sleep {secs}", marks.display());
+    let kind = TaskKind::Exec {
+        command: vec!["sh".into(), "-c".into(), script],
+        env: BTreeMap::new(),
+        cwd: None,
+    };
+    reg.add_spec("tasks.sleep", &TaskSpec::new(kind)).unwrap();
+    reg
+}
+
+fn started_runs(marks: &std::path::Path) -> usize {
+    std::fs::read_to_string(marks).map_or(0, |s| s.lines().count())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lower_priority_number_runs_first() {
     let server = beatd::testkit::RedisServer::start().unwrap();
@@ -121,24 +138,40 @@ async fn expired_message_is_revoked_not_run() {
 async fn graceful_shutdown_returns_prefetched_messages() {
     let mut o = opts();
     o.concurrency = 1;
-    let h = Harness::start(sleeper("1"), o).await;
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("started");
+    let h = Harness::start(marked_sleeper("1", &marks), o).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
         ids.push(h.send(TaskMessage::new("tasks.sleep")).await);
     }
+    // Stop once all three are taken and the first one is running (on a loaded machine the
+    // first start can come well after the prefetch).
     let deadline = Instant::now() + WAIT;
-    while h.unacked_count().await != (3, 3) {
+    while h.unacked_count().await != (3, 3) || started_runs(&marks) == 0 {
         assert!(
             Instant::now() < deadline,
-            "not prefetched: {:?}",
-            h.unacked_count().await
+            "not prefetched and started: {:?}, {} started",
+            h.unacked_count().await,
+            started_runs(&marks)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     h.shutdown.graceful.cancel();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let back = h.list("celery").await;
-    assert_eq!(back.len(), 2, "unstarted messages returned at once");
+    // Returned while the running one is still going (it sleeps a second).
+    let deadline = Instant::now() + WAIT;
+    let back = loop {
+        let back = h.list("celery").await;
+        if back.len() >= 2 || Instant::now() > deadline {
+            break back;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        back.len(),
+        2,
+        "unstarted messages returned before the running one ended"
+    );
     assert_eq!(
         h.unacked_count().await,
         (1, 1),
@@ -157,6 +190,7 @@ async fn graceful_shutdown_returns_prefetched_messages() {
     };
     assert_eq!(h.result(&ids[0]).await["status"], "SUCCESS");
     assert!(h.try_result(&ids[1]).await.is_none() && h.try_result(&ids[2]).await.is_none());
+    assert_eq!(started_runs(&marks), 1, "nothing started after the stop");
     assert_eq!(h.unacked_count().await, (0, 0));
     // The returned messages keep their order: the next one taken is the second sent.
     assert!(back[1].contains(&ids[1]) && back[0].contains(&ids[2]));
