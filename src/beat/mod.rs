@@ -114,6 +114,10 @@ impl Default for BeatOptions {
 /// buffers back to the kernel (a few ms, after the instant).
 const BIG_BATCH: usize = 1_000;
 
+/// Fires already due at once from this many on go through staging and one commit (see
+/// `Beat::follow`); fewer are pushed directly, which costs one call.
+const BURST: usize = 500;
+
 /// A regular fire sent later than this after its fire time counts as late.
 const LATE: TimeDelta = TimeDelta::seconds(1);
 
@@ -397,6 +401,28 @@ impl Beat {
                     None => Err(TermEnd::StoreError),
                 }
             }
+            Phase::Reload(st) => {
+                let entries = self.entries.borrow_and_update().clone();
+                match self.keep_staged(plan, entries, st).await {
+                    Ok(Some((new_plan, st))) => {
+                        *plan = new_plan;
+                        term.phase = if st.complete() {
+                            Phase::Staged(st)
+                        } else {
+                            Phase::Staging(st)
+                        };
+                        Ok(())
+                    }
+                    Ok(None) => match self.replan(&term.lease).await {
+                        Some(new_plan) => {
+                            *plan = new_plan;
+                            Ok(())
+                        }
+                        None => Err(TermEnd::StoreError),
+                    },
+                    Err(end) => Err(end),
+                }
+            }
             Phase::Staging(mut st) => {
                 let step = self.stage_step(&term.lease, plan, &mut st).await;
                 if step.is_ok() {
@@ -462,9 +488,20 @@ impl Beat {
         };
         if at <= now + early() {
             self.reach(at).await;
-            let due = plan.pop_due(self.clock.now());
+            let now = self.clock.now();
+            let due = plan.pop_due(now);
             if term.expired(Instant::now()) {
                 return Err(TermEnd::LeaseLost);
+            }
+            if let Emission::Staged(emitter) = &self.emission {
+                if due.len() >= BURST {
+                    // A burst already due (catch-up after an outage, a late term start): staged
+                    // and committed at once, so it becomes visible in one step as a regular fire
+                    // time does, instead of trickling out over many emit calls.
+                    term.phase =
+                        Phase::Staging(Staging::new(&term.lease, now, due, emitter.clone()));
+                    return Ok(());
+                }
             }
             return self.emit(&term.lease, plan, &due).await;
         }
@@ -566,6 +603,49 @@ impl Beat {
                 return None;
             }
         }
+        self.plan_from_store(entries).await
+    }
+
+    /// A reload while a batch is parked. When every entry of the batch is unchanged in the
+    /// new files, its parked messages are exactly what the new schedule sends at that instant:
+    /// the batch stays, remapped onto the new entries, and the new plan is made around it
+    /// (staging 100,000 messages again could make them late). Otherwise `None`: the caller
+    /// replans, which rolls the batch back.
+    async fn keep_staged(
+        &self,
+        old: &Plan,
+        entries: Arc<[Entry]>,
+        mut st: Staging,
+    ) -> Result<Option<(Plan, Staging)>, TermEnd> {
+        let index: std::collections::HashMap<&str, usize> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.as_str(), i))
+            .collect();
+        let before = old.entries();
+        let mut due = Vec::with_capacity(st.due.len());
+        for d in &st.due {
+            let entry = &before[d.idx];
+            match index.get(entry.name.as_str()) {
+                Some(&idx) if entries[idx] == *entry => due.push(Due { idx, ..*d }),
+                _ => return Ok(None),
+            }
+        }
+        drop(index);
+        let Some(mut plan) = self.plan_from_store(entries).await else {
+            return Err(TermEnd::StoreError);
+        };
+        if !plan.take_staged(&mut due) {
+            return Ok(None);
+        }
+        tracing::info!(batch = %st.batch, fires = due.len(), "reload kept the parked batch: none of its entries changed");
+        st.due = due;
+        Ok(Some((plan, st)))
+    }
+
+    /// Plans `entries` from the recorded last runs, forgetting the state of entries that are
+    /// no longer scheduled.
+    async fn plan_from_store(&self, entries: Arc<[Entry]>) -> Option<Plan> {
         let mut last = match self.state.last_runs().await {
             Ok(last) => last,
             Err(e) => {

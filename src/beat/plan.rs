@@ -149,6 +149,35 @@ impl Plan {
         }
     }
 
+    /// Takes the fires of a batch parked under an earlier plan out of this one, so they are
+    /// not planned twice, and gives each its catch-up flag as planned here. `false` (and the
+    /// plan unchanged) when one of them is not pending in this plan.
+    pub fn take_staged(&mut self, staged: &mut [Due]) -> bool {
+        let wanted: HashMap<(EntryIdx, DateTime<Utc>), usize> = staged
+            .iter()
+            .enumerate()
+            .map(|(i, d)| ((d.idx, d.at), i))
+            .collect();
+        let mut found = vec![None; staged.len()];
+        let mut kept = Vec::with_capacity(self.heap.len());
+        for Reverse(p) in std::mem::take(&mut self.heap) {
+            match wanted.get(&(p.idx, p.at)) {
+                Some(&i) if found[i].is_none() => found[i] = Some(p),
+                _ => kept.push(Reverse(p)),
+            }
+        }
+        if found.iter().any(Option::is_none) {
+            kept.extend(found.into_iter().flatten().map(Reverse));
+            self.heap = kept.into();
+            return false;
+        }
+        self.heap = kept.into();
+        for (d, p) in staged.iter_mut().zip(found.into_iter().flatten()) {
+            d.catch_up = p.catch_up;
+        }
+        true
+    }
+
     /// Number of pending fires.
     #[must_use]
     pub fn len(&self) -> usize {

@@ -30,6 +30,9 @@ pub(crate) enum Phase {
     Staging(Staging),
     /// Every message of the next fire time is parked; commit at the instant.
     Staged(Staging),
+    /// The schedule files changed while a batch is parked: the batch stays if none of its
+    /// entries changed (a reload must not make the next fire time late), else replan.
+    Reload(Staging),
     /// The plan must be made again (the entries changed, or the store failed and the outcome
     /// of the last step is unknown); whatever was staged is rolled back by the replan.
     Replan {
@@ -46,7 +49,7 @@ pub(crate) struct Staging {
     pub(crate) batch: BatchId,
     /// The fire time of every fire in it.
     pub(crate) at: DateTime<Utc>,
-    /// The fires, all due at `at`.
+    /// The fires: due at `at`, or (a burst already due when planned) at or before it.
     pub(crate) due: Vec<Due>,
     /// Outcomes of the fires staged so far (a prefix of `due`).
     pub(crate) outcomes: Vec<EmitOutcome>,
@@ -141,7 +144,7 @@ impl Term {
     pub(crate) fn wake(&self, next_fire: Option<DateTime<Utc>>, now: Now, t: Timing) -> Instant {
         let early = chrono::TimeDelta::from_std(t.early).unwrap_or_default();
         let work = match &self.phase {
-            Phase::Staging(_) => Some(now.instant),
+            Phase::Staging(_) | Phase::Reload(_) => Some(now.instant),
             Phase::Staged(st) => Some(now.instant_of(st.at - early)),
             Phase::Planned => next_fire.map(|at| {
                 let ahead = t
@@ -178,11 +181,14 @@ impl Term {
         self.renew_at = now + RENEW_RETRY;
     }
 
-    /// The schedule files changed: replan (a retry already scheduled keeps its time).
+    /// The schedule files changed: replan (a retry already scheduled keeps its time), or
+    /// check a parked batch against the new entries first.
     pub(crate) fn entries_changed(&mut self) {
-        if !matches!(self.phase, Phase::Replan { .. }) {
-            self.phase = Phase::Replan { not_before: None };
-        }
+        self.phase = match std::mem::replace(&mut self.phase, Phase::Planned) {
+            retry @ Phase::Replan { .. } => retry,
+            Phase::Staging(st) | Phase::Staged(st) | Phase::Reload(st) => Phase::Reload(st),
+            Phase::Planned => Phase::Replan { not_before: None },
+        };
     }
 
     /// A store call failed, so the outcome of the step is unknown: replan from the store once

@@ -522,3 +522,97 @@ async fn a_lease_lost_after_staging_sends_nothing_and_the_next_leader_sends_the_
     leader.release(&other).await.unwrap();
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_leaves_the_parked_entries_unchanged_keeps_the_batch() {
+    let origin = t("2026-11-23T10:00:00Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let emitter = mem_emitter(&leader, true);
+    let entries: Vec<Entry> = (0..1_000)
+        .map(|i| every(&format!("e{i}"), 10, CatchUp::All))
+        .collect();
+    let h = start(origin, entries.clone(), leader, emitter.clone());
+    settle(Duration::from_millis(6_000)).await; // the :10 batch is parked
+    assert_eq!(emitter.staging_counts(), (1_000, 0));
+    // A new entry in the files, and the old ones in another order: none of the parked
+    // entries changed, so nothing is restaged.
+    let mut reloaded: Vec<Entry> = entries.iter().rev().cloned().collect();
+    reloaded.push(every("late-comer", 60, CatchUp::All));
+    h.entries.send(reloaded.into()).unwrap();
+    settle(Duration::from_millis(4_500)).await; // :10.5
+    assert_eq!(
+        emitter.staging_counts(),
+        (1_000, 0),
+        "the batch was restaged"
+    );
+    let pushed = emitter.pushed();
+    assert_eq!(pushed.len(), 1_000);
+    let at10 = t("2026-11-23T10:00:10Z").timestamp_millis();
+    assert!(pushed.iter().all(|p| p.fire_at_ms == at10));
+    // The regular chain goes on from the kept batch, once per entry and fire time.
+    settle(Duration::from_millis(10_000)).await; // :20.5
+    for i in [0, 500, 999] {
+        assert_eq!(fired_secs(&emitter, &format!("e{i}"), origin), [10, 20]);
+    }
+    assert_eq!(emitter.pushed().len(), 2_000);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_changes_one_parked_entry_restages_the_batch() {
+    let origin = t("2026-11-23T10:00:00Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let emitter = mem_emitter(&leader, true);
+    let entries: Vec<Entry> = (0..3)
+        .map(|i| every(&format!("e{i}"), 10, CatchUp::All))
+        .collect();
+    let h = start(origin, entries.clone(), leader, emitter.clone());
+    settle(Duration::from_millis(6_000)).await;
+    let mut changed = entries.clone();
+    changed[1].args = vec![serde_json::json!("new")].into();
+    h.entries.send(changed.into()).unwrap();
+    settle(Duration::from_millis(4_500)).await; // :10.5
+                                                // Rolled back and staged again with the new message; each fire time still once.
+    assert_eq!(emitter.staging_counts(), (6, 3));
+    for i in 0..3 {
+        assert_eq!(fired_secs(&emitter, &format!("e{i}"), origin), [10]);
+    }
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_already_due_is_staged_and_made_visible_in_one_commit() {
+    let origin = t("2026-11-23T10:00:00.300Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let emitter = mem_emitter(&leader, true);
+    let entries: Vec<Entry> = (0..2_000)
+        .map(|i| every(&format!("e{i}"), 60, CatchUp::Latest))
+        .collect();
+    // Each ran last an hour ago: the latest missed fire time (10:00:00) is due at start.
+    let hour_ago = t("2026-11-23T09:00:00Z").timestamp_millis();
+    emitter.state.with(|last| {
+        for e in &entries {
+            last.insert(
+                e.name.clone(),
+                LastRun {
+                    fire_at_ms: hour_ago,
+                    count: 1,
+                    fingerprint: Some(e.fingerprint()),
+                },
+            );
+        }
+    });
+    let h = start(origin, entries, leader, emitter.clone());
+    settle(Duration::from_millis(1_000)).await;
+    let at = t("2026-11-23T10:00:00Z").timestamp_millis();
+    let pushed = emitter.pushed();
+    assert_eq!(pushed.len(), 2_000);
+    assert!(pushed.iter().all(|p| p.fire_at_ms == at));
+    // Through staging (every fire parked once, nothing rolled back), so one commit made
+    // them all visible: nothing trickled out through the direct path first.
+    assert_eq!(emitter.staging_counts(), (2_000, 0));
+    // Recorded: a restart would not send them again.
+    let runs = emitter.last_runs().await.unwrap();
+    assert!(runs.values().all(|r| r.fire_at_ms == at && r.count == 2));
+    h.stop().await;
+}

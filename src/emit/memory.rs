@@ -50,6 +50,9 @@ struct Queue {
     pushed: Vec<Pushed>,
     /// Staged batches: whether committed, and their fires.
     batches: HashMap<BatchId, (bool, Vec<Fire>)>,
+    /// Fires ever staged, and ever rolled back, for tests of what a step re-did.
+    staged_total: usize,
+    rolled_back_total: usize,
 }
 
 impl MemoryEmitter {
@@ -134,6 +137,14 @@ impl MemoryEmitter {
         }
     }
 
+    /// Fires staged so far (each staging of a fire counts, also one rolled back later) and
+    /// fires rolled back by [`StagedEmitter::recover`].
+    #[must_use]
+    pub fn staging_counts(&self) -> (usize, usize) {
+        let q = lock(&self.queue);
+        (q.staged_total, q.rolled_back_total)
+    }
+
     /// Everything pushed so far, oldest first.
     #[must_use]
     pub fn pushed(&self) -> Vec<Pushed> {
@@ -174,7 +185,8 @@ impl StagedEmitter for MemoryEmitter {
     ) -> Result<Vec<EmitOutcome>, Error> {
         self.fence(lease).await?;
         let mut guard = lock(&self.queue);
-        let (committed, staged) = guard.batches.entry(batch).or_default();
+        let q = &mut *guard;
+        let (committed, staged) = q.batches.entry(batch).or_default();
         if *committed {
             return Err(Error::Unavailable("batch already committed".into()));
         }
@@ -188,6 +200,7 @@ impl StagedEmitter for MemoryEmitter {
                 outcomes.push(EmitOutcome::AlreadySent);
             } else {
                 staged.push(fire.clone());
+                q.staged_total += 1;
                 outcomes.push(EmitOutcome::Sent);
             }
         }
@@ -217,7 +230,9 @@ impl StagedEmitter for MemoryEmitter {
         let ids: Vec<BatchId> = q.batches.keys().copied().collect();
         for id in ids {
             self.settle(&mut q, id);
-            q.batches.remove(&id);
+            if let Some((_, fires)) = q.batches.remove(&id) {
+                q.rolled_back_total += fires.len();
+            }
         }
         Ok(())
     }
