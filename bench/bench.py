@@ -350,6 +350,10 @@ class Bench:
         os.makedirs(d)
         return d
 
+    def dir_of(self, name):
+        """The directory `dir(name)` made, without clearing it."""
+        return os.path.join(self.tmp, name)
+
     # ---------------------------------------------------------------- processes
 
     def beatd(self, name, entries_toml, lock_ttl="10s", http=True):
@@ -715,6 +719,106 @@ class Bench:
             row["brpop_first_ms"] = (round((b["reply"] - fire) * 1000, 2)
                                      if b.get("reply") else None)
         row["ping"] = ping_stats(got.get("ping"), fire)
+        return row
+
+    # ---------------------------------------------------------------- burst_reload
+
+    def burst_reload(self):
+        """beatd only (issue 12, points 3 and 4): a catch-up burst of N overdue fires as the
+        queue's clients see it, and a reload half a second before a fire time of N entries
+        that did not change."""
+        ns = [10000] if self.quick else [10000, 100000]
+        out = {"burst": [], "reload": []}
+        for n in ns:
+            row = self.burst_one(n)
+            out["burst"].append(row)
+            log("burst", {k: v for k, v in row.items() if k != "ping"})
+        for n in ns:
+            row = self.reload_one(n)
+            out["reload"].append(row)
+            log("reload", {k: v for k, v in row.items() if k != "ping"})
+        self.results["burst_reload"] = out
+
+    def burst_one(self, n):
+        """N entries every 10 s with catch_up = "latest": one run sends a fire time, the beat
+        stops, two fire times pass, a new beat starts and owes the latest of them for every
+        entry at once. Clients poll from before the second start."""
+        q = "celery"
+        self.r.flushall()
+        toml = "".join(f'[[entry]]\nname = "e{i}"\ntask = "bench.noop"\nevery = "10s"\n'
+                       f'catch_up = "latest"\n\n' for i in range(n))
+        p = self.beatd("burst-1", toml)
+        self.wait_ready(p)
+        deadline = time.time() + 60
+        while self.r.llen(q) < n and time.time() < deadline:
+            time.sleep(0.05)
+        first_run = self.r.llen(q)
+        stop(p)
+        sent_at = math.floor(time.time() / 10) * 10
+        # Two fire times pass with no beat; start again 2 s past the second, far from the next.
+        restart = sent_at + 22
+        sleep_until(restart - 1.5)
+        self.r.delete(q)
+        cl = Clients()
+        cl.start("llen", client_llen, self.port, q, restart - 1.0, restart + 60, n)
+        cl.start("ping", client_ping, self.port, restart - 1.0, restart + 20, 0.0005)
+        sleep_until(restart)
+        p = self.beatd("burst-2", toml)
+        t_start = p.started
+        ready = self.wait_ready(p)
+        got = cl.collect(restart + 70)
+        stop(p)
+        row = {"n": n, "first_run_sent": first_run, "startup_s": round(ready or 0, 3)}
+        marks = llen_marks(got.get("llen"), 0, n, 0, t_start)
+        row.update({"from_start_" + k: v for k, v in marks.items()})
+        if marks.get("llen_first_ms") is not None and marks.get("llen_all_ms") is not None:
+            row["first_to_all_ms"] = round(marks["llen_all_ms"] - marks["llen_first_ms"], 2)
+            row["first_to_99_ms"] = round(marks["llen_99_ms"] - marks["llen_first_ms"], 2)
+        # The stall bound over the whole second run, startup included.
+        row["ping"] = ping_stats(got.get("ping"), t_start)
+        self.r.flushall()
+        return row
+
+    def reload_one(self, n):
+        """N entries due at one instant; half a second before it, a new file with one more
+        entry appears and the beat gets SIGHUP. The N unchanged entries' parked messages must
+        stay: clients see them at the fire time as without the reload."""
+        q = "celery"
+        self.r.flushall()
+        d = self.dir("reload-check")
+        with open(os.path.join(d, "s.toml"), "w") as f:
+            f.write("".join(f'[[entry]]\nname = "e{i}"\ntask = "t"\ncron = "0 0 * * * *"\n\n'
+                            for i in range(n)))
+        t0 = time.time()
+        subprocess.run([BEATD, "check", d], capture_output=True, timeout=900)
+        margin = min(15, max(8, 7 + 3 * (time.time() - t0)))
+        fire = math.ceil(time.time() + margin)
+        ft = datetime.fromtimestamp(fire, timezone.utc)
+        cron = f"{ft.second} {ft.minute} * * * *"
+        toml = "".join(f'[[entry]]\nname = "e{i}"\ntask = "bench.noop"\ncron = "{cron}"\n\n'
+                       for i in range(n))
+        p = self.beatd("reload", toml)
+        ready = self.wait_ready(p)
+        cl = Clients()
+        cl.start("llen", client_llen, self.port, q, fire - 0.2, fire + 10, n)
+        cl.start("ping", client_ping, self.port, fire - 1.0, fire + 3.0, 0.0005)
+        sleep_until(fire - 0.5)
+        sd = os.path.join(self.dir_of("reload"), "schedules")
+        with open(os.path.join(sd, "extra.toml"), "w") as f:
+            f.write('[[entry]]\nname = "added"\ntask = "bench.noop"\ncron = "0 0 * * * *"\n')
+        reload_at = time.time()
+        p.send_signal(signal.SIGHUP)
+        got = cl.collect(fire + 20)
+        stop(p)
+        with open(os.path.join(self.dir_of("reload"), "beatd.log")) as f:
+            log_text = f.read()
+        row = {"n": n, "fire": fire, "startup_s": round(ready or 0, 3),
+               "reload_before_fire_ms": round((fire - reload_at) * 1000, 1),
+               "kept_batch_logged": "reload kept the parked batch" in log_text,
+               "final_len": self.r.llen(q)}
+        row.update(llen_marks(got.get("llen"), 0, n, 0, fire))
+        row["ping"] = ping_stats(got.get("ping"), fire)
+        self.r.flushall()
         return row
 
     # ---------------------------------------------------------------- worker_kinds
@@ -1277,7 +1381,7 @@ def versions():
     }
 
 
-ALL_SECTIONS = "emission,client_emission,drift,failover,worker,worker_kinds,footprint,rq"
+ALL_SECTIONS = "emission,client_emission,burst_reload,drift,failover,worker,worker_kinds,footprint,rq"
 
 
 def main():
