@@ -401,6 +401,19 @@ impl Beat {
                     None => Err(TermEnd::StoreError),
                 }
             }
+            Phase::Reload(st) if st.complete() && self.clock.now() + early() >= st.at => {
+                // The reload came at the instant: this fire time goes out as parked, the new
+                // files apply from the next one.
+                self.reach(st.at).await;
+                if term.expired(Instant::now()) {
+                    return Err(TermEnd::LeaseLost);
+                }
+                let step = self.commit(term, plan, st).await;
+                if step.is_ok() && !matches!(term.phase, Phase::Replan { .. }) {
+                    term.phase = Phase::Replan { not_before: None };
+                }
+                step
+            }
             Phase::Reload(st) => {
                 let entries = self.entries.borrow_and_update().clone();
                 match self.keep_staged(plan, entries, st).await {
