@@ -815,6 +815,10 @@ class Bench:
         row = {"n": n, "fire": fire, "startup_s": round(ready or 0, 3),
                "reload_before_fire_ms": round((fire - reload_at) * 1000, 1),
                "kept_batch_logged": "reload kept the parked batch" in log_text,
+               "batch_outcome": ("kept" if "reload kept the parked batch" in log_text
+                                 else "committed before the reload" if "committing it first"
+                                 in log_text else "rolled back and parked again"
+                                 if "rolled_back=1" in log_text else "reload after the commit"),
                "final_len": self.r.llen(q)}
         row.update(llen_marks(got.get("llen"), 0, n, 0, fire))
         row["ping"] = ping_stats(got.get("ping"), fire)

@@ -409,6 +409,33 @@ def main():
         if odd:
             w("")
 
+    br = r.get("burst_reload")
+    if br:
+        w("## Catch-up bursts and reloads before a fire time (`burst_reload`, beatd only)\n")
+        w("A burst: N entries every 10 s with `catch_up = \"latest\"` sent one fire time, the "
+          "beat stopped for two more, and a new beat owes the latest for every entry at once. A "
+          "client polling `LLEN` sees them; times from the new process's start.\n")
+        w("| N | startup | first seen | all seen | first → all | longest PING |")
+        w("|--:|--:|--:|--:|--:|--:|")
+        for x in br.get("burst", []):
+            w(f"| {x['n']:,} | {f(x.get('startup_s', 0) * 1000, ' ms')} "
+              f"| {f(x.get('from_start_llen_first_ms'), ' ms')} "
+              f"| {f(x.get('from_start_llen_all_ms'), ' ms')} "
+              f"| {f(x.get('first_to_all_ms'), ' ms')} "
+              f"| {f((x.get('ping') or {}).get('max_ms'), ' ms')} |")
+        w("")
+        w("A reload: N entries due at one instant; half a second before it a new file with one "
+          "more entry appears and the beat gets SIGHUP. Times after the fire time.\n")
+        w("| N | reload before the fire | parked batch | first seen | 99 % | all | longest PING |")
+        w("|--:|--:|---|--:|--:|--:|--:|")
+        for x in br.get("reload", []):
+            w(f"| {x['n']:,} | {f(x.get('reload_before_fire_ms'), ' ms')} "
+              f"| {x.get('batch_outcome', 'kept' if x.get('kept_batch_logged') else '?')} "
+              f"| {f(x.get('llen_first_ms'), ' ms')} | {f(x.get('llen_99_ms'), ' ms')} "
+              f"| {f(x.get('llen_all_ms'), ' ms')} "
+              f"| {f((x.get('ping') or {}).get('max_ms'), ' ms')} |")
+        w("")
+
     crit = os.path.join(BENCH, "results", "criterion.txt")
     if os.path.exists(crit):
         w("## Micro-benchmarks (`cargo bench`, criterion, benches/hot_paths.rs)\n")

@@ -404,6 +404,7 @@ impl Beat {
             Phase::Reload(st) if st.complete() && self.clock.now() + early() >= st.at => {
                 // The reload came at the instant: this fire time goes out as parked, the new
                 // files apply from the next one.
+                tracing::info!(batch = %st.batch, "reload at the parked batch's instant: committing it first");
                 self.reach(st.at).await;
                 if term.expired(Instant::now()) {
                     return Err(TermEnd::LeaseLost);
