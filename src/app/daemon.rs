@@ -254,6 +254,33 @@ impl BeatPorts {
         }
     }
 
+    /// The HA ports with RabbitMQ as the broker: the lock and last runs on Redis under
+    /// `namespace`, fires published to `amqp` with confirms (direct emission: intent, publish,
+    /// sent; see `emit::amqp`).
+    #[must_use]
+    pub fn amqp(
+        conn: &RedisConn,
+        amqp: &crate::amqp::AmqpUrl,
+        namespace: &str,
+        ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let keys = Keys::new(namespace);
+        let leader = Arc::new(RedisLeader::new(conn.clone(), keys.clone(), ttl));
+        Self {
+            leader: leader.clone(),
+            handover: leader,
+            emission: Emission::Direct(Arc::new(crate::emit::AmqpEmitter::new(
+                amqp.clone(),
+                conn.clone(),
+                keys.clone(),
+                crate::emit::AmqpOptions::default(),
+                metrics,
+            ))),
+            state: Arc::new(RedisState::new(conn.clone(), keys)),
+        }
+    }
+
     /// The embedded mode's ports: the lock on the state file, the state file, and the
     /// in-process queue `queue` the worker reads.
     ///

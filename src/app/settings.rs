@@ -278,6 +278,12 @@ impl Settings {
     /// When none is configured; `why` says what needed it.
     pub fn require_redis(&self, why: &str) -> Result<&BrokerUrl, Error> {
         self.redis_url.as_ref().ok_or_else(|| {
+            if self.amqp_url.is_some() {
+                return Error::Usage(format!(
+                    "{why} with a RabbitMQ broker keeps its lock and last runs in Redis: set \
+                     --redis-url, BEATD_REDIS_URL, REDIS_URL or a redis:// result backend"
+                ));
+            }
             Error::Usage(format!(
                 "{why} needs Redis: set --redis-url, BEATD_REDIS_URL, CELERY_BROKER_URL or \
                  REDIS_URL (or use `beatd run` for the embedded mode)"
