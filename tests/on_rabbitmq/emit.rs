@@ -50,7 +50,7 @@ async fn a_fire_is_published_once_and_recorded_on_its_confirm() {
     let (em, metrics) = emitter(&url, &conn, AmqpOptions::default());
     let f = fire("e", 1_000, "q1");
     assert_eq!(
-        em.emit(&lease, &[f.clone()]).await.unwrap(),
+        em.emit(&lease, std::slice::from_ref(&f)).await.unwrap(),
         [EmitOutcome::Sent]
     );
     // Again, and an older fire of the same entry: recorded already.
@@ -113,7 +113,10 @@ async fn a_new_leader_republishes_an_unconfirmed_fire_with_its_task_id() {
         },
     );
     let f = fire("e", 2_000, "q3");
-    let err = tight.emit(&first, &[f.clone()]).await.unwrap_err();
+    let err = tight
+        .emit(&first, std::slice::from_ref(&f))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::LeaseLost), "{err:?}");
     let mut r = raw(&server);
     let intents: usize = r.hlen("beatd:amqp_intents").unwrap();
@@ -162,7 +165,7 @@ async fn an_unroutable_publish_is_an_error_counted_and_kept_until_confirmed() {
         .ctl(&["delete_queue", "-p", url.vhost(), "gone"])
         .expect("delete_queue");
     let f = fire("b", 2, "gone");
-    let err = em.emit(&lease, &[f.clone()]).await.unwrap_err();
+    let err = em.emit(&lease, std::slice::from_ref(&f)).await.unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
     assert!(
         beatd::error_chain(&err).contains("unroutable"),
