@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(90);
+pub(crate) const WAIT: Duration = Duration::from_secs(90);
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let p = std::env::var_os("BEATD_TEST_PYTHON").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-celery/bin/python"),
         PathBuf::from,
@@ -28,7 +28,7 @@ fn python() -> PathBuf {
     p
 }
 
-struct Proc(Child, PathBuf);
+pub(crate) struct Proc(pub(crate) Child, pub(crate) PathBuf);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -37,15 +37,15 @@ impl Drop for Proc {
     }
 }
 
-struct Scene {
-    dir: tempfile::TempDir,
-    redis: RedisServer,
-    amqp: String,
-    procs: Vec<(String, Proc)>,
+pub(crate) struct Scene {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) redis: RedisServer,
+    pub(crate) amqp: String,
+    pub(crate) procs: Vec<(String, Proc)>,
 }
 
 impl Scene {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
             redis: RedisServer::start().expect("redis-server"),
@@ -56,11 +56,11 @@ impl Scene {
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn command(&self, program: &Path) -> Command {
+    pub(crate) fn command(&self, program: &Path) -> Command {
         let mut cmd = Command::new(program);
         cmd.env_clear()
             .current_dir(self.dir.path())
@@ -80,7 +80,7 @@ impl Scene {
         cmd
     }
 
-    fn spawn(&mut self, name: &str, mut cmd: Command) {
+    pub(crate) fn spawn(&mut self, name: &str, mut cmd: Command) {
         let log = self.path(&format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = cmd
@@ -91,7 +91,7 @@ impl Scene {
         self.procs.push((name.into(), Proc(child, log)));
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.procs
             .iter()
             .map(|(name, p)| {
@@ -103,7 +103,7 @@ impl Scene {
             .join("\n")
     }
 
-    fn records(&self) -> Vec<Value> {
+    pub(crate) fn records(&self) -> Vec<Value> {
         std::fs::read_to_string(self.path("record.jsonl"))
             .unwrap_or_default()
             .lines()
@@ -111,7 +111,7 @@ impl Scene {
             .collect()
     }
 
-    fn wait_for<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    pub(crate) fn wait_for<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(v) = f() {
@@ -124,6 +124,59 @@ impl Scene {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+impl Scene {
+    /// `python pyapp.py COMMAND SPEC` (send_task, AsyncResult.get) on the scene's broker.
+    pub(crate) fn client(&self, command: &str, spec: &Value) -> Value {
+        let out = self
+            .command(&python())
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/pyapp.py"))
+            .args([command, &spec.to_string()])
+            .output()
+            .expect("python client");
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.lines().last().unwrap_or("")).unwrap_or_else(|_| {
+            panic!(
+                "client {command} failed: {}{}\n{}",
+                text,
+                String::from_utf8_lossy(&out.stderr),
+                self.logs()
+            )
+        })
+    }
+
+    /// `beatd worker` on RabbitMQ with `beatd.toml`, results in the scene's Redis.
+    pub(crate) fn start_beatd_worker(&mut self, name: &str) {
+        let mut cmd = self.command(Path::new(env!("CARGO_BIN_EXE_beatd")));
+        cmd.args([
+            "--config",
+            "beatd.toml",
+            "worker",
+            "--http-addr",
+            "off",
+            "--queues",
+            "celery",
+            "--concurrency",
+            "2",
+        ])
+        .env("CELERY_BROKER_URL", &self.amqp)
+        .env("CELERY_RESULT_BACKEND", self.redis.url());
+        self.spawn(name, cmd);
+    }
+
+    /// The stored result of `id`, if any.
+    pub(crate) fn result(&self, id: &str) -> Option<Value> {
+        let mut c = redis::Client::open(self.redis.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(format!("celery-task-meta-{id}"))
+            .query(&mut c)
+            .unwrap();
+        raw.map(|r| serde_json::from_str(&r).unwrap())
     }
 }
 

@@ -11,6 +11,8 @@ mod celery;
 mod emit;
 /// What beatd publishes, field by field against `tests/fixtures/celery-amqp`.
 mod wire;
+/// `beatd worker` on RabbitMQ with Python clients.
+mod worker;
 
 use beatd::amqp::AmqpUrl;
 use beatd::emit::{AmqpEmitter, AmqpOptions};
