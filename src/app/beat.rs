@@ -32,6 +32,7 @@ pub async fn beat(settings: Settings) -> Result<u8, Error> {
                 amqp,
                 &settings.namespace,
                 settings.lock_ttl,
+                settings.queue_args.clone(),
                 d.metrics.clone(),
             )
         }

@@ -263,6 +263,7 @@ impl BeatPorts {
         amqp: &crate::amqp::AmqpUrl,
         namespace: &str,
         ttl: Duration,
+        queue_args: crate::amqp::QueueArgs,
         metrics: Arc<Metrics>,
     ) -> Self {
         let keys = Keys::new(namespace);
@@ -274,7 +275,10 @@ impl BeatPorts {
                 amqp.clone(),
                 conn.clone(),
                 keys.clone(),
-                crate::emit::AmqpOptions::default(),
+                crate::emit::AmqpOptions {
+                    queue_args,
+                    ..crate::emit::AmqpOptions::default()
+                },
                 metrics,
             ))),
             state: Arc::new(RedisState::new(conn.clone(), keys)),
@@ -516,6 +520,7 @@ pub async fn start_amqp_worker(
     opts: WorkerOptions,
     registry: Registry,
     url: crate::amqp::AmqpUrl,
+    queue_args: crate::amqp::QueueArgs,
     results: Option<&BrokerUrl>,
 ) -> Result<http::ReadyFn, Error> {
     let (sink, finality): (
@@ -549,7 +554,7 @@ pub async fn start_amqp_worker(
     let worker = crate::worker::amqp::AmqpWorker {
         opts,
         url,
-        queue_args: crate::amqp::QueueArgs::default(),
+        queue_args,
         registry,
         results: sink,
         finality,

@@ -134,6 +134,9 @@ pub struct Settings {
     /// `CELERY_RESULT_BACKEND`); `None`: results are only logged. On a Redis broker the
     /// worker stores them in that Redis, as before.
     pub result_backend: Option<BrokerUrl>,
+    /// Arguments of the RabbitMQ queues beatd creates (`BEATD_QUEUE_MAX_PRIORITY`,
+    /// `BEATD_QUEUE_TYPE`: Celery's `task_queue_max_priority`, `task_default_queue_type`).
+    pub queue_args: crate::amqp::QueueArgs,
     /// The key namespace.
     pub namespace: String,
     /// Leader lock TTL.
@@ -240,7 +243,9 @@ impl Settings {
             &file,
             env("STATE_DIRECTORY").as_deref(),
         );
+        let queue_args = queue_args(&env)?;
         Ok(Self {
+            queue_args,
             schedules: schedule_paths(flags, &file),
             default_timezone,
             redis_url,
@@ -303,6 +308,40 @@ fn resolve_broker(
         .map(|v| (v, "--broker-url"))
         .or_else(|| non_empty(env("BEATD_BROKER_URL")).map(|v| (v, "BEATD_BROKER_URL")))
         .or_else(|| non_empty(env("CELERY_BROKER_URL")).map(|v| (v, "CELERY_BROKER_URL")))
+}
+
+/// The arguments of queues beatd declares on RabbitMQ, from the environment.
+fn queue_args(env: impl Fn(&str) -> Option<String>) -> Result<crate::amqp::QueueArgs, Error> {
+    let non_empty = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    let max_priority = match non_empty("BEATD_QUEUE_MAX_PRIORITY") {
+        None => None,
+        Some(v) => Some(
+            v.trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p >= 1)
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "BEATD_QUEUE_MAX_PRIORITY={v:?} is not a priority from 1 to 255 (Celery's \
+                 task_queue_max_priority, usually 10)"
+                    ))
+                })?,
+        ),
+    };
+    let queue_type = match non_empty("BEATD_QUEUE_TYPE") {
+        None => None,
+        Some(v) if matches!(v.trim(), "classic" | "quorum") => Some(v.trim().to_owned()),
+        Some(v) => {
+            return Err(Error::Usage(format!(
+                "BEATD_QUEUE_TYPE={v:?}: expected classic or quorum (Celery's \
+                 task_default_queue_type)"
+            )))
+        }
+    };
+    Ok(crate::amqp::QueueArgs {
+        max_priority,
+        queue_type,
+    })
 }
 
 /// The result backend: `--result-backend`, `BEATD_RESULT_BACKEND`, `CELERY_RESULT_BACKEND`.
@@ -482,6 +521,25 @@ mod tests {
         assert_eq!(s.amqp_url.as_ref().unwrap().vhost(), "prod");
         assert!(s.redis_url.unwrap().expose().contains("coord:6379/0"));
         assert!(s.result_backend.unwrap().expose().contains("cache:6379/1"));
+    }
+
+    #[test]
+    fn queue_arguments_come_from_the_environment_and_are_checked() {
+        let env = vars(&[
+            ("BEATD_QUEUE_MAX_PRIORITY", "10"),
+            ("BEATD_QUEUE_TYPE", "quorum"),
+        ]);
+        let s = Settings::resolve_with(&Flags::default(), AppConfig::default(), env).unwrap();
+        assert_eq!(s.queue_args.max_priority, Some(10));
+        assert_eq!(s.queue_args.queue_type.as_deref(), Some("quorum"));
+        for bad in [
+            ("BEATD_QUEUE_MAX_PRIORITY", "0"),
+            ("BEATD_QUEUE_TYPE", "stream"),
+        ] {
+            let err = Settings::resolve_with(&Flags::default(), AppConfig::default(), vars(&[bad]))
+                .unwrap_err();
+            assert!(err.to_string().contains(bad.0), "{err}");
+        }
     }
 
     #[test]

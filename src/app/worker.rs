@@ -25,6 +25,7 @@ pub async fn worker(settings: Settings) -> Result<u8, Error> {
             opts,
             registry,
             amqp.clone(),
+            settings.queue_args.clone(),
             settings.result_backend.as_ref(),
         )
         .await?;
