@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone on a fresh Debian machine:
 #   ./scripts/test.sh
-# Installs what the tests need (redis-server from Debian's packages, a Python venv with
+# Installs what the tests need (redis-server and rabbitmq-server from Debian's packages, a Python venv with
 # celery[redis] for the interoperability tests), then runs formatting, lint and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# tests/on_rabbitmq starts its own node from Debian's rabbitmq-server (never the machine's)
+command -v rabbitmq-server >/dev/null 2>&1 || need_apt+=(rabbitmq-server)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 if ((${#need_apt[@]})); then
   echo "== installing ${need_apt[*]} (Debian packages)"

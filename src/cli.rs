@@ -81,8 +81,17 @@ pub struct ScheduleArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
     /// Redis URL (redis:// or rediss://); else BEATD_REDIS_URL, CELERY_BROKER_URL, REDIS_URL.
+    /// With a RabbitMQ broker, the Redis that holds the lock, last runs (and results).
     #[arg(long, value_name = "URL")]
     pub redis_url: Option<String>,
+    /// Broker URL: amqp:// amqps:// pyamqp:// (RabbitMQ) or redis://; else BEATD_BROKER_URL,
+    /// CELERY_BROKER_URL.
+    #[arg(long, value_name = "URL")]
+    pub broker_url: Option<String>,
+    /// Where results go with a RabbitMQ broker: redis:// or rediss://; else
+    /// CELERY_RESULT_BACKEND [default: none, results are logged].
+    #[arg(long, value_name = "URL")]
+    pub result_backend: Option<String>,
     /// Key namespace for the lock and last-run state [default: beatd].
     #[arg(long, env = "BEATD_NAMESPACE")]
     pub namespace: Option<String>,

@@ -13,6 +13,7 @@
 //!   signals, logs.
 //! - [`app`], [`cli`], [`error`]: the commands, their flags and settings, the crate error.
 
+pub mod amqp;
 pub mod app;
 pub mod backoff;
 pub mod beat;

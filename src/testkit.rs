@@ -1,7 +1,11 @@
 //! Real processes for tests and benchmarks: a private `redis-server` on a free loopback port
-//! that a test can kill and restart. Never mocks, never the machine's shared Redis.
+//! that a test can kill and restart, and a private RabbitMQ node ([`rabbit`]). Never mocks, never the machine's shared Redis.
 //!
 //! Public (not `cfg(test)`) so integration tests, benchmarks and the chaos run share it.
+
+pub mod rabbit;
+
+pub use rabbit::RabbitServer;
 
 use std::io;
 use std::net::{TcpListener, TcpStream};

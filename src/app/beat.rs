@@ -1,4 +1,5 @@
-//! `beatd beat`: the HA scheduler on Redis.
+//! `beatd beat`: the HA scheduler, its lock and last runs on Redis, its tasks to Redis or
+//! RabbitMQ.
 
 use super::daemon::{self, BeatPorts, Daemon, FleetWatch};
 use super::settings::Settings;
@@ -18,8 +19,28 @@ pub async fn beat(settings: Settings) -> Result<u8, Error> {
     )?;
     let url = settings.require_redis("beatd beat")?;
     let conn = daemon::redis(url).await?;
-    let ports = BeatPorts::redis(&conn, &settings.namespace, settings.lock_ttl);
-    tracing::info!(entries = entries.len(), redis = %url.redacted(), "beat starting");
+    let ports = match &settings.amqp_url {
+        Some(amqp) => {
+            tracing::info!(
+                entries = entries.len(),
+                broker = %amqp.redacted(),
+                redis = %url.redacted(),
+                "beat starting: tasks to rabbitmq, lock and last runs in redis"
+            );
+            BeatPorts::amqp(
+                &conn,
+                amqp,
+                &settings.namespace,
+                settings.lock_ttl,
+                settings.queue_args.clone(),
+                d.metrics.clone(),
+            )
+        }
+        None => {
+            tracing::info!(entries = entries.len(), redis = %url.redacted(), "beat starting");
+            BeatPorts::redis(&conn, &settings.namespace, settings.lock_ttl)
+        }
+    };
     let listener = daemon::bind(settings.http_addr).await?;
     let fleet = FleetWatch {
         conn,

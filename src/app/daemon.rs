@@ -254,6 +254,37 @@ impl BeatPorts {
         }
     }
 
+    /// The HA ports with RabbitMQ as the broker: the lock and last runs on Redis under
+    /// `namespace`, fires published to `amqp` with confirms (direct emission: intent, publish,
+    /// sent; see `emit::amqp`).
+    #[must_use]
+    pub fn amqp(
+        conn: &RedisConn,
+        amqp: &crate::amqp::AmqpUrl,
+        namespace: &str,
+        ttl: Duration,
+        queue_args: crate::amqp::QueueArgs,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let keys = Keys::new(namespace);
+        let leader = Arc::new(RedisLeader::new(conn.clone(), keys.clone(), ttl));
+        Self {
+            leader: leader.clone(),
+            handover: leader,
+            emission: Emission::Direct(Arc::new(crate::emit::AmqpEmitter::new(
+                amqp.clone(),
+                conn.clone(),
+                keys.clone(),
+                crate::emit::AmqpOptions {
+                    queue_args,
+                    ..crate::emit::AmqpOptions::default()
+                },
+                metrics,
+            ))),
+            state: Arc::new(RedisState::new(conn.clone(), keys)),
+        }
+    }
+
     /// The embedded mode's ports: the lock on the state file, the state file, and the
     /// in-process queue `queue` the worker reads.
     ///
@@ -479,6 +510,62 @@ pub fn start_redis_worker(d: &Daemon, opts: WorkerOptions, registry: Registry, c
             }
         }
     });
+}
+
+/// Starts the worker on RabbitMQ under the daemon (it reconnects by itself); results go to
+/// `results` (a Redis result backend, whose states also say which ids are done) or are only
+/// logged. Returns its readiness: connected and consuming.
+pub async fn start_amqp_worker(
+    d: &Daemon,
+    opts: WorkerOptions,
+    registry: Registry,
+    url: crate::amqp::AmqpUrl,
+    queue_args: crate::amqp::QueueArgs,
+    results: Option<&BrokerUrl>,
+) -> Result<http::ReadyFn, Error> {
+    let (sink, finality): (
+        Arc<dyn crate::worker::ResultSink>,
+        Arc<dyn crate::worker::amqp::Finality>,
+    ) = match results {
+        Some(r) => {
+            let conn = redis(r).await?;
+            let main = conn.dedicated(Duration::from_secs(10)).await?;
+            (
+                Arc::new(
+                    crate::worker::RedisResults::new(main.clone())
+                        .with_ttl(opts.result_ttl.as_secs()),
+                ),
+                Arc::new(crate::worker::amqp::RedisFinality(main)),
+            )
+        }
+        None => {
+            tracing::info!("no result backend: results are only logged");
+            (
+                Arc::new(crate::worker::LogResults),
+                Arc::new(crate::worker::amqp::NeverFinal),
+            )
+        }
+    };
+    let connected = Arc::new(AtomicBool::new(false));
+    let heartbeat = d.liveness.register(
+        "worker",
+        Liveness::bound_for(opts.longest_turn(), LIVENESS_CAP),
+    );
+    let worker = crate::worker::amqp::AmqpWorker {
+        opts,
+        url,
+        queue_args,
+        registry,
+        results: sink,
+        finality,
+        clock: d.clock.clone(),
+        shutdown: worker_shutdown(d),
+        metrics: d.metrics.clone(),
+        heartbeat: Some(heartbeat),
+        connected: connected.clone(),
+    };
+    d.tracker.spawn(worker.run());
+    Ok(Arc::new(move || connected.load(Ordering::Relaxed)))
 }
 
 /// Readiness from a background PING every 2 s.

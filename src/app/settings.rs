@@ -4,6 +4,7 @@
 //! variables in), flat and unvalidated; [`Settings::resolve`] merges it with the environment's
 //! Celery-style variables and the file, validates, and is the only place that does.
 
+use crate::amqp::{is_amqp, AmqpUrl};
 use crate::cli::{self, Command};
 use crate::config::{self, AppConfig};
 use crate::error::Error;
@@ -21,6 +22,10 @@ pub struct Flags {
     pub schedules: Vec<PathBuf>,
     /// `--redis-url`.
     pub redis_url: Option<String>,
+    /// `--broker-url`.
+    pub broker_url: Option<String>,
+    /// `--result-backend`.
+    pub result_backend: Option<String>,
     /// `--namespace`.
     pub namespace: Option<String>,
     /// `--lock-ttl`.
@@ -52,6 +57,8 @@ impl Flags {
         let d = |x: Option<humantime::Duration>| x.map(Into::into);
         let redis = |f: &mut Self, r: &cli::RedisArgs| {
             f.redis_url.clone_from(&r.redis_url);
+            f.broker_url.clone_from(&r.broker_url);
+            f.result_backend.clone_from(&r.result_backend);
             f.namespace.clone_from(&r.namespace);
         };
         let daemon = |f: &mut Self, a: &cli::DaemonArgs| {
@@ -116,8 +123,20 @@ pub struct Settings {
     /// `CELERY_TIMEZONE` (Celery's `timezone` setting), else `beatd.toml`'s
     /// `[defaults] timezone`; `None`: UTC.
     pub default_timezone: Option<chrono_tz::Tz>,
-    /// The broker URL: flag, `BEATD_REDIS_URL`, `CELERY_BROKER_URL`, `REDIS_URL`, the file.
+    /// Redis: `--redis-url`, `BEATD_REDIS_URL`, `CELERY_BROKER_URL`, `REDIS_URL`, the file.
+    /// With a RabbitMQ broker, `CELERY_BROKER_URL` is that broker, and a Redis result
+    /// backend is the last fallback (the FastAPI layout: RabbitMQ broker, Redis backend).
     pub redis_url: Option<BrokerUrl>,
+    /// The RabbitMQ broker, when the broker URL (`--broker-url`, `BEATD_BROKER_URL`,
+    /// `CELERY_BROKER_URL`) is `amqp://`, `amqps://` or `pyamqp://`.
+    pub amqp_url: Option<AmqpUrl>,
+    /// The Redis results go to with a RabbitMQ broker (`--result-backend`,
+    /// `CELERY_RESULT_BACKEND`); `None`: results are only logged. On a Redis broker the
+    /// worker stores them in that Redis, as before.
+    pub result_backend: Option<BrokerUrl>,
+    /// Arguments of the RabbitMQ queues beatd creates (`BEATD_QUEUE_MAX_PRIORITY`,
+    /// `BEATD_QUEUE_TYPE`: Celery's `task_queue_max_priority`, `task_default_queue_type`).
+    pub queue_args: crate::amqp::QueueArgs,
     /// The key namespace.
     pub namespace: String,
     /// Leader lock TTL.
@@ -173,19 +192,43 @@ impl Settings {
         file: AppConfig,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, Error> {
-        let redis_url = resolve_url(flags.redis_url.as_deref(), &env)
+        fn usage(e: &(dyn std::error::Error + 'static), source: &str) -> Error {
+            Error::Usage(format!("{} (set by {source})", crate::error_chain(e)))
+        }
+        let broker = resolve_broker(flags.broker_url.as_deref(), &env);
+        let amqp_url = match &broker {
+            Some((u, source)) if is_amqp(u) => {
+                Some(AmqpUrl::parse(u).map_err(|e| usage(&e, source))?)
+            }
+            _ => None,
+        };
+        let result_backend = match resolve_result_backend(flags.result_backend.as_deref(), &env) {
+            Some((u, source)) => Some(parse_result_backend(&u).map_err(|e| usage(&e, source))?),
+            None => None,
+        };
+        // With a RabbitMQ broker, CELERY_BROKER_URL names it, not Redis.
+        let redis_env = |k: &str| {
+            if amqp_url.is_some() && k == "CELERY_BROKER_URL" {
+                None
+            } else {
+                env(k)
+            }
+        };
+        let redis_url = resolve_url(flags.redis_url.as_deref(), redis_env)
             .map(|(url, source)| (url, source.to_string()))
+            .or_else(|| match &broker {
+                // A redis:// --broker-url / BEATD_BROKER_URL is the Redis, as before.
+                Some((u, source)) if amqp_url.is_none() => Some((u.clone(), (*source).to_owned())),
+                _ => None,
+            })
             .or_else(|| {
                 file.redis_url
                     .as_ref()
                     .map(|u| (u.as_str().to_owned(), "beatd.toml".to_owned()))
             })
-            .map(|(u, source)| {
-                BrokerUrl::parse(&u).map_err(|e| {
-                    Error::Usage(format!("{} (set by {source})", crate::error_chain(&e)))
-                })
-            })
-            .transpose()?;
+            .map(|(u, source)| BrokerUrl::parse(&u).map_err(|e| usage(&e, &source)))
+            .transpose()?
+            .or_else(|| amqp_url.as_ref().and(result_backend.clone()));
         let http_addr = match flags.http_addr.as_deref() {
             None => file.http_addr,
             Some("off") => None,
@@ -200,10 +243,14 @@ impl Settings {
             &file,
             env("STATE_DIRECTORY").as_deref(),
         );
+        let queue_args = queue_args(&env)?;
         Ok(Self {
+            queue_args,
             schedules: schedule_paths(flags, &file),
             default_timezone,
             redis_url,
+            amqp_url,
+            result_backend,
             namespace: flags
                 .namespace
                 .clone()
@@ -236,12 +283,90 @@ impl Settings {
     /// When none is configured; `why` says what needed it.
     pub fn require_redis(&self, why: &str) -> Result<&BrokerUrl, Error> {
         self.redis_url.as_ref().ok_or_else(|| {
+            if self.amqp_url.is_some() {
+                return Error::Usage(format!(
+                    "{why} with a RabbitMQ broker keeps its lock and last runs in Redis: set \
+                     --redis-url, BEATD_REDIS_URL, REDIS_URL or a redis:// result backend"
+                ));
+            }
             Error::Usage(format!(
                 "{why} needs Redis: set --redis-url, BEATD_REDIS_URL, CELERY_BROKER_URL or \
                  REDIS_URL (or use `beatd run` for the embedded mode)"
             ))
         })
     }
+}
+
+/// The broker URL: `--broker-url`, `BEATD_BROKER_URL`, `CELERY_BROKER_URL`; empty values
+/// count as unset.
+fn resolve_broker(
+    flag: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<(String, &'static str)> {
+    let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    non_empty(flag.map(str::to_owned))
+        .map(|v| (v, "--broker-url"))
+        .or_else(|| non_empty(env("BEATD_BROKER_URL")).map(|v| (v, "BEATD_BROKER_URL")))
+        .or_else(|| non_empty(env("CELERY_BROKER_URL")).map(|v| (v, "CELERY_BROKER_URL")))
+}
+
+/// The arguments of queues beatd declares on RabbitMQ, from the environment.
+fn queue_args(env: impl Fn(&str) -> Option<String>) -> Result<crate::amqp::QueueArgs, Error> {
+    let non_empty = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    let max_priority = match non_empty("BEATD_QUEUE_MAX_PRIORITY") {
+        None => None,
+        Some(v) => Some(
+            v.trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p >= 1)
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "BEATD_QUEUE_MAX_PRIORITY={v:?} is not a priority from 1 to 255 (Celery's \
+                 task_queue_max_priority, usually 10)"
+                    ))
+                })?,
+        ),
+    };
+    let queue_type = match non_empty("BEATD_QUEUE_TYPE") {
+        None => None,
+        Some(v) if matches!(v.trim(), "classic" | "quorum") => Some(v.trim().to_owned()),
+        Some(v) => {
+            return Err(Error::Usage(format!(
+                "BEATD_QUEUE_TYPE={v:?}: expected classic or quorum (Celery's \
+                 task_default_queue_type)"
+            )))
+        }
+    };
+    Ok(crate::amqp::QueueArgs {
+        max_priority,
+        queue_type,
+    })
+}
+
+/// The result backend: `--result-backend`, `BEATD_RESULT_BACKEND`, `CELERY_RESULT_BACKEND`.
+fn resolve_result_backend(
+    flag: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<(String, &'static str)> {
+    let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    non_empty(flag.map(str::to_owned))
+        .map(|v| (v, "--result-backend"))
+        .or_else(|| non_empty(env("BEATD_RESULT_BACKEND")).map(|v| (v, "BEATD_RESULT_BACKEND")))
+        .or_else(|| non_empty(env("CELERY_RESULT_BACKEND")).map(|v| (v, "CELERY_RESULT_BACKEND")))
+}
+
+/// A Redis result backend; Celery's other backends (`rpc://`, `db+…`) are refused by name.
+fn parse_result_backend(url: &str) -> Result<BrokerUrl, crate::redis::Error> {
+    BrokerUrl::parse(url).map_err(|e| match e {
+        crate::redis::Error::InvalidUrl { url, .. } => crate::redis::Error::InvalidUrl {
+            url,
+            reason: "beatd stores results only in Redis (redis://, rediss://); \
+                     leave the result backend unset to only log them"
+                .into(),
+        },
+        other => other,
+    })
 }
 
 /// The app-wide default zone: `BEATD_TIMEZONE`, then `CELERY_TIMEZONE`, then the file's.
@@ -349,5 +474,135 @@ mod tests {
             Settings::resolve_with(&bad, AppConfig::default(), |_| None),
             Err(Error::Usage(_))
         ));
+    }
+
+    fn vars(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs = pairs.to_vec();
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn the_fastapi_layout_runs_with_no_flag_rabbitmq_broker_and_redis_backend() {
+        let env = vars(&[
+            ("CELERY_BROKER_URL", "amqp://app:s3cret@rabbit:5672//"),
+            ("CELERY_RESULT_BACKEND", "redis://:pw@cache:6379/1"),
+        ]);
+        let s = Settings::resolve_with(&Flags::default(), AppConfig::default(), env).unwrap();
+        let amqp = s.amqp_url.as_ref().expect("rabbitmq broker");
+        assert_eq!(
+            (amqp.address().as_str(), amqp.vhost()),
+            ("rabbit:5672", "/")
+        );
+        assert!(s
+            .redis_url
+            .as_ref()
+            .unwrap()
+            .expose()
+            .contains("cache:6379/1"));
+        assert!(s
+            .result_backend
+            .as_ref()
+            .unwrap()
+            .expose()
+            .contains("cache:6379/1"));
+        assert!(!format!("{s:?}").contains("s3cret"));
+        // The lock's own Redis wins over the result backend when given.
+        let env = vars(&[
+            ("CELERY_BROKER_URL", "pyamqp://rabbit/prod"),
+            ("CELERY_RESULT_BACKEND", "redis://cache:6379/1"),
+            ("REDIS_URL", "redis://coord:6379/0"),
+        ]);
+        let s = Settings::resolve_with(&Flags::default(), AppConfig::default(), env).unwrap();
+        assert_eq!(s.amqp_url.as_ref().unwrap().vhost(), "prod");
+        assert!(s.redis_url.unwrap().expose().contains("coord:6379/0"));
+        assert!(s.result_backend.unwrap().expose().contains("cache:6379/1"));
+    }
+
+    #[test]
+    fn queue_arguments_come_from_the_environment_and_are_checked() {
+        let env = vars(&[
+            ("BEATD_QUEUE_MAX_PRIORITY", "10"),
+            ("BEATD_QUEUE_TYPE", "quorum"),
+        ]);
+        let s = Settings::resolve_with(&Flags::default(), AppConfig::default(), env).unwrap();
+        assert_eq!(s.queue_args.max_priority, Some(10));
+        assert_eq!(s.queue_args.queue_type.as_deref(), Some("quorum"));
+        for bad in [
+            ("BEATD_QUEUE_MAX_PRIORITY", "0"),
+            ("BEATD_QUEUE_TYPE", "stream"),
+        ] {
+            let err = Settings::resolve_with(&Flags::default(), AppConfig::default(), vars(&[bad]))
+                .unwrap_err();
+            assert!(err.to_string().contains(bad.0), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_tutorial_layout_has_rabbitmq_and_no_redis_at_all() {
+        let env = vars(&[("CELERY_BROKER_URL", "amqp://guest:**@localhost:5672//")]);
+        let s = Settings::resolve_with(&Flags::default(), AppConfig::default(), env).unwrap();
+        assert!(s.amqp_url.is_some());
+        assert!(s.redis_url.is_none() && s.result_backend.is_none());
+        // Flags win: --broker-url over BEATD_BROKER_URL over CELERY_BROKER_URL.
+        let env = vars(&[
+            ("BEATD_BROKER_URL", "amqp://b/b"),
+            ("CELERY_BROKER_URL", "amqp://c/c"),
+        ]);
+        let s = Settings::resolve_with(&Flags::default(), AppConfig::default(), &env).unwrap();
+        assert_eq!(s.amqp_url.unwrap().vhost(), "b");
+        let flags = Flags {
+            broker_url: Some("amqps://f/f".into()),
+            ..Flags::default()
+        };
+        let s = Settings::resolve_with(&flags, AppConfig::default(), &env).unwrap();
+        assert!(s.amqp_url.as_ref().unwrap().tls());
+        assert_eq!(s.amqp_url.unwrap().vhost(), "f");
+    }
+
+    #[test]
+    fn a_redis_broker_url_is_still_the_one_redis() {
+        let env = vars(&[("CELERY_BROKER_URL", "redis://env:6379/0")]);
+        let s = Settings::resolve_with(&Flags::default(), AppConfig::default(), env).unwrap();
+        assert!(s.amqp_url.is_none());
+        assert!(s.redis_url.unwrap().expose().contains("env:6379/0"));
+        let flags = Flags {
+            broker_url: Some("redis://flag:6379/2".into()),
+            ..Flags::default()
+        };
+        let s = Settings::resolve_with(&flags, AppConfig::default(), |_| None).unwrap();
+        assert!(s.redis_url.unwrap().expose().contains("flag:6379/2"));
+    }
+
+    #[test]
+    fn bad_broker_and_backend_urls_name_their_source_and_hide_the_password() {
+        let cases: [(&[(&'static str, &'static str)], &str); 3] = [
+            (
+                &[("CELERY_BROKER_URL", "amqp://u:s3cret@h/?ssl=yes")],
+                "CELERY_BROKER_URL",
+            ),
+            (
+                &[
+                    ("CELERY_BROKER_URL", "amqp://h//"),
+                    ("CELERY_RESULT_BACKEND", "rpc://u:s3cret@h"),
+                ],
+                "CELERY_RESULT_BACKEND",
+            ),
+            (
+                &[("BEATD_BROKER_URL", "amqp://u:s3cret@a;amqp://b")],
+                "BEATD_BROKER_URL",
+            ),
+        ];
+        for (env, source) in cases {
+            let err = Settings::resolve_with(&Flags::default(), AppConfig::default(), vars(env))
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(source), "{text}");
+            assert!(!text.contains("s3cret"), "{text}");
+        }
     }
 }

@@ -611,11 +611,13 @@ impl Beat {
     /// state is shared, the plan is per process.
     async fn replan(&self, lease: &Lease) -> Option<Plan> {
         let entries = self.entries.borrow().clone();
-        if let Emission::Staged(emitter) = &self.emission {
-            if let Err(e) = emitter.recover(lease).await {
-                self.store_failed(&e);
-                return None;
-            }
+        let finished = match &self.emission {
+            Emission::Staged(emitter) => emitter.recover(lease).await,
+            Emission::Direct(emitter) => emitter.resume(lease).await,
+        };
+        if let Err(e) = finished {
+            self.store_failed(&e);
+            return None;
         }
         self.plan_from_store(entries).await
     }

@@ -9,11 +9,13 @@
 //! entry's recorded last fire time is older, and the new one is recorded in the same atomic
 //! step. Imports `leader` (the lease) and `state` (what is recorded); never `beat`.
 
+pub mod amqp;
 pub mod local;
 pub mod memory;
 pub mod redis;
 
 pub use crate::store::Error;
+pub use amqp::{AmqpEmitter, AmqpOptions};
 pub use local::LocalEmitter;
 pub use memory::{MemoryEmitter, Pushed};
 pub use redis::{send_one, EmitOptions, RedisEmitter};
@@ -80,6 +82,17 @@ pub trait Emitter: Send + Sync {
     /// [`Error::Unavailable`] when the store failed; the outcome of the batch is unknown
     /// and calling again with the same fires is safe.
     async fn emit(&self, lease: &Lease, fires: &[Fire]) -> Result<Vec<EmitOutcome>, Error>;
+
+    /// At the start of a term, before anything is planned: finishes what an earlier term
+    /// left half done. The default has nothing to finish; the AMQP emitter publishes again
+    /// the fires whose publish was never confirmed, with their task ids.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] or [`Error::Unavailable`].
+    async fn resume(&self, lease: &Lease) -> Result<(), Error> {
+        let _ = lease;
+        Ok(())
+    }
 }
 
 /// Two-phase emission for fire times known in advance: the beat parks a fire time's messages

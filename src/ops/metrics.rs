@@ -35,6 +35,17 @@ pub struct Metrics {
     pub redis_errors: Counter,
     /// `beatd_reloads_total`.
     pub reloads: Counter,
+    /// `beatd_amqp_publishes_total`: messages published to RabbitMQ (republishes included).
+    pub amqp_publishes: Counter,
+    /// `beatd_amqp_confirms_total`: publishes RabbitMQ confirmed.
+    pub amqp_confirms: Counter,
+    /// `beatd_amqp_returns_total`: publishes returned as unroutable (or nacked).
+    pub amqp_returns: Counter,
+    /// `beatd_amqp_republishes_total`: unconfirmed intents of an earlier term published again
+    /// with the same task id.
+    pub amqp_republishes: Counter,
+    /// `beatd_amqp_reconnects_total`: connections (re)opened to RabbitMQ after the first.
+    pub amqp_reconnects: Counter,
     /// `beatd_reload_failures_total`.
     pub reload_failures: Counter,
     /// `beatd_worker_tasks_total{task,state}`.
@@ -104,6 +115,36 @@ impl Default for Metrics {
         registry.register("redis_errors", "Failed Redis calls", redis_errors.clone());
         let reloads = Counter::default();
         registry.register("reloads", "Schedule reloads applied", reloads.clone());
+        let amqp_publishes = Counter::default();
+        registry.register(
+            "amqp_publishes",
+            "Messages published to RabbitMQ",
+            amqp_publishes.clone(),
+        );
+        let amqp_confirms = Counter::default();
+        registry.register(
+            "amqp_confirms",
+            "Publishes RabbitMQ confirmed",
+            amqp_confirms.clone(),
+        );
+        let amqp_returns = Counter::default();
+        registry.register(
+            "amqp_returns",
+            "Publishes RabbitMQ returned as unroutable or nacked",
+            amqp_returns.clone(),
+        );
+        let amqp_republishes = Counter::default();
+        registry.register(
+            "amqp_republishes",
+            "Unconfirmed messages of an earlier term published again with the same task id",
+            amqp_republishes.clone(),
+        );
+        let amqp_reconnects = Counter::default();
+        registry.register(
+            "amqp_reconnects",
+            "Connections reopened to RabbitMQ",
+            amqp_reconnects.clone(),
+        );
         let reload_failures = Counter::default();
         registry.register(
             "reload_failures",
@@ -151,6 +192,11 @@ impl Default for Metrics {
             lock_losses,
             redis_errors,
             reloads,
+            amqp_publishes,
+            amqp_confirms,
+            amqp_returns,
+            amqp_republishes,
+            amqp_reconnects,
             reload_failures,
             worker_tasks,
             task_duration,

@@ -17,6 +17,7 @@
 //! | `{ns}:batch:<id>:q<index>` | list | staged messages, renamed onto the queue at the instant |
 //! | `{ns}:schedule_set_id` | string, PX | the leader's `<schedule set id> <host>:<pid>` |
 //! | `{ns}:schedule_set` | hash, PX | entry → fingerprint of the leader's schedule set |
+//! | `{ns}:amqp_intents` | hash | `<entry>\0<fire ms>` → a fire to publish on RabbitMQ, until confirmed (JSON) |
 //!
 //! and the Celery queue lists it pushes to. The scripts that write them live with their
 //! concern (`leader/scripts`, `emit/scripts`). Never imports `beat`, `leader`, `emit`,
@@ -119,6 +120,8 @@ pub struct Keys {
     pub schedule_set_id: String,
     /// `{ns}:schedule_set`
     pub schedule_set: String,
+    /// `{ns}:amqp_intents`
+    pub amqp_intents: String,
 }
 
 impl Keys {
@@ -135,6 +138,7 @@ impl Keys {
             batch_prefix: format!("{ns}:batch:"),
             schedule_set_id: format!("{ns}:schedule_set_id"),
             schedule_set: format!("{ns}:schedule_set"),
+            amqp_intents: format!("{ns}:amqp_intents"),
         }
     }
 }

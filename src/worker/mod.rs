@@ -20,6 +20,7 @@
 //! never crash or loop; a restore with a missing binding goes to the routing key's queue
 //! instead of being dropped; unstarted messages go back to their queue on a graceful stop.
 
+pub mod amqp;
 mod broker;
 mod consumer;
 mod exec;

@@ -15,7 +15,10 @@ pub fn bin() -> PathBuf {
 /// Variables that would point a test's beatd at some other Redis or config.
 const INHERITED: &[&str] = &[
     "BEATD_REDIS_URL",
+    "BEATD_BROKER_URL",
     "CELERY_BROKER_URL",
+    "BEATD_RESULT_BACKEND",
+    "CELERY_RESULT_BACKEND",
     "REDIS_URL",
     "BEATD_CONFIG",
     "BEATD_SCHEDULES",

@@ -8,6 +8,7 @@ Used three ways, always with PYTHONPATH pointing at this directory:
 
 Environment:
   INTEROP_REDIS_URL      broker and result backend (a private redis-server the test started)
+  INTEROP_BROKER_URL     the broker instead, when set (a private RabbitMQ vhost)
   INTEROP_RECORD         file the tasks append one JSON line per run to
   INTEROP_BEAT_SCHEDULE  JSON {name: {task, every, args, kwargs, queue}} for `celery beat`
   INTEROP_VISIBILITY     broker visibility_timeout in seconds (restore tests)
@@ -21,7 +22,7 @@ from celery import Celery
 
 URL = os.environ["INTEROP_REDIS_URL"]
 
-app = Celery("pyapp", broker=URL, backend=URL)
+app = Celery("pyapp", broker=os.environ.get("INTEROP_BROKER_URL") or URL, backend=URL)
 
 
 def _beat_schedule():

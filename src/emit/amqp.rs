@@ -1,0 +1,460 @@
+//! Emission on RabbitMQ, with the lock and last runs in Redis. Redis and RabbitMQ cannot be
+//! written in one atomic step, so "exactly once" becomes (DESIGN.md, "Brokers"):
+//!
+//! 1. **intent**: `scripts/amqp_intent.lua` records each due fire's message (with its task
+//!    id) in `{ns}:amqp_intents`, only while the lease's token holds the lock and only when
+//!    the entry's recorded last run is older;
+//! 2. **publish** with publisher confirms and `mandatory`, only while the lease has
+//!    [`AmqpOptions::margin`] left by this replica's monotonic clock; an unroutable return or
+//!    a nack is an error (logged, counted in `beatd_amqp_returns_total`), never a silent loss;
+//! 3. **sent**: on the confirm, `scripts/amqp_sent.lua` records the last runs and forgets the
+//!    intents, again only while the token holds.
+//!
+//! A leader that dies (or loses its lease) between 2 and 3 leaves intents behind; the next
+//! leader's [`Emitter::resume`] publishes them again with the *same* task id before anything
+//! else. So every fire time is delivered at least once, and more than once only as that
+//! same-id republish (counted in `beatd_amqp_republishes_total`), which `beatd worker` runs
+//! once.
+//!
+//! Owns the AMQP link (one connection, a channel for declarations and a confirm channel,
+//! reopened after any error) and the order of the three steps. Messages are built as for
+//! Redis (`protocol`) and mapped onto AMQP by `amqp::wire`.
+
+use super::{EmitOutcome, Emitter, Fire};
+use crate::amqp::{self, wire, AmqpUrl, QueueArgs};
+use crate::leader::Lease;
+use crate::ops::metrics::Metrics;
+use crate::redis::{Keys, RedisConn};
+use crate::store;
+use ::redis::{Script, Value};
+use async_trait::async_trait;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{Channel, Confirmation, Connection};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+static INTENT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/amqp_intent.lua")));
+static SENT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/amqp_sent.lua")));
+
+/// How the AMQP emitter declares and publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmqpOptions {
+    /// Arguments for queues beatd creates (never for queues that exist).
+    pub queue_args: QueueArgs,
+    /// Publish only while at least this much of the lease is left on the local monotonic
+    /// clock; `None`: a third of the lease's TTL. Bounds how long after its own deadline a
+    /// stalled publish of an ex-leader can land.
+    pub margin: Option<Duration>,
+    /// At most this many fires per intent / publish / sent round.
+    pub max_fires_per_call: usize,
+}
+
+impl Default for AmqpOptions {
+    fn default() -> Self {
+        Self {
+            queue_args: QueueArgs::default(),
+            margin: None,
+            max_fires_per_call: 2_000,
+        }
+    }
+}
+
+/// One intent, as stored in `{ns}:amqp_intents`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Intent {
+    entry: String,
+    at: i64,
+    fp: String,
+    id: String,
+    msg: String,
+}
+
+impl Intent {
+    fn field(entry: &str, at: i64) -> String {
+        format!("{entry}\0{at}")
+    }
+}
+
+struct Link {
+    conn: Connection,
+    declare: Channel,
+    publish: Channel,
+    declared: HashSet<String>,
+}
+
+/// An [`Emitter`] publishing to RabbitMQ, fenced by the lease through Redis.
+pub struct AmqpEmitter {
+    url: AmqpUrl,
+    redis: RedisConn,
+    keys: Keys,
+    opts: AmqpOptions,
+    metrics: Arc<Metrics>,
+    link: Mutex<Option<Link>>,
+    connected_once: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for AmqpEmitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpEmitter")
+            .field("url", &self.url)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> store::Error {
+    store::Error::Unavailable(Box::new(e))
+}
+
+impl AmqpEmitter {
+    /// An emitter publishing to `url`, recording under `keys` in `redis`.
+    #[must_use]
+    pub fn new(
+        url: AmqpUrl,
+        redis: RedisConn,
+        keys: Keys,
+        opts: AmqpOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            url,
+            redis,
+            keys,
+            opts,
+            metrics,
+            link: Mutex::new(None),
+            connected_once: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn margin(&self, lease: &Lease) -> Duration {
+        self.opts.margin.unwrap_or(lease.ttl / 3)
+    }
+
+    /// `LeaseLost` unless the lease has the margin left on the monotonic clock.
+    fn check_margin(&self, lease: &Lease) -> Result<(), store::Error> {
+        if tokio::time::Instant::now() + self.margin(lease) >= lease.deadline() {
+            tracing::warn!(
+                epoch = lease.epoch,
+                "lease too close to its end to publish; leaving it to the next leader"
+            );
+            return Err(store::Error::LeaseLost);
+        }
+        Ok(())
+    }
+
+    /// Records the intents of `fires`; returns what to publish, one per fire (`None`:
+    /// already sent), the stored message when an intent was pending already.
+    async fn record_intents(
+        &self,
+        token: &str,
+        fires: &[Fire],
+    ) -> Result<Vec<Option<Intent>>, store::Error> {
+        let intents: Vec<Intent> = fires
+            .iter()
+            .map(|f| Intent {
+                entry: f.entry.clone(),
+                at: f.fire_at_ms,
+                fp: f.schedule_fingerprint.clone(),
+                id: f.task_id.clone(),
+                msg: String::from_utf8_lossy(&f.payload).into_owned(),
+            })
+            .collect();
+        let mut inv = INTENT.prepare_invoke();
+        inv.key(&self.keys.leader)
+            .key(&self.keys.last_run)
+            .key(&self.keys.amqp_intents)
+            .arg(token);
+        for i in &intents {
+            inv.arg(&i.entry)
+                .arg(i.at)
+                .arg(Intent::field(&i.entry, i.at))
+                .arg(serde_json::to_string(i).unwrap_or_default());
+        }
+        let reply: Vec<Value> = self
+            .redis
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        let outcomes = match reply.as_slice() {
+            [Value::Int(0)] => return Err(store::Error::LeaseLost),
+            [Value::Int(1), Value::BulkString(o)] if o.len() == fires.len() => o.clone(),
+            _ => {
+                return Err(store::Error::Unavailable(
+                    format!("unexpected reply from amqp_intent.lua: {reply:?}").into(),
+                ))
+            }
+        };
+        // A pending intent keeps its first message (and task id): read those back.
+        let fields: Vec<String> = intents
+            .iter()
+            .map(|i| Intent::field(&i.entry, i.at))
+            .collect();
+        let key = self.keys.amqp_intents.clone();
+        let stored: Vec<Option<String>> = self
+            .redis
+            .run(|mut c| {
+                let (key, fields) = (key.clone(), fields.clone());
+                async move {
+                    ::redis::cmd("HMGET")
+                        .arg(key)
+                        .arg(fields)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(intents
+            .into_iter()
+            .zip(outcomes)
+            .zip(stored)
+            .map(|((mine, o), stored)| {
+                (o == b'S').then(|| {
+                    stored
+                        .and_then(|s| serde_json::from_str::<Intent>(&s).ok())
+                        .unwrap_or(mine)
+                })
+            })
+            .collect())
+    }
+
+    async fn mark_sent(&self, token: &str, sent: &[Intent]) -> Result<(), store::Error> {
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let mut inv = SENT.prepare_invoke();
+        inv.key(&self.keys.leader)
+            .key(&self.keys.last_run)
+            .key(&self.keys.run_count)
+            .key(&self.keys.fingerprint)
+            .key(&self.keys.amqp_intents)
+            .arg(token);
+        for i in sent {
+            inv.arg(&i.entry)
+                .arg(i.at)
+                .arg(&i.fp)
+                .arg(Intent::field(&i.entry, i.at));
+        }
+        let reply: Vec<Value> = self
+            .redis
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        match reply.as_slice() {
+            [Value::Int(1)] => Ok(()),
+            [Value::Int(0)] => Err(store::Error::LeaseLost),
+            _ => Err(store::Error::Unavailable(
+                format!("unexpected reply from amqp_sent.lua: {reply:?}").into(),
+            )),
+        }
+    }
+
+    async fn open(&self) -> Result<Link, amqp::Error> {
+        let broker = |what, e| amqp::Error::Broker {
+            url: self.url.redacted().clone(),
+            what,
+            source: Arc::new(e),
+        };
+        let conn =
+            amqp::connect(&self.url, &format!("beatd beat {}", crate::host::origin())).await?;
+        let declare = conn
+            .create_channel()
+            .await
+            .map_err(|e| broker("open a channel", e))?;
+        let publish = conn
+            .create_channel()
+            .await
+            .map_err(|e| broker("open a channel", e))?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| broker("turn on publisher confirms", e))?;
+        if self
+            .connected_once
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.metrics.amqp_reconnects.inc();
+        }
+        tracing::info!(broker = %self.url.redacted(), "rabbitmq connected");
+        Ok(Link {
+            conn,
+            declare,
+            publish,
+            declared: HashSet::new(),
+        })
+    }
+
+    /// Publishes `intents` and waits for every confirm. Drops the link after any error, so
+    /// the next call reconnects.
+    async fn publish(&self, intents: &[Intent]) -> Result<(), amqp::Error> {
+        let mut guard = self.link.lock().await;
+        let result = async {
+            if guard
+                .as_ref()
+                .is_none_or(|l| !l.conn.status().connected() || !l.publish.status().connected())
+            {
+                *guard = Some(self.open().await?);
+            }
+            let link = guard.as_mut().expect("just opened");
+            self.publish_on(link, intents).await
+        }
+        .await;
+        if result.is_err() {
+            *guard = None;
+        }
+        result
+    }
+
+    async fn publish_on(&self, link: &mut Link, intents: &[Intent]) -> Result<(), amqp::Error> {
+        let broker = |what, e| amqp::Error::Broker {
+            url: self.url.redacted().clone(),
+            what,
+            source: Arc::new(e),
+        };
+        let msgs = intents
+            .iter()
+            .map(|i| wire::publish(i.msg.as_bytes()).map_err(amqp::Error::Message))
+            .collect::<Result<Vec<_>, _>>()?;
+        for m in &msgs {
+            if !link.declared.contains(&m.routing_key) {
+                link.declare = amqp::declare_queue(
+                    &link.conn,
+                    link.declare.clone(),
+                    &self.url,
+                    &m.routing_key,
+                    &self.opts.queue_args,
+                )
+                .await?;
+                link.declared.insert(m.routing_key.clone());
+            }
+        }
+        let mut confirms = Vec::with_capacity(msgs.len());
+        for m in &msgs {
+            let c = link
+                .publish
+                .basic_publish(
+                    m.exchange.as_str().into(),
+                    m.routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &m.body,
+                    m.properties.clone(),
+                )
+                .await
+                .map_err(|e| broker("publish", e))?;
+            self.metrics.amqp_publishes.inc();
+            confirms.push(c);
+        }
+        let mut first_error = None;
+        for (m, c) in msgs.iter().zip(confirms) {
+            let failure = match c.await.map_err(|e| broker("wait for the confirm", e))? {
+                Confirmation::Ack(None) => {
+                    self.metrics.amqp_confirms.inc();
+                    None
+                }
+                Confirmation::Ack(Some(ret)) => Some(amqp::Error::Unroutable {
+                    exchange: m.exchange.clone(),
+                    routing_key: m.routing_key.clone(),
+                    reply: format!("{} {}", ret.reply_code, ret.reply_text.as_str()),
+                }),
+                Confirmation::Nack(_) | Confirmation::NotRequested => Some(amqp::Error::Nacked {
+                    routing_key: m.routing_key.clone(),
+                }),
+            };
+            if let Some(e) = failure {
+                self.metrics.amqp_returns.inc();
+                tracing::error!(error = %e, "publish not taken by rabbitmq; the fire stays pending");
+                // Declared again on the next try: someone may have deleted the queue.
+                link.declared.remove(&m.routing_key);
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Publishes `intents` under `lease` (margin first) and records them as sent.
+    async fn publish_and_settle(
+        &self,
+        lease: &Lease,
+        intents: &[Intent],
+    ) -> Result<(), store::Error> {
+        if intents.is_empty() {
+            return Ok(());
+        }
+        self.check_margin(lease)?;
+        self.publish(intents).await.map_err(unavailable)?;
+        self.mark_sent(&lease.token, intents).await
+    }
+}
+
+#[async_trait]
+impl Emitter for AmqpEmitter {
+    async fn emit(&self, lease: &Lease, fires: &[Fire]) -> Result<Vec<EmitOutcome>, store::Error> {
+        let mut outcomes = Vec::with_capacity(fires.len());
+        for chunk in fires.chunks(self.opts.max_fires_per_call.max(1)) {
+            let planned = self.record_intents(&lease.token, chunk).await?;
+            let to_send: Vec<Intent> = planned.iter().flatten().cloned().collect();
+            self.publish_and_settle(lease, &to_send).await?;
+            outcomes.extend(planned.iter().map(|p| {
+                if p.is_some() {
+                    EmitOutcome::Sent
+                } else {
+                    EmitOutcome::AlreadySent
+                }
+            }));
+        }
+        Ok(outcomes)
+    }
+
+    async fn resume(&self, lease: &Lease) -> Result<(), store::Error> {
+        let key = self.keys.amqp_intents.clone();
+        let pending: HashMap<String, String> = self
+            .redis
+            .run(|mut c| {
+                let key = key.clone();
+                async move { ::redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
+            })
+            .await?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut intents: Vec<Intent> = Vec::with_capacity(pending.len());
+        for (field, value) in pending {
+            match serde_json::from_str::<Intent>(&value) {
+                Ok(i) => intents.push(i),
+                Err(e) => {
+                    tracing::error!(field = %field.replace('\0', " "), error = %e, "unreadable amqp intent dropped");
+                    let key = self.keys.amqp_intents.clone();
+                    self.redis
+                        .run(|mut c| {
+                            let (key, field) = (key.clone(), field.clone());
+                            async move {
+                                ::redis::cmd("HDEL")
+                                    .arg(key)
+                                    .arg(field)
+                                    .query_async::<i64>(&mut c)
+                                    .await
+                            }
+                        })
+                        .await?;
+                }
+            }
+        }
+        // Oldest first, as the fires were planned.
+        intents.sort_by(|a, b| (a.at, &a.entry).cmp(&(b.at, &b.entry)));
+        tracing::info!(
+            epoch = lease.epoch,
+            count = intents.len(),
+            "publishing again the unconfirmed fires of an earlier term, with their task ids"
+        );
+        for chunk in intents.chunks(self.opts.max_fires_per_call.max(1)) {
+            self.publish_and_settle(lease, chunk).await?;
+            self.metrics.amqp_republishes.inc_by(chunk.len() as u64);
+        }
+        Ok(())
+    }
+}

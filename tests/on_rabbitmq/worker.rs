@@ -1,0 +1,172 @@
+//! `beatd worker` on RabbitMQ against real Celery clients: Python `send_task` → beatd worker
+//! → `AsyncResult(id).get()` through the Redis backend (values, and failures raised with the
+//! task's stderr); poison messages stored as FAILURE where an id is known and acked, the
+//! worker going on.
+
+use super::celery::{python, Scene, WAIT};
+use serde_json::{json, Value};
+
+const SUM_SCRIPT: &str = r#"
+import json, os, sys
+d = json.load(sys.stdin)
+with open(os.environ["INTEROP_RECORD"], "a") as f:
+    f.write(json.dumps({"who": "beatd", "id": os.environ["BEATD_TASK_ID"]}) + "\n")
+print(json.dumps({"sum": sum(d["args"]) * d["kwargs"].get("scale", 1), "id": os.environ["BEATD_TASK_ID"]}))
+"#;
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+fn exec_config(s: &Scene, tasks: &[(&str, &str)]) {
+    let mut toml = String::from("[worker]\nshutdown_grace = \"10s\"\n");
+    for (task, script) in tasks {
+        let path = s.path(&format!("{task}.py"));
+        std::fs::write(&path, script).unwrap();
+        toml.push_str(&format!(
+            "\n[worker.tasks.{}]\nkind = \"exec\"\ncommand = [{}, {}]\nenv = {{ INTEROP_RECORD = {} }}\n",
+            toml_str(task),
+            toml_str(python().to_str().unwrap()),
+            toml_str(path.to_str().unwrap()),
+            toml_str(s.path("record.jsonl").to_str().unwrap()),
+        ));
+    }
+    std::fs::write(s.path("beatd.toml"), toml).unwrap();
+}
+
+#[test]
+fn python_send_task_over_rabbitmq_runs_on_beatd_worker() {
+    let mut s = Scene::new();
+    exec_config(
+        &s,
+        &[
+            ("interop.sum", SUM_SCRIPT),
+            (
+                "interop.fail",
+                "import sys\nsys.stderr.write('widget 42 is broken\\n')\nsys.exit(3)\n",
+            ),
+        ],
+    );
+    s.start_beatd_worker("beatd-worker");
+    let out = s.client(
+        "call",
+        &json!({"task": "interop.sum", "args": [1, 2, 3], "kwargs": {"scale": 10},
+                "timeout": WAIT.as_secs()}),
+    );
+    let id = out["id"].as_str().expect("an id");
+    assert_eq!(
+        out["value"],
+        json!({"sum": 60, "id": id}),
+        "{out}\n{}",
+        s.logs()
+    );
+    assert_eq!(s.result(id).expect("stored")["status"], "SUCCESS");
+
+    let out = s.client(
+        "call",
+        &json!({"task": "interop.fail", "args": [], "kwargs": {}, "timeout": WAIT.as_secs()}),
+    );
+    assert_eq!(out["raised"]["type"], "ExecFailed", "{out}\n{}", s.logs());
+    let msg = out["raised"]["str"].as_str().unwrap();
+    assert!(msg.contains("widget 42 is broken"), "{msg}");
+    assert_eq!(out["state"], "FAILURE");
+    let log = s.logs();
+    assert!(log.contains("consuming from rabbitmq"), "{log}");
+    assert!(
+        !log.contains(":guest@"),
+        "the password is never printed: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_failed_and_acked_and_the_worker_goes_on() {
+    let mut s = Scene::new();
+    exec_config(&s, &[("interop.sum", SUM_SCRIPT)]);
+    s.start_beatd_worker("beatd-worker");
+    let url = beatd::amqp::AmqpUrl::parse(&s.amqp).unwrap();
+    let (c, ch) = super::channel(&url).await;
+    let ch = beatd::amqp::declare_queue(&c, ch, &url, "celery", &Default::default())
+        .await
+        .unwrap();
+    let headers = |pairs: Value| beatd::amqp::wire::table(pairs.as_object().unwrap());
+    let props = |h: Value| {
+        lapin::BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("utf-8".into())
+            .with_headers(headers(h))
+    };
+    let poison: Vec<(&str, lapin::BasicProperties, Vec<u8>)> = vec![
+        (
+            "bad-json",
+            props(json!({"id": "p-bad-json", "task": "interop.sum"})),
+            b"not json".to_vec(),
+        ),
+        (
+            "no-id",
+            props(json!({"task": "interop.sum"})),
+            b"[[1], {}, {}]".to_vec(),
+        ),
+        (
+            "unknown",
+            props(json!({"id": "p-unknown", "task": "interop.nope"})),
+            b"[[1], {}, {}]".to_vec(),
+        ),
+        (
+            "pickle",
+            props(json!({"id": "p-pickle", "task": "interop.sum"}))
+                .with_content_type("application/x-python-serialize".into()),
+            b"\x80\x04N.".to_vec(),
+        ),
+        (
+            "huge",
+            props(json!({"id": "p-huge", "task": "interop.sum"})),
+            format!("[[\"{}\"], {{}}, {{}}]", "x".repeat(11 << 20)).into_bytes(),
+        ),
+        (
+            "no-headers",
+            lapin::BasicProperties::default().with_content_type("application/json".into()),
+            b"[[1], {}, {}]".to_vec(),
+        ),
+    ];
+    for (_, p, body) in &poison {
+        ch.basic_publish(
+            "".into(),
+            "celery".into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            p.clone(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    // A good one after them still runs.
+    let out = s.client(
+        "call",
+        &json!({"task": "interop.sum", "args": [4], "kwargs": {}, "timeout": WAIT.as_secs()}),
+    );
+    assert_eq!(out["value"]["sum"], 4, "{out}\n{}", s.logs());
+    for id in ["p-bad-json", "p-unknown", "p-pickle", "p-huge"] {
+        let r = s.wait_for(&format!("FAILURE of {id}"), || s.result(id));
+        assert_eq!(r["status"], "FAILURE", "{id}: {r}");
+    }
+    // Every poison message was acked: the queue is empty and stays so (no redelivery loop).
+    s.wait_for("the queue to be empty with nothing unacked", || {
+        let out = super::node()
+            .ctl(&[
+                "list_queues",
+                "-p",
+                url.vhost(),
+                "name",
+                "messages",
+                "--formatter",
+                "json",
+            ])
+            .ok()?;
+        let v: Vec<Value> = serde_json::from_str(&out).ok()?;
+        v.iter().all(|q| q["messages"] == 0).then_some(())
+    });
+    let ran = s.records().len();
+    assert_eq!(ran, 1, "only the good message ran: {:?}", s.records());
+}
