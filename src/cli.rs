@@ -123,6 +123,13 @@ pub struct WorkerOpts {
     /// Unacknowledged messages of a dead worker are restored after this long [default: 1h].
     #[arg(long, env = "BEATD_VISIBILITY_TIMEOUT", value_name = "DURATION")]
     pub visibility_timeout: Option<humantime::Duration>,
+    /// Store STARTED when any task starts (Celery's task_track_started) [default: only the
+    /// tasks with `track_started = true`].
+    #[arg(long, env = "BEATD_TRACK_STARTED")]
+    pub track_started: bool,
+    /// The name `celery inspect` lists this worker under [default: beatd@<host>].
+    #[arg(long, env = "BEATD_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
 }
 
 /// `beatd beat`.

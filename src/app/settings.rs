@@ -39,6 +39,10 @@ pub struct Flags {
     pub visibility_timeout: Option<Duration>,
     /// `--state-file`.
     pub state_file: Option<PathBuf>,
+    /// `--track-started`.
+    pub track_started: bool,
+    /// `--node-name`.
+    pub node_name: Option<String>,
 }
 
 impl Flags {
@@ -62,6 +66,8 @@ impl Flags {
             f.queues.clone_from(&w.queues);
             f.concurrency = w.concurrency;
             f.visibility_timeout = d(w.visibility_timeout);
+            f.track_started = w.track_started;
+            f.node_name.clone_from(&w.node_name);
         };
         match command {
             Command::Beat(a) => {
@@ -137,6 +143,13 @@ pub struct Settings {
     pub concurrency: usize,
     /// Unacked messages older than this are restored.
     pub visibility_timeout: Duration,
+    /// Where `beatd.toml` was read from (`None`: `./beatd.toml` if present), re-read on a
+    /// worker's SIGHUP.
+    pub config_path: Option<PathBuf>,
+    /// Store STARTED for every task.
+    pub track_started: bool,
+    /// The worker's remote-control name.
+    pub node_name: Option<String>,
 }
 
 /// Loads `beatd.toml`: the `--config` path (which must exist), else `./beatd.toml` when it
@@ -227,6 +240,9 @@ impl Settings {
                 .visibility_timeout
                 .unwrap_or(file.worker.visibility_timeout),
             file,
+            config_path: flags.config.clone(),
+            track_started: flags.track_started,
+            node_name: flags.node_name.clone().filter(|n| !n.trim().is_empty()),
         })
     }
 

@@ -21,23 +21,32 @@
 //! instead of being dropped; unstarted messages go back to their queue on a graceful stop.
 
 mod broker;
+mod canvas;
 mod consumer;
+mod control;
 mod exec;
 mod held;
 mod http;
 mod local;
+pub mod pidbox;
 mod pipeline;
+mod progress;
 mod registry;
 mod restore;
 mod results;
 mod spec;
+mod state;
 mod task;
 
+pub use canvas::Outgoing;
+pub use control::WorkerControl;
 pub use local::run_local;
 pub use pipeline::{Disposition, Finished, Pipeline, DEFAULT_MAX_MESSAGE_BYTES};
-pub use registry::{Registered, Registry};
+pub use progress::{RejectedUpdate, StateUpdates};
+pub use registry::{LiveRegistry, Registered, Registry};
 pub use results::{LogResults, MemoryResults, RedisResults, ResultSink};
 pub use spec::{HeaderValue, TaskKind, TaskOptions, TaskSpec};
+pub use state::{default_node_name, WorkerState};
 pub use task::{Handler, TaskError, TaskRequest, TaskResult};
 
 use crate::clock::SharedClock;
@@ -108,6 +117,10 @@ pub struct WorkerOptions {
     pub poll_timeout: Duration,
     /// Result key TTL (Celery's `result_expires`, one day).
     pub result_ttl: Duration,
+    /// The name remote control knows it by (`--node-name`, default `beatd@<host>`).
+    pub node_name: String,
+    /// Store `STARTED` for every task (`--track-started`), not only those configured so.
+    pub track_started: bool,
 }
 
 impl WorkerOptions {
@@ -131,6 +144,8 @@ impl Default for WorkerOptions {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             poll_timeout: Duration::from_secs(1),
             result_ttl: Duration::from_secs(crate::protocol::RESULT_TTL_SECS),
+            node_name: default_node_name(),
+            track_started: false,
         }
     }
 }
@@ -150,8 +165,8 @@ pub struct Shutdown {
 pub struct Worker {
     /// Settings.
     pub opts: WorkerOptions,
-    /// The tasks it runs.
-    pub registry: Registry,
+    /// The tasks it runs; replacing them (a reload) leaves runs in flight alone.
+    pub registry: LiveRegistry,
     /// Where its connections come from (it opens its own blocking ones from it).
     pub conn: RedisConn,
     /// Wall time.
@@ -176,7 +191,7 @@ impl Worker {
     ) -> Self {
         Self {
             opts,
-            registry,
+            registry: registry.into(),
             conn,
             clock,
             shutdown,
@@ -225,10 +240,28 @@ impl Worker {
             }
         };
         let results = RedisResults::new(main.clone()).with_ttl(opts.result_ttl.as_secs());
-        let pipeline = Pipeline::new(Arc::new(self.registry), Arc::new(results), self.clock)
+        let state = WorkerState::new(&opts.node_name);
+        let pipeline = Pipeline::new(self.registry.clone(), Arc::new(results), self.clock.clone())
             .with_max_message_bytes(opts.max_message_bytes)
-            .with_metrics(self.metrics);
-        tracing::info!(queues = ?opts.queues, concurrency = opts.concurrency, "worker started");
+            .with_metrics(self.metrics)
+            .with_state(state.clone())
+            .with_track_started(opts.track_started);
+        let control = WorkerControl {
+            state,
+            registry: self.registry,
+            concurrency: opts.concurrency.max(1),
+            prefetch: opts.concurrency.max(1) * opts.prefetch_multiplier.max(1),
+        };
+        let stop_control = CancellationToken::new();
+        let remote = tokio::spawn(pidbox::serve(
+            conn.clone(),
+            opts.node_name.clone(),
+            Arc::new(control),
+            self.clock,
+            stop_control.clone(),
+        ));
+        tracing::info!(queues = ?opts.queues, concurrency = opts.concurrency,
+            node = %opts.node_name, "worker started");
         consumer::consume(
             &opts,
             pipeline,
@@ -238,6 +271,8 @@ impl Worker {
             self.heartbeat,
         )
         .await;
+        stop_control.cancel();
+        let _ = remote.await;
         tracing::info!("worker stopped");
         Ok(())
     }
