@@ -130,6 +130,14 @@ pub struct WorkerOpts {
     /// The name `celery inspect` lists this worker under [default: beatd@<host>].
     #[arg(long, env = "BEATD_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
+    /// Serve the endpoint http tasks POST their progress to on this address, e.g.
+    /// `0.0.0.0:9809` [default: off].
+    #[arg(long, env = "BEATD_PROGRESS_ADDR", value_name = "ADDR")]
+    pub progress_addr: Option<std::net::SocketAddr>,
+    /// The base URL tasks are given for that endpoint [default: http://<address>, the host
+    /// name for a wildcard address].
+    #[arg(long, env = "BEATD_PROGRESS_URL", value_name = "URL")]
+    pub progress_url: Option<String>,
 }
 
 /// `beatd beat`.

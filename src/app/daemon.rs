@@ -430,6 +430,8 @@ pub fn worker_options(settings: &Settings) -> WorkerOptions {
         visibility_timeout: settings.visibility_timeout,
         shutdown_grace: settings.shutdown_grace,
         track_started: settings.track_started,
+        progress_addr: settings.progress_addr,
+        progress_url: settings.progress_url.clone(),
         node_name: settings
             .node_name
             .clone()

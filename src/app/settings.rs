@@ -43,6 +43,10 @@ pub struct Flags {
     pub track_started: bool,
     /// `--node-name`.
     pub node_name: Option<String>,
+    /// `--progress-addr`.
+    pub progress_addr: Option<SocketAddr>,
+    /// `--progress-url`.
+    pub progress_url: Option<String>,
 }
 
 impl Flags {
@@ -68,6 +72,8 @@ impl Flags {
             f.visibility_timeout = d(w.visibility_timeout);
             f.track_started = w.track_started;
             f.node_name.clone_from(&w.node_name);
+            f.progress_addr = w.progress_addr;
+            f.progress_url.clone_from(&w.progress_url);
         };
         match command {
             Command::Beat(a) => {
@@ -150,6 +156,10 @@ pub struct Settings {
     pub track_started: bool,
     /// The worker's remote-control name.
     pub node_name: Option<String>,
+    /// Where the worker serves task progress for `http` tasks, if anywhere.
+    pub progress_addr: Option<SocketAddr>,
+    /// The base URL given to tasks for it.
+    pub progress_url: Option<String>,
 }
 
 /// Loads `beatd.toml`: the `--config` path (which must exist), else `./beatd.toml` when it
@@ -243,6 +253,8 @@ impl Settings {
             config_path: flags.config.clone(),
             track_started: flags.track_started,
             node_name: flags.node_name.clone().filter(|n| !n.trim().is_empty()),
+            progress_addr: flags.progress_addr,
+            progress_url: flags.progress_url.clone().filter(|u| !u.trim().is_empty()),
         })
     }
 

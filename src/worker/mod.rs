@@ -31,6 +31,7 @@ mod local;
 pub mod pidbox;
 mod pipeline;
 mod progress;
+mod progress_http;
 mod registry;
 mod restore;
 mod results;
@@ -94,6 +95,15 @@ pub enum Error {
     /// No queue to consume.
     #[error("no queues to consume")]
     NoQueues,
+    /// The progress endpoint's address cannot be bound.
+    #[error("cannot listen for task progress on {addr}")]
+    ProgressBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Worker settings (the `beatd worker` flags).
@@ -121,6 +131,11 @@ pub struct WorkerOptions {
     pub node_name: String,
     /// Store `STARTED` for every task (`--track-started`), not only those configured so.
     pub track_started: bool,
+    /// Where `http` tasks POST their states (`--progress-addr`); not served when `None`.
+    pub progress_addr: Option<std::net::SocketAddr>,
+    /// The base URL handed to tasks for it (`--progress-url`); default from the bound
+    /// address (the host name when it is a wildcard address).
+    pub progress_url: Option<String>,
 }
 
 impl WorkerOptions {
@@ -146,6 +161,8 @@ impl Default for WorkerOptions {
             result_ttl: Duration::from_secs(crate::protocol::RESULT_TTL_SECS),
             node_name: default_node_name(),
             track_started: false,
+            progress_addr: None,
+            progress_url: None,
         }
     }
 }
@@ -241,18 +258,43 @@ impl Worker {
         };
         let results = RedisResults::new(main.clone()).with_ttl(opts.result_ttl.as_secs());
         let state = WorkerState::new(&opts.node_name);
+        let stop_control = CancellationToken::new();
+        let mut progress_base = None;
+        let mut progress_server = None;
+        if let Some(addr) = opts.progress_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::ProgressBind { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| Error::ProgressBind { addr, source })?;
+            let base = opts.progress_url.clone().unwrap_or_else(|| {
+                if bound.ip().is_unspecified() {
+                    format!("http://{}:{}", crate::host::hostname(), bound.port())
+                } else {
+                    format!("http://{bound}")
+                }
+            });
+            tracing::info!(addr = %bound, url = %base, "serving task progress");
+            progress_base = Some(base);
+            progress_server = Some(tokio::spawn(progress_http::serve(
+                listener,
+                state.clone(),
+                stop_control.clone(),
+            )));
+        }
         let pipeline = Pipeline::new(self.registry.clone(), Arc::new(results), self.clock.clone())
             .with_max_message_bytes(opts.max_message_bytes)
             .with_metrics(self.metrics)
             .with_state(state.clone())
-            .with_track_started(opts.track_started);
+            .with_track_started(opts.track_started)
+            .with_progress_url(progress_base);
         let control = WorkerControl {
             state,
             registry: self.registry,
             concurrency: opts.concurrency.max(1),
             prefetch: opts.concurrency.max(1) * opts.prefetch_multiplier.max(1),
         };
-        let stop_control = CancellationToken::new();
         let remote = tokio::spawn(pidbox::serve(
             conn.clone(),
             opts.node_name.clone(),
@@ -273,6 +315,9 @@ impl Worker {
         .await;
         stop_control.cancel();
         let _ = remote.await;
+        if let Some(server) = progress_server {
+            let _ = server.await;
+        }
         tracing::info!("worker stopped");
         Ok(())
     }

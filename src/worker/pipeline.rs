@@ -77,6 +77,8 @@ pub struct Pipeline {
     /// Store `STARTED` for every task (Celery's `task_track_started`), not only for those
     /// whose options ask for it.
     track_started: bool,
+    /// Base URL of the endpoint `http` tasks post states to (`progress_http`), when served.
+    progress_base: Option<String>,
     /// Where results go.
     results: Arc<dyn ResultSink>,
     /// Wall time (date_done, ETA, expiry).
@@ -100,6 +102,7 @@ impl Pipeline {
             registry: registry.into(),
             state: WorkerState::default(),
             track_started: false,
+            progress_base: None,
             results,
             clock,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
@@ -118,6 +121,13 @@ impl Pipeline {
     #[must_use]
     pub fn with_track_started(mut self, on: bool) -> Self {
         self.track_started = on;
+        self
+    }
+
+    /// Hands each run a URL under `base` (and a token) to post its states to.
+    #[must_use]
+    pub fn with_progress_url(mut self, base: Option<String>) -> Self {
+        self.progress_base = base.map(|b| b.trim_end_matches('/').to_owned());
         self
     }
 
@@ -295,10 +305,14 @@ impl Pipeline {
         }
         #[allow(clippy::cast_precision_loss)]
         let time_start = now.timestamp_micros() as f64 / 1e6;
-        let active = self.state.begin(task, time_start);
+        let active = self.state.begin(task, time_start, updates.clone());
         let started = tokio::time::Instant::now();
         let mut req = request(task);
         req.updates = updates;
+        if let Some(base) = &self.progress_base {
+            req.progress_url = Some(format!("{base}/tasks/{}/state", path_segment(&task.id)));
+            req.progress_token = Some(active.token.clone());
+        }
         let outcome = {
             let _in_flight = InFlight::enter(&self.metrics);
             tokio::select! {
@@ -422,7 +436,22 @@ fn request(task: &ParsedTask) -> TaskRequest {
             .map(Into::into),
         headers: task.headers.clone(),
         updates: StateUpdates::default(),
+        progress_url: None,
+        progress_token: None,
     }
+}
+
+/// `id` as one URL path segment (RFC 3986 unreserved characters kept, the rest %-encoded).
+fn path_segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The first `max` bytes of `text` (on a character boundary), marked when cut.

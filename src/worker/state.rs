@@ -4,6 +4,7 @@
 //! Shared by the pipeline, which registers runs and consults revokes, and the pidbox, which
 //! reads and revokes. No I/O; time is tokio's, so tests may pause it.
 
+use super::progress::{RejectedUpdate, StateUpdates};
 use crate::protocol::ParsedTask;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -23,6 +24,24 @@ struct Active {
     info: Value,
     /// Cancelled by `revoke(terminate=True)`.
     terminate: CancellationToken,
+    /// Where states posted for it go.
+    updates: StateUpdates,
+    /// The secret an `http` task posts its states with.
+    token: String,
+}
+
+/// Why a posted state was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    /// No such task is running (never was, or it has ended).
+    #[error("no task {0} is running here")]
+    NotRunning(String),
+    /// The token does not match the task's.
+    #[error("wrong token")]
+    BadToken,
+    /// The state itself was refused.
+    #[error(transparent)]
+    Rejected(#[from] RejectedUpdate),
 }
 
 #[derive(Default)]
@@ -72,6 +91,8 @@ pub struct ActiveGuard {
     name: String,
     /// Fires on `revoke(terminate=True)`.
     pub terminate: CancellationToken,
+    /// The secret that authorizes posting states for this run.
+    pub token: String,
 }
 
 impl Drop for ActiveGuard {
@@ -109,9 +130,10 @@ impl WorkerState {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records that `task` starts running; the guard ends the record.
+    /// Records that `task` starts running, reporting its states to `updates`; the guard
+    /// ends the record.
     #[must_use]
-    pub fn begin(&self, task: &ParsedTask, time_start: f64) -> ActiveGuard {
+    pub fn begin(&self, task: &ParsedTask, time_start: f64, updates: StateUpdates) -> ActiveGuard {
         let info = json!({
             "id": task.id,
             "name": task.task,
@@ -130,11 +152,14 @@ impl WorkerState {
             "worker_pid": std::process::id(),
         });
         let terminate = CancellationToken::new();
+        let token = format!("{:032x}", rand::random::<u128>());
         self.lock().active.insert(
             task.id.clone(),
             Active {
                 info,
                 terminate: terminate.clone(),
+                updates,
+                token: token.clone(),
             },
         );
         ActiveGuard {
@@ -142,7 +167,36 @@ impl WorkerState {
             id: task.id.clone(),
             name: task.task.clone(),
             terminate,
+            token,
         }
+    }
+
+    /// A state posted for running task `id` with `token` (one JSON object, as an `exec`
+    /// task's progress line).
+    ///
+    /// # Errors
+    /// [`PostError`]: not running, wrong token, or a refused state.
+    pub fn post_state(&self, id: &str, token: &str, body: &[u8]) -> Result<(), PostError> {
+        let updates = {
+            let inner = self.lock();
+            let active = inner
+                .active
+                .get(id)
+                .ok_or_else(|| PostError::NotRunning(id.to_owned()))?;
+            // Compared in full whatever the first difference: no timing hint at the token.
+            let same = active.token.len() == token.len()
+                && active
+                    .token
+                    .bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
+            if !same {
+                return Err(PostError::BadToken);
+            }
+            active.updates.clone()
+        };
+        Ok(updates.update_from_line(body)?)
     }
 
     /// Whether `id` was revoked (and the revoke has not expired).

@@ -27,6 +27,11 @@ pub struct TaskRequest {
     pub headers: Map<String, Value>,
     /// Where interim states go ([`TaskRequest::update_state`]).
     pub updates: StateUpdates,
+    /// The URL an out-of-process task (`http`) POSTs its states to, when the worker serves
+    /// one (`--progress-addr`).
+    pub progress_url: Option<String>,
+    /// The bearer token for [`TaskRequest::progress_url`], valid while this run lasts.
+    pub progress_token: Option<String>,
 }
 
 impl TaskRequest {

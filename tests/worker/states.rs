@@ -100,3 +100,101 @@ async fn a_state_is_never_stored_over_a_final_record() {
         assert_eq!(v["status"], final_record.state.as_str());
     }
 }
+
+/// An `http` task gets its own progress URL and token; what it POSTs there while the request
+/// runs is stored as the task's state; a wrong token or a malformed state is refused, and the
+/// URL stops working when the run ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_task_posts_progress_to_its_url() {
+    use axum::routing::post;
+    let release = Arc::new(Notify::new());
+    let seen: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let (r, s) = (release.clone(), seen.clone());
+    // The service the http task calls: reports progress, then waits for the test.
+    let app = axum::Router::new().route(
+        "/run",
+        post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let (r, s) = (r.clone(), s.clone());
+            async move {
+                let url = body["progress_url"].as_str().unwrap().to_owned();
+                let token = body["progress_token"].as_str().unwrap().to_owned();
+                let client = reqwest::Client::new();
+                let send = |auth: String, state: serde_json::Value| {
+                    let (client, url) = (client.clone(), url.clone());
+                    async move {
+                        client
+                            .post(url)
+                            .bearer_auth(auth)
+                            .body(state.to_string())
+                            .send()
+                            .await
+                            .unwrap()
+                            .status()
+                            .as_u16()
+                    }
+                };
+                let progress = json!({"state": "PROGRESS", "meta": {"current": 1}});
+                let codes = vec![
+                    send("wrong".into(), progress.clone()).await,
+                    send(token.clone(), json!({"state": "SUCCESS"})).await,
+                    send(token.clone(), progress).await,
+                ];
+                s.lock()
+                    .unwrap()
+                    .push(json!({"codes": codes, "url": url, "token": token}));
+                r.notified().await;
+                "\"ok\""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let service = format!("http://{}/run", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut reg = Registry::new();
+    reg.add_spec(
+        "tasks.remote",
+        &beatd::worker::TaskSpec::new(beatd::worker::TaskKind::Http {
+            url: service,
+            headers: std::collections::BTreeMap::new(),
+            timeout: None,
+        }),
+    )
+    .unwrap();
+    let mut o = opts();
+    o.progress_addr = Some("127.0.0.1:0".parse().unwrap());
+    let h = Harness::start(reg, o).await;
+    let id = h.send(TaskMessage::new("tasks.remote")).await;
+    let state = h.wait_status(&id, "PROGRESS").await;
+    assert_eq!(state["result"], json!({"current": 1}));
+    // The service notes the answers it got right after the last one; wait for that note.
+    let deadline = std::time::Instant::now() + WAIT;
+    let posted = loop {
+        if let Some(p) = seen.lock().unwrap().first().cloned() {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service never noted its posts"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(posted["codes"], json!([401, 400, 204]), "{posted}");
+    assert!(posted["url"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/tasks/{id}/state")));
+    release.notify_one();
+    assert_eq!(h.wait_status(&id, "SUCCESS").await["result"], "ok");
+    // The run is over: its URL answers 404 and nothing is stored.
+    let late = reqwest::Client::new()
+        .post(posted["url"].as_str().unwrap())
+        .bearer_auth(posted["token"].as_str().unwrap())
+        .body(json!({"state": "PROGRESS"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status().as_u16(), 404);
+    assert_eq!(h.try_result(&id).await.unwrap()["status"], "SUCCESS");
+    h.stop().await;
+}
