@@ -3,6 +3,7 @@
 //! ```text
 //! BEATD_REDIS_URL=redis://127.0.0.1:6379/0 cargo run --example rust_task
 //! # from Python:  app.send_task("tasks.add", args=[2, 3]).get()  → 5
+//! #               r = app.send_task("tasks.count", args=[3]); r.info  → {"current": 1, ...}
 //! ```
 //!
 //! Ctrl-C once stops gracefully (running tasks finish, unstarted ones go back to the queue);
@@ -35,6 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_retries: 3,
         retry_backoff: Duration::from_secs(2),
         ignore_result: false,
+        track_started: true,
     };
     registry.register_with("tasks.fetch", opts, |req| async move {
         let url = req
@@ -47,6 +49,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err(TaskError::fatal("ValueError", "url is required"));
         }
         Ok(json!({"would_fetch": url, "attempt": req.retries + 1}))
+    });
+
+    // Progress, as Celery's `self.update_state(state="PROGRESS", meta=...)`: Python's
+    // `AsyncResult(id).state` is "PROGRESS" and `.info` the meta while it runs.
+    registry.register("tasks.count", |req| async move {
+        let total = req.args.first().and_then(Value::as_u64).unwrap_or(3);
+        for current in 1..=total {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            req.update_state("PROGRESS", json!({"current": current, "total": total}))
+                .map_err(|e| TaskError::fatal("ValueError", e.to_string()))?;
+        }
+        Ok(json!(total))
     });
 
     let url =

@@ -132,6 +132,21 @@ pub struct WorkerOpts {
     /// Unacknowledged messages of a dead worker are restored after this long [default: 1h].
     #[arg(long, env = "BEATD_VISIBILITY_TIMEOUT", value_name = "DURATION")]
     pub visibility_timeout: Option<humantime::Duration>,
+    /// Store STARTED when any task starts (Celery's task_track_started) [default: only the
+    /// tasks with `track_started = true`].
+    #[arg(long, env = "BEATD_TRACK_STARTED")]
+    pub track_started: bool,
+    /// The name `celery inspect` lists this worker under [default: beatd@<host>].
+    #[arg(long, env = "BEATD_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Serve the endpoint http tasks POST their progress to on this address, e.g.
+    /// `0.0.0.0:9809` [default: off].
+    #[arg(long, env = "BEATD_PROGRESS_ADDR", value_name = "ADDR")]
+    pub progress_addr: Option<std::net::SocketAddr>,
+    /// The base URL tasks are given for that endpoint [default: http://<address>, the host
+    /// name for a wildcard address].
+    #[arg(long, env = "BEATD_PROGRESS_URL", value_name = "URL")]
+    pub progress_url: Option<String>,
 }
 
 /// `beatd beat`.

@@ -42,6 +42,12 @@ pub async fn beat(settings: Settings) -> Result<u8, Error> {
         }
     };
     let listener = daemon::bind(settings.http_addr).await?;
+    // `celery inspect ping -d beatd-beat@<host>` is the health check Celery users ask of beat.
+    daemon::start_ping_answer(
+        &d,
+        conn.clone(),
+        format!("beatd-beat@{}", crate::host::hostname()),
+    );
     let fleet = FleetWatch {
         conn,
         namespace: settings.namespace.clone(),

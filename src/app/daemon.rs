@@ -460,6 +460,13 @@ pub fn worker_options(settings: &Settings) -> WorkerOptions {
         concurrency: settings.concurrency,
         visibility_timeout: settings.visibility_timeout,
         shutdown_grace: settings.shutdown_grace,
+        track_started: settings.track_started,
+        progress_addr: settings.progress_addr,
+        progress_url: settings.progress_url.clone(),
+        node_name: settings
+            .node_name
+            .clone()
+            .unwrap_or_else(crate::worker::default_node_name),
         ..WorkerOptions::default()
     }
 }
@@ -474,11 +481,15 @@ pub fn worker_shutdown(d: &Daemon) -> Shutdown {
 }
 
 /// Starts the worker on Redis under the daemon, retrying until it can start.
-pub fn start_redis_worker(d: &Daemon, opts: WorkerOptions, registry: Registry, conn: RedisConn) {
+pub fn start_redis_worker(
+    d: &Daemon,
+    opts: WorkerOptions,
+    registry: crate::worker::LiveRegistry,
+    conn: RedisConn,
+) {
     let clock = d.clock.clone();
     let shutdown = worker_shutdown(d);
     let metrics = d.metrics.clone();
-    let registry = Arc::new(registry);
     let heartbeat = d.liveness.register(
         "worker",
         Liveness::bound_for(opts.longest_turn(), LIVENESS_CAP),
@@ -489,7 +500,7 @@ pub fn start_redis_worker(d: &Daemon, opts: WorkerOptions, registry: Registry, c
             heartbeat.beat();
             let run = crate::worker::Worker {
                 opts: opts.clone(),
-                registry: Registry::clone(&registry),
+                registry: registry.clone(),
                 conn: conn.clone(),
                 clock: clock.clone(),
                 shutdown: shutdown.clone(),
@@ -566,6 +577,55 @@ pub async fn start_amqp_worker(
     };
     d.tracker.spawn(worker.run());
     Ok(Arc::new(move || connected.load(Ordering::Relaxed)))
+}
+
+/// Reloads the worker's task table from `beatd.toml` on every SIGHUP: the file is validated
+/// and every task registered first; an invalid file or task keeps the old table, logged with
+/// its `file:line:column` diagnostics. Runs in flight keep the handler they started with.
+pub fn start_task_reloader(
+    d: &Daemon,
+    config_path: Option<PathBuf>,
+    live: crate::worker::LiveRegistry,
+) {
+    let hup = d.signals.reload.clone();
+    let stop = d.signals.graceful.clone();
+    d.tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = hup.notified() => {}
+            }
+            tracing::info!("SIGHUP: reloading worker tasks");
+            crate::ops::notify::reloading();
+            match super::settings::app_config(config_path.as_deref())
+                .and_then(|file| registry(&file))
+            {
+                Ok(table) => {
+                    tracing::info!(tasks = ?table.names(), "worker tasks reloaded");
+                    live.replace(table);
+                }
+                Err(Error::Config(diags)) => tracing::error!(
+                    "task reload rejected; keeping the previous tasks:\n{}",
+                    diags.to_string().trim_end()
+                ),
+                Err(e) => tracing::error!(error = %crate::error_chain(&e),
+                    "task reload rejected; keeping the previous tasks"),
+            }
+            crate::ops::notify::reloaded();
+        }
+    });
+}
+
+/// Answers `celery inspect ping` as `node` (the beat's health check) until the daemon stops.
+pub fn start_ping_answer(d: &Daemon, conn: RedisConn, node: String) {
+    let stop = d.signals.graceful.clone();
+    d.tracker.spawn(crate::worker::pidbox::serve(
+        conn,
+        node,
+        Arc::new(crate::worker::pidbox::PingOnly),
+        d.clock.clone(),
+        stop,
+    ));
 }
 
 /// Readiness from a background PING every 2 s.

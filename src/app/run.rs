@@ -37,7 +37,7 @@ pub async fn run(settings: Settings) -> Result<u8, Error> {
         tracing::info!(entries = entries.len(), redis = %url.redacted(), "beat and worker starting on redis");
         let beat = daemon::start_beat(&d, ports, entries, paths, BeatOptions::default());
         let agreement = daemon::start_fleet_watch(&d, &conn, &settings.namespace, &beat);
-        daemon::start_redis_worker(&d, opts, registry, conn.clone());
+        daemon::start_redis_worker(&d, opts, registry.into(), conn.clone());
         let redis_up = daemon::redis_ready(conn, &d);
         let strict = settings.strict_schedule;
         Arc::new(move || redis_up() && !(strict && agreement.mismatch().is_some()))

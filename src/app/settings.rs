@@ -44,6 +44,14 @@ pub struct Flags {
     pub visibility_timeout: Option<Duration>,
     /// `--state-file`.
     pub state_file: Option<PathBuf>,
+    /// `--track-started`.
+    pub track_started: bool,
+    /// `--node-name`.
+    pub node_name: Option<String>,
+    /// `--progress-addr`.
+    pub progress_addr: Option<SocketAddr>,
+    /// `--progress-url`.
+    pub progress_url: Option<String>,
 }
 
 impl Flags {
@@ -69,6 +77,10 @@ impl Flags {
             f.queues.clone_from(&w.queues);
             f.concurrency = w.concurrency;
             f.visibility_timeout = d(w.visibility_timeout);
+            f.track_started = w.track_started;
+            f.node_name.clone_from(&w.node_name);
+            f.progress_addr = w.progress_addr;
+            f.progress_url.clone_from(&w.progress_url);
         };
         match command {
             Command::Beat(a) => {
@@ -156,6 +168,17 @@ pub struct Settings {
     pub concurrency: usize,
     /// Unacked messages older than this are restored.
     pub visibility_timeout: Duration,
+    /// Where `beatd.toml` was read from (`None`: `./beatd.toml` if present), re-read on a
+    /// worker's SIGHUP.
+    pub config_path: Option<PathBuf>,
+    /// Store STARTED for every task.
+    pub track_started: bool,
+    /// The worker's remote-control name.
+    pub node_name: Option<String>,
+    /// Where the worker serves task progress for `http` tasks, if anywhere.
+    pub progress_addr: Option<SocketAddr>,
+    /// The base URL given to tasks for it.
+    pub progress_url: Option<String>,
 }
 
 /// Loads `beatd.toml`: the `--config` path (which must exist), else `./beatd.toml` when it
@@ -274,6 +297,11 @@ impl Settings {
                 .visibility_timeout
                 .unwrap_or(file.worker.visibility_timeout),
             file,
+            config_path: flags.config.clone(),
+            track_started: flags.track_started,
+            node_name: flags.node_name.clone().filter(|n| !n.trim().is_empty()),
+            progress_addr: flags.progress_addr,
+            progress_url: flags.progress_url.clone().filter(|u| !u.trim().is_empty()),
         })
     }
 

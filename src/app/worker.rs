@@ -37,7 +37,9 @@ pub async fn worker(settings: Settings) -> Result<u8, Error> {
     let registry = daemon::registry(&settings.file)?;
     let opts = daemon::worker_options(&settings);
     tracing::info!(tasks = ?registry.names(), queues = ?opts.queues, "worker starting");
-    daemon::start_redis_worker(&d, opts, registry, conn.clone());
+    let live = crate::worker::LiveRegistry::from(registry);
+    daemon::start_task_reloader(&d, settings.config_path.clone(), live.clone());
+    daemon::start_redis_worker(&d, opts, live, conn.clone());
     let ready = daemon::redis_ready(conn, &d);
     let listener = daemon::bind(settings.http_addr).await?;
     d.serve(ready, listener).await

@@ -67,6 +67,8 @@ pub struct TaskDef {
     pub retry_backoff: Duration,
     /// Store no result in the result backend. Default false.
     pub ignore_result: bool,
+    /// Store `STARTED` when the task starts (Celery's `track_started`). Default false.
+    pub track_started: bool,
 }
 
 /// What a task does when it runs.

@@ -137,4 +137,5 @@ pub(crate) struct RawTask {
     pub(crate) max_retries: Option<Spanned<i64>>,
     pub(crate) retry_backoff: Option<Spanned<String>>,
     pub(crate) ignore_result: Option<Spanned<bool>>,
+    pub(crate) track_started: Option<Spanned<bool>>,
 }

@@ -97,6 +97,8 @@ pub struct TaskMessage {
     pub root_id: Option<String>,
     /// Headers merged last (a name that already exists is overwritten in place).
     pub extra_headers: Map<String, Value>,
+    /// The body's embed: `callbacks`, `errbacks`, `chain`, `chord` (each `null` when unset).
+    pub embed: Map<String, Value>,
 }
 
 /// An encoded message: the envelope text and where it goes.
@@ -135,6 +137,7 @@ impl TaskMessage {
             parent_id: None,
             root_id: None,
             extra_headers: Map::new(),
+            embed: Map::new(),
         }
     }
 
@@ -262,7 +265,14 @@ impl TaskMessage {
     /// The base64 body `[args, kwargs, embed]`.
     #[must_use]
     pub fn body(&self) -> String {
-        let embed = json!({"callbacks": null, "errbacks": null, "chain": null, "chord": null});
+        let mut embed = Map::new();
+        for key in ["callbacks", "errbacks", "chain", "chord"] {
+            embed.insert(
+                key.into(),
+                self.embed.get(key).cloned().unwrap_or(Value::Null),
+            );
+        }
+        let embed = Value::Object(embed);
         let body = Value::Array(vec![
             Value::Array(self.args.clone()),
             Value::Object(self.kwargs.clone()),

@@ -25,7 +25,9 @@ pub use parse::{DecodeError, Envelope, ParsedTask};
 pub use pickle::{dumps as pickle_dumps, dumps_value as pickle_dumps_value, PyObj};
 pub use pyjson::{dumps, float_repr};
 pub use pyrepr::pyrepr;
-pub use result::{result_key, ExcInfo, ResultRecord, TaskState, RESULT_TTL_SECS};
+pub use result::{
+    result_key, ExcInfo, ResultRecord, StateRecord, TaskState, READY_STATES, RESULT_TTL_SECS,
+};
 pub use rq::{
     utcformat, RqEncodeError, RqEncoded, RqJob, RqSerializer, RQ_JOB_PREFIX, RQ_QUEUES_KEY,
     RQ_QUEUE_PREFIX, RQ_STATUS_QUEUED,

@@ -133,6 +133,9 @@ pub struct ParsedTask {
     pub headers: Map<String, Value>,
     /// The whole envelope, for re-publishing (retries, restores).
     pub envelope: Map<String, Value>,
+    /// The body's third element (`callbacks`, `errbacks`, `chain`, `chord`); empty when the
+    /// body has none.
+    pub embed: Map<String, Value>,
 }
 
 /// Namespace for reading envelopes.
@@ -215,7 +218,7 @@ fn parse_object(env: Map<String, Value>) -> Result<ParsedTask, DecodeError> {
     }
 
     let body = decode_body(&env, props, &id)?;
-    let (args, kwargs, body_task, body_id) = body_parts(body, &id)?;
+    let (args, kwargs, body_task, body_id, embed) = body_parts(body, &id)?;
     if id.is_none() {
         id = body_id;
     }
@@ -258,6 +261,7 @@ fn parse_object(env: Map<String, Value>) -> Result<ParsedTask, DecodeError> {
         id,
         headers,
         envelope: env,
+        embed,
     })
 }
 
@@ -299,6 +303,7 @@ type BodyParts = (
     Map<String, Value>,
     Option<String>,
     Option<String>,
+    Map<String, Value>,
 );
 
 /// `[args, kwargs, embed]`, the 2-element `[args, kwargs]`, or Celery's "hybrid" object
@@ -308,12 +313,16 @@ fn body_parts(body: Value, id: &Option<String>) -> Result<BodyParts, DecodeError
         id: id.clone(),
         detail: detail.into(),
     };
-    let (args, kwargs, task, bid) = match body {
+    let (args, kwargs, task, bid, embed) = match body {
         Value::Array(mut items) if items.len() == 2 || items.len() == 3 => {
+            let embed = match items.get_mut(2) {
+                Some(Value::Object(e)) => std::mem::take(e),
+                _ => Map::new(),
+            };
             items.truncate(2);
             let kwargs = items.pop().unwrap_or(Value::Null);
             let args = items.pop().unwrap_or(Value::Null);
-            (args, kwargs, None, None)
+            (args, kwargs, None, None, embed)
         }
         Value::Array(items) => {
             return Err(shape(&format!(
@@ -329,6 +338,7 @@ fn body_parts(body: Value, id: &Option<String>) -> Result<BodyParts, DecodeError
                 o.remove("kwargs").unwrap_or(Value::Null),
                 task,
                 bid,
+                Map::new(),
             )
         }
         _ => return Err(shape("expected a json array")),
@@ -343,7 +353,7 @@ fn body_parts(body: Value, id: &Option<String>) -> Result<BodyParts, DecodeError
         Value::Null => Map::new(),
         _ => return Err(shape("kwargs is not an object")),
     };
-    Ok((args, kwargs, task, bid))
+    Ok((args, kwargs, task, bid, embed))
 }
 
 fn str_of(m: &Map<String, Value>, key: &str) -> Option<String> {

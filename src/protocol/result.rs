@@ -134,6 +134,14 @@ impl ResultRecord {
         Self::new(task_id, TaskState::Revoked, exc.to_value(), None, date_done)
     }
 
+    /// REVOKED by a remote-control `revoke`: `reason` is Celery's `revoked` (skipped before
+    /// it started) or `terminated` (killed while running).
+    #[must_use]
+    pub fn revoked(task_id: &str, reason: &str, date_done: DateTime<Utc>) -> Self {
+        let exc = ExcInfo::new("TaskRevokedError", reason, "celery.exceptions");
+        Self::new(task_id, TaskState::Revoked, exc.to_value(), None, date_done)
+    }
+
     /// FAILURE for a task name nobody registered (Celery's exact record).
     #[must_use]
     pub fn not_registered(task_id: &str, task: &str, date_done: DateTime<Utc>) -> Self {
@@ -172,6 +180,53 @@ impl ResultRecord {
         m.insert("traceback".into(), self.traceback.clone().into());
         m.insert("children".into(), Value::Array(Vec::new()));
         m.insert("date_done".into(), isoformat(self.date_done).into());
+        m.insert("task_id".into(), self.task_id.clone().into());
+        dumps(&Value::Object(m))
+    }
+}
+
+/// A state a running task reports before it ends (`STARTED`, `PROGRESS` or any custom
+/// name), as Celery's `update_state` stores it: the meta as `result`, no traceback and a
+/// null `date_done` (Celery sets it for ready states only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateRecord {
+    /// The task id.
+    pub task_id: String,
+    /// The state name.
+    pub state: String,
+    /// The meta (`AsyncResult.info`).
+    pub meta: Value,
+}
+
+/// The states after which a task's record is final (Celery's `READY_STATES`).
+pub const READY_STATES: [&str; 3] = ["SUCCESS", "FAILURE", "REVOKED"];
+
+impl StateRecord {
+    /// `STARTED` with Celery's `task_track_started` meta.
+    #[must_use]
+    pub fn started(task_id: &str, pid: u32, hostname: &str) -> Self {
+        Self {
+            task_id: task_id.into(),
+            state: "STARTED".into(),
+            meta: json!({"pid": pid, "hostname": hostname}),
+        }
+    }
+
+    /// The Redis key it is stored under.
+    #[must_use]
+    pub fn key(&self) -> String {
+        result_key(&self.task_id)
+    }
+
+    /// The JSON text, in the key order of [`ResultRecord::to_json`].
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        let mut m = Map::new();
+        m.insert("status".into(), self.state.clone().into());
+        m.insert("result".into(), self.meta.clone());
+        m.insert("traceback".into(), Value::Null);
+        m.insert("children".into(), Value::Array(Vec::new()));
+        m.insert("date_done".into(), Value::Null);
         m.insert("task_id".into(), self.task_id.clone().into());
         dumps(&Value::Object(m))
     }

@@ -217,7 +217,8 @@ pub(crate) async fn mark_unacked(
 }
 
 /// Stores the result (unless a SUCCESS is already there, as Celery checks), publishes it,
-/// acknowledges, and pushes a follow-up message, atomically in one round trip.
+/// acknowledges, and pushes the follow-up messages (a retry, a chain's next task, callbacks:
+/// `KEYS[4..]` with `ARGV[4..]`), atomically in one round trip.
 const FINISH_SCRIPT: &str = r"
 if ARGV[2] ~= '' then
   local cur = redis.call('GET', KEYS[3])
@@ -233,7 +234,7 @@ if ARGV[2] ~= '' then
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
-if ARGV[4] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[4]) end
+for i = 4, #KEYS do redis.call('LPUSH', KEYS[i], ARGV[i]) end
 return 1
 ";
 
@@ -243,8 +244,8 @@ pub(crate) struct FinishWrites<'a> {
     pub(crate) result: Option<(String, String)>,
     /// Result TTL in seconds.
     pub(crate) ttl_secs: u64,
-    /// A retry message: list key and payload.
-    pub(crate) push: Option<(&'a str, &'a str)>,
+    /// Messages to push: list key and payload each.
+    pub(crate) pushes: Vec<(&'a str, &'a str)>,
 }
 
 /// Result, ack and retry in one script call (see `FINISH_SCRIPT`).
@@ -256,29 +257,22 @@ pub(crate) async fn finish(
     static SCRIPT: std::sync::LazyLock<redis::Script> =
         std::sync::LazyLock::new(|| redis::Script::new(FINISH_SCRIPT));
     let (key, json) = w.result.clone().unwrap_or_default();
-    let (push_key, payload) = w.push.unwrap_or(("", ""));
-    // Unused key slots still need names; the script never touches them.
+    // An unused key slot still needs a name; the script never touches it.
     let key = if key.is_empty() {
         UNACKED.to_string()
     } else {
         key
     };
-    let push_key = if push_key.is_empty() {
-        UNACKED
-    } else {
-        push_key
-    };
-    SCRIPT
-        .key(UNACKED)
-        .key(UNACKED_INDEX)
+    let mut inv = SCRIPT.key(UNACKED);
+    inv.key(UNACKED_INDEX)
         .key(key)
-        .key(push_key)
         .arg(tag)
         .arg(json)
-        .arg(w.ttl_secs)
-        .arg(payload)
-        .invoke_async(conn)
-        .await
+        .arg(w.ttl_secs);
+    for (list, payload) in &w.pushes {
+        inv.key(*list).arg(*payload);
+    }
+    inv.invoke_async(conn).await
 }
 
 /// Puts unstarted deliveries (oldest first) back at the consuming end of their lists and

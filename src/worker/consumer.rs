@@ -341,16 +341,20 @@ async fn job(
 /// rejected. An empty `tag` (a message that was never recorded as unacked) has nothing to
 /// acknowledge, but its result is still stored.
 async fn finish(ctx: &Ctx, tag: &str, task_id: &str, finished: &Finished) {
-    let push = match &finished.disposition {
-        Disposition::Done => None,
-        Disposition::Retry {
-            list_key, payload, ..
-        } => Some((list_key.as_str(), payload.as_str())),
-    };
+    let mut pushes = Vec::with_capacity(finished.followups.len() + 1);
+    if let Disposition::Retry {
+        list_key, payload, ..
+    } = &finished.disposition
+    {
+        pushes.push((list_key.as_str(), payload.as_str()));
+    }
+    for f in &finished.followups {
+        pushes.push((f.list_key.as_str(), f.payload.as_str()));
+    }
     let writes = broker::FinishWrites {
         result: finished.record.as_ref().map(|r| (r.key(), r.to_json())),
         ttl_secs: ctx.result_ttl,
-        push,
+        pushes,
     };
     let mut conn = ctx.conn.clone();
     let mut delay = Backoff::between(Duration::from_millis(50), Duration::from_millis(800));

@@ -1,8 +1,11 @@
 //! The `exec` task kind: runs a configured program directly (no shell, message arguments
 //! never reach its command line), hands it the arguments as JSON on stdin and in
-//! `BEATD_TASK_*` variables, and maps its exit to a result. Output is read with bounds so a
-//! chatty program cannot exhaust memory.
+//! `BEATD_TASK_*` variables, and maps its exit to a result. Interim states come as JSON lines
+//! on the fd named by `BEATD_TASK_PROGRESS_FD`, so stdout stays the result; each stderr line
+//! is logged as it comes. Output is read with bounds so a chatty program cannot exhaust
+//! memory or flood the log.
 
+use super::progress::{RejectedUpdate, StateUpdates, MAX_UPDATE_BYTES};
 use super::task::{Handler, TaskError, TaskRequest, TaskResult};
 use super::Error;
 use serde_json::{json, Value};
@@ -18,6 +21,14 @@ const STDOUT_LIMIT: usize = 1 << 20;
 const ENV_LIMIT: usize = 64 << 10;
 /// Most stderr kept (its tail) as the traceback.
 const STDERR_TAIL: usize = 8 << 10;
+/// The fd number the child finds its progress pipe at.
+const PROGRESS_FD: i32 = 3;
+/// Longest stderr line logged whole; longer ones are cut.
+const LOG_LINE: usize = 4 << 10;
+/// Most stderr lines logged per run; the rest only counted.
+const LOG_LINES: u64 = 1000;
+/// Most malformed progress lines logged per run; the rest only counted.
+const BAD_PROGRESS_LOGGED: u64 = 5;
 
 /// Runs one configured program per task.
 #[derive(Debug, Clone)]
@@ -80,7 +91,11 @@ impl Handler for ExecHandler {
         if let Some(cwd) = &self.cwd {
             cmd.current_dir(cwd);
         }
-        let mut child = cmd.spawn().map_err(|e| {
+        let progress = progress_pipe(&mut cmd);
+        let spawned = cmd.spawn();
+        // The command holds the pipe's write end: drop it so the pipe ends with the child.
+        drop(cmd);
+        let mut child = spawned.map_err(|e| {
             TaskError::fatal(
                 "ExecFailed",
                 format!("cannot run {:?}: {e}", self.command[0]),
@@ -96,8 +111,9 @@ impl Handler for ExecHandler {
             }
         };
         let out = read_head(child.stdout.take(), STDOUT_LIMIT);
-        let err = read_tail(child.stderr.take(), STDERR_TAIL);
-        let ((), stdout, stderr, status) = tokio::join!(feed, out, err, child.wait());
+        let err = log_stderr(child.stderr.take(), &req);
+        let updates = read_progress(progress, &req.updates, &req);
+        let ((), stdout, stderr, (), status) = tokio::join!(feed, out, err, updates, child.wait());
         group.0 = None; // reaped: the id may be reused, never signal it again
         let status = status.map_err(|e| TaskError::fatal("ExecFailed", e.to_string()))?;
         if status.success() {
@@ -139,6 +155,153 @@ impl Drop for GroupKill {
     }
 }
 
+/// A pipe whose write end the child gets as fd [`PROGRESS_FD`], announced in
+/// `BEATD_TASK_PROGRESS_FD`; `None` (and no variable) when it cannot be made.
+fn progress_pipe(cmd: &mut Command) -> Option<tokio::net::unix::pipe::Receiver> {
+    use command_fds::{CommandFdExt, FdMapping};
+    let made = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| e.to_string())
+        .and_then(|(read, write)| {
+            let rx =
+                tokio::net::unix::pipe::Receiver::from_owned_fd(read).map_err(|e| e.to_string())?;
+            cmd.fd_mappings(vec![FdMapping {
+                parent_fd: write,
+                child_fd: PROGRESS_FD,
+            }])
+            .map_err(|e| e.to_string())?;
+            Ok(rx)
+        });
+    match made {
+        Ok(rx) => {
+            cmd.env("BEATD_TASK_PROGRESS_FD", PROGRESS_FD.to_string());
+            Some(rx)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot make the progress pipe; the task runs without");
+            None
+        }
+    }
+}
+
+/// Reads the progress pipe line by line into `updates`; malformed lines are logged (a few per
+/// run) and ignored.
+async fn read_progress(
+    pipe: Option<tokio::net::unix::pipe::Receiver>,
+    updates: &StateUpdates,
+    req: &TaskRequest,
+) {
+    let mut bad: u64 = 0;
+    for_each_line(
+        pipe,
+        MAX_UPDATE_BYTES,
+        |line, cut| {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                return;
+            }
+            let checked = if cut {
+                Err(RejectedUpdate::TooLarge(line.len()))
+            } else {
+                updates.update_from_line(line)
+            };
+            if let Err(e) = checked {
+                bad += 1;
+                if bad <= BAD_PROGRESS_LOGGED {
+                    let text = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
+                    tracing::warn!(task_id = %req.id, task = %req.task, error = %e, line = %text,
+                    "ignored a malformed progress line");
+                }
+            }
+        },
+        |_| {},
+    )
+    .await;
+    if bad > BAD_PROGRESS_LOGGED {
+        tracing::warn!(task_id = %req.id, task = %req.task, ignored = bad,
+            "ignored malformed progress lines (only the first {BAD_PROGRESS_LOGGED} logged)");
+    }
+}
+
+/// Logs each stderr line as it comes (cut at [`LOG_LINE`], at most [`LOG_LINES`] a run) and
+/// returns the last [`STDERR_TAIL`] bytes for the traceback.
+async fn log_stderr(pipe: Option<impl AsyncRead + Unpin>, req: &TaskRequest) -> Vec<u8> {
+    let mut tail = Vec::new();
+    let mut lines: u64 = 0;
+    for_each_line(
+        pipe,
+        LOG_LINE,
+        |line, cut| {
+            lines += 1;
+            if lines <= LOG_LINES {
+                let text = String::from_utf8_lossy(line);
+                let text = text.trim_end_matches('\r');
+                if cut {
+                    tracing::info!(task_id = %req.id, task = %req.task, line = %text,
+                        "task stderr (line cut)");
+                } else {
+                    tracing::info!(task_id = %req.id, task = %req.task, line = %text,
+                        "task stderr");
+                }
+            } else if lines == LOG_LINES + 1 {
+                tracing::warn!(task_id = %req.id, task = %req.task,
+                    "task stderr: further lines are not logged (limit {LOG_LINES} a run)");
+            }
+        },
+        |chunk| {
+            tail.extend_from_slice(chunk);
+            if tail.len() > 2 * STDERR_TAIL {
+                tail.drain(..tail.len() - STDERR_TAIL);
+            }
+        },
+    )
+    .await;
+    if tail.len() > STDERR_TAIL {
+        tail.drain(..tail.len() - STDERR_TAIL);
+    }
+    tail
+}
+
+/// Reads `pipe` to its end, calling `raw` with every chunk and `line` with every line
+/// (without its newline; at most `max` bytes of it, `true` when it was cut).
+async fn for_each_line(
+    pipe: Option<impl AsyncRead + Unpin>,
+    max: usize,
+    mut line: impl FnMut(&[u8], bool),
+    mut raw: impl FnMut(&[u8]),
+) {
+    let Some(mut pipe) = pipe else { return };
+    let mut buf = [0u8; 8192];
+    let mut current = Vec::new();
+    let mut cut = false;
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        raw(&buf[..n]);
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let (part, ended) = match rest.iter().position(|b| *b == b'\n') {
+                Some(i) => (&rest[..i], Some(i + 1)),
+                None => (rest, None),
+            };
+            let room = max.saturating_sub(current.len());
+            current.extend_from_slice(&part[..part.len().min(room)]);
+            cut |= part.len() > room;
+            match ended {
+                Some(next) => {
+                    line(&current, cut);
+                    current.clear();
+                    cut = false;
+                    rest = &rest[next..];
+                }
+                None => rest = &[],
+            }
+        }
+    }
+    if !current.is_empty() {
+        line(&current, cut);
+    }
+}
+
 /// stdout as JSON when it parses, else the trimmed text (`null` when empty).
 fn parse_output(stdout: &[u8]) -> Value {
     let text = String::from_utf8_lossy(stdout);
@@ -165,26 +328,6 @@ async fn read_head(pipe: Option<impl AsyncRead + Unpin>, limit: usize) -> Vec<u8
     kept
 }
 
-/// Reads everything, keeping the last `limit` bytes.
-async fn read_tail(pipe: Option<impl AsyncRead + Unpin>, limit: usize) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let Some(mut pipe) = pipe else { return kept };
-    let mut buf = [0u8; 8192];
-    while let Ok(n) = pipe.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        kept.extend_from_slice(&buf[..n]);
-        if kept.len() > 2 * limit {
-            kept.drain(..kept.len() - limit);
-        }
-    }
-    if kept.len() > limit {
-        kept.drain(..kept.len() - limit);
-    }
-    kept
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,11 +341,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tail_keeps_the_end() {
+    async fn head_keeps_the_start() {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let tail = read_tail(Some(&data[..]), 1000).await;
-        assert_eq!(tail, data[data.len() - 1000..]);
         let head = read_head(Some(&data[..]), 1000).await;
         assert_eq!(head, data[..1000]);
+    }
+
+    #[tokio::test]
+    async fn lines_are_split_and_cut() {
+        let long = "y".repeat(20_000);
+        let data = format!("one\n\n{long}\ntwo");
+        let mut lines = Vec::new();
+        let mut bytes = 0;
+        for_each_line(
+            Some(data.as_bytes()),
+            10,
+            |l, cut| lines.push((String::from_utf8_lossy(l).into_owned(), cut)),
+            |c| bytes += c.len(),
+        )
+        .await;
+        assert_eq!(bytes, data.len());
+        let want = [
+            ("one", false),
+            ("", false),
+            ("yyyyyyyyyy", true),
+            ("two", false),
+        ];
+        let got: Vec<(&str, bool)> = lines.iter().map(|(l, c)| (l.as_str(), *c)).collect();
+        assert_eq!(got, want);
     }
 }

@@ -1,5 +1,6 @@
 //! The `http` task kind: POSTs `{id, task, args, kwargs, scheduled_at}` as JSON to a
-//! configured URL. 2xx is SUCCESS (the body, as JSON when it parses), 4xx a FAILURE that a
+//! configured URL, plus `progress_url` and `progress_token` when the worker serves its
+//! progress endpoint (where to POST interim states while the request runs). 2xx is SUCCESS (the body, as JSON when it parses), 4xx a FAILURE that a
 //! retry would not fix, 5xx and transport errors retryable. Header values may come from the
 //! environment: checked when the task is registered (a missing secret fails at startup) and
 //! re-read on every request (a rotated secret needs no restart).
@@ -90,10 +91,18 @@ impl HttpHandler {
 #[async_trait::async_trait]
 impl Handler for HttpHandler {
     async fn call(&self, req: TaskRequest) -> TaskResult {
-        let payload = json!({
+        let mut payload = json!({
             "id": req.id, "task": req.task, "args": req.args, "kwargs": req.kwargs,
             "scheduled_at": req.scheduled_at,
         });
+        if let (Some(url), Some(token), Some(p)) = (
+            &req.progress_url,
+            &req.progress_token,
+            payload.as_object_mut(),
+        ) {
+            p.insert("progress_url".into(), url.clone().into());
+            p.insert("progress_token".into(), token.clone().into());
+        }
         let resp = self
             .client
             .post(&self.url)

@@ -22,24 +22,34 @@
 
 pub mod amqp;
 mod broker;
+mod canvas;
 mod consumer;
+mod control;
 mod exec;
 mod held;
 mod http;
 mod local;
+pub mod pidbox;
 mod pipeline;
+mod progress;
+mod progress_http;
 mod registry;
 mod restore;
 mod results;
 mod slots;
 mod spec;
+mod state;
 mod task;
 
+pub use canvas::Outgoing;
+pub use control::WorkerControl;
 pub use local::run_local;
 pub use pipeline::{Disposition, Finished, Pipeline, DEFAULT_MAX_MESSAGE_BYTES};
-pub use registry::{Registered, Registry};
+pub use progress::{RejectedUpdate, StateUpdates};
+pub use registry::{LiveRegistry, Registered, Registry};
 pub use results::{LogResults, MemoryResults, RedisResults, ResultSink};
 pub use spec::{HeaderValue, TaskKind, TaskOptions, TaskSpec};
+pub use state::{default_node_name, WorkerState};
 pub use task::{Handler, TaskError, TaskRequest, TaskResult};
 
 use crate::clock::SharedClock;
@@ -87,6 +97,15 @@ pub enum Error {
     /// No queue to consume.
     #[error("no queues to consume")]
     NoQueues,
+    /// The progress endpoint's address cannot be bound.
+    #[error("cannot listen for task progress on {addr}")]
+    ProgressBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Worker settings (the `beatd worker` flags).
@@ -110,6 +129,15 @@ pub struct WorkerOptions {
     pub poll_timeout: Duration,
     /// Result key TTL (Celery's `result_expires`, one day).
     pub result_ttl: Duration,
+    /// The name remote control knows it by (`--node-name`, default `beatd@<host>`).
+    pub node_name: String,
+    /// Store `STARTED` for every task (`--track-started`), not only those configured so.
+    pub track_started: bool,
+    /// Where `http` tasks POST their states (`--progress-addr`); not served when `None`.
+    pub progress_addr: Option<std::net::SocketAddr>,
+    /// The base URL handed to tasks for it (`--progress-url`); default from the bound
+    /// address (the host name when it is a wildcard address).
+    pub progress_url: Option<String>,
 }
 
 impl WorkerOptions {
@@ -133,6 +161,10 @@ impl Default for WorkerOptions {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             poll_timeout: Duration::from_secs(1),
             result_ttl: Duration::from_secs(crate::protocol::RESULT_TTL_SECS),
+            node_name: default_node_name(),
+            track_started: false,
+            progress_addr: None,
+            progress_url: None,
         }
     }
 }
@@ -152,8 +184,8 @@ pub struct Shutdown {
 pub struct Worker {
     /// Settings.
     pub opts: WorkerOptions,
-    /// The tasks it runs.
-    pub registry: Registry,
+    /// The tasks it runs; replacing them (a reload) leaves runs in flight alone.
+    pub registry: LiveRegistry,
     /// Where its connections come from (it opens its own blocking ones from it).
     pub conn: RedisConn,
     /// Wall time.
@@ -178,7 +210,7 @@ impl Worker {
     ) -> Self {
         Self {
             opts,
-            registry,
+            registry: registry.into(),
             conn,
             clock,
             shutdown,
@@ -227,10 +259,53 @@ impl Worker {
             }
         };
         let results = RedisResults::new(main.clone()).with_ttl(opts.result_ttl.as_secs());
-        let pipeline = Pipeline::new(Arc::new(self.registry), Arc::new(results), self.clock)
+        let state = WorkerState::new(&opts.node_name);
+        let stop_control = CancellationToken::new();
+        let mut progress_base = None;
+        let mut progress_server = None;
+        if let Some(addr) = opts.progress_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::ProgressBind { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| Error::ProgressBind { addr, source })?;
+            let base = opts.progress_url.clone().unwrap_or_else(|| {
+                if bound.ip().is_unspecified() {
+                    format!("http://{}:{}", crate::host::hostname(), bound.port())
+                } else {
+                    format!("http://{bound}")
+                }
+            });
+            tracing::info!(addr = %bound, url = %base, "serving task progress");
+            progress_base = Some(base);
+            progress_server = Some(tokio::spawn(progress_http::serve(
+                listener,
+                state.clone(),
+                stop_control.clone(),
+            )));
+        }
+        let pipeline = Pipeline::new(self.registry.clone(), Arc::new(results), self.clock.clone())
             .with_max_message_bytes(opts.max_message_bytes)
-            .with_metrics(self.metrics);
-        tracing::info!(queues = ?opts.queues, concurrency = opts.concurrency, "worker started");
+            .with_metrics(self.metrics)
+            .with_state(state.clone())
+            .with_track_started(opts.track_started)
+            .with_progress_url(progress_base);
+        let control = WorkerControl {
+            state,
+            registry: self.registry,
+            concurrency: opts.concurrency.max(1),
+            prefetch: opts.concurrency.max(1) * opts.prefetch_multiplier.max(1),
+        };
+        let remote = tokio::spawn(pidbox::serve(
+            conn.clone(),
+            opts.node_name.clone(),
+            Arc::new(control),
+            self.clock,
+            stop_control.clone(),
+        ));
+        tracing::info!(queues = ?opts.queues, concurrency = opts.concurrency,
+            node = %opts.node_name, "worker started");
         consumer::consume(
             &opts,
             pipeline,
@@ -240,6 +315,11 @@ impl Worker {
             self.heartbeat,
         )
         .await;
+        stop_control.cancel();
+        let _ = remote.await;
+        if let Some(server) = progress_server {
+            let _ = server.await;
+        }
         tracing::info!("worker stopped");
         Ok(())
     }

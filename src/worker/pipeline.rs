@@ -1,22 +1,30 @@
 //! Handling one message, independent of where it came from: decode (rejecting malformed
 //! messages with a logged reason and, when the id is known, a stored FAILURE), wait for the
-//! ETA, revoke when expired, dispatch to the registered handler under its time limit, store
-//! the result and decide on a retry. The Redis consumer and the embedded in-process queue of
-//! `beatd run` share it; neither acking nor queue I/O happens here.
+//! ETA, revoke when expired or revoked by remote control, dispatch to the registered handler
+//! under its time limit (storing `STARTED` and the task's interim states on the way), decide on
+//! a retry, and say which canvas messages (chain, callbacks, errbacks) follow. The Redis
+//! consumer and the embedded in-process queue of `beatd run` share it; neither acking nor
+//! queue I/O happens here.
 
-use super::registry::Registry;
+use super::canvas::{self, Outgoing};
+use super::progress::{self, StateUpdates};
+use super::registry::{LiveRegistry, Registry};
 use super::results::ResultSink;
+use super::state::WorkerState;
 use super::task::{TaskError, TaskRequest};
 use crate::clock::SharedClock;
 use crate::ops::metrics::Metrics;
 use crate::protocol::{
     dumps, isoformat, new_uuid, priority_list_key, DecodeError, Envelope, ExcInfo, ParsedTask,
-    ResultRecord,
+    ResultRecord, StateRecord,
 };
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Longest excerpt of a result in the log line of a finished task.
+const RESULT_EXCERPT: usize = 512;
 
 /// Default cap on one message's size (kombu has none; a 10 MiB task message is a mistake).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 10 << 20;
@@ -45,6 +53,8 @@ pub struct Finished {
     pub disposition: Disposition,
     /// The record to store.
     pub record: Option<ResultRecord>,
+    /// Canvas messages to send with the ack (the chain's next task, callbacks, errbacks).
+    pub followups: Vec<Outgoing>,
 }
 
 impl Finished {
@@ -52,6 +62,7 @@ impl Finished {
         Self {
             disposition: Disposition::Done,
             record,
+            followups: Vec::new(),
         }
     }
 }
@@ -59,8 +70,15 @@ impl Finished {
 /// The shared "handle one envelope" pipeline.
 #[derive(Clone)]
 pub struct Pipeline {
-    /// Registered tasks.
-    registry: Arc<Registry>,
+    /// Registered tasks (replaced on reload).
+    registry: LiveRegistry,
+    /// Running requests and revokes, shared with remote control.
+    state: WorkerState,
+    /// Store `STARTED` for every task (Celery's `task_track_started`), not only for those
+    /// whose options ask for it.
+    track_started: bool,
+    /// Base URL of the endpoint `http` tasks post states to (`progress_http`), when served.
+    progress_base: Option<String>,
     /// Where results go.
     results: Arc<dyn ResultSink>,
     /// Wall time (date_done, ETA, expiry).
@@ -75,14 +93,54 @@ pub struct Pipeline {
 impl Pipeline {
     /// A pipeline over `registry`, storing into `results`.
     #[must_use]
-    pub fn new(registry: Arc<Registry>, results: Arc<dyn ResultSink>, clock: SharedClock) -> Self {
+    pub fn new(
+        registry: impl Into<LiveRegistry>,
+        results: Arc<dyn ResultSink>,
+        clock: SharedClock,
+    ) -> Self {
         Self {
-            registry,
+            registry: registry.into(),
+            state: WorkerState::default(),
+            track_started: false,
+            progress_base: None,
             results,
             clock,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             metrics: Arc::default(),
         }
+    }
+
+    /// Shares `state` (node name, running requests, revokes) with remote control.
+    #[must_use]
+    pub fn with_state(mut self, state: WorkerState) -> Self {
+        self.state = state;
+        self
+    }
+
+    /// Stores `STARTED` for every task.
+    #[must_use]
+    pub fn with_track_started(mut self, on: bool) -> Self {
+        self.track_started = on;
+        self
+    }
+
+    /// Hands each run a URL under `base` (and a token) to post its states to.
+    #[must_use]
+    pub fn with_progress_url(mut self, base: Option<String>) -> Self {
+        self.progress_base = base.map(|b| b.trim_end_matches('/').to_owned());
+        self
+    }
+
+    /// The task table, replaceable while the pipeline runs.
+    #[must_use]
+    pub fn registry(&self) -> &LiveRegistry {
+        &self.registry
+    }
+
+    /// Running requests and revokes.
+    #[must_use]
+    pub fn state(&self) -> &WorkerState {
+        &self.state
     }
 
     /// Counts into `metrics` (the daemon's, served on `/metrics`).
@@ -179,6 +237,12 @@ impl Pipeline {
         if let Some(record) = finished.record {
             self.store(record).await;
         }
+        if !finished.followups.is_empty() {
+            tracing::warn!(
+                count = finished.followups.len(),
+                "the embedded queue does not follow chains or callbacks; not sent"
+            );
+        }
         finished.disposition
     }
 
@@ -186,17 +250,23 @@ impl Pipeline {
     /// a transport can store it and acknowledge in one atomic step.
     pub async fn execute_deferred(&self, task: &ParsedTask) -> Finished {
         let now = self.clock.now();
-        let registered = self.registry.get(&task.task).cloned();
+        let registry: Arc<Registry> = self.registry.current();
+        let registered = registry.get(&task.task).cloned();
         let options = registered.as_ref().map(|r| r.options).unwrap_or_default();
         let ignore = task.ignore_result.unwrap_or(options.ignore_result);
         let keep = |r: ResultRecord| (!ignore).then_some(r);
+        let label = registered
+            .as_ref()
+            .map_or("<unregistered>", |_| task.task.as_str());
         if task.expires.is_some_and(|e| e <= now) {
             tracing::info!(task_id = %task.id, task = %task.task, "discarding expired task");
-            let name = registered
-                .as_ref()
-                .map_or("<unregistered>", |_| task.task.as_str());
-            self.count(name, "revoked");
+            self.count(label, "revoked");
             return Finished::done(keep(ResultRecord::revoked_expired(&task.id, now)));
+        }
+        if self.state.is_revoked(&task.id) {
+            tracing::info!(task_id = %task.id, task = %task.task, "discarding revoked task");
+            self.count(label, "revoked");
+            return Finished::done(keep(ResultRecord::revoked(&task.id, "revoked", now)));
         }
         let Some(registered) = registered else {
             tracing::error!(task_id = %task.id, task = %task.task, "received unregistered task");
@@ -207,23 +277,64 @@ impl Pipeline {
                 &task.id, &task.task, now,
             )));
         };
+        if let Some(exc) = canvas::chord_unsupported(task) {
+            tracing::error!(task_id = %task.id, task = %task.task,
+                "task is part of a chord, which the beatd worker does not support; failed");
+            self.count(&task.task, "failure");
+            return Finished::done(Some(ResultRecord::failure(&task.id, &exc, None, now)));
+        }
         let limit = task
             .timelimit
             .0
             .filter(|s| s.is_finite() && *s > 0.0)
             .map(Duration::from_secs_f64)
             .or(options.time_limit);
+        // Celery stores neither STARTED nor interim states for a task whose result is ignored
+        // (`track_started and not ignore_result`); interim states would then stay forever.
+        let (updates, _writer) = if ignore {
+            (StateUpdates::default(), None)
+        } else {
+            let (u, w) = progress::start(&task.id, self.results.clone());
+            (u, Some(w))
+        };
+        if (self.track_started || options.track_started) && !ignore {
+            let started = StateRecord::started(&task.id, std::process::id(), self.state.node());
+            if let Err(e) = self.results.store_state(&started).await {
+                tracing::warn!(task_id = %task.id, error = %e, "cannot store STARTED");
+            }
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let time_start = now.timestamp_micros() as f64 / 1e6;
+        let active = self.state.begin(task, time_start, updates.clone());
         let started = tokio::time::Instant::now();
+        let mut req = request(task);
+        req.updates = updates;
+        if let Some(base) = &self.progress_base {
+            req.progress_url = Some(format!("{base}/tasks/{}/state", path_segment(&task.id)));
+            req.progress_token = Some(active.token.clone());
+        }
         let outcome = {
             let _in_flight = InFlight::enter(&self.metrics);
-            run_guarded(registered.handler.clone(), request(task), limit).await
+            tokio::select! {
+                o = run_guarded(registered.handler.clone(), req, limit) => Some(o),
+                // Dropping the run kills an exec task's process group.
+                () = active.terminate.cancelled() => None,
+            }
         };
+        drop(active);
         let ran_for = started.elapsed();
         let elapsed = ran_for.as_secs_f64();
         self.metrics
             .task_duration
             .get_or_create(&vec![("task", task.task.clone())])
             .observe(elapsed);
+        let done = self.clock.now();
+        let Some(outcome) = outcome else {
+            tracing::warn!(task_id = %task.id, task = %task.task, elapsed,
+                "task terminated by a revoke");
+            self.count(&task.task, "revoked");
+            return Finished::done(keep(ResultRecord::revoked(&task.id, "terminated", done)));
+        };
         self.count(
             &task.task,
             match &outcome {
@@ -232,11 +343,16 @@ impl Pipeline {
                 Err(_) => "failure",
             },
         );
-        let done = self.clock.now();
         match outcome {
             Ok(value) => {
-                tracing::info!(task_id = %task.id, task = %task.task, elapsed, "task succeeded");
-                Finished::done(keep(ResultRecord::success(&task.id, value, done)))
+                let result = excerpt(&value.to_string(), RESULT_EXCERPT);
+                tracing::info!(task_id = %task.id, task = %task.task, elapsed, %result,
+                    "task succeeded");
+                Finished {
+                    disposition: Disposition::Done,
+                    followups: canvas::on_success(task, &value, done),
+                    record: keep(ResultRecord::success(&task.id, value, done)),
+                }
             }
             Err(e) if e.retryable && task.retries < options.max_retries => {
                 let delay = options.backoff(task.retries);
@@ -252,17 +368,22 @@ impl Pipeline {
                         eta,
                     },
                     record: keep(ResultRecord::retry(&task.id, &why, e.traceback, done)),
+                    followups: Vec::new(),
                 }
             }
             Err(e) => {
                 tracing::error!(task_id = %task.id, task = %task.task, elapsed,
                     reason = %exc_text(&e), "task failed");
-                Finished::done(keep(ResultRecord::failure(
-                    &task.id,
-                    &e.exc,
-                    e.traceback,
-                    done,
-                )))
+                let (followups, chained) =
+                    canvas::on_failure(task, &e.exc, e.traceback.as_deref(), done);
+                for r in chained {
+                    self.store(r).await;
+                }
+                Finished {
+                    disposition: Disposition::Done,
+                    followups,
+                    record: keep(ResultRecord::failure(&task.id, &e.exc, e.traceback, done)),
+                }
             }
         }
     }
@@ -314,7 +435,35 @@ fn request(task: &ParsedTask) -> TaskRequest {
             .and_then(Value::as_str)
             .map(Into::into),
         headers: task.headers.clone(),
+        updates: StateUpdates::default(),
+        progress_url: None,
+        progress_token: None,
     }
+}
+
+/// `id` as one URL path segment (RFC 3986 unreserved characters kept, the rest %-encoded).
+fn path_segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The first `max` bytes of `text` (on a character boundary), marked when cut.
+fn excerpt(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// Runs the handler on its own task so a panic becomes a FAILURE, and aborts it (which

@@ -8,7 +8,7 @@ use super::task::{Handler, TaskRequest, TaskResult};
 use super::Error;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// Adapts an async closure into a [`Handler`].
 struct FnHandler<F>(F);
@@ -128,5 +128,48 @@ impl Registry {
         let mut v: Vec<&str> = self.tasks.keys().map(String::as_str).collect();
         v.sort_unstable();
         v
+    }
+}
+
+/// The task table of a running worker, replaceable while it runs (SIGHUP reloads it): each
+/// message looks its task up once, so a run in flight keeps the handler it started with.
+#[derive(Clone, Default)]
+pub struct LiveRegistry(Arc<RwLock<Arc<Registry>>>);
+
+impl std::fmt::Debug for LiveRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.current().fmt(f)
+    }
+}
+
+impl LiveRegistry {
+    /// The table now.
+    #[must_use]
+    pub fn current(&self) -> Arc<Registry> {
+        // A poisoned lock still holds a whole table (replacing is one assignment).
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the table; runs in flight are not affected.
+    pub fn replace(&self, registry: Registry) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(registry);
+    }
+}
+
+impl From<Registry> for LiveRegistry {
+    fn from(r: Registry) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(r))))
+    }
+}
+
+impl From<Arc<Registry>> for LiveRegistry {
+    fn from(r: Arc<Registry>) -> Self {
+        Self(Arc::new(RwLock::new(r)))
     }
 }

@@ -3,7 +3,7 @@
 //! and an in-memory sink for tests. Owns storing; building records is `protocol`'s.
 
 use super::Error;
-use crate::protocol::{ResultRecord, TaskState, RESULT_TTL_SECS};
+use crate::protocol::{ResultRecord, StateRecord, TaskState, RESULT_TTL_SECS};
 use redis::aio::ConnectionManager;
 use std::sync::{Arc, Mutex};
 
@@ -12,7 +12,27 @@ use std::sync::{Arc, Mutex};
 pub trait ResultSink: Send + Sync + 'static {
     /// Stores one record.
     async fn store(&self, record: &ResultRecord) -> Result<(), Error>;
+
+    /// Stores an interim state (`STARTED`, `PROGRESS`…) unless the task's record is final
+    /// already; returns whether it was stored.
+    async fn store_state(&self, record: &StateRecord) -> Result<bool, Error>;
 }
+
+/// Celery's `update_state` write (SETEX + PUBLISH), skipped over a final record: an update
+/// that arrives after the task ended must not hide its result.
+const STORE_STATE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, meta = pcall(cjson.decode, cur)
+  if ok and type(meta) == 'table' then
+    local s = meta['status']
+    if s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED' then return 0 end
+  end
+end
+redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+";
 
 /// Celery's Redis result backend.
 #[derive(Clone)]
@@ -70,30 +90,44 @@ impl ResultSink for RedisResults {
             .await?;
         Ok(())
     }
+
+    async fn store_state(&self, record: &StateRecord) -> Result<bool, Error> {
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(STORE_STATE));
+        let mut conn = self.conn.clone();
+        let stored: i64 = SCRIPT
+            .key(record.key())
+            .arg(record.to_json())
+            .arg(self.ttl_secs)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(stored == 1)
+    }
 }
 
-/// Logs results instead of storing them (embedded mode without Redis).
+/// Logs results at debug level instead of storing them (embedded mode without Redis).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogResults;
 
 #[async_trait::async_trait]
 impl ResultSink for LogResults {
     async fn store(&self, record: &ResultRecord) -> Result<(), Error> {
-        let result = record.result.to_string();
-        match record.state {
-            TaskState::Success => {
-                tracing::info!(task_id = %record.task_id, %result, "task succeeded")
-            }
-            TaskState::Retry => tracing::warn!(task_id = %record.task_id, %result, "task retry"),
-            TaskState::Failure | TaskState::Revoked => tracing::error!(
-                task_id = %record.task_id,
-                state = record.state.as_str(),
-                %result,
-                traceback = record.traceback.as_deref().unwrap_or(""),
-                "task did not succeed"
-            ),
-        }
+        // The pipeline logged the outcome once already (with the result or the reason):
+        // this is the record's detail, for debugging only.
+        tracing::debug!(
+            task_id = %record.task_id,
+            state = record.state.as_str(),
+            result = %record.result,
+            traceback = record.traceback.as_deref().unwrap_or(""),
+            "task result (not stored: no result backend)"
+        );
         Ok(())
+    }
+
+    async fn store_state(&self, record: &StateRecord) -> Result<bool, Error> {
+        tracing::info!(task_id = %record.task_id, state = %record.state,
+            meta = %record.meta, "task state");
+        Ok(true)
     }
 }
 
@@ -102,6 +136,8 @@ impl ResultSink for LogResults {
 pub struct MemoryResults {
     /// The records stored so far.
     records: Arc<Mutex<Vec<ResultRecord>>>,
+    /// The interim states stored so far.
+    states: Arc<Mutex<Vec<StateRecord>>>,
 }
 
 impl MemoryResults {
@@ -109,6 +145,12 @@ impl MemoryResults {
     #[must_use]
     pub fn records(&self) -> Vec<ResultRecord> {
         self.records.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// A copy of the interim states stored so far.
+    #[must_use]
+    pub fn states(&self) -> Vec<StateRecord> {
+        self.states.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
 
@@ -119,5 +161,19 @@ impl ResultSink for MemoryResults {
             r.push(record.clone());
         }
         Ok(())
+    }
+
+    async fn store_state(&self, record: &StateRecord) -> Result<bool, Error> {
+        let done = self
+            .records()
+            .iter()
+            .any(|r| r.task_id == record.task_id && r.state != TaskState::Retry);
+        if done {
+            return Ok(false);
+        }
+        if let Ok(mut s) = self.states.lock() {
+            s.push(record.clone());
+        }
+        Ok(true)
     }
 }

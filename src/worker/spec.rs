@@ -21,6 +21,7 @@ impl TaskSpec {
             max_retries: 0,
             retry_backoff: Duration::from_secs(1),
             ignore_result: false,
+            track_started: false,
         }
     }
 
@@ -32,6 +33,7 @@ impl TaskSpec {
             max_retries: self.max_retries,
             retry_backoff: self.retry_backoff,
             ignore_result: self.ignore_result,
+            track_started: self.track_started,
         }
     }
 }
@@ -47,6 +49,8 @@ pub struct TaskOptions {
     pub retry_backoff: Duration,
     /// See [`TaskSpec::ignore_result`].
     pub ignore_result: bool,
+    /// See [`TaskSpec::track_started`].
+    pub track_started: bool,
 }
 
 impl Default for TaskOptions {
@@ -56,6 +60,7 @@ impl Default for TaskOptions {
             max_retries: 0,
             retry_backoff: Duration::from_secs(1),
             ignore_result: false,
+            track_started: false,
         }
     }
 }

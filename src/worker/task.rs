@@ -2,6 +2,7 @@
 //! what it answers ([`TaskResult`], [`TaskError`]) and the [`Handler`] trait. The built-in
 //! kinds (`exec`, `http`) and the [`super::Registry`] import this; it imports neither.
 
+use super::progress::{RejectedUpdate, StateUpdates};
 use crate::protocol::ExcInfo;
 use serde_json::{Map, Value};
 
@@ -24,6 +25,27 @@ pub struct TaskRequest {
     pub scheduled_at: Option<String>,
     /// Every message header.
     pub headers: Map<String, Value>,
+    /// Where interim states go ([`TaskRequest::update_state`]).
+    pub updates: StateUpdates,
+    /// The URL an out-of-process task (`http`) POSTs its states to, when the worker serves
+    /// one (`--progress-addr`).
+    pub progress_url: Option<String>,
+    /// The bearer token for [`TaskRequest::progress_url`], valid while this run lasts.
+    pub progress_token: Option<String>,
+}
+
+impl TaskRequest {
+    /// Reports an interim state, as Celery's `self.update_state(state=…, meta=…)`: stored in
+    /// the result backend so `AsyncResult(id).state` / `.info` show it while the task runs.
+    /// Updates are coalesced (at most ten stored a second, the latest wins) and dropped once
+    /// the task has ended.
+    ///
+    /// # Errors
+    /// A final state (`SUCCESS`, `FAILURE`, `REVOKED`), an empty or overlong name, or a meta
+    /// over 64 KiB of JSON.
+    pub fn update_state(&self, state: &str, meta: Value) -> Result<(), RejectedUpdate> {
+        self.updates.update_state(state, meta)
+    }
 }
 
 /// Why a run failed.

@@ -1261,3 +1261,7 @@ fn time_limit_raises_celerys_exception_in_python() {
     );
     assert_eq!(out["state"], "FAILURE");
 }
+
+// The worker as Celery users expect it: progress, STARTED, task logs, remote control, chains,
+// reloads.
+mod worker_celery;

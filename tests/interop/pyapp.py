@@ -107,9 +107,53 @@ def slow(self, seconds, sleep_on):
     return "python"
 
 
+@app.task(name="interop.add")
+def add(*args):
+    """Sums its arguments (chain steps: the parent's result comes first)."""
+    return sum(args)
+
+
+@app.task(name="interop.record_error")
+def record_error(task_id):
+    """An errback (link_error): notes which task failed."""
+    _append(json.dumps({"who": "python", "errback_for": task_id}))
+    return task_id
+
+
+def _sig(step):
+    return app.signature(
+        step["task"], args=step.get("args", []), kwargs=step.get("kwargs", {}),
+        queue=step.get("queue", "celery"),
+    )
+
+
+def _wait_state(spec):
+    """Polls AsyncResult(id) as the tutorial's Flask view does, until state and info match."""
+    res = app.AsyncResult(spec["id"])
+    deadline = time.time() + spec["timeout"]
+    while True:
+        state, info = res.state, res.info
+        if isinstance(info, Exception):
+            info = {"exception": type(info).__name__, "args": [str(a) for a in info.args]}
+        if state == spec["state"] and ("info" not in spec or info == spec["info"]):
+            return {"state": state, "info": info}
+        if time.time() > deadline:
+            return {"timeout": True, "state": state, "info": info}
+        time.sleep(0.02)
+
+
+def _raised(exc):
+    return {
+        "type": type(exc).__name__,
+        "module": type(exc).__module__,
+        "str": str(exc),
+        "args": [a if isinstance(a, (int, float, str)) else repr(a) for a in exc.args],
+    }
+
+
 def _send(spec):
     options = {}
-    for key in ("expires", "countdown", "ignore_result"):
+    for key in ("expires", "countdown", "ignore_result", "task_id"):
         if key in spec:
             options[key] = spec[key]
     return app.send_task(
@@ -149,6 +193,36 @@ def _client(cmd, spec):
             res = app.send_task(spec["task"], args=[n], queue=spec.get("queue", "celery"))
             ids.append(res.id)
         return {"ids": ids}
+    if cmd == "wait_state":
+        return _wait_state(spec)
+    if cmd == "chain":
+        from celery import chain
+
+        c = chain(*[_sig(step) for step in spec["steps"]])
+        if "errback" in spec:
+            c = c.on_error(_sig(spec["errback"]))
+        res = c.apply_async()
+        ids, node = [], res
+        while node is not None:
+            ids.append(node.id)
+            node = node.parent
+        out = {"id": res.id, "ids": list(reversed(ids))}
+        try:
+            out["value"] = res.get(timeout=spec["timeout"], propagate=True)
+        except Exception as exc:  # noqa: BLE001 - the test inspects whatever was raised
+            out["raised"] = _raised(exc)
+        return out
+    if cmd == "chord":
+        from celery import chord
+
+        header = [_sig(step).set(task_id=step["task_id"]) for step in spec["header"]]
+        res = chord(header)(_sig(spec["body"]))
+        return {"id": res.id}
+    if cmd == "revoke":
+        replies = app.control.revoke(
+            spec["id"], terminate=spec.get("terminate", False), reply=True, timeout=spec["timeout"]
+        )
+        return {"replies": replies}
     if cmd == "get":
         res = app.AsyncResult(spec["id"])
         return {"value": res.get(timeout=spec["timeout"]), "state": res.state}

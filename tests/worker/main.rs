@@ -14,3 +14,5 @@ mod protocol;
 mod end_to_end;
 // http tasks and the embedded pipeline.
 mod tasks;
+// Interim states: update_state from Rust handlers, STARTED, the final-state guard.
+mod states;

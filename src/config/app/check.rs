@@ -214,6 +214,7 @@ fn task(
         max_retries: max_retries.unwrap_or(0),
         retry_backoff,
         ignore_result: t.ignore_result.as_ref().is_some_and(|v| *v.get_ref()),
+        track_started: t.track_started.as_ref().is_some_and(|v| *v.get_ref()),
     })
 }
 

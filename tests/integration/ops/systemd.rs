@@ -181,12 +181,14 @@ fn systemd_units_are_hardened_and_pass_systemd_analyze_verify() {
         );
         assert!(!unit_value(&unit, "WatchdogSec").is_empty(), "{name}");
     }
-    let beat = std::fs::read_to_string(src.join("beatd-beat.service")).unwrap();
-    assert_eq!(
-        unit_value(&beat, "ExecReload"),
-        ["/usr/local/bin/beatd check", "/bin/kill -HUP $MAINPID"],
-        "check first, then SIGHUP"
-    );
+    for name in units {
+        let unit = std::fs::read_to_string(src.join(name)).unwrap();
+        assert_eq!(
+            unit_value(&unit, "ExecReload"),
+            ["/usr/local/bin/beatd check", "/bin/kill -HUP $MAINPID"],
+            "{name}: check first, then SIGHUP"
+        );
+    }
     // Every variable of the EnvironmentFile example is one beatd reads.
     let mut help = String::new();
     for sub in ["beat", "worker", "run"] {
