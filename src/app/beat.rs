@@ -10,7 +10,7 @@ use crate::error::Error;
 /// # Errors
 /// Invalid schedules, no Redis URL, rejected credentials, an address that cannot be bound.
 pub async fn beat(settings: Settings) -> Result<u8, Error> {
-    let d = Daemon::new(settings.shutdown_grace)?;
+    let mut d = Daemon::new(settings.shutdown_grace)?;
     let entries = daemon::load_entries(
         &settings.schedules,
         settings.default_timezone,
@@ -19,6 +19,7 @@ pub async fn beat(settings: Settings) -> Result<u8, Error> {
     let url = settings.require_redis("beatd beat")?;
     let conn = daemon::redis(url).await?;
     let ports = BeatPorts::redis(&conn, &settings.namespace, settings.lock_ttl);
+    d.set_console(daemon::console_on_redis(&conn, &settings));
     tracing::info!(entries = entries.len(), redis = %url.redacted(), "beat starting");
     let listener = daemon::bind(settings.http_addr).await?;
     let fleet = FleetWatch {
