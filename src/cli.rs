@@ -62,6 +62,89 @@ pub enum Command {
     Send(SendArgs),
     /// Shows the leader and each entry's last and next fire time.
     Status(StatusArgs),
+    /// Pauses an entry: the leader sends nothing for it until resumed (or --until).
+    Pause(PauseArgs),
+    /// Resumes a paused entry; --catch-up says what to send of the fire times it missed.
+    Resume(ResumeArgs),
+    /// Sends one extra run of an entry now (header beatd_trigger: manual), fenced like every
+    /// send; the regular fire times are unchanged.
+    Trigger(TriggerArgs),
+    /// Sends every fire time of an entry in a past range, oldest first, each at most once.
+    Backfill(BackfillArgs),
+}
+
+/// Where a control request goes: a running beat's HTTP port (`beatd run`), else Redis.
+#[derive(Debug, Clone, Args)]
+pub struct ControlArgs {
+    /// The HTTP endpoint of a running beatd (e.g. `http://127.0.0.1:9808`), for `beatd run`;
+    /// without it the request goes through Redis to the HA beat's leader.
+    #[arg(long, env = "BEATD_CONTROL_URL", value_name = "URL")]
+    pub url: Option<String>,
+    /// The control token the HTTP endpoint was started with (only with --url).
+    #[arg(
+        long,
+        env = "BEATD_CONTROL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub control_token: Option<String>,
+    /// How long to wait for the leader's answer [default: 10s].
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub wait: humantime::Duration,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+}
+
+/// `beatd pause`.
+#[derive(Debug, Clone, Args)]
+pub struct PauseArgs {
+    /// The entry's name.
+    pub entry: String,
+    /// End the pause by itself at this instant: RFC 3339, or a local date-time in the
+    /// app-wide default zone.
+    #[arg(long, value_name = "DATETIME")]
+    pub until: Option<String>,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// `beatd resume`.
+#[derive(Debug, Clone, Args)]
+pub struct ResumeArgs {
+    /// The entry's name.
+    pub entry: String,
+    /// Which fire times missed while paused to send: none (the default), the latest, or all.
+    #[arg(long, value_enum, default_value = "none")]
+    pub catch_up: crate::control::ResumeCatchUp,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// `beatd trigger`.
+#[derive(Debug, Clone, Args)]
+pub struct TriggerArgs {
+    /// The entry's name.
+    pub entry: String,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// `beatd backfill`.
+#[derive(Debug, Clone, Args)]
+pub struct BackfillArgs {
+    /// The entry's name.
+    pub entry: String,
+    /// First instant of the range (RFC 3339, or local in the app-wide default zone).
+    #[arg(long, value_name = "DATETIME")]
+    pub from: String,
+    /// Last instant of the range, not in the future.
+    #[arg(long, value_name = "DATETIME")]
+    pub to: String,
+    /// Send even when the range holds more than 100 fire times (at most 10,000).
+    #[arg(long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 /// Where schedules are read from.
@@ -106,6 +189,15 @@ pub struct DaemonArgs {
     /// Longest graceful stop, e.g. `30s` [default: 30s].
     #[arg(long, env = "BEATD_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<humantime::Duration>,
+    /// Enables the status page's pause, resume and trigger buttons and the control API for
+    /// requests carrying this token; without it the page is read-only.
+    #[arg(
+        long,
+        env = "BEATD_CONTROL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub control_token: Option<String>,
 }
 
 /// Beat-only options.

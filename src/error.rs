@@ -13,6 +13,11 @@ pub mod exit {
     pub const FAILURE: u8 = 1;
     /// Bad command line (clap uses 2 as well).
     pub const USAGE: u8 = 2;
+    /// A control request (pause, resume, trigger, backfill) refused by the leader: unknown
+    /// entry, disabled entry, bad or unconfirmed backfill range, stale request.
+    pub const REFUSED: u8 = 3;
+    /// No leader answered a control request in time; it expires unapplied.
+    pub const NO_ANSWER: u8 = 4;
 }
 
 /// Why a command failed.
@@ -31,6 +36,9 @@ pub enum Error {
     /// The embedded state file cannot be read or written.
     #[error(transparent)]
     StateFile(#[from] crate::state::file::Error),
+    /// The embedded mode's controls file cannot be read or written.
+    #[error(transparent)]
+    Controls(crate::control::local::Error),
     /// The embedded state file is locked by another process, or the lock cannot be taken.
     #[error(transparent)]
     StateLock(#[from] crate::leader::file::LockError),
@@ -52,6 +60,32 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The leader refused a control request.
+    #[error("{action} {entry}: refused ({why:?}): {message}")]
+    Refused {
+        /// The action.
+        action: &'static str,
+        /// The entry.
+        entry: String,
+        /// Why, as a code.
+        why: crate::control::Refusal,
+        /// Why, in words.
+        message: String,
+    },
+    /// No leader answered a control request within the wait.
+    #[error(
+        "{action}: no leader answered within {wait:?} (none running, or the store unreachable); \
+         the request expires unapplied"
+    )]
+    NoAnswer {
+        /// The action.
+        action: &'static str,
+        /// How long the command waited.
+        wait: std::time::Duration,
+    },
+    /// A control request could not be delivered.
+    #[error("control request not delivered: {0}")]
+    Control(String),
     /// Signal handlers cannot be installed.
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
@@ -63,6 +97,8 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) => exit::USAGE,
+            Self::Refused { .. } => exit::REFUSED,
+            Self::NoAnswer { .. } => exit::NO_ANSWER,
             _ => exit::FAILURE,
         }
     }

@@ -7,10 +7,12 @@
 //!   pure — no I/O, no system clock (but in `clock`).
 //! - [`redis`]: the one way into Redis (URL, connection, keys), for every command.
 //! - [`leader`], [`state`], [`emit`]: the beat's three ports, each with its trait and every
-//!   implementation (Redis, in-memory, file / in-process queue).
+//!   implementation (Redis, in-memory, file / in-process queue); [`control`]: runtime
+//!   controls (pause, resume, trigger, backfill) on Redis or in-process.
 //! - [`beat`]: the scheduler loop over those ports; [`worker`]: the worker.
 //! - [`ops`], [`host`], [`shutdown`], [`telemetry`]: HTTP, metrics, liveness, systemd,
 //!   signals, logs.
+//! - [`console`]: the status page and the control endpoint on the HTTP port.
 //! - [`app`], [`cli`], [`error`]: the commands, their flags and settings, the crate error.
 
 pub mod amqp;
@@ -20,6 +22,8 @@ pub mod beat;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
+pub mod control;
 pub mod emit;
 pub mod entry;
 pub mod error;

@@ -11,7 +11,7 @@ use crate::error::Error;
 /// # Errors
 /// Invalid schedules, no Redis URL, rejected credentials, an address that cannot be bound.
 pub async fn beat(settings: Settings) -> Result<u8, Error> {
-    let d = Daemon::new(settings.shutdown_grace)?;
+    let mut d = Daemon::new(settings.shutdown_grace)?;
     let entries = daemon::load_entries(
         &settings.schedules,
         settings.default_timezone,
@@ -41,6 +41,7 @@ pub async fn beat(settings: Settings) -> Result<u8, Error> {
             BeatPorts::redis(&conn, &settings.namespace, settings.lock_ttl)
         }
     };
+    d.set_console(daemon::console_on_redis(&conn, &settings));
     let listener = daemon::bind(settings.http_addr).await?;
     // `celery inspect ping -d beatd-beat@<host>` is the health check Celery users ask of beat.
     daemon::start_ping_answer(

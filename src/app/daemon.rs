@@ -13,6 +13,8 @@ use crate::beat::message::CeleryEncoder;
 use crate::beat::{Beat, BeatOptions, BeatStatus, Emission};
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::config::{self, AppConfig};
+use crate::console::{LeaderSource, Token};
+use crate::control::{ControlStore, LocalControls, RedisControls};
 use crate::emit::{LocalEmitter, RedisEmitter};
 use crate::entry::Entry;
 use crate::error::{exit, Error};
@@ -57,6 +59,21 @@ pub struct Daemon {
     watchdog: Watchdog,
     /// Stops the HTTP endpoint, after everything else.
     http_stop: CancellationToken,
+    /// Where the status page reads the leader and results; `None`: no page.
+    console_source: Option<ConsoleSource>,
+    /// The status page's routes, once a beat is started.
+    console: std::sync::Mutex<Option<axum::Router>>,
+}
+
+/// What the status page needs beyond the beat's ports.
+#[derive(Clone)]
+pub struct ConsoleSource {
+    /// Who leads.
+    pub leader: LeaderSource,
+    /// The result backend, when on Redis.
+    pub results: Option<RedisConn>,
+    /// The control token; `None`: read-only.
+    pub token: Option<Token>,
 }
 
 impl Daemon {
@@ -81,7 +98,15 @@ impl Daemon {
             grace,
             watchdog,
             http_stop: CancellationToken::new(),
+            console_source: None,
+            console: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Serves the status page and the control endpoint beside the health endpoints, once a
+    /// beat is started on this daemon.
+    pub fn set_console(&mut self, source: ConsoleSource) {
+        self.console_source = Some(source);
     }
 
     /// Serves HTTP on `listener` when there is one.
@@ -91,11 +116,16 @@ impl Daemon {
             tracing::info!(addr = %addr, "http endpoint listening");
         }
         let health = health.clone();
+        let console = self
+            .console
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         // Outside the tracker on purpose: the endpoint outlives the drain so probes see 503
         // until the very end; `wait` stops it last.
         let stop = self.http_stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = http::serve(listener, health, stop).await {
+            if let Err(e) = http::serve(listener, health, console, stop).await {
                 tracing::error!(error = %e, "http endpoint failed");
             }
         });
@@ -223,6 +253,20 @@ pub async fn connect_once(settings: &Settings) -> Result<(RedisConn, Keys), Erro
     Ok((conn, Keys::new(&settings.namespace)))
 }
 
+/// The status page's sources for a beat on Redis.
+#[must_use]
+pub fn console_on_redis(conn: &RedisConn, settings: &Settings) -> ConsoleSource {
+    ConsoleSource {
+        leader: LeaderSource::Redis(Box::new(RedisLeader::new(
+            conn.clone(),
+            Keys::new(&settings.namespace),
+            settings.lock_ttl,
+        ))),
+        results: Some(conn.clone()),
+        token: settings.control_token.clone(),
+    }
+}
+
 /// The beat's ports, however they are backed: the seam where a second broker or a
 /// Sentinel-managed Redis plugs in (ARCHITECTURE.md shows how).
 pub struct BeatPorts {
@@ -234,6 +278,8 @@ pub struct BeatPorts {
     pub emission: Emission,
     /// Last runs.
     pub state: Arc<dyn StateStore>,
+    /// Pause, resume, trigger and backfill requests and the pauses they leave.
+    pub controls: Arc<dyn ControlStore>,
 }
 
 impl BeatPorts {
@@ -251,6 +297,7 @@ impl BeatPorts {
                 crate::emit::EmitOptions::default(),
             ))),
             state: Arc::new(RedisState::new(conn.clone(), keys)),
+            controls: Arc::new(RedisControls::new(conn.clone(), namespace)),
         }
     }
 
@@ -296,7 +343,10 @@ impl BeatPorts {
     ) -> Result<Self, Error> {
         let leader = Arc::new(FileLeader::acquire(state_file)?);
         let state = Arc::new(FileState::open(state_file)?);
+        let controls = LocalControls::open(&crate::control::local::path_beside(state_file))
+            .map_err(Error::Controls)?;
         Ok(Self {
+            controls: Arc::new(controls),
             leader,
             handover: Arc::new(Poll),
             emission: Emission::Direct(Arc::new(LocalEmitter::new(state.clone(), queue))),
@@ -330,6 +380,21 @@ pub fn start_beat(
         "beat",
         Liveness::bound_for(options.longest_sleep(), LIVENESS_CAP),
     );
+    if let Some(src) = &d.console_source {
+        let router = crate::console::router(crate::console::Console {
+            entries: rx.clone(),
+            controls: ports.controls.clone(),
+            state: ports.state.clone(),
+            leader: src.leader.clone(),
+            results: src.results.clone(),
+            beat: status.clone(),
+            clock: d.clock.clone(),
+            token: src.token.clone(),
+        });
+        *d.console
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(router);
+    }
     let beat = Beat {
         clock: d.clock.clone(),
         leader: ports.leader,
@@ -342,6 +407,7 @@ pub fn start_beat(
         metrics: d.metrics.clone(),
         options,
         heartbeat,
+        controls: crate::beat::controls::Controls::new(ports.controls.clone()),
     };
     d.tracker.spawn(beat.run(d.signals.graceful.clone()));
     d.tracker.spawn(super::reload::run(

@@ -1,11 +1,12 @@
 //! The commands behind the CLI, one file each (`check`, `next`, `beat`, `run`, `worker`,
-//! `send`, `status`), over the parts they share: [`settings`] (flags, env and `beatd.toml`
+//! `send`, `status`; `control` for pause, resume, trigger and backfill), over the parts they share: [`settings`] (flags, env and `beatd.toml`
 //! resolved once), [`daemon`] (signals, HTTP, systemd, liveness and the wiring of the beat and
 //! the worker) and [`reload`]. `main.rs` only parses, sets up logging and calls [`run`].
 //! Commands import the shared parts, never each other.
 
 pub mod beat;
 pub mod check;
+pub mod control;
 pub mod daemon;
 pub mod next;
 pub mod reload;
@@ -45,6 +46,10 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Command::Worker(_) => worker::worker(settings).await,
                 Command::Send(args) => send::send(&settings, args).await,
                 Command::Status(args) => status::status(&settings, args).await,
+                Command::Pause(_)
+                | Command::Resume(_)
+                | Command::Trigger(_)
+                | Command::Backfill(_) => control::control(&settings, command).await,
                 Command::Check(_) => unreachable!("handled above"),
             },
             Err(e) => Err(e),

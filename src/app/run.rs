@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// Invalid schedules or tasks, rejected credentials, a locked state file, an address that
 /// cannot be bound.
 pub async fn run(settings: Settings) -> Result<u8, Error> {
-    let d = Daemon::new(settings.shutdown_grace)?;
+    let mut d = Daemon::new(settings.shutdown_grace)?;
     let entries = daemon::load_entries(
         &settings.schedules,
         settings.default_timezone,
@@ -34,6 +34,7 @@ pub async fn run(settings: Settings) -> Result<u8, Error> {
     let ready: http::ReadyFn = if let Some(url) = &settings.redis_url {
         let conn = daemon::redis(url).await?;
         let ports = BeatPorts::redis(&conn, &settings.namespace, settings.lock_ttl);
+        d.set_console(daemon::console_on_redis(&conn, &settings));
         tracing::info!(entries = entries.len(), redis = %url.redacted(), "beat and worker starting on redis");
         let beat = daemon::start_beat(&d, ports, entries, paths, BeatOptions::default());
         let agreement = daemon::start_fleet_watch(&d, &conn, &settings.namespace, &beat);
@@ -52,6 +53,11 @@ pub async fn run(settings: Settings) -> Result<u8, Error> {
         let state = &settings.state_file;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let ports = BeatPorts::embedded(state, tx)?;
+        d.set_console(daemon::ConsoleSource {
+            leader: crate::console::LeaderSource::Embedded,
+            results: None,
+            token: settings.control_token.clone(),
+        });
         tracing::info!(
             entries = entries.len(),
             state = %state.display(),

@@ -52,6 +52,8 @@ pub struct Flags {
     pub progress_addr: Option<SocketAddr>,
     /// `--progress-url`.
     pub progress_url: Option<String>,
+    /// `--control-token`.
+    pub control_token: Option<String>,
 }
 
 impl Flags {
@@ -72,6 +74,7 @@ impl Flags {
         let daemon = |f: &mut Self, a: &cli::DaemonArgs| {
             f.http_addr.clone_from(&a.http_addr);
             f.shutdown_grace = d(a.shutdown_grace);
+            f.control_token.clone_from(&a.control_token);
         };
         let worker = |f: &mut Self, w: &cli::WorkerOpts| {
             f.queues.clone_from(&w.queues);
@@ -119,6 +122,10 @@ impl Flags {
                 redis(&mut f, &a.redis);
                 f.state_file.clone_from(&a.state_file);
             }
+            Command::Pause(a) => redis(&mut f, &a.control.redis),
+            Command::Resume(a) => redis(&mut f, &a.control.redis),
+            Command::Trigger(a) => redis(&mut f, &a.control.redis),
+            Command::Backfill(a) => redis(&mut f, &a.control.redis),
         }
         f
     }
@@ -179,6 +186,9 @@ pub struct Settings {
     pub progress_addr: Option<SocketAddr>,
     /// The base URL given to tasks for it.
     pub progress_url: Option<String>,
+    /// The token the control API and the status page's buttons require; `None`: read-only.
+    /// Never logged (`Debug` shows it redacted).
+    pub control_token: Option<crate::console::Token>,
 }
 
 /// Loads `beatd.toml`: the `--config` path (which must exist), else `./beatd.toml` when it
@@ -296,6 +306,11 @@ impl Settings {
             visibility_timeout: flags
                 .visibility_timeout
                 .unwrap_or(file.worker.visibility_timeout),
+            control_token: flags
+                .control_token
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .map(crate::console::Token::new),
             file,
             config_path: flags.config.clone(),
             track_started: flags.track_started,

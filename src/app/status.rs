@@ -4,6 +4,7 @@
 use super::settings::Settings;
 use crate::cli::{OutputFormat, StatusArgs};
 use crate::clock::{Clock, SystemClock};
+use crate::control::{Persisted, SkipReason};
 use crate::entry::Entry;
 use crate::error::{exit, Error};
 use crate::state::LastRun;
@@ -22,16 +23,22 @@ pub async fn status(settings: &Settings, args: &StatusArgs) -> Result<u8, Error>
             .map_err(Error::Config)?
             .entries;
     let mut schedule = Value::Null;
-    let (leader, last_runs) = if settings.redis_url.is_none() {
+    let (leader, last_runs, controls) = if settings.redis_url.is_none() {
         let path = &settings.state_file;
         let last = crate::state::file::read(path)?;
+        let controls = crate::control::local::read_file(&crate::control::local::path_beside(path))
+            .map_err(Error::Controls)?;
         (
             json!({"mode": "embedded", "state_file": path.display().to_string()}),
             last,
+            controls,
         )
     } else {
         let (conn, keys) = super::daemon::connect_once(settings).await?;
         let st = crate::state::status(&conn, &keys).await?;
+        let controls = crate::control::RedisControls::new(conn.clone(), &settings.namespace)
+            .persisted()
+            .await?;
         schedule = compare_schedule(&conn, &keys, &entries).await?;
         let leader = match st.leader {
             Some(l) => json!({
@@ -42,9 +49,9 @@ pub async fn status(settings: &Settings, args: &StatusArgs) -> Result<u8, Error>
             }),
             None => json!({"mode": "redis", "holder": null}),
         };
-        (leader, st.last_runs)
+        (leader, st.last_runs, controls)
     };
-    let rows = rows(&entries, &last_runs, now);
+    let rows = rows(&entries, &last_runs, &controls, now);
     match args.format {
         OutputFormat::Json => {
             let out = json!({"leader": leader, "schedule": schedule, "entries": rows});
@@ -89,7 +96,12 @@ fn rfc(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn rows(entries: &[Entry], last: &HashMap<String, LastRun>, now: DateTime<Utc>) -> Vec<Value> {
+fn rows(
+    entries: &[Entry],
+    last: &HashMap<String, LastRun>,
+    controls: &Persisted,
+    now: DateTime<Utc>,
+) -> Vec<Value> {
     entries
         .iter()
         .map(|e| {
@@ -105,6 +117,22 @@ fn rows(entries: &[Entry], last: &HashMap<String, LastRun>, now: DateTime<Utc>) 
             );
             row.insert("runs".into(), l.map_or(0, |l| l.count).into());
             row.insert("next_run".into(), e.next_fire_after(now).map(rfc).into());
+            let ms = |ms: i64| DateTime::from_timestamp_millis(ms).map(rfc);
+            row.insert(
+                "paused".into(),
+                controls.pauses.get(&e.name).map_or(Value::Null, |p| {
+                    json!({"since": ms(p.since_ms), "until": p.until_ms.and_then(ms), "by": p.by})
+                }),
+            );
+            let counts = controls.skips.get(&e.name);
+            let skipped: Map<String, Value> = SkipReason::ALL
+                .iter()
+                .map(|r| {
+                    let n = counts.and_then(|c| c.get(r)).copied().unwrap_or(0);
+                    (r.as_str().to_owned(), n.into())
+                })
+                .collect();
+            row.insert("skipped".into(), Value::Object(skipped));
             Value::Object(row)
         })
         .collect()
@@ -135,17 +163,31 @@ fn render_text(leader: &Value, schedule: &Value, rows: &[Value]) -> String {
         None => {}
     }
     out.push_str(&format!(
-        "{:<32} {:<26} {:<26} {}\n",
-        "ENTRY", "LAST RUN", "NEXT RUN", "RUNS"
+        "{:<32} {:<26} {:<26} {:<6} {:<8} {}\n",
+        "ENTRY", "LAST RUN", "NEXT RUN", "RUNS", "PAUSED", "SKIPPED"
     ));
     for r in rows {
         let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let paused = if r["paused"].is_null() { "-" } else { "paused" };
+        let skipped: Vec<String> = r["skipped"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n.as_u64() > Some(0))
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
         out.push_str(&format!(
-            "{:<32} {:<26} {:<26} {}\n",
+            "{:<32} {:<26} {:<26} {:<6} {:<8} {}\n",
             s("entry"),
             s("last_run"),
             s("next_run"),
-            r["runs"]
+            r["runs"],
+            paused,
+            if skipped.is_empty() {
+                "-".to_owned()
+            } else {
+                skipped.join(" ")
+            }
         ));
     }
     out

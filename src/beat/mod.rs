@@ -16,6 +16,7 @@
 //! | catch-up | what Celery does implicitly (one run at start) — here an explicit policy |
 //! | leader, epoch | (none: Celery Beat is a singleton) |
 
+pub mod controls;
 pub mod message;
 pub mod plan;
 pub(crate) mod term;
@@ -170,6 +171,8 @@ pub struct Beat {
     pub options: BeatOptions,
     /// Beaten every turn of the loop, leader or standby (`/healthz`, the watchdog).
     pub heartbeat: Heartbeat,
+    /// Pause, resume, trigger and backfill requests, and the pauses they leave.
+    pub controls: controls::Controls,
 }
 
 /// Why a leadership term ended.
@@ -350,7 +353,9 @@ impl Beat {
         };
         loop {
             self.heartbeat.beat();
-            let until = term.wake(plan.next_wake(), self.now(), timing);
+            let until = term
+                .wake(plan.next_wake(), self.now(), timing)
+                .min(self.controls.poll_at());
             tokio::select! {
                 () = shutdown.cancelled() => return (TermEnd::Cancelled, term.lease),
                 () = tokio::time::sleep_until(until) => {}
@@ -381,6 +386,9 @@ impl Beat {
         }
         if term.renew_due(now) {
             self.renew(term).await?;
+        }
+        if !matches!(term.phase, Phase::Replan { .. }) {
+            self.control_turn(term, plan).await?;
         }
         let step = match std::mem::replace(&mut term.phase, Phase::Planned) {
             Phase::Replan {
@@ -504,6 +512,7 @@ impl Beat {
             self.reach(at).await;
             let now = self.clock.now();
             let due = plan.pop_due(now);
+            let due = self.hold_paused(plan, due);
             if term.expired(Instant::now()) {
                 return Err(TermEnd::LeaseLost);
             }
@@ -522,6 +531,7 @@ impl Beat {
         if let Emission::Staged(emitter) = &self.emission {
             if (at - now).to_std().unwrap_or_default() <= self.options.stage_ahead {
                 let due = plan.pop_due(at);
+                let due = self.hold_paused(plan, due);
                 term.phase = Phase::Staging(Staging::new(&term.lease, at, due, emitter.clone()));
             }
         }
@@ -671,9 +681,10 @@ impl Beat {
         };
         let names: std::collections::HashSet<&str> =
             entries.iter().map(|e| e.name.as_str()).collect();
+        // A trigger's or backfill's record goes with its entry.
         let mut removed: Vec<String> = last
             .keys()
-            .filter(|name| !names.contains(name.as_str()))
+            .filter(|name| !names.contains(crate::control::entry_of_key(name)))
             .cloned()
             .collect();
         if !removed.is_empty() {
@@ -687,6 +698,7 @@ impl Beat {
             }
             tracing::info!(removed = ?removed, "state of entries no longer scheduled forgotten");
         }
+        self.control_replan(&entries, &mut last, lease).await?;
         let plan = Plan::with_tolerance(
             entries,
             &last,
@@ -745,8 +757,19 @@ impl Beat {
                     if !d.catch_up && now - d.at > LATE {
                         late += 1;
                         latest = latest.max(now - d.at);
+                        self.controls
+                            .count(&entry.name, crate::control::SkipReason::Late, 1);
+                        self.metrics.count_skip(&entry.name, "late", 1);
                     }
                     self.status.sent.fetch_add(1, Ordering::Relaxed);
+                    // Not for a big batch: that many ids would make the next control write
+                    // a large one; such schedules show no last result.
+                    if due.len() < BIG_BATCH {
+                        if let Some(id) = task_ids.get(i) {
+                            self.controls
+                                .sent(&entry.name, id, Some(d.at.timestamp_millis()));
+                        }
+                    }
                     self.metrics
                         .messages_sent
                         .get_or_create(&vec![("entry", entry.name.clone())])

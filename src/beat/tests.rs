@@ -125,6 +125,7 @@ fn start(
         metrics: Arc::new(Metrics::default()),
         options: BeatOptions::default(),
         heartbeat: heartbeat(),
+        controls: controls::Controls::new(Arc::new(crate::control::LocalControls::in_memory())),
     };
     let task = tokio::spawn(beat.run(shutdown.clone()));
     Harness {
@@ -390,6 +391,7 @@ async fn a_store_outage_shorter_than_the_ttl_resumes_the_same_lease_and_catches_
         metrics: Arc::new(Metrics::default()),
         options: BeatOptions::default(),
         heartbeat: heartbeat(),
+        controls: controls::Controls::new(Arc::new(crate::control::LocalControls::in_memory())),
     };
     let task = tokio::spawn(beat.run(shutdown.clone()));
     settle(Duration::from_millis(2_000)).await; // :01 :02

@@ -54,16 +54,24 @@ impl Health {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     health: Arc<Health>,
+    extra: Option<Router>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(health);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    // More routes from the caller (the status page), which this module knows nothing of.
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }
 
 async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {

@@ -59,6 +59,9 @@ pub struct Metrics {
     /// `beatd_fires_late_total`: fire times sent more than a second after they fell due
     /// while leading (a beat falling behind its schedule).
     pub fires_late: Counter,
+    /// `beatd_fires_skipped_total{entry,reason}`: fire times not sent (reason `overlap`,
+    /// `pause`, `catch_up`) or sent late (`late`), per entry.
+    pub fires_skipped: Family<Labels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -179,8 +182,15 @@ impl Default for Metrics {
             "Fire times sent more than a second after they fell due",
             fires_late.clone(),
         );
+        let fires_skipped = Family::<Labels, Counter>::default();
+        registry.register(
+            "fires_skipped",
+            "Fire times not sent (reason overlap, pause, catch_up) or sent late (late), per entry",
+            fires_skipped.clone(),
+        );
         Self {
             registry,
+            fires_skipped,
             schedule_mismatch,
             fires_late,
             messages_sent,
@@ -206,6 +216,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts `n` fire times of `entry` under `reason` in `beatd_fires_skipped_total`.
+    pub fn count_skip(&self, entry: &str, reason: &'static str, n: u64) {
+        self.fires_skipped
+            .get_or_create(&vec![
+                ("entry", entry.to_owned()),
+                ("reason", reason.to_owned()),
+            ])
+            .inc_by(n);
+    }
+
     /// The Prometheus text exposition of every metric.
     #[must_use]
     pub fn render(&self) -> String {
