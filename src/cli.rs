@@ -194,6 +194,12 @@ pub struct CheckArgs {
     pub paths: Vec<PathBuf>,
     #[command(flatten)]
     pub schedules: ScheduleArgs,
+    /// Also check Redis (the URL from the usual places): that it parses and that the server,
+    /// or the Sentinels and the master they name, answer.
+    #[arg(long)]
+    pub redis: bool,
+    #[command(flatten)]
+    pub redis_args: RedisArgs,
 }
 
 /// `beatd next`.

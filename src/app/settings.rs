@@ -45,6 +45,8 @@ pub struct Flags {
     pub visibility_timeout: Option<Duration>,
     /// `--state-file`.
     pub state_file: Option<PathBuf>,
+    /// `check --redis`.
+    pub check_redis: bool,
 }
 
 impl Flags {
@@ -104,6 +106,10 @@ impl Flags {
                     .chain(&a.schedules.schedules)
                     .cloned()
                     .collect();
+                if a.redis {
+                    f.check_redis = true;
+                    redis(&mut f, &a.redis_args);
+                }
             }
             Command::Next(a) => f.schedules.clone_from(&a.schedules.schedules),
             Command::Send(a) => redis(&mut f, &a.redis),
@@ -176,16 +182,16 @@ impl Settings {
         Self::resolve_with(flags, file, |k| std::env::var(k).ok())
     }
 
-    /// [`Settings::resolve`] with the file already loaded and the environment given.
+    /// The Redis URL alone, as [`Settings::resolve`] finds and validates it (`check --redis`).
     ///
     /// # Errors
-    /// As [`Settings::resolve`].
-    pub fn resolve_with(
+    /// As [`Settings::resolve`] for the URL.
+    pub fn redis_url_of(
         flags: &Flags,
-        file: AppConfig,
+        file: &AppConfig,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, Error> {
-        let redis_url = resolve_url(flags.redis_url.as_deref(), &env)
+    ) -> Result<Option<BrokerUrl>, Error> {
+        resolve_url(flags.redis_url.as_deref(), &env)
             .map(|(url, source)| (url, source.to_string()))
             .or_else(|| {
                 file.redis_url
@@ -199,7 +205,19 @@ impl Settings {
             })
             .transpose()?
             .map(|u| with_wait(u, flags))
-            .transpose()?;
+            .transpose()
+    }
+
+    /// [`Settings::resolve`] with the file already loaded and the environment given.
+    ///
+    /// # Errors
+    /// As [`Settings::resolve`].
+    pub fn resolve_with(
+        flags: &Flags,
+        file: AppConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, Error> {
+        let redis_url = Self::redis_url_of(flags, &file, &env)?;
         let http_addr = match flags.http_addr.as_deref() {
             None => file.http_addr,
             Some("off") => None,

@@ -93,6 +93,8 @@ struct ConnState {
     last_error: Option<Error>,
     /// The Sentinels' generation the connection's master was found under.
     master_generation: u64,
+    /// The master's `ip:port` behind Sentinels.
+    master: Option<String>,
 }
 
 impl std::fmt::Debug for RedisConn {
@@ -224,6 +226,12 @@ impl RedisConn {
         self.inner.state.lock().await.conn.is_some()
     }
 
+    /// Behind Sentinels, the `ip:port` of the master the connection uses (for `check`).
+    pub async fn master_addr(&self) -> Option<String> {
+        let st = self.inner.state.lock().await;
+        st.conn.as_ref().and(st.master.clone())
+    }
+
     /// `PING`s the server.
     ///
     /// # Errors
@@ -297,6 +305,7 @@ impl RedisConn {
                 st.next_attempt = None;
                 st.last_error = None;
                 st.master_generation = master_generation;
+                st.master.clone_from(&master);
                 st.conn = Some(c.clone());
                 tracing::info!(url = %self.inner.url, master = master.as_deref(),
                     "connected to redis");
