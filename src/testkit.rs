@@ -3,6 +3,7 @@
 //!
 //! Public (not `cfg(test)`) so integration tests, benchmarks and the chaos run share it.
 
+pub mod certs;
 pub mod sentinel;
 
 use std::io;

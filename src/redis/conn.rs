@@ -420,6 +420,8 @@ fn classify(url: &RedactedUrl, timeout: Option<Duration>, e: Arc<RedisError>) ->
             .any(|s| text.contains(s))
     {
         Error::AuthFailed { url, source: e }
+    } else if is_tls_failure(&text) {
+        Error::Tls { url, source: e }
     } else if let (true, Some(timeout)) = (e.is_timeout(), timeout) {
         Error::Timeout { url, timeout }
     } else if e.is_io_error() || e.is_unrecoverable_error() {
@@ -427,6 +429,21 @@ fn classify(url: &RedactedUrl, timeout: Option<Duration>, e: Arc<RedisError>) ->
     } else {
         Error::Command { url, source: e }
     }
+}
+
+/// rustls's words for a handshake refused over certificates, either side's.
+fn is_tls_failure(text: &str) -> bool {
+    [
+        "invalid peer certificate",
+        "CertificateRequired",
+        "BadCertificate",
+        "UnknownCA",
+        "certificate required",
+        "bad certificate",
+        "unknown ca",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
 }
 
 #[cfg(test)]

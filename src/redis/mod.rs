@@ -61,6 +61,20 @@ pub enum Error {
         #[source]
         source: Arc<redis::RedisError>,
     },
+    /// The TLS handshake failed on the server's certificate (an unknown CA, a name that does
+    /// not match the host) or on ours; retrying will not help.
+    #[error(
+        "tls with redis at {url} failed: check ssl_ca_certs (the CA that signed the server's \
+         certificate), that the certificate names the host in the url, and ssl_certfile / \
+         ssl_keyfile if the server asks for a client certificate"
+    )]
+    Tls {
+        /// The redacted URL.
+        url: RedactedUrl,
+        /// The client error.
+        #[source]
+        source: Arc<redis::RedisError>,
+    },
     /// Wrong or missing password; retrying will not help.
     #[error("redis at {url} rejected the credentials (check the password in the url)")]
     AuthFailed {
