@@ -12,6 +12,8 @@ mod beat;
 mod cli;
 /// Resolution, errors, the lock's epoch and WAIT across a failover (library level).
 mod resolve;
+/// What WAIT costs when 10,000 fires are due at once (prints; asserts no time).
+mod timing;
 /// `beatd worker` consuming and storing results across a failover.
 mod worker;
 
