@@ -1,6 +1,8 @@
 //! The one way into Redis, for the beat, the worker and the one-shot commands: the URL
-//! ([`url`]), the self-healing connection with its timeouts and backoff ([`conn`]), the error
-//! type named for what happened, and the names of beatd's own keys ([`Keys`]).
+//! ([`url`], Sentinel URLs in [`sentinel_url`]), the self-healing connection with its timeouts
+//! and backoff ([`conn`]) and the worker's ([`dedicated`]), following the master behind
+//! Sentinels when the URL names them, the error type named for what happened, and the names of
+//! beatd's own keys ([`Keys`]).
 //!
 //! beatd's own keys, all under one namespace (default `beatd`):
 //!
