@@ -20,11 +20,15 @@ pub struct SentinelSet {
     sentinels: Vec<SentinelProc>,
     /// Holds the Sentinels' config files; removed on drop.
     dir: PathBuf,
+    /// Extra `sentinel.conf` lines (a TLS listener).
+    sentinel_conf: String,
 }
 
 #[derive(Debug)]
 struct SentinelProc {
     port: u16,
+    /// The TLS listener's port, when started with certificates.
+    tls_port: Option<u16>,
     child: Child,
 }
 
@@ -49,6 +53,20 @@ impl SentinelSet {
     /// # Errors
     /// As [`SentinelSet::start`].
     pub fn start_with_replicas(replicas: usize) -> io::Result<Self> {
+        Self::start_inner(replicas, None)
+    }
+
+    /// [`SentinelSet::start`] with each Sentinel also listening with TLS (certificate
+    /// `server` of `certs`, no client certificates asked); see
+    /// [`SentinelSet::sentinel_tls_ports`].
+    ///
+    /// # Errors
+    /// As [`SentinelSet::start`].
+    pub fn start_with_tls_sentinels(certs: &super::certs::TestCerts) -> io::Result<Self> {
+        Self::start_inner(1, Some(certs))
+    }
+
+    fn start_inner(replicas: usize, certs: Option<&super::certs::TestCerts>) -> io::Result<Self> {
         let primary = RedisServer::start_with(NODE_ARGS)?;
         let pport = primary.port().to_string();
         let mut replica_args = NODE_ARGS.to_vec();
@@ -63,10 +81,19 @@ impl SentinelSet {
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(&dir)?;
+        let sentinel_conf = certs.map_or(String::new(), |c| {
+            format!(
+                "tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\n",
+                c.cert("server").display(),
+                c.key("server").display(),
+                c.cert("ca").display()
+            )
+        });
         let mut set = Self {
             nodes,
             sentinels: Vec::new(),
             dir,
+            sentinel_conf,
         };
         set.wait_replicated(replicas.max(1), Duration::from_secs(20))?;
         for i in 0..3 {
@@ -81,11 +108,19 @@ impl SentinelSet {
         let mut last = None;
         for _ in 0..5 {
             let port = free_port()?;
+            let tls_port = if self.sentinel_conf.is_empty() {
+                None
+            } else {
+                Some(free_port()?)
+            };
+            let tls = tls_port.map_or(String::new(), |p| {
+                format!("tls-port {p}\n{}", self.sentinel_conf)
+            });
             let conf = self.dir.join(format!("sentinel-{i}.conf"));
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndaemonize no\n\
+                    "port {port}\nbind 127.0.0.1\ndaemonize no\n{tls}\
                      logfile {log}\ndir {dir}\n\
                      sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2\n\
                      sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
@@ -113,7 +148,11 @@ impl SentinelSet {
                 let ours = query::<Vec<String>>(port, sentinel_cmd("master").arg(MASTER_NAME))
                     .is_ok_and(|kv| kv.iter().any(|v| v == primary_port));
                 if ours {
-                    return Ok(SentinelProc { port, child });
+                    return Ok(SentinelProc {
+                        port,
+                        tls_port,
+                        child,
+                    });
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
@@ -131,6 +170,12 @@ impl SentinelSet {
     #[must_use]
     pub fn sentinel_ports(&self) -> Vec<u16> {
         self.sentinels.iter().map(|s| s.port).collect()
+    }
+
+    /// The Sentinels' TLS ports (empty unless started with TLS).
+    #[must_use]
+    pub fn sentinel_tls_ports(&self) -> Vec<u16> {
+        self.sentinels.iter().filter_map(|s| s.tls_port).collect()
     }
 
     /// kombu's form: `sentinel://127.0.0.1:P1;sentinel://127.0.0.1:P2;…?master_name=…`.

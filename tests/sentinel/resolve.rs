@@ -159,3 +159,38 @@ async fn unknown_master_and_unreachable_sentinels_are_clear_errors() {
     // A daemon does not fail on it at startup (the set may come up later): the handle is made.
     assert!(RedisConn::new(&url(&dead), fast).is_ok());
 }
+
+#[tokio::test]
+async fn sentinels_over_tls_are_verified_against_a_private_ca() {
+    let certs = beatd::testkit::certs::TestCerts::generate().expect("openssl");
+    let set = SentinelSet::start_with_tls_sentinels(&certs).expect("sentinel set");
+    let base: Vec<String> = set
+        .sentinel_tls_ports()
+        .iter()
+        .map(|p| format!("sentinel://127.0.0.1:{p}"))
+        .collect();
+    let with_ca = |ca: &std::path::Path| {
+        format!(
+            "{}/0?master_name=beatdtest&sentinel_ssl=true&ssl=false&ssl_ca_certs={}",
+            base.join(";"),
+            ca.display()
+        )
+    };
+    let conn = connect(&url(&with_ca(&certs.cert("ca"))), ConnectOptions::default())
+        .await
+        .expect("TLS to the sentinels, verified");
+    send_one(&conn, "q", b"x").await.unwrap();
+    assert_eq!(llen(set.master_port().unwrap(), "q"), 1);
+    let e = connect(
+        &url(&with_ca(&certs.cert("wrong-ca"))),
+        ConnectOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    let text = beatd::error_chain(&e);
+    assert!(matches!(e, Error::NoMaster { .. }), "{e:?}");
+    assert!(
+        text.contains("UnknownIssuer"),
+        "each sentinel's TLS failure: {text}"
+    );
+}
