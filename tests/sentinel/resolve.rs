@@ -194,3 +194,58 @@ async fn sentinels_over_tls_are_verified_against_a_private_ca() {
         "each sentinel's TLS failure: {text}"
     );
 }
+
+/// With its one replica down, a write the beat acts on is not done: the lock is not taken
+/// and an emission is an error (the beat retries it later; the script then skips what it
+/// recorded). Once a replica is back, both go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_replica_the_lock_and_emission_do_not_count_as_done() {
+    use beatd::emit::{EmitOptions, Emitter, Fire, RedisEmitter};
+    let mut set = SentinelSet::start().expect("sentinel set");
+    let wait = beatd::redis::WaitReplicas {
+        replicas: 1,
+        timeout: Duration::from_millis(200),
+    };
+    let u = url(&set.url()).with_wait(Some(wait));
+    let conn = connect(&u, ConnectOptions::default()).await.unwrap();
+    let lock = RedisLeader::new(conn.clone(), Keys::default(), Duration::from_secs(5));
+    let lease = lock.try_acquire().await.unwrap().expect("free");
+    let em = RedisEmitter::new(conn.clone(), Keys::default(), EmitOptions::default());
+    let fire = |at: i64| Fire {
+        entry: "e".into(),
+        fire_at_ms: at,
+        task_id: format!("e@{at}"),
+        rq: None,
+        list_key: "celery".into(),
+        payload: format!("{at}").into_bytes(),
+        schedule_fingerprint: "fp".into(),
+    };
+    em.emit(&lease, &[fire(1_000)]).await.expect("replicated");
+
+    let master = set.master_port().unwrap();
+    let replica = set.nodes.iter().position(|n| n.port() != master).unwrap();
+    let replica_port = set.nodes[replica].port();
+    set.nodes[replica].kill();
+    let e = em.emit(&lease, &[fire(2_000)]).await.unwrap_err();
+    let text = beatd::error_chain(&e);
+    assert!(text.contains("reached 0 of 1 replicas"), "{text}");
+    let other = RedisLeader::new(conn.clone(), Keys::new("other"), Duration::from_secs(5));
+    let e = other.try_acquire().await.unwrap_err();
+    assert!(beatd::error_chain(&e).contains("of 1 replicas"), "{e:?}");
+
+    set.rejoin(replica_port).expect("replica back");
+    // Emitting the same fire again is safe: what the master recorded is skipped, not doubled.
+    let again = em
+        .emit(&lease, &[fire(2_000)])
+        .await
+        .expect("replicated now");
+    assert_eq!(llen(master, "celery"), 2, "{again:?}");
+    eventually("lock with a replica back", || async {
+        other
+            .try_acquire()
+            .await
+            .map_err(|e| Error::UnexpectedReply(beatd::error_chain(&e)))?
+            .ok_or_else(|| Error::UnexpectedReply("held".into()))
+    })
+    .await;
+}
