@@ -11,6 +11,8 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # tests/on_rabbitmq starts its own node from Debian's rabbitmq-server (never the machine's)
 command -v rabbitmq-server >/dev/null 2>&1 || need_apt+=(rabbitmq-server)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
+# the TLS tests make their certificates with the openssl command line
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
   echo "== installing ${need_apt[*]} (Debian packages)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

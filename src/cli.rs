@@ -178,6 +178,24 @@ pub struct RedisArgs {
     /// Key namespace for the lock and last-run state [default: beatd].
     #[arg(long, env = "BEATD_NAMESPACE")]
     pub namespace: Option<String>,
+    /// The master name the Sentinels monitor, for a sentinel:// URL (else ?master_name=).
+    #[arg(long, env = "BEATD_SENTINEL_MASTER", value_name = "NAME")]
+    pub sentinel_master: Option<String>,
+    /// The Sentinels' own password, when they have one (the URL's is the master's).
+    #[arg(
+        long,
+        env = "BEATD_SENTINEL_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub sentinel_password: Option<String>,
+    /// Replicas each lock change and emission step waits for (WAIT); 0 turns it off
+    /// [default: 1 behind Sentinels, else 0].
+    #[arg(long, env = "BEATD_WAIT_REPLICAS", value_name = "N")]
+    pub wait_replicas: Option<u32>,
+    /// Longest WAIT for those replicas, e.g. `500ms` [default: 1s].
+    #[arg(long, env = "BEATD_WAIT_TIMEOUT", value_name = "DURATION")]
+    pub wait_timeout: Option<humantime::Duration>,
 }
 
 /// The HTTP endpoint and shutdown timing shared by long-running commands.
@@ -292,6 +310,12 @@ pub struct CheckArgs {
     pub paths: Vec<PathBuf>,
     #[command(flatten)]
     pub schedules: ScheduleArgs,
+    /// Also check Redis (the URL from the usual places): that it parses and that the server,
+    /// or the Sentinels and the master they name, answer.
+    #[arg(long)]
+    pub redis: bool,
+    #[command(flatten)]
+    pub redis_args: RedisArgs,
 }
 
 /// `beatd next`.

@@ -6,6 +6,8 @@
 pub mod rabbit;
 
 pub use rabbit::RabbitServer;
+pub mod certs;
+pub mod sentinel;
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
@@ -100,6 +102,18 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The running process's pid (for `kill -STOP`).
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Replaces the extra arguments the next [`RedisServer::restart`] starts with (e.g. a
+    /// killed primary coming back as `--replicaof` the new one).
+    pub fn set_extra_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(ToString::to_string).collect();
     }
 
     /// Whether the process is running.

@@ -2,18 +2,19 @@
 //! `path:line:column`, and ends with one summary line; exits 1 when there is any error.
 //! Nothing to check is an error too: a CI step run from the wrong directory must not pass.
 
-use super::settings::{app_config, default_timezone, schedule_paths, Flags};
+use super::settings::{app_config, default_timezone, schedule_paths, Flags, Settings};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, AppConfig};
 use crate::entry::Entry;
 use crate::error::{exit, Error};
+use crate::redis::ConnectOptions;
 use std::path::Path;
 
 /// Runs the check.
 ///
 /// # Errors
 /// None today: every problem found is reported and turns into exit code 1.
-pub fn check(flags: &Flags) -> Result<u8, Error> {
+pub async fn check(flags: &Flags) -> Result<u8, Error> {
     let mut errors = 0usize;
     let mut warnings = 0usize;
     // beatd.toml first: it may name the schedule paths.
@@ -72,6 +73,9 @@ pub fn check(flags: &Flags) -> Result<u8, Error> {
             }
         }
     }
+    if flags.check_redis && !check_redis(flags, &file).await {
+        errors += 1;
+    }
     if errors > 0 {
         eprintln!("check failed: {}", summary(errors, warnings));
         return Ok(exit::FAILURE);
@@ -85,6 +89,45 @@ pub fn check(flags: &Flags) -> Result<u8, Error> {
     };
     println!("ok: {entries} {noun} in {}{warned}", shown.join(", "));
     Ok(exit::OK)
+}
+
+/// `check --redis`: the URL parses and what it names answers (behind Sentinels: a Sentinel
+/// names the master and the master's `ROLE` says so). Prints the outcome; `false` on error.
+async fn check_redis(flags: &Flags, file: &AppConfig) -> bool {
+    let url = match Settings::redis_url_of(flags, file, |k| std::env::var(k).ok()) {
+        Ok(Some(url)) => url,
+        Ok(None) => {
+            eprintln!(
+                "error: --redis: no Redis URL to check (set --redis-url, BEATD_REDIS_URL, \
+                 CELERY_BROKER_URL or REDIS_URL)"
+            );
+            return false;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return false;
+        }
+    };
+    let conn = match crate::redis::connect(&url, ConnectOptions::default()).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            eprintln!("error: {}", crate::error_chain(&e));
+            return false;
+        }
+    };
+    let master = conn
+        .master_addr()
+        .await
+        .map_or(String::new(), |m| format!(", master {m}"));
+    let wait = url.wait().map_or(String::new(), |w| {
+        format!(
+            ", writes wait for {} replica(s) up to {}",
+            w.replicas,
+            humantime::format_duration(w.timeout)
+        )
+    });
+    println!("ok: redis at {} answers{master}{wait}", url.redacted());
+    true
 }
 
 /// Why `path` gives nothing to check, if it does not.

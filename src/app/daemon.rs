@@ -231,7 +231,11 @@ pub async fn redis(url: &BrokerUrl) -> Result<RedisConn, Error> {
     let conn = RedisConn::new(url, ConnectOptions::default())?;
     match conn.check().await {
         Ok(()) => tracing::info!(redis = %url.redacted(), "redis reachable"),
-        Err(e @ crate::redis::Error::AuthFailed { .. }) => return Err(e.into()),
+        // Retrying never fixes these; a Sentinel set that is only unreachable is retried.
+        Err(
+            e
+            @ (crate::redis::Error::AuthFailed { .. } | crate::redis::Error::UnknownMaster { .. }),
+        ) => return Err(e.into()),
         Err(e) => {
             tracing::warn!(error = %crate::error_chain(&e), "redis not reachable yet; retrying");
         }
@@ -329,6 +333,7 @@ impl BeatPorts {
                 metrics,
             ))),
             state: Arc::new(RedisState::new(conn.clone(), keys)),
+            controls: Arc::new(RedisControls::new(conn.clone(), namespace)),
         }
     }
 

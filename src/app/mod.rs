@@ -37,7 +37,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let flags = Flags::of(cli.config.as_deref(), &cli.command);
     let result = match &cli.command {
         // `check` reports an invalid beatd.toml together with the schedule files' problems.
-        Command::Check(_) => check::check(&flags),
+        Command::Check(_) => check::check(&flags).await,
         command => match Settings::resolve(&flags) {
             Ok(settings) => match command {
                 Command::Next(args) => next::next(&settings, args),

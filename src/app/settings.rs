@@ -8,7 +8,7 @@ use crate::amqp::{is_amqp, AmqpUrl};
 use crate::cli::{self, Command};
 use crate::config::{self, AppConfig};
 use crate::error::Error;
-use crate::redis::{resolve_url, BrokerUrl};
+use crate::redis::{resolve_url, BrokerUrl, ConnectOptions, SentinelOptions, WaitReplicas};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,6 +28,12 @@ pub struct Flags {
     pub result_backend: Option<String>,
     /// `--namespace`.
     pub namespace: Option<String>,
+    /// `--sentinel-master`, `--sentinel-password`.
+    pub sentinel: SentinelOptions,
+    /// `--wait-replicas`.
+    pub wait_replicas: Option<u32>,
+    /// `--wait-timeout`.
+    pub wait_timeout: Option<Duration>,
     /// `--lock-ttl`.
     pub lock_ttl: Option<Duration>,
     /// `--strict-schedule`.
@@ -54,6 +60,8 @@ pub struct Flags {
     pub progress_url: Option<String>,
     /// `--control-token`.
     pub control_token: Option<String>,
+    /// `check --redis`.
+    pub check_redis: bool,
 }
 
 impl Flags {
@@ -70,6 +78,12 @@ impl Flags {
             f.broker_url.clone_from(&r.broker_url);
             f.result_backend.clone_from(&r.result_backend);
             f.namespace.clone_from(&r.namespace);
+            f.sentinel = SentinelOptions {
+                master: r.sentinel_master.clone(),
+                password: r.sentinel_password.clone(),
+            };
+            f.wait_replicas = r.wait_replicas;
+            f.wait_timeout = d(r.wait_timeout);
         };
         let daemon = |f: &mut Self, a: &cli::DaemonArgs| {
             f.http_addr.clone_from(&a.http_addr);
@@ -114,6 +128,10 @@ impl Flags {
                     .chain(&a.schedules.schedules)
                     .cloned()
                     .collect();
+                if a.redis {
+                    f.check_redis = true;
+                    redis(&mut f, &a.redis_args);
+                }
             }
             Command::Next(a) => f.schedules.clone_from(&a.schedules.schedules),
             Command::Send(a) => redis(&mut f, &a.redis),
@@ -216,6 +234,18 @@ impl Settings {
         Self::resolve_with(flags, file, |k| std::env::var(k).ok())
     }
 
+    /// The Redis URL alone, as [`Settings::resolve`] finds and validates it (`check --redis`).
+    ///
+    /// # Errors
+    /// As [`Settings::resolve`] for the URL.
+    pub fn redis_url_of(
+        flags: &Flags,
+        file: &AppConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<BrokerUrl>, Error> {
+        Ok(Self::resolve_with(flags, file.clone(), env)?.redis_url)
+    }
+
     /// [`Settings::resolve`] with the file already loaded and the environment given.
     ///
     /// # Errors
@@ -259,7 +289,11 @@ impl Settings {
                     .as_ref()
                     .map(|u| (u.as_str().to_owned(), "beatd.toml".to_owned()))
             })
-            .map(|(u, source)| BrokerUrl::parse(&u).map_err(|e| usage(&e, &source)))
+            .map(|(u, source)| {
+                BrokerUrl::parse_with(&u, &flags.sentinel).map_err(|e| usage(&e, &source))
+            })
+            .transpose()?
+            .map(|u| with_wait(u, flags))
             .transpose()?
             .or_else(|| amqp_url.as_ref().and(result_backend.clone()));
         let http_addr = match flags.http_addr.as_deref() {
@@ -412,6 +446,28 @@ fn parse_result_backend(url: &str) -> Result<BrokerUrl, crate::redis::Error> {
     })
 }
 
+/// The `WAIT` a URL's writes get: the flags over the URL's default (one replica behind
+/// Sentinels, none otherwise).
+fn with_wait(url: BrokerUrl, flags: &Flags) -> Result<BrokerUrl, Error> {
+    let default = url
+        .wait()
+        .unwrap_or(crate::redis::url::SENTINEL_DEFAULT_WAIT);
+    let replicas = flags
+        .wait_replicas
+        .unwrap_or_else(|| url.wait().map_or(0, |w| w.replicas));
+    let timeout = flags.wait_timeout.unwrap_or(default.timeout);
+    // WAIT blocks the reply; past the response timeout the connection would be dropped.
+    let limit = ConnectOptions::default().response_timeout;
+    if timeout.is_zero() || timeout >= limit {
+        return Err(Error::Usage(format!(
+            "--wait-timeout {}: must be above 0 and below the {} response timeout",
+            humantime::format_duration(timeout),
+            humantime::format_duration(limit)
+        )));
+    }
+    Ok(url.with_wait(Some(WaitReplicas { replicas, timeout })))
+}
+
 /// The app-wide default zone: `BEATD_TIMEZONE`, then `CELERY_TIMEZONE`, then the file's.
 ///
 /// # Errors
@@ -509,6 +565,36 @@ mod tests {
         assert_eq!(s.namespace, "from-flag");
         assert!(s.redis_url.unwrap().expose().contains("flag:6379"));
         assert_eq!(s.http_addr, None);
+        let sentinel = Flags {
+            redis_url: Some("sentinel://h1:26379;sentinel://h2:26379".into()),
+            sentinel: SentinelOptions {
+                master: Some("mymaster".into()),
+                password: None,
+            },
+            wait_timeout: Some(Duration::from_millis(250)),
+            ..Flags::default()
+        };
+        let s = Settings::resolve_with(&sentinel, AppConfig::default(), |_| None).unwrap();
+        let u = s.redis_url.unwrap();
+        assert!(u.is_sentinel());
+        assert_eq!(
+            u.wait(),
+            Some(WaitReplicas {
+                replicas: 1,
+                timeout: Duration::from_millis(250)
+            })
+        );
+        let no_master = Flags {
+            sentinel: SentinelOptions::default(),
+            ..sentinel.clone()
+        };
+        let e = Settings::resolve_with(&no_master, AppConfig::default(), |_| None).unwrap_err();
+        assert!(e.to_string().contains("--sentinel-master"), "{e}");
+        let long_wait = Flags {
+            wait_timeout: Some(Duration::from_secs(10)),
+            ..sentinel
+        };
+        assert!(Settings::resolve_with(&long_wait, AppConfig::default(), |_| None).is_err());
         let bad = Flags {
             http_addr: Some("nowhere".into()),
             ..Flags::default()

@@ -425,7 +425,7 @@ impl Beat {
             }
             Phase::Reload(st) => {
                 let entries = self.entries.borrow_and_update().clone();
-                match self.keep_staged(plan, entries, st).await {
+                match self.keep_staged(&term.lease, plan, entries, st).await {
                     Ok(Some((new_plan, st))) => {
                         *plan = new_plan;
                         term.phase = if st.complete() {
@@ -629,7 +629,7 @@ impl Beat {
             self.store_failed(&e);
             return None;
         }
-        self.plan_from_store(entries).await
+        self.plan_from_store(lease, entries).await
     }
 
     /// A reload while a batch is parked. When every entry of the batch is unchanged in the
@@ -639,6 +639,7 @@ impl Beat {
     /// replans, which rolls the batch back.
     async fn keep_staged(
         &self,
+        lease: &Lease,
         old: &Plan,
         entries: Arc<[Entry]>,
         mut st: Staging,
@@ -658,7 +659,7 @@ impl Beat {
             }
         }
         drop(index);
-        let Some(mut plan) = self.plan_from_store(entries).await else {
+        let Some(mut plan) = self.plan_from_store(lease, entries).await else {
             return Err(TermEnd::StoreError);
         };
         if !plan.take_staged(&mut due) {
@@ -671,7 +672,7 @@ impl Beat {
 
     /// Plans `entries` from the recorded last runs, forgetting the state of entries that are
     /// no longer scheduled.
-    async fn plan_from_store(&self, entries: Arc<[Entry]>) -> Option<Plan> {
+    async fn plan_from_store(&self, lease: &Lease, entries: Arc<[Entry]>) -> Option<Plan> {
         let mut last = match self.state.last_runs().await {
             Ok(last) => last,
             Err(e) => {

@@ -111,7 +111,7 @@ impl RedisEmitter {
         add_fires(&mut inv, fires);
         let reply: Vec<Value> = self
             .conn
-            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .run_replicated(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
         parse_reply(&reply, fires.len())
     }
@@ -171,7 +171,7 @@ impl RedisEmitter {
         add_fires(&mut inv, fires);
         let reply: Vec<Value> = self
             .conn
-            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .run_replicated(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
         if let [Value::Int(2)] = reply.as_slice() {
             return Err(Error::UnexpectedReply(format!(
@@ -211,7 +211,7 @@ impl RedisEmitter {
             .arg(self.opts.max_moves_per_call.max(1));
         let reply: Vec<Value> = self
             .conn
-            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .run_replicated(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
         match reply.as_slice() {
             [Value::Int(1)] => Ok(true),
@@ -270,7 +270,7 @@ impl RedisEmitter {
             .arg(self.opts.max_settles_per_call.max(1));
         let reply: Vec<Value> = self
             .conn
-            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .run_replicated(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
         match reply.as_slice() {
             [Value::Int(1), Value::Int(settled), Value::Int(rolled_back), Value::Int(more)] => {

@@ -60,13 +60,15 @@ impl RedisLeader {
     /// failures; a lost or refused subscription only means standbys poll as before.
     fn listen(&self) {
         self.listening.get_or_init(|| {
-            let client = self.conn.client().clone();
+            let conn = self.conn.clone();
             let channel = self.keys.leader.clone();
             let released = self.released.clone();
             tokio::spawn(async move {
                 use futures_util::StreamExt;
                 loop {
-                    match client.get_async_pubsub().await {
+                    // Behind Sentinels this is the master at the time; after a failover the
+                    // old one drops the subscription (or is gone), and the loop follows.
+                    match conn.pubsub().await {
                         Ok(mut pubsub) => {
                             if pubsub.subscribe(&channel).await.is_ok() {
                                 let mut messages = pubsub.on_message();
@@ -75,7 +77,8 @@ impl RedisLeader {
                                 }
                             }
                         }
-                        Err(e) => tracing::debug!(error = %e, "release channel unavailable"),
+                        Err(e) => tracing::debug!(error = %crate::error_chain(&e),
+                            "release channel unavailable"),
                     }
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
@@ -101,9 +104,11 @@ impl RedisLeader {
         let token = format!("{}:{:016x}", self.identity, rand::random::<u64>());
         let acquired_at = Instant::now();
         let (k, ttl) = (&self.keys, self.ttl_ms());
+        // Replicated before it counts: a lock and an epoch lost in a failover would let a
+        // second leader start, or the epoch go back.
         let reply = self
             .conn
-            .run(|mut c| {
+            .run_replicated(|mut c| {
                 let t = token.clone();
                 async move {
                     ACQUIRE
@@ -121,7 +126,10 @@ impl RedisLeader {
             Err(e) => {
                 // The script may have run with the reply lost; then the lock holds a token
                 // nobody knows and stays taken for a whole TTL. Best effort to free it.
-                if matches!(e, Error::Timeout { .. } | Error::Unreachable { .. }) {
+                if matches!(
+                    e,
+                    Error::Timeout { .. } | Error::Unreachable { .. } | Error::NotReplicated { .. }
+                ) {
                     let _ = self.compare_and(&RELEASE, &token, false).await;
                 }
                 return Err(e);
@@ -137,17 +145,20 @@ impl RedisLeader {
 
     async fn compare_and(&self, script: &Script, token: &str, ttl: bool) -> Result<bool, Error> {
         let (k, ttl_ms) = (&self.keys, self.ttl_ms());
-        let n: i64 = self
-            .conn
-            .run(|mut c| async move {
-                let mut inv = script.key(&k.leader);
-                inv.arg(token);
-                if ttl {
-                    inv.arg(ttl_ms);
-                }
-                inv.invoke_async(&mut c).await
-            })
-            .await?;
+        let write = |mut c: ::redis::aio::MultiplexedConnection| async move {
+            let mut inv = script.key(&k.leader);
+            inv.arg(token);
+            if ttl {
+                inv.arg(ttl_ms);
+            }
+            inv.invoke_async::<i64>(&mut c).await
+        };
+        // A renewal waits for the replicas like the acquisition; a release need not.
+        let n = if ttl {
+            self.conn.run_replicated(write).await?
+        } else {
+            self.conn.run(write).await?
+        };
         Ok(n == 1)
     }
 

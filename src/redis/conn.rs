@@ -8,7 +8,10 @@
 //! elapsed, so the beat loop keeps its own cadence (renewal deadlines, readiness) and decides
 //! what to do. redis-rs's `ConnectionManager` instead parks callers on its reconnect future.
 
-use super::{BrokerUrl, Error, RedactedUrl};
+use super::dedicated::DedicatedConn;
+use super::sentinel::{self, Sentinels};
+use super::url::Target;
+use super::{BrokerUrl, Error, RedactedUrl, WaitReplicas};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError};
 use std::future::Future;
@@ -62,10 +65,18 @@ pub struct RedisConn {
 }
 
 struct Inner {
-    client: redis::Client,
+    source: Source,
     url: RedactedUrl,
     opts: ConnectOptions,
+    /// `WAIT` after each write the beat acts on ([`RedisConn::run_replicated`]).
+    wait: Option<WaitReplicas>,
     state: Mutex<ConnState>,
+}
+
+/// Where connections go: one fixed Redis, or the master the Sentinels name at the time.
+enum Source {
+    Direct(redis::Client),
+    Sentinel(Arc<Sentinels>),
 }
 
 #[derive(Default)]
@@ -79,7 +90,11 @@ struct ConnState {
     /// No attempt before this instant.
     next_attempt: Option<Instant>,
     /// Why the last attempt failed, returned while waiting out the backoff.
-    last_error: Option<Arc<RedisError>>,
+    last_error: Option<Error>,
+    /// The Sentinels' generation the connection's master was found under.
+    master_generation: u64,
+    /// The master's `ip:port` behind Sentinels.
+    master: Option<String>,
 }
 
 impl std::fmt::Debug for RedisConn {
@@ -109,14 +124,22 @@ impl RedisConn {
     /// # Errors
     /// [`Error::InvalidUrl`] if redis-rs rejects the URL.
     pub fn new(url: &BrokerUrl, opts: ConnectOptions) -> Result<Self, Error> {
-        let client = redis::Client::open(url.expose()).map_err(|e| Error::InvalidUrl {
-            url: url.redacted().clone(),
-            reason: e.to_string(),
-        })?;
+        let source = match url.target() {
+            Target::Direct(_) => {
+                Source::Direct(url.direct_client().map_err(|e| Error::InvalidUrl {
+                    url: url.redacted().clone(),
+                    reason: e.to_string(),
+                })?)
+            }
+            Target::Sentinel(spec) => {
+                Source::Sentinel(Sentinels::new(spec.clone(), url.redacted().clone()))
+            }
+        };
         let inner = Inner {
-            client,
+            source,
             url: url.redacted().clone(),
             opts,
+            wait: url.wait(),
             state: Mutex::new(ConnState::default()),
         };
         Ok(Self {
@@ -124,9 +147,25 @@ impl RedisConn {
         })
     }
 
-    /// The client, for connections of their own (pub/sub).
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.inner.client
+    /// A pub/sub connection of its own, to the master when behind Sentinels.
+    ///
+    /// # Errors
+    /// As [`RedisConn::check`].
+    pub(crate) async fn pubsub(&self) -> Result<redis::aio::PubSub, Error> {
+        let client = match &self.inner.source {
+            Source::Direct(c) => c.clone(),
+            Source::Sentinel(s) => s.master(&self.connect_config()).await?.client,
+        };
+        client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| self.classify(Arc::new(e), true))
+    }
+
+    fn connect_config(&self) -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(self.inner.opts.connect_timeout)
+            .set_response_timeout(self.inner.opts.response_timeout)
     }
 
     /// A connection of the caller's own, reconnecting by itself, for commands that block it
@@ -136,25 +175,52 @@ impl RedisConn {
     ///
     /// # Errors
     /// As [`RedisConn::check`], when the first connection cannot be made.
-    pub async fn dedicated(
-        &self,
-        response: Duration,
-    ) -> Result<redis::aio::ConnectionManager, Error> {
+    pub async fn dedicated(&self, response: Duration) -> Result<DedicatedConn, Error> {
         // redis-rs hands its retry `factor` (100) to backon as the growth factor, so without a
         // cap the waits between reconnect attempts go 1 s, 60 s, 60 s...: a command issued
         // during an outage of a few seconds then blocks for minutes after Redis is back. Cap
         // each wait.
+        let client = match &self.inner.source {
+            Source::Direct(client) => client,
+            Source::Sentinel(s) => {
+                let cfg = AsyncConnectionConfig::new()
+                    .set_connection_timeout(self.inner.opts.connect_timeout)
+                    .set_response_timeout(response);
+                return DedicatedConn::behind_sentinels(s.clone(), cfg).await;
+            }
+        };
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_max_delay(DEDICATED_RECONNECT_MAX_DELAY_MS)
             .set_connection_timeout(Duration::from_secs(5))
             .set_response_timeout(response)
             .set_factor(2)
             .set_number_of_retries(3);
-        self.inner
-            .client
+        client
             .get_connection_manager_with_config(cfg)
             .await
+            .map(DedicatedConn::direct)
             .map_err(|e| self.classify(Arc::new(e), true))
+    }
+
+    /// The database number commands run in (pub/sub channels such as Celery's pidbox carry it).
+    #[must_use]
+    pub fn db(&self) -> i64 {
+        match &self.inner.source {
+            Source::Direct(c) => c.get_connection_info().redis.db,
+            Source::Sentinel(s) => s.db(),
+        }
+    }
+
+    /// Whether the URL names Sentinels.
+    #[must_use]
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self.inner.source, Source::Sentinel(_))
+    }
+
+    /// What writes the beat acts on wait for.
+    #[must_use]
+    pub fn wait(&self) -> Option<WaitReplicas> {
+        self.inner.wait
     }
 
     /// The printable URL.
@@ -167,6 +233,12 @@ impl RedisConn {
     /// A broken connection is noticed at its next use.
     pub async fn is_connected(&self) -> bool {
         self.inner.state.lock().await.conn.is_some()
+    }
+
+    /// Behind Sentinels, the `ip:port` of the master the connection uses (for `check`).
+    pub async fn master_addr(&self) -> Option<String> {
+        let st = self.inner.state.lock().await;
+        st.conn.as_ref().and(st.master.clone())
     }
 
     /// `PING`s the server.
@@ -205,65 +277,130 @@ impl RedisConn {
         Ok(warnings)
     }
 
-    /// The current connection, or a new one if the backoff allows an attempt now.
+    /// The current connection, or a new one if the backoff allows an attempt now. Behind
+    /// Sentinels, a connection to a master that has since been replaced is dropped first.
     async fn get(&self) -> Result<(MultiplexedConnection, u64), Error> {
         let mut st = self.inner.state.lock().await;
         if let Some(c) = &st.conn {
-            return Ok((c.clone(), st.generation));
+            match &self.inner.source {
+                Source::Sentinel(s) if s.generation() != st.master_generation => {
+                    tracing::info!(url = %self.inner.url, "leaving the former redis master");
+                    st.conn = None;
+                }
+                _ => return Ok((c.clone(), st.generation)),
+            }
         }
         if let (Some(at), Some(err)) = (st.next_attempt, &st.last_error) {
             if Instant::now() < at {
-                return Err(self.classify(err.clone(), true));
+                return Err(err.clone());
             }
         }
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(self.inner.opts.connect_timeout)
-            .set_response_timeout(self.inner.opts.response_timeout);
-        match self
-            .inner
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-        {
-            Ok(c) => {
+        let cfg = self.connect_config();
+        let opened = match &self.inner.source {
+            Source::Direct(client) => client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await
+                .map(|c| (c, 0, None))
+                .map_err(|e| self.classify(Arc::new(e), true)),
+            Source::Sentinel(s) => s
+                .master(&cfg)
+                .await
+                .map(|m| (m.conn, m.generation, Some(m.addr))),
+        };
+        match opened {
+            Ok((c, master_generation, master)) => {
                 st.generation += 1;
                 st.failures = 0;
                 st.next_attempt = None;
                 st.last_error = None;
+                st.master_generation = master_generation;
+                st.master.clone_from(&master);
                 st.conn = Some(c.clone());
-                tracing::info!(url = %self.inner.url, "connected to redis");
+                tracing::info!(url = %self.inner.url, master = master.as_deref(),
+                    "connected to redis");
                 Ok((c, st.generation))
             }
             Err(e) => {
                 st.failures = st.failures.saturating_add(1);
                 let wait = self.inner.opts.backoff(st.failures);
                 st.next_attempt = Some(Instant::now() + wait);
-                let e = Arc::new(e);
                 st.last_error = Some(e.clone());
-                tracing::warn!(url = %self.inner.url, error = %e, retry_in = ?wait,
-                    "redis connection failed");
-                Err(self.classify(e, true))
+                tracing::warn!(url = %self.inner.url, error = %crate::error_chain(&e),
+                    retry_in = ?wait, "redis connection failed");
+                Err(e)
             }
         }
     }
 
     /// Runs one operation on the connection, dropping the connection when the failure means
-    /// it is unusable (I/O, timeout: a half-open TCP connection otherwise times out forever).
+    /// it is unusable (I/O, timeout: a half-open TCP connection otherwise times out forever;
+    /// behind Sentinels, a node that answers as a replica).
     pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T, Error>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        self.run_then_wait(op, None).await
+    }
+
+    /// [`RedisConn::run`] for a write the beat acts on: then `WAIT`s for the configured
+    /// replicas on the same connection (so it covers this write). Fewer replicas in time is
+    /// [`Error::NotReplicated`]: the write happened but may not survive a failover, and the
+    /// caller treats it like a reply that never came.
+    pub(crate) async fn run_replicated<T, F, Fut>(&self, op: F) -> Result<T, Error>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        self.run_then_wait(op, self.inner.wait).await
+    }
+
+    async fn run_then_wait<T, F, Fut>(&self, op: F, wait: Option<WaitReplicas>) -> Result<T, Error>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
         let (conn, generation) = self.get().await?;
-        match op(conn).await {
-            Ok(v) => Ok(v),
+        let mut same = conn.clone();
+        let result = match op(conn).await {
+            Ok(v) => match wait {
+                None => Ok((v, None)),
+                Some(w) => {
+                    let ms = u64::try_from(w.timeout.as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1);
+                    redis::cmd("WAIT")
+                        .arg(w.replicas)
+                        .arg(ms)
+                        .query_async::<i64>(&mut same)
+                        .await
+                        .map(|acked| (v, Some((acked, w))))
+                }
+            },
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok((v, None)) => Ok(v),
+            Ok((_, Some((acked, w)))) if acked < i64::from(w.replicas) => {
+                Err(Error::NotReplicated {
+                    url: self.inner.url.clone(),
+                    acked,
+                    wanted: w.replicas,
+                    timeout: w.timeout,
+                })
+            }
+            Ok((v, Some(_))) => Ok(v),
             Err(e) => {
-                if e.is_io_error() || e.is_timeout() || e.is_unrecoverable_error() {
+                let not_master = self.is_sentinel() && sentinel::means_not_master(&e);
+                if e.is_io_error() || e.is_timeout() || e.is_unrecoverable_error() || not_master {
                     let mut st = self.inner.state.lock().await;
                     if st.generation == generation && st.conn.is_some() {
                         // The next call reconnects at once; backoff starts if that fails.
                         st.conn = None;
                         tracing::warn!(url = %self.inner.url, error = %e, "redis connection lost");
+                        if let (true, Source::Sentinel(s)) = (not_master, &self.inner.source) {
+                            s.invalidate(st.master_generation);
+                        }
                     }
                 }
                 Err(self.classify(Arc::new(e), false))
@@ -292,6 +429,8 @@ fn classify(url: &RedactedUrl, timeout: Option<Duration>, e: Arc<RedisError>) ->
             .any(|s| text.contains(s))
     {
         Error::AuthFailed { url, source: e }
+    } else if is_tls_failure(&text) {
+        Error::Tls { url, source: e }
     } else if let (true, Some(timeout)) = (e.is_timeout(), timeout) {
         Error::Timeout { url, timeout }
     } else if e.is_io_error() || e.is_unrecoverable_error() {
@@ -299,6 +438,21 @@ fn classify(url: &RedactedUrl, timeout: Option<Duration>, e: Arc<RedisError>) ->
     } else {
         Error::Command { url, source: e }
     }
+}
+
+/// rustls's words for a handshake refused over certificates, either side's.
+fn is_tls_failure(text: &str) -> bool {
+    [
+        "invalid peer certificate",
+        "CertificateRequired",
+        "BadCertificate",
+        "UnknownCA",
+        "certificate required",
+        "bad certificate",
+        "unknown ca",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
 }
 
 #[cfg(test)]

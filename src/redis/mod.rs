@@ -1,6 +1,8 @@
 //! The one way into Redis, for the beat, the worker and the one-shot commands: the URL
-//! ([`url`]), the self-healing connection with its timeouts and backoff ([`conn`]), the error
-//! type named for what happened, and the names of beatd's own keys ([`Keys`]).
+//! ([`url`], Sentinel URLs in [`sentinel_url`]), the self-healing connection with its timeouts
+//! and backoff ([`conn`]) and the worker's ([`dedicated`]), following the master behind
+//! Sentinels when the URL names them, the error type named for what happened, and the names of
+//! beatd's own keys ([`Keys`]).
 //!
 //! beatd's own keys, all under one namespace (default `beatd`):
 //!
@@ -24,10 +26,16 @@
 //! `state` or `worker`: they import this.
 
 pub mod conn;
+pub mod dedicated;
+mod sentinel;
+pub mod sentinel_url;
+mod tls;
 pub mod url;
 
 pub use conn::{connect, ConnectOptions, RedisConn};
-pub use url::{resolve_url, BrokerUrl, RedactedUrl, UrlSource};
+pub use dedicated::DedicatedConn;
+pub use sentinel_url::SentinelOptions;
+pub use url::{resolve_url, BrokerUrl, RedactedUrl, UrlSource, WaitReplicas};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +45,7 @@ pub const DEFAULT_NAMESPACE: &str = "beatd";
 
 /// Redis failures, named for what happened. Display strings add context; the redis-rs error
 /// is the source.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The URL is not a usable Redis URL; the text shown is redacted.
     #[error("invalid redis url {url}: {reason}")]
@@ -53,6 +61,20 @@ pub enum Error {
         /// The redacted URL.
         url: RedactedUrl,
         /// The client error (shared: the same failure is returned during the backoff).
+        #[source]
+        source: Arc<redis::RedisError>,
+    },
+    /// The TLS handshake failed on the server's certificate (an unknown CA, a name that does
+    /// not match the host) or on ours; retrying will not help.
+    #[error(
+        "tls with redis at {url} failed: check ssl_ca_certs (the CA that signed the server's \
+         certificate), that the certificate names the host in the url, and ssl_certfile / \
+         ssl_keyfile if the server asks for a client certificate"
+    )]
+    Tls {
+        /// The redacted URL.
+        url: RedactedUrl,
+        /// The client error.
         #[source]
         source: Arc<redis::RedisError>,
     },
@@ -84,6 +106,41 @@ pub enum Error {
         /// The server's error.
         #[source]
         source: Arc<redis::RedisError>,
+    },
+    /// No Sentinel named a master that answers as one.
+    #[error("no usable redis master {master:?} from the sentinels at {url}: {detail}")]
+    NoMaster {
+        /// The redacted Sentinel URL.
+        url: RedactedUrl,
+        /// The master name asked for.
+        master: String,
+        /// What each Sentinel said.
+        detail: String,
+    },
+    /// Every Sentinel answered that it monitors no master by that name; retrying will not
+    /// help.
+    #[error(
+        "the sentinels at {url} monitor no master named {master:?} (check --sentinel-master, \
+         BEATD_SENTINEL_MASTER or ?master_name= against `sentinel monitor NAME` in sentinel.conf)"
+    )]
+    UnknownMaster {
+        /// The redacted Sentinel URL.
+        url: RedactedUrl,
+        /// The master name asked for.
+        master: String,
+    },
+    /// A write reached fewer replicas than `WAIT` asked for in time: it may be lost in a
+    /// failover, so it does not count as done yet.
+    #[error("redis at {url}: the write reached {acked} of {wanted} replicas within {timeout:?}")]
+    NotReplicated {
+        /// The redacted URL.
+        url: RedactedUrl,
+        /// Replicas that acknowledged.
+        acked: i64,
+        /// Replicas asked for.
+        wanted: u32,
+        /// The `WAIT` timeout.
+        timeout: Duration,
     },
     /// A script or command answered with something this code does not expect.
     #[error("unexpected reply from redis: {0}")]

@@ -1,7 +1,12 @@
 //! Which Redis to talk to: the broker URL's precedence, its validation, and a form of it that
 //! is safe to print. Owns no connection (see `conn.rs`).
 
+use super::sentinel_url::{self, is_sentinel, SentinelOptions, SentinelSpec};
+use super::tls::TlsOptions;
+use redis::TlsCertificates;
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Where the broker URL came from, in precedence order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +65,11 @@ impl RedactedUrl {
     /// `password=` query parameters of unix-socket URLs.
     #[must_use]
     pub fn new(url: &str) -> Self {
+        // kombu lists Sentinels as `sentinel://…;sentinel://…`, each with its own userinfo.
+        if url.contains(';') {
+            let parts: Vec<String> = url.split(';').map(|p| Self::new(p).0).collect();
+            return Self(parts.join(";"));
+        }
         let Some((scheme, rest)) = url.split_once("://") else {
             return Self(redact_query(url));
         };
@@ -93,7 +103,9 @@ fn redact_query(s: &str) -> String {
     let pairs: Vec<String> = query
         .split('&')
         .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k == "pass" || k == "password" => format!("{k}=***"),
+            Some((k, _)) if matches!(k, "pass" | "password" | "sentinel_password") => {
+                format!("{k}=***")
+            }
             _ => kv.to_owned(),
         })
         .collect();
@@ -113,38 +125,121 @@ impl fmt::Debug for RedactedUrl {
 }
 
 /// A validated Redis URL: `redis://[user:password@]host[:port][/db]`, `rediss://` for TLS
-/// (certificates checked against the webpki roots; `#insecure` or Celery's
-/// `?ssl_cert_reqs=none` turns checking off), or `redis+unix:///path?db=N&pass=…`.
+/// (certificates checked against the webpki roots, or the private CA of `?ssl_ca_certs=`;
+/// a client certificate from `ssl_certfile` / `ssl_keyfile`; `#insecure` or Celery's
+/// `?ssl_cert_reqs=none` turns checking off), `redis+unix:///path?db=N&pass=…`, or a master
+/// behind Sentinels (`sentinel://…;sentinel://…`, `redis-sentinel://…`, see
+/// `sentinel_url.rs`).
 ///
 /// Holds the secret, so it prints only in redacted form, in `Display` and `Debug` alike.
 #[derive(Clone)]
 pub struct BrokerUrl {
-    /// What redis-rs parses, after Celery's TLS query options were translated.
+    /// Where it points.
+    target: Target,
+    /// What redis-rs parses (direct), or the URL as given (Sentinel).
     raw: String,
     /// Safe to print.
     redacted: RedactedUrl,
+    /// What a write beatd acts on waits for (`WAIT`), if anything.
+    wait: Option<WaitReplicas>,
 }
+
+/// Where a [`BrokerUrl`] points.
+#[derive(Clone)]
+pub(crate) enum Target {
+    /// One Redis, with the certificates of a private CA or mutual TLS if the URL names them.
+    Direct(Option<TlsCertificates>),
+    /// A master found through Sentinels.
+    Sentinel(Arc<SentinelSpec>),
+}
+
+/// `WAIT numreplicas timeout` after each write the beat acts on: the lock, each emission
+/// step. Asynchronous replication can lose a write the primary acknowledged; a write that
+/// reached `replicas` replicas survives their promotion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitReplicas {
+    /// Replicas that must have the write.
+    pub replicas: u32,
+    /// Longest wait; a write not replicated by then counts as not yet safe.
+    pub timeout: Duration,
+}
+
+/// How a Sentinel URL waits by default: one replica, within a second.
+pub const SENTINEL_DEFAULT_WAIT: WaitReplicas = WaitReplicas {
+    replicas: 1,
+    timeout: Duration::from_secs(1),
+};
 
 impl BrokerUrl {
     /// Validates `url`.
     ///
     /// # Errors
-    /// [`super::Error::InvalidUrl`] for a non-Redis scheme (`amqp://`, `sentinel://`), a bad
-    /// db number, a missing host or an unsupported TLS option.
+    /// [`super::Error::InvalidUrl`] for a non-Redis scheme (`amqp://`), a bad db number, a
+    /// missing host, an unsupported or unreadable TLS option, or a Sentinel URL without a
+    /// master name.
     pub fn parse(url: &str) -> Result<Self, super::Error> {
-        let redacted = RedactedUrl::new(url.trim());
+        Self::parse_with(url, &SentinelOptions::default())
+    }
+
+    /// Validates `url`, with what flags say about Sentinels.
+    ///
+    /// # Errors
+    /// As [`BrokerUrl::parse`].
+    pub fn parse_with(url: &str, sentinel: &SentinelOptions) -> Result<Self, super::Error> {
+        let url = url.trim();
+        let redacted = RedactedUrl::new(url);
         let invalid = |reason: String| super::Error::InvalidUrl {
-            url: redacted.clone(),
+            url: RedactedUrl::new(url),
             reason,
         };
-        let raw = translate_celery_tls(url.trim()).map_err(|r| invalid(r.to_owned()))?;
+        if is_sentinel(url) {
+            let spec = sentinel_url::parse(url, sentinel).map_err(invalid)?;
+            return Ok(Self {
+                target: Target::Sentinel(Arc::new(spec)),
+                raw: url.to_owned(),
+                redacted,
+                wait: Some(SENTINEL_DEFAULT_WAIT),
+            });
+        }
+        let (raw, tls) = translate_celery_tls(url).map_err(invalid)?;
         if redis::parse_redis_url(&raw).is_none() {
             return Err(invalid(
-                "not a Redis URL (expected redis://, rediss:// or redis+unix://)".into(),
+                "not a Redis URL (expected redis://, rediss://, redis+unix://, sentinel:// or \
+                 redis-sentinel://)"
+                    .into(),
             ));
         }
-        redis::Client::open(raw.as_str()).map_err(|e| invalid(e.to_string()))?;
-        Ok(Self { raw, redacted })
+        let certs = tls.certificates().map_err(invalid)?;
+        if tls.given && !raw.starts_with("rediss://") {
+            return Err(invalid("TLS options (ssl_*) need a rediss:// URL".into()));
+        }
+        let this = Self {
+            target: Target::Direct(certs),
+            raw,
+            redacted,
+            wait: None,
+        };
+        this.direct_client().map_err(|e| invalid(e.to_string()))?;
+        Ok(this)
+    }
+
+    /// The same URL waiting for `wait` after each write the beat acts on (`None`: never).
+    #[must_use]
+    pub fn with_wait(mut self, wait: Option<WaitReplicas>) -> Self {
+        self.wait = wait.filter(|w| w.replicas > 0);
+        self
+    }
+
+    /// What writes wait for.
+    #[must_use]
+    pub fn wait(&self) -> Option<WaitReplicas> {
+        self.wait
+    }
+
+    /// Whether the URL names Sentinels.
+    #[must_use]
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self.target, Target::Sentinel(_))
     }
 
     /// The printable form.
@@ -153,46 +248,58 @@ impl BrokerUrl {
         &self.redacted
     }
 
-    /// The URL with its secret, for the client only.
+    /// The URL with its secret (tests check what redis-rs is given).
+    #[cfg(test)]
     pub(crate) fn expose(&self) -> &str {
         &self.raw
     }
+
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The client of a direct URL (a Sentinel URL has none until a master is found).
+    pub(crate) fn direct_client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.target {
+            Target::Direct(Some(certs)) => {
+                redis::Client::build_with_tls(self.raw.as_str(), certs.clone())
+            }
+            _ => redis::Client::open(self.raw.as_str()),
+        }
+    }
 }
 
-/// Celery users write `rediss://…?ssl_cert_reqs=required|optional|none`; redis-rs knows only
-/// the `#insecure` fragment. Translate rather than make users keep two URLs.
-fn translate_celery_tls(url: &str) -> Result<String, &'static str> {
+/// Celery users write `rediss://…?ssl_cert_reqs=required|optional|none&ssl_ca_certs=…`;
+/// redis-rs knows only the `#insecure` fragment and takes certificates as bytes. Translate
+/// rather than make users keep two URLs: the TLS options come out of the query.
+fn translate_celery_tls(url: &str) -> Result<(String, TlsOptions), String> {
     let Some((head, query)) = url.split_once('?') else {
-        return Ok(url.to_owned());
+        return Ok((url.to_owned(), TlsOptions::default()));
     };
     let (query, fragment) = match query.split_once('#') {
         Some((q, f)) => (q, Some(f)),
         None => (query, None),
     };
-    let mut insecure = fragment == Some("insecure");
-    let mut kept = Vec::new();
-    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
-        match kv.split_once('=') {
-            Some(("ssl_cert_reqs", v)) => match v.to_ascii_lowercase().as_str() {
-                "none" | "cert_none" => insecure = true,
-                "required" | "cert_required" | "optional" | "cert_optional" => {}
-                _ => return Err("ssl_cert_reqs must be required, optional or none"),
-            },
-            _ => kept.push(kv),
-        }
-    }
+    let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let tls = TlsOptions::take(&mut pairs)?;
     let mut out = head.to_owned();
-    if !kept.is_empty() {
+    if !pairs.is_empty() {
         out.push('?');
-        out.push_str(&kept.join("&"));
+        out.push_str(
+            &form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&pairs)
+                .finish(),
+        );
     }
-    if insecure {
+    if tls.insecure || fragment == Some("insecure") {
         out.push_str("#insecure");
     } else if let Some(f) = fragment {
         out.push('#');
         out.push_str(f);
     }
-    Ok(out)
+    Ok((out, tls))
 }
 
 impl fmt::Display for BrokerUrl {
@@ -291,5 +398,26 @@ mod tests {
         assert!(BrokerUrl::parse("rediss://h/0?ssl_cert_reqs=maybe").is_err());
         assert!(BrokerUrl::parse("redis://localhost/notanumber").is_err());
         assert!(BrokerUrl::parse("sentinel://localhost:26379").is_err());
+        assert!(BrokerUrl::parse("sentinel://localhost:26379?master_name=m").is_ok());
+        assert!(BrokerUrl::parse("redis://h/0?ssl_ca_certs=/x.pem")
+            .unwrap_err()
+            .to_string()
+            .contains("ssl_ca_certs /x.pem"));
+    }
+
+    #[test]
+    fn sentinel_urls_redact_every_part_and_wait_for_a_replica() {
+        let url = "sentinel://:s3cret@h1:26379;sentinel://:s3cret@h2?master_name=m&sentinel_password=s3cret";
+        let r = RedactedUrl::new(url);
+        assert_eq!(
+            r.as_str(),
+            "sentinel://:***@h1:26379;sentinel://:***@h2?master_name=m&sentinel_password=***"
+        );
+        let b = BrokerUrl::parse(url).unwrap();
+        assert!(b.is_sentinel());
+        assert_eq!(b.wait(), Some(SENTINEL_DEFAULT_WAIT));
+        assert_eq!(b.clone().with_wait(None).wait(), None);
+        let e = BrokerUrl::parse("sentinel://:s3cret@h1:26379").unwrap_err();
+        assert!(!e.to_string().contains("s3cret") && e.to_string().contains("master"));
     }
 }

@@ -57,7 +57,7 @@ impl Finality for NeverFinal {
 
 /// Celery's Redis result backend: the state in `celery-task-meta-<id>`.
 #[derive(Clone)]
-pub struct RedisFinality(pub redis::aio::ConnectionManager);
+pub struct RedisFinality(pub crate::redis::DedicatedConn);
 
 #[async_trait::async_trait]
 impl Finality for RedisFinality {

@@ -4,7 +4,7 @@
 //! the key names and byte layout; when to call these is the consumer's business.
 
 use crate::protocol::{priority_list_key, PRIORITY_STEPS};
-use redis::aio::ConnectionManager;
+use crate::redis::DedicatedConn;
 use redis::RedisResult;
 
 /// kombu's hash of delivered, unacknowledged messages: tag → `[envelope, exchange, rk]`.
@@ -100,7 +100,7 @@ pub(crate) type Popped = (String, Vec<u8>);
 /// unacknowledged atomically (see [`POP_SCRIPT`]). Returns the list and the messages, oldest
 /// first, or `None` when every list is empty.
 pub(crate) async fn pop_marked(
-    conn: &mut ConnectionManager,
+    conn: &mut DedicatedConn,
     keys: &[String],
     max: usize,
     now_unix: f64,
@@ -142,7 +142,7 @@ pub(crate) async fn pop_marked(
 /// (`BLMOVE key key RIGHT RIGHT` moves the oldest message onto itself). One connection per
 /// key, since a blocking command holds its connection. Cancelling it is safe: nothing moves.
 pub(crate) async fn wait_any(
-    conns: &[ConnectionManager],
+    conns: &[DedicatedConn],
     keys: &[String],
     timeout_secs: f64,
 ) -> RedisResult<bool> {
@@ -192,7 +192,7 @@ fn brpop_timeout(secs: f64) -> String {
 
 /// Records deliveries as unacknowledged, all in one MULTI (`ZADD` + `HSET` each, as kombu).
 pub(crate) async fn mark_unacked(
-    conn: &mut ConnectionManager,
+    conn: &mut DedicatedConn,
     deliveries: &[&Delivery],
     now_unix: f64,
 ) -> RedisResult<()> {
@@ -250,7 +250,7 @@ pub(crate) struct FinishWrites<'a> {
 
 /// Result, ack and retry in one script call (see `FINISH_SCRIPT`).
 pub(crate) async fn finish(
-    conn: &mut ConnectionManager,
+    conn: &mut DedicatedConn,
     tag: &str,
     w: &FinishWrites<'_>,
 ) -> RedisResult<()> {
@@ -277,10 +277,7 @@ pub(crate) async fn finish(
 
 /// Puts unstarted deliveries (oldest first) back at the consuming end of their lists and
 /// forgets them as unacknowledged, atomically; the oldest is taken again first.
-pub(crate) async fn requeue(
-    conn: &mut ConnectionManager,
-    deliveries: &[Delivery],
-) -> RedisResult<()> {
+pub(crate) async fn requeue(conn: &mut DedicatedConn, deliveries: &[Delivery]) -> RedisResult<()> {
     let mut pipe = redis::pipe();
     pipe.atomic();
     for d in deliveries.iter().rev() {

@@ -12,7 +12,7 @@ use super::{Shutdown, WorkerOptions};
 use crate::backoff::Backoff;
 use crate::ops::liveness::Heartbeat;
 use crate::protocol::ParsedTask;
-use redis::aio::ConnectionManager;
+use crate::redis::DedicatedConn;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,7 +32,7 @@ struct Ctx {
     /// The execution pipeline.
     pipeline: Pipeline,
     /// Connection for bookkeeping (acks, requeues).
-    conn: ConnectionManager,
+    conn: DedicatedConn,
     /// At most `concurrency` tasks run at once, started in delivery order.
     run_slots: RunSlots,
     /// Stop taking and starting; put unstarted messages back.
@@ -51,8 +51,8 @@ struct Ctx {
 pub(crate) async fn consume(
     opts: &WorkerOptions,
     pipeline: Pipeline,
-    conn: ConnectionManager,
-    wait_conns: Vec<ConnectionManager>,
+    conn: DedicatedConn,
+    wait_conns: Vec<DedicatedConn>,
     shutdown: Shutdown,
     heartbeat: Option<Heartbeat>,
 ) {

@@ -8,7 +8,7 @@
 //! so this stays compatible with them.
 
 use super::broker::UNACKED_INDEX;
-use redis::aio::ConnectionManager;
+use crate::redis::DedicatedConn;
 use redis::RedisResult;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -43,11 +43,7 @@ impl Held {
     }
 
     /// Re-scores every held tag at `now_unix` (only tags still in the index).
-    pub(crate) async fn touch(
-        &self,
-        conn: &mut ConnectionManager,
-        now_unix: f64,
-    ) -> RedisResult<()> {
+    pub(crate) async fn touch(&self, conn: &mut DedicatedConn, now_unix: f64) -> RedisResult<()> {
         let tags = self.snapshot();
         for chunk in tags.chunks(CHUNK) {
             let mut cmd = redis::cmd("ZADD");

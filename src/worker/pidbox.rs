@@ -174,15 +174,14 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     use futures_util::StreamExt;
-    let client = conn.client().clone();
-    let channel = format!("/{}.celery.pidbox", client.get_connection_info().redis.db);
+    let channel = format!("/{}.celery.pidbox", conn.db());
     let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(10));
-    let mut replies: Option<redis::aio::ConnectionManager> = None;
+    let mut replies: Option<crate::redis::DedicatedConn> = None;
     loop {
         let subscribed = async {
-            let mut ps = client.get_async_pubsub().await?;
-            ps.psubscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(ps)
+            let mut ps = conn.pubsub().await.map_err(|e| e.to_string())?;
+            ps.psubscribe(&channel).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(ps)
         };
         let sub = tokio::select! {
             s = subscribed => s,
@@ -242,7 +241,7 @@ pub async fn serve(
 
 /// kombu's direct-exchange publish: LPUSH onto every queue bound with routing key `rk`.
 async fn reply(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::redis::DedicatedConn,
     exchange: &str,
     rk: &str,
     payload: &str,

@@ -7,8 +7,8 @@
 
 use super::broker::{UNACKED, UNACKED_INDEX, UNACKED_MUTEX};
 use crate::protocol::{dumps, new_uuid, priority_list_key, PRIORITY_SEP};
+use crate::redis::DedicatedConn;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use redis::RedisResult;
 use serde_json::Value;
 use std::time::Duration;
@@ -36,7 +36,7 @@ return 0
 /// # Errors
 /// Redis errors.
 pub(crate) async fn restore_visible(
-    conn: &mut ConnectionManager,
+    conn: &mut DedicatedConn,
     now: DateTime<Utc>,
     visibility_timeout: Duration,
 ) -> RedisResult<usize> {
@@ -65,7 +65,7 @@ pub(crate) async fn restore_visible(
 }
 
 async fn restore_locked(
-    conn: &mut ConnectionManager,
+    conn: &mut DedicatedConn,
     now: DateTime<Utc>,
     visibility_timeout: Duration,
 ) -> RedisResult<usize> {
@@ -127,11 +127,7 @@ async fn restore_locked(
 /// exchange `""` routes by queue name; a named one through kombu's binding set, read as a
 /// direct exchange. kombu drops a message whose binding is missing; beatd falls back to the
 /// routing key as the queue name rather than lose it.
-async fn route(
-    conn: &mut ConnectionManager,
-    exchange: &str,
-    routing_key: &str,
-) -> RedisResult<String> {
+async fn route(conn: &mut DedicatedConn, exchange: &str, routing_key: &str) -> RedisResult<String> {
     if exchange.is_empty() {
         return Ok(routing_key.to_string());
     }

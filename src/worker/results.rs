@@ -4,7 +4,7 @@
 
 use super::Error;
 use crate::protocol::{ResultRecord, StateRecord, TaskState, RESULT_TTL_SECS};
-use redis::aio::ConnectionManager;
+use crate::redis::DedicatedConn;
 use std::sync::{Arc, Mutex};
 
 /// Stores result records.
@@ -38,7 +38,7 @@ return 1
 #[derive(Clone)]
 pub struct RedisResults {
     /// Shared multiplexed connection; concurrent stores pipeline on it.
-    conn: ConnectionManager,
+    conn: DedicatedConn,
     /// Key TTL in seconds (Celery's `result_expires`, one day).
     ttl_secs: u64,
 }
@@ -46,7 +46,7 @@ pub struct RedisResults {
 impl RedisResults {
     /// A sink writing through `conn` with Celery's default one-day expiry.
     #[must_use]
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: DedicatedConn) -> Self {
         Self {
             conn,
             ttl_secs: RESULT_TTL_SECS,

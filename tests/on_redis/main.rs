@@ -17,6 +17,8 @@ mod rq;
 mod stage;
 /// How long 10,000 fires take (prints; asserts no time).
 mod timing;
+/// TLS with a private CA, a wrong CA, a wrong name, and client certificates.
+mod tls;
 
 use beatd::emit::{EmitOptions, Fire, RedisEmitter};
 use beatd::leader::{LeaderLock, Lease, RedisLeader};

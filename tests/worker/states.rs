@@ -70,7 +70,7 @@ async fn track_started_stores_pid_and_node_name() {
 async fn a_state_is_never_stored_over_a_final_record() {
     let server = beatd::testkit::RedisServer::start().unwrap();
     let client = redis::Client::open(server.url()).unwrap();
-    let sink = RedisResults::new(client.get_connection_manager().await.unwrap());
+    let sink = RedisResults::new(client.get_connection_manager().await.unwrap().into());
     let at = now();
     let exc = beatd::protocol::ExcInfo::new("ExecFailed", "x", "beatd");
     for (i, final_record) in [
