@@ -170,3 +170,69 @@ async fn poison_messages_are_failed_and_acked_and_the_worker_goes_on() {
     let ran = s.records().len();
     assert_eq!(ran, 1, "only the good message ran: {:?}", s.records());
 }
+
+/// Holds its first run (a marker file says which run it is) until the worker running it is
+/// killed.
+const SLOW_ONCE: &str = r#"
+import json, os, sys, time
+json.load(sys.stdin)
+marker = os.environ["INTEROP_RECORD"] + ".started"
+first = not os.path.exists(marker)
+with open(os.environ["INTEROP_RECORD"], "a") as f:
+    f.write(json.dumps({"who": "beatd", "id": os.environ["BEATD_TASK_ID"], "first": first}) + "\n")
+open(marker, "a").close()
+if first:
+    # Held until the worker running it is killed (then this exits too: no stray process).
+    parent = os.getppid()
+    deadline = time.time() + 600
+    while os.getppid() == parent and time.time() < deadline:
+        time.sleep(0.2)
+    sys.exit(1)
+print(json.dumps("done"))
+"#;
+
+#[test]
+fn a_killed_worker_loses_nothing_and_a_restarted_rabbitmq_is_reconnected() {
+    // A node of its own: this test restarts it.
+    let mut own = beatd::testkit::RabbitServer::start().expect("rabbitmq-server");
+    let mut s = Scene::on(&own);
+    exec_config(
+        &s,
+        &[("interop.slow", SLOW_ONCE), ("interop.sum", SUM_SCRIPT)],
+    );
+    s.start_beatd_worker("worker-a");
+    let sent = s.client(
+        "send",
+        &json!({"task": "interop.slow", "args": [], "kwargs": {}}),
+    );
+    let id = sent["id"].as_str().unwrap().to_owned();
+    s.wait_for("worker-a to start the slow task", || {
+        s.records().iter().any(|r| r["first"] == true).then_some(())
+    });
+    s.kill9("worker-a");
+    // Never acked: RabbitMQ gives it to the next consumer.
+    s.start_beatd_worker("worker-b");
+    let r = s.wait_for("the redelivered task's result", || {
+        s.result(&id).filter(|r| r["status"] == "SUCCESS")
+    });
+    assert_eq!(r["result"], "done");
+    let runs: Vec<Value> = s
+        .records()
+        .into_iter()
+        .filter(|r| r["id"] == id.as_str())
+        .collect();
+    assert_eq!(runs.len(), 2, "started by a, run again by b: {runs:?}");
+
+    // RabbitMQ restarts under the worker: it reconnects and consumes again.
+    own.restart().expect("restart rabbitmq");
+    s.wait_for("worker-b to reconnect", || {
+        let log = s.log_of("worker-b");
+        (log.matches("consuming from rabbitmq").count() >= 2).then_some(())
+    });
+    let out = s.client(
+        "call",
+        &json!({"task": "interop.sum", "args": [5, 6], "kwargs": {}, "timeout": WAIT.as_secs()}),
+    );
+    assert_eq!(out["value"]["sum"], 11, "{out}\n{}", s.logs());
+    assert!(s.log_of("worker-b").contains("rabbitmq connection lost"));
+}
