@@ -285,6 +285,32 @@ impl BeatPorts {
         }
     }
 
+    /// The single-instance mode on RabbitMQ without Redis: an exclusive queue as the lock
+    /// (a second beat stands by until the first goes away), the state file for last runs.
+    ///
+    /// # Errors
+    /// The state file is unreadable.
+    pub fn amqp_single(
+        amqp: &crate::amqp::AmqpUrl,
+        namespace: &str,
+        ttl: Duration,
+        state_file: &Path,
+        queue_args: crate::amqp::QueueArgs,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, Error> {
+        let state = Arc::new(FileState::open(state_file)?);
+        let publisher = crate::emit::AmqpPublisher::new(amqp.clone(), queue_args, metrics);
+        Ok(Self {
+            leader: Arc::new(crate::leader::AmqpLeader::new(amqp.clone(), namespace, ttl)),
+            handover: Arc::new(Poll),
+            emission: Emission::Direct(Arc::new(crate::emit::AmqpFileEmitter::new(
+                publisher,
+                state.clone(),
+            ))),
+            state,
+        })
+    }
+
     /// The embedded mode's ports: the lock on the state file, the state file, and the
     /// in-process queue `queue` the worker reads.
     ///

@@ -11,6 +11,8 @@ mod celery;
 mod emit;
 /// Three beats, kill -9 and SIGSTOP of the leader.
 mod ha;
+/// RabbitMQ without Redis: one beat sends, a second stands by.
+mod single;
 /// What beatd publishes, field by field against `tests/fixtures/celery-amqp`.
 mod wire;
 /// `beatd worker` on RabbitMQ with Python clients.
