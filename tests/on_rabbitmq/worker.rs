@@ -236,3 +236,140 @@ fn a_killed_worker_loses_nothing_and_a_restarted_rabbitmq_is_reconnected() {
     assert_eq!(out["value"]["sum"], 11, "{out}\n{}", s.logs());
     assert!(s.log_of("worker-b").contains("rabbitmq connection lost"));
 }
+
+const MARK_SCRIPT: &str = r#"
+import json, os, sys
+d = json.load(sys.stdin)
+with open(os.environ["INTEROP_RECORD"], "a") as f:
+    f.write(json.dumps({"who": "beatd", "id": os.environ["BEATD_TASK_ID"], "n": d["args"][0]}) + "\n")
+print(json.dumps(d["args"][0]))
+"#;
+
+/// As pyapp's `interop.slow`: notes its start, and when `sleep_on` is "beatd" is held until
+/// the worker running it is killed.
+const SLOW_SCRIPT: &str = r#"
+import json, os, sys, time
+d = json.load(sys.stdin)
+with open(os.environ["INTEROP_RECORD"], "a") as f:
+    f.write(json.dumps({"who": "beatd", "id": os.environ["BEATD_TASK_ID"], "phase": "start"}) + "\n")
+if d["args"][1] == "beatd":
+    parent = os.getppid()
+    deadline = time.time() + 600
+    while os.getppid() == parent and time.time() < deadline:
+        time.sleep(0.2)
+    sys.exit(1)
+print(json.dumps("beatd"))
+"#;
+
+fn celery_worker(s: &mut Scene, name: &str) {
+    let mut w = s.command(&python());
+    w.args([
+        "-m",
+        "celery",
+        "-A",
+        "pyapp",
+        "worker",
+        "--pool=solo",
+        "-c",
+        "1",
+        "--without-mingle",
+        "--without-gossip",
+        "--without-heartbeat",
+        "-l",
+        "info",
+        "-n",
+        &format!("{name}-{}@%h", uuid::Uuid::new_v4().simple()),
+        "-Q",
+        "celery",
+    ]);
+    s.spawn(name, w);
+}
+
+#[test]
+fn beatd_and_celery_workers_share_a_queue_each_message_once() {
+    let mut s = Scene::new();
+    exec_config(&s, &[("interop.mark", MARK_SCRIPT)]);
+    s.start_beatd_worker("beatd-worker");
+    celery_worker(&mut s, "celery-worker");
+    s.wait_for("celery to consume", || {
+        s.log_of("celery-worker").contains("ready.").then_some(())
+    });
+    let sent = s.client("send_many", &json!({"task": "interop.mark", "n": 30}));
+    let ids: Vec<String> = sent["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap().to_owned())
+        .collect();
+    let records = s.wait_for("all 30 to run", || {
+        let r = s.records();
+        (r.len() >= 30).then_some(r)
+    });
+    let mut seen = std::collections::HashMap::new();
+    for r in &records {
+        *seen
+            .entry(r["id"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    for id in &ids {
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "{id} ran {:?} times\n{}",
+            seen.get(id),
+            s.logs()
+        );
+    }
+    let by = |who: &str| records.iter().filter(|r| r["who"] == who).count();
+    eprintln!(
+        "shared queue: beatd ran {}, celery ran {}",
+        by("beatd"),
+        by("python")
+    );
+    assert!(
+        by("beatd") >= 1 && by("python") >= 1,
+        "both consumed: {records:?}"
+    );
+}
+
+#[test]
+fn each_worker_gets_the_message_of_the_other_killed_mid_task() {
+    let mut s = Scene::new();
+    exec_config(&s, &[("interop.slow", SLOW_SCRIPT)]);
+    // Celery runs it and is killed: beatd's worker gets it from RabbitMQ and finishes it.
+    celery_worker(&mut s, "celery-1");
+    let a = s.client(
+        "send",
+        &json!({"task": "interop.slow", "args": [600, "python"]}),
+    );
+    let a = a["id"].as_str().unwrap().to_owned();
+    let started = |s: &Scene, who: &str, id: &str| {
+        s.records()
+            .iter()
+            .any(|r| r["who"] == who && r["id"] == id && r["phase"] == "start")
+    };
+    s.wait_for("celery to start it", || {
+        started(&s, "python", &a).then_some(())
+    });
+    s.kill9("celery-1");
+    s.start_beatd_worker("beatd-1");
+    let r = s.wait_for("beatd to finish it", || {
+        s.result(&a).filter(|r| r["status"] == "SUCCESS")
+    });
+    assert_eq!(r["result"], "beatd");
+    // beatd runs one and is killed: a Celery worker gets it and finishes it.
+    let b = s.client(
+        "send",
+        &json!({"task": "interop.slow", "args": [600, "beatd"]}),
+    );
+    let b = b["id"].as_str().unwrap().to_owned();
+    s.wait_for("beatd to start it", || {
+        started(&s, "beatd", &b).then_some(())
+    });
+    s.kill9("beatd-1");
+    celery_worker(&mut s, "celery-2");
+    let r = s.wait_for("celery to finish it", || {
+        s.result(&b).filter(|r| r["status"] == "SUCCESS")
+    });
+    assert_eq!(r["result"], "python");
+}
