@@ -548,6 +548,7 @@ pub async fn start_amqp_worker(
     url: crate::amqp::AmqpUrl,
     queue_args: crate::amqp::QueueArgs,
     results: Option<&BrokerUrl>,
+    namespace: &str,
 ) -> Result<http::ReadyFn, Error> {
     let (sink, finality): (
         Arc<dyn crate::worker::ResultSink>,
@@ -561,7 +562,10 @@ pub async fn start_amqp_worker(
                     crate::worker::RedisResults::new(main.clone())
                         .with_ttl(opts.result_ttl.as_secs()),
                 ),
-                Arc::new(crate::worker::amqp::RedisFinality(main)),
+                Arc::new(crate::worker::amqp::RedisFinality {
+                    conn: main,
+                    namespace: namespace.to_owned(),
+                }),
             )
         }
         None => {

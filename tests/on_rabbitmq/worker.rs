@@ -373,3 +373,63 @@ fn each_worker_gets_the_message_of_the_other_killed_mid_task() {
     });
     assert_eq!(r["result"], "python");
 }
+
+const NAP_SCRIPT: &str = r#"
+import json, os, sys, time
+json.load(sys.stdin)
+with open(os.environ["INTEROP_RECORD"], "a") as f:
+    f.write(json.dumps({"who": "beatd", "id": os.environ["BEATD_TASK_ID"], "phase": "start"}) + "\n")
+time.sleep(3)
+print(json.dumps("napped"))
+"#;
+
+/// The same task id delivered twice (the beat's same-id republish) to two beatd workers at
+/// once, and once more after it finished: it runs once; every copy is acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_id_delivered_three_times_runs_once() {
+    let mut s = Scene::new();
+    exec_config(&s, &[("interop.nap", NAP_SCRIPT)]);
+    s.start_beatd_worker("beatd-a");
+    s.start_beatd_worker("beatd-b");
+    s.wait_for("both workers to consume", || {
+        (s.log_of("beatd-a").contains("consuming from rabbitmq")
+            && s.log_of("beatd-b").contains("consuming from rabbitmq"))
+        .then_some(())
+    });
+    let url = beatd::amqp::AmqpUrl::parse(&s.amqp).unwrap();
+    let publisher =
+        beatd::emit::AmqpPublisher::new(url.clone(), Default::default(), std::sync::Arc::default());
+    let enc = beatd::protocol::TaskMessage::new("interop.nap")
+        .encode(beatd::clock::Clock::now(&beatd::clock::SystemClock));
+    let env = enc.payload.as_bytes();
+    publisher.publish(&[env, env]).await.expect("publish twice");
+    let r = s.wait_for("the result", || {
+        s.result(&enc.id).filter(|r| r["status"] == "SUCCESS")
+    });
+    assert_eq!(r["result"], "napped");
+    publisher
+        .publish(&[env])
+        .await
+        .expect("publish a third time");
+    s.wait_for("every copy acked", || {
+        let out = super::node()
+            .ctl(&[
+                "list_queues",
+                "-p",
+                url.vhost(),
+                "name",
+                "messages",
+                "--formatter",
+                "json",
+            ])
+            .ok()?;
+        let v: Vec<Value> = serde_json::from_str(&out).ok()?;
+        v.iter().all(|q| q["messages"] == 0).then_some(())
+    });
+    let starts = s
+        .records()
+        .iter()
+        .filter(|r| r["id"] == enc.id.as_str())
+        .count();
+    assert_eq!(starts, 1, "ran once: {:?}\n{}", s.records(), s.logs());
+}
