@@ -33,6 +33,9 @@ pub enum Error {
     /// reach it.
     #[error(transparent)]
     Redis(#[from] crate::redis::Error),
+    /// RabbitMQ could not be reached or refused a one-shot command's publish.
+    #[error(transparent)]
+    Amqp(#[from] crate::amqp::Error),
     /// The embedded state file cannot be read or written.
     #[error(transparent)]
     StateFile(#[from] crate::state::file::Error),

@@ -5,7 +5,8 @@
 //!
 //! - [`schedule`], [`entry`], [`config`], [`protocol`], [`clock`], [`backoff`], [`store`]:
 //!   pure — no I/O, no system clock (but in `clock`).
-//! - [`redis`]: the one way into Redis (URL, connection, keys), for every command.
+//! - [`redis`]: the one way into Redis (URL, connection, keys), for every command; [`amqp`]:
+//!   the one way into RabbitMQ (URL, connection, declarations, the kombu ⇄ AMQP mapping).
 //! - [`leader`], [`state`], [`emit`]: the beat's three ports, each with its trait and every
 //!   implementation (Redis, in-memory, file / in-process queue); [`control`]: runtime
 //!   controls (pause, resume, trigger, backfill) on Redis or in-process.

@@ -17,6 +17,37 @@ pub async fn beat(settings: Settings) -> Result<u8, Error> {
         settings.default_timezone,
         d.clock.as_ref(),
     )?;
+    if let (Some(amqp), None) = (&settings.amqp_url, &settings.redis_url) {
+        tracing::info!(
+            entries = entries.len(),
+            broker = %amqp.redacted(),
+            state_file = %settings.state_file.display(),
+            "beat starting as a single instance: no Redis, tasks to rabbitmq, last runs in the \
+             state file; a second beat on this rabbitmq stands by (exclusive-queue lock)"
+        );
+        let ports = BeatPorts::amqp_single(
+            amqp,
+            &settings.namespace,
+            settings.lock_ttl,
+            &settings.state_file,
+            settings.queue_args.clone(),
+            d.metrics.clone(),
+        )?;
+        let listener = daemon::bind(settings.http_addr).await?;
+        return daemon::serve_beat(
+            d,
+            ports,
+            entries,
+            daemon::Sources {
+                paths: settings.schedules.clone(),
+                default_timezone: settings.default_timezone,
+            },
+            BeatOptions::default(),
+            None,
+            listener,
+        )
+        .await;
+    }
     let url = settings.require_redis("beatd beat")?;
     let conn = daemon::redis(url).await?;
     let ports = match &settings.amqp_url {

@@ -337,6 +337,35 @@ impl BeatPorts {
         }
     }
 
+    /// The single-instance mode on RabbitMQ without Redis: an exclusive queue as the lock
+    /// (a second beat stands by until the first goes away), the state file for last runs.
+    ///
+    /// # Errors
+    /// The state file is unreadable.
+    pub fn amqp_single(
+        amqp: &crate::amqp::AmqpUrl,
+        namespace: &str,
+        ttl: Duration,
+        state_file: &Path,
+        queue_args: crate::amqp::QueueArgs,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, Error> {
+        let state = Arc::new(FileState::open(state_file)?);
+        let publisher = crate::emit::AmqpPublisher::new(amqp.clone(), queue_args, metrics);
+        let controls = LocalControls::open(&crate::control::local::path_beside(state_file))
+            .map_err(Error::Controls)?;
+        Ok(Self {
+            controls: Arc::new(controls),
+            leader: Arc::new(crate::leader::AmqpLeader::new(amqp.clone(), namespace, ttl)),
+            handover: Arc::new(Poll),
+            emission: Emission::Direct(Arc::new(crate::emit::AmqpFileEmitter::new(
+                publisher,
+                state.clone(),
+            ))),
+            state,
+        })
+    }
+
     /// The embedded mode's ports: the lock on the state file, the state file, and the
     /// in-process queue `queue` the worker reads.
     ///
@@ -604,6 +633,7 @@ pub async fn start_amqp_worker(
     url: crate::amqp::AmqpUrl,
     queue_args: crate::amqp::QueueArgs,
     results: Option<&BrokerUrl>,
+    namespace: &str,
 ) -> Result<http::ReadyFn, Error> {
     let (sink, finality): (
         Arc<dyn crate::worker::ResultSink>,
@@ -617,7 +647,10 @@ pub async fn start_amqp_worker(
                     crate::worker::RedisResults::new(main.clone())
                         .with_ttl(opts.result_ttl.as_secs()),
                 ),
-                Arc::new(crate::worker::amqp::RedisFinality(main)),
+                Arc::new(crate::worker::amqp::RedisFinality {
+                    conn: main,
+                    namespace: namespace.to_owned(),
+                }),
             )
         }
         None => {

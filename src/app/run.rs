@@ -15,6 +15,15 @@ use std::sync::Arc;
 /// Invalid schedules or tasks, rejected credentials, a locked state file, an address that
 /// cannot be bound.
 pub async fn run(settings: Settings) -> Result<u8, Error> {
+    if let Some(amqp) = &settings.amqp_url {
+        // The embedded queue (or a Redis one) would take tasks away from where Celery's
+        // producers and workers meet: on RabbitMQ.
+        return Err(Error::Usage(format!(
+            "beatd run keeps tasks in Redis or in-process, but the broker is RabbitMQ ({}): run \
+             `beatd beat` and `beatd worker` instead",
+            amqp.redacted()
+        )));
+    }
     let mut d = Daemon::new(settings.shutdown_grace)?;
     let entries = daemon::load_entries(
         &settings.schedules,

@@ -10,7 +10,7 @@ use serde_json::Value;
 /// `beatd send`: one Celery message now; prints its task id.
 ///
 /// # Errors
-/// Bad `--args` / `--kwargs`; Redis unreachable.
+/// Bad `--args` / `--kwargs`; Redis or RabbitMQ unreachable.
 pub async fn send(settings: &Settings, args: &SendArgs) -> Result<u8, Error> {
     let parsed_args: Value = serde_json::from_str(&args.args)
         .map_err(|e| Error::Usage(format!("--args is not JSON: {e}")))?;
@@ -22,7 +22,6 @@ pub async fn send(settings: &Settings, args: &SendArgs) -> Result<u8, Error> {
     let Value::Object(kwargs) = parsed_kwargs else {
         return Err(Error::Usage("--kwargs must be a JSON object".into()));
     };
-    let (conn, _) = super::daemon::connect_once(settings).await?;
     let now = SystemClock.now();
     let expires = args
         .expires
@@ -36,6 +35,18 @@ pub async fn send(settings: &Settings, args: &SendArgs) -> Result<u8, Error> {
         .expires(expires)
         .origin(crate::host::origin());
     let encoded = msg.encode(now);
+    if let Some(amqp) = &settings.amqp_url {
+        // On RabbitMQ: declared and published as Celery does, confirmed.
+        let publisher = crate::emit::AmqpPublisher::new(
+            amqp.clone(),
+            settings.queue_args.clone(),
+            std::sync::Arc::default(),
+        );
+        publisher.publish(&[encoded.payload.as_bytes()]).await?;
+        println!("{}", encoded.id);
+        return Ok(exit::OK);
+    }
+    let (conn, _) = super::daemon::connect_once(settings).await?;
     crate::emit::send_one(&conn, &encoded.list_key, encoded.payload.as_bytes()).await?;
     println!("{}", encoded.id);
     Ok(exit::OK)

@@ -362,8 +362,8 @@ impl Settings {
         self.redis_url.as_ref().ok_or_else(|| {
             if self.amqp_url.is_some() {
                 return Error::Usage(format!(
-                    "{why} with a RabbitMQ broker keeps its lock and last runs in Redis: set \
-                     --redis-url, BEATD_REDIS_URL, REDIS_URL or a redis:// result backend"
+                    "{why} with a RabbitMQ broker needs Redis for this: set --redis-url, \
+                     BEATD_REDIS_URL, REDIS_URL or a redis:// result backend"
                 ));
             }
             Error::Usage(format!(

@@ -27,6 +27,7 @@ pub async fn worker(settings: Settings) -> Result<u8, Error> {
             amqp.clone(),
             settings.queue_args.clone(),
             settings.result_backend.as_ref(),
+            &settings.namespace,
         )
         .await?;
         let listener = daemon::bind(settings.http_addr).await?;

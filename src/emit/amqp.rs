@@ -86,21 +86,37 @@ struct Link {
     declared: HashSet<String>,
 }
 
-/// An [`Emitter`] publishing to RabbitMQ, fenced by the lease through Redis.
-pub struct AmqpEmitter {
+/// Publishes kombu envelopes to RabbitMQ with confirms and `mandatory`, declaring each
+/// queue as Celery does before its first publish; one link, reopened after any error.
+pub struct AmqpPublisher {
     url: AmqpUrl,
-    redis: RedisConn,
-    keys: Keys,
-    opts: AmqpOptions,
+    queue_args: QueueArgs,
     metrics: Arc<Metrics>,
     link: Mutex<Option<Link>>,
     connected_once: std::sync::atomic::AtomicBool,
 }
 
+impl std::fmt::Debug for AmqpPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpPublisher")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An [`Emitter`] publishing to RabbitMQ, fenced by the lease through Redis.
+pub struct AmqpEmitter {
+    publisher: AmqpPublisher,
+    redis: RedisConn,
+    keys: Keys,
+    opts: AmqpOptions,
+    metrics: Arc<Metrics>,
+}
+
 impl std::fmt::Debug for AmqpEmitter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpEmitter")
-            .field("url", &self.url)
+            .field("publisher", &self.publisher)
             .field("opts", &self.opts)
             .finish_non_exhaustive()
     }
@@ -108,6 +124,145 @@ impl std::fmt::Debug for AmqpEmitter {
 
 fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> store::Error {
     store::Error::Unavailable(Box::new(e))
+}
+
+impl AmqpPublisher {
+    /// A publisher to `url`; queues it creates get `queue_args`.
+    #[must_use]
+    pub fn new(url: AmqpUrl, queue_args: QueueArgs, metrics: Arc<Metrics>) -> Self {
+        Self {
+            url,
+            queue_args,
+            metrics,
+            link: Mutex::new(None),
+            connected_once: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    async fn open(&self) -> Result<Link, amqp::Error> {
+        let broker = |what, e| amqp::Error::Broker {
+            url: self.url.redacted().clone(),
+            what,
+            source: Arc::new(e),
+        };
+        let conn =
+            amqp::connect(&self.url, &format!("beatd beat {}", crate::host::origin())).await?;
+        let declare = conn
+            .create_channel()
+            .await
+            .map_err(|e| broker("open a channel", e))?;
+        let publish = conn
+            .create_channel()
+            .await
+            .map_err(|e| broker("open a channel", e))?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| broker("turn on publisher confirms", e))?;
+        if self
+            .connected_once
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.metrics.amqp_reconnects.inc();
+        }
+        tracing::info!(broker = %self.url.redacted(), "rabbitmq connected");
+        Ok(Link {
+            conn,
+            declare,
+            publish,
+            declared: HashSet::new(),
+        })
+    }
+
+    /// Publishes `envelopes` (kombu envelopes) and waits for every confirm. Drops the link after any error, so
+    /// the next call reconnects.
+    pub async fn publish(&self, envelopes: &[&[u8]]) -> Result<(), amqp::Error> {
+        let mut guard = self.link.lock().await;
+        let result = async {
+            if guard
+                .as_ref()
+                .is_none_or(|l| !l.conn.status().connected() || !l.publish.status().connected())
+            {
+                *guard = Some(self.open().await?);
+            }
+            let link = guard.as_mut().expect("just opened");
+            self.publish_on(link, envelopes).await
+        }
+        .await;
+        if result.is_err() {
+            *guard = None;
+        }
+        result
+    }
+
+    async fn publish_on(&self, link: &mut Link, envelopes: &[&[u8]]) -> Result<(), amqp::Error> {
+        let broker = |what, e| amqp::Error::Broker {
+            url: self.url.redacted().clone(),
+            what,
+            source: Arc::new(e),
+        };
+        let msgs = envelopes
+            .iter()
+            .map(|e| wire::publish(e).map_err(amqp::Error::Message))
+            .collect::<Result<Vec<_>, _>>()?;
+        for m in &msgs {
+            if !link.declared.contains(&m.routing_key) {
+                link.declare = amqp::declare_queue(
+                    &link.conn,
+                    link.declare.clone(),
+                    &self.url,
+                    &m.routing_key,
+                    &self.queue_args,
+                )
+                .await?;
+                link.declared.insert(m.routing_key.clone());
+            }
+        }
+        let mut confirms = Vec::with_capacity(msgs.len());
+        for m in &msgs {
+            let c = link
+                .publish
+                .basic_publish(
+                    m.exchange.as_str().into(),
+                    m.routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &m.body,
+                    m.properties.clone(),
+                )
+                .await
+                .map_err(|e| broker("publish", e))?;
+            self.metrics.amqp_publishes.inc();
+            confirms.push(c);
+        }
+        let mut first_error = None;
+        for (m, c) in msgs.iter().zip(confirms) {
+            let failure = match c.await.map_err(|e| broker("wait for the confirm", e))? {
+                Confirmation::Ack(None) => {
+                    self.metrics.amqp_confirms.inc();
+                    None
+                }
+                Confirmation::Ack(Some(ret)) => Some(amqp::Error::Unroutable {
+                    exchange: m.exchange.clone(),
+                    routing_key: m.routing_key.clone(),
+                    reply: format!("{} {}", ret.reply_code, ret.reply_text.as_str()),
+                }),
+                Confirmation::Nack(_) | Confirmation::NotRequested => Some(amqp::Error::Nacked {
+                    routing_key: m.routing_key.clone(),
+                }),
+            };
+            if let Some(e) = failure {
+                self.metrics.amqp_returns.inc();
+                tracing::error!(error = %e, "publish not taken by rabbitmq; the fire stays pending");
+                // Declared again on the next try: someone may have deleted the queue.
+                link.declared.remove(&m.routing_key);
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
 }
 
 impl AmqpEmitter {
@@ -121,13 +276,11 @@ impl AmqpEmitter {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            url,
+            publisher: AmqpPublisher::new(url, opts.queue_args.clone(), metrics.clone()),
             redis,
             keys,
             opts,
             metrics,
-            link: Mutex::new(None),
-            connected_once: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -251,131 +404,6 @@ impl AmqpEmitter {
         }
     }
 
-    async fn open(&self) -> Result<Link, amqp::Error> {
-        let broker = |what, e| amqp::Error::Broker {
-            url: self.url.redacted().clone(),
-            what,
-            source: Arc::new(e),
-        };
-        let conn =
-            amqp::connect(&self.url, &format!("beatd beat {}", crate::host::origin())).await?;
-        let declare = conn
-            .create_channel()
-            .await
-            .map_err(|e| broker("open a channel", e))?;
-        let publish = conn
-            .create_channel()
-            .await
-            .map_err(|e| broker("open a channel", e))?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| broker("turn on publisher confirms", e))?;
-        if self
-            .connected_once
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            self.metrics.amqp_reconnects.inc();
-        }
-        tracing::info!(broker = %self.url.redacted(), "rabbitmq connected");
-        Ok(Link {
-            conn,
-            declare,
-            publish,
-            declared: HashSet::new(),
-        })
-    }
-
-    /// Publishes `intents` and waits for every confirm. Drops the link after any error, so
-    /// the next call reconnects.
-    async fn publish(&self, intents: &[Intent]) -> Result<(), amqp::Error> {
-        let mut guard = self.link.lock().await;
-        let result = async {
-            if guard
-                .as_ref()
-                .is_none_or(|l| !l.conn.status().connected() || !l.publish.status().connected())
-            {
-                *guard = Some(self.open().await?);
-            }
-            let link = guard.as_mut().expect("just opened");
-            self.publish_on(link, intents).await
-        }
-        .await;
-        if result.is_err() {
-            *guard = None;
-        }
-        result
-    }
-
-    async fn publish_on(&self, link: &mut Link, intents: &[Intent]) -> Result<(), amqp::Error> {
-        let broker = |what, e| amqp::Error::Broker {
-            url: self.url.redacted().clone(),
-            what,
-            source: Arc::new(e),
-        };
-        let msgs = intents
-            .iter()
-            .map(|i| wire::publish(i.msg.as_bytes()).map_err(amqp::Error::Message))
-            .collect::<Result<Vec<_>, _>>()?;
-        for m in &msgs {
-            if !link.declared.contains(&m.routing_key) {
-                link.declare = amqp::declare_queue(
-                    &link.conn,
-                    link.declare.clone(),
-                    &self.url,
-                    &m.routing_key,
-                    &self.opts.queue_args,
-                )
-                .await?;
-                link.declared.insert(m.routing_key.clone());
-            }
-        }
-        let mut confirms = Vec::with_capacity(msgs.len());
-        for m in &msgs {
-            let c = link
-                .publish
-                .basic_publish(
-                    m.exchange.as_str().into(),
-                    m.routing_key.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &m.body,
-                    m.properties.clone(),
-                )
-                .await
-                .map_err(|e| broker("publish", e))?;
-            self.metrics.amqp_publishes.inc();
-            confirms.push(c);
-        }
-        let mut first_error = None;
-        for (m, c) in msgs.iter().zip(confirms) {
-            let failure = match c.await.map_err(|e| broker("wait for the confirm", e))? {
-                Confirmation::Ack(None) => {
-                    self.metrics.amqp_confirms.inc();
-                    None
-                }
-                Confirmation::Ack(Some(ret)) => Some(amqp::Error::Unroutable {
-                    exchange: m.exchange.clone(),
-                    routing_key: m.routing_key.clone(),
-                    reply: format!("{} {}", ret.reply_code, ret.reply_text.as_str()),
-                }),
-                Confirmation::Nack(_) | Confirmation::NotRequested => Some(amqp::Error::Nacked {
-                    routing_key: m.routing_key.clone(),
-                }),
-            };
-            if let Some(e) = failure {
-                self.metrics.amqp_returns.inc();
-                tracing::error!(error = %e, "publish not taken by rabbitmq; the fire stays pending");
-                // Declared again on the next try: someone may have deleted the queue.
-                link.declared.remove(&m.routing_key);
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
     /// Publishes `intents` under `lease` (margin first) and records them as sent.
     async fn publish_and_settle(
         &self,
@@ -386,7 +414,11 @@ impl AmqpEmitter {
             return Ok(());
         }
         self.check_margin(lease)?;
-        self.publish(intents).await.map_err(unavailable)?;
+        let envelopes: Vec<&[u8]> = intents.iter().map(|i| i.msg.as_bytes()).collect();
+        self.publisher
+            .publish(&envelopes)
+            .await
+            .map_err(unavailable)?;
         self.mark_sent(&lease.token, intents).await
     }
 }
@@ -456,5 +488,92 @@ impl Emitter for AmqpEmitter {
             self.metrics.amqp_republishes.inc_by(chunk.len() as u64);
         }
         Ok(())
+    }
+}
+
+/// The single-instance mode's emission: RabbitMQ with no Redis, last runs in the state file.
+/// The lock is an exclusive queue (`leader::AmqpLeader`): only its holder publishes.
+///
+/// A fire is published (confirmed) first, then recorded in the file: a crash between the
+/// two sends that fire time again at the next start, with a new task id. Nothing is lost.
+#[derive(Debug)]
+pub struct AmqpFileEmitter {
+    publisher: AmqpPublisher,
+    state: Arc<crate::state::FileState>,
+}
+
+impl AmqpFileEmitter {
+    /// Publishes with `publisher`, records into `state`.
+    #[must_use]
+    pub fn new(publisher: AmqpPublisher, state: Arc<crate::state::FileState>) -> Self {
+        Self { publisher, state }
+    }
+}
+
+#[async_trait]
+impl Emitter for AmqpFileEmitter {
+    async fn emit(&self, _lease: &Lease, fires: &[Fire]) -> Result<Vec<EmitOutcome>, store::Error> {
+        // Which fires are due: decided on a copy of the state, as the recording will.
+        let mut last: HashMap<String, i64> =
+            crate::state::StateStore::last_runs(self.state.as_ref())
+                .await?
+                .into_iter()
+                .map(|(k, v)| (k, v.fire_at_ms))
+                .collect();
+        let send: Vec<bool> = fires
+            .iter()
+            .map(|f| {
+                let newer = last.get(&f.entry).is_none_or(|at| *at < f.fire_at_ms);
+                if newer {
+                    last.insert(f.entry.clone(), f.fire_at_ms);
+                }
+                newer
+            })
+            .collect();
+        let envelopes: Vec<&[u8]> = fires
+            .iter()
+            .zip(&send)
+            .filter(|(_, s)| **s)
+            .map(|(f, _)| f.payload.as_slice())
+            .collect();
+        if !envelopes.is_empty() {
+            self.publisher
+                .publish(&envelopes)
+                .await
+                .map_err(unavailable)?;
+        }
+        self.state
+            .update(|next| {
+                let mut changed = false;
+                for (f, s) in fires.iter().zip(&send) {
+                    if *s {
+                        changed |= crate::state::record(
+                            next,
+                            &f.entry,
+                            f.fire_at_ms,
+                            &f.schedule_fingerprint,
+                        );
+                    }
+                }
+                ((), changed)
+            })
+            .map_err(|e| store::Error::Unavailable(Box::new(e)))?;
+        Ok(send
+            .into_iter()
+            .map(|s| {
+                if s {
+                    EmitOutcome::Sent
+                } else {
+                    EmitOutcome::AlreadySent
+                }
+            })
+            .collect())
+    }
+
+    async fn resume(&self, _lease: &Lease) -> Result<(), store::Error> {
+        // A standby that takes over reads what the previous holder recorded.
+        self.state
+            .reload()
+            .map_err(|e| store::Error::Unavailable(Box::new(e)))
     }
 }

@@ -15,7 +15,7 @@ pub mod memory;
 pub mod redis;
 
 pub use crate::store::Error;
-pub use amqp::{AmqpEmitter, AmqpOptions};
+pub use amqp::{AmqpEmitter, AmqpFileEmitter, AmqpOptions, AmqpPublisher};
 pub use local::LocalEmitter;
 pub use memory::{MemoryEmitter, Pushed};
 pub use redis::{send_one, EmitOptions, RedisEmitter};

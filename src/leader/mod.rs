@@ -5,11 +5,13 @@
 //! Owns the lock's protocol and the fencing epoch. Never imports `emit`, `state` or `beat`:
 //! when to renew and when to stop sending belong to the beat's [`crate::beat::term`].
 
+pub mod amqp;
 pub mod file;
 pub mod memory;
 pub mod redis;
 
 pub use crate::store::Error;
+pub use amqp::AmqpLeader;
 pub use file::FileLeader;
 pub use memory::MemoryLeader;
 pub use redis::{RedisLeader, DEFAULT_TTL};

@@ -159,6 +159,17 @@ impl FileState {
         })
     }
 
+    /// Reads the file again (another process may have written it: the single-instance
+    /// mode's standby taking over).
+    ///
+    /// # Errors
+    /// When the file exists but cannot be read or parsed; the state is then unchanged.
+    pub fn reload(&self) -> Result<(), Error> {
+        let fresh = read(&self.path)?;
+        *self.lock() = fresh;
+        Ok(())
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, LastRun>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -14,8 +14,11 @@
 //!   requeues the unstarted ones;
 //! - a broken connection (a RabbitMQ restart) is reopened with backoff; what was unacked
 //!   is redelivered by RabbitMQ;
-//! - a task id whose result is already final is not run again (a same-id republish of the
-//!   beat, or a redelivery after an ack was lost), and one id runs once at a time here.
+//! - a task id runs at most once: with a Redis result backend a worker claims the id before
+//!   running it (`{ns}:claim:<id>`, refreshed while it runs, `done` for a day after), a copy
+//!   whose id is claimed elsewhere is held until that run is done (then acked unrun) or its
+//!   claim lapses (its worker died: then it runs), and an id already done is acked unrun
+//!   (a same-id republish of the beat, a redelivery after a lost ack).
 
 use super::pipeline::{Disposition, Pipeline};
 use super::results::ResultSink;
@@ -37,14 +40,23 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Whether a task id already has a final result (then it is not run again).
+/// Which task ids are done or running, so one id runs at most once across workers.
 #[async_trait::async_trait]
 pub trait Finality: Send + Sync + 'static {
-    /// `true` when the id's stored state is SUCCESS, FAILURE or REVOKED.
+    /// `true` when the id ran to its end (its stored state is SUCCESS, FAILURE or REVOKED, or
+    /// a worker marked it done).
     async fn is_final(&self, task_id: &str) -> bool;
+    /// Claims the id for `token` for `ttl`; `false` while another worker holds it.
+    async fn claim(&self, task_id: &str, token: &str, ttl: Duration) -> bool;
+    /// Extends this worker's claim.
+    async fn refresh(&self, task_id: &str, token: &str, ttl: Duration);
+    /// Marks the id done (kept a day, as results are), whatever became of its result.
+    async fn done(&self, task_id: &str);
+    /// Gives the claim up without marking the id done (its run was abandoned).
+    async fn release(&self, task_id: &str, token: &str);
 }
 
-/// No result backend: nothing is known to be final.
+/// No result backend: nothing is shared; the in-process set of running ids is all there is.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NeverFinal;
 
@@ -53,30 +65,110 @@ impl Finality for NeverFinal {
     async fn is_final(&self, _task_id: &str) -> bool {
         false
     }
+    async fn claim(&self, _task_id: &str, _token: &str, _ttl: Duration) -> bool {
+        true
+    }
+    async fn refresh(&self, _task_id: &str, _token: &str, _ttl: Duration) {}
+    async fn done(&self, _task_id: &str) {}
+    async fn release(&self, _task_id: &str, _token: &str) {}
 }
 
-/// Celery's Redis result backend: the state in `celery-task-meta-<id>`.
+/// On the Redis result backend: Celery's `celery-task-meta-<id>` state, and a claim
+/// `{ns}:claim:<id>` (the holder's token while it runs, `done` after).
 #[derive(Clone)]
-pub struct RedisFinality(pub crate::redis::DedicatedConn);
+pub struct RedisFinality {
+    /// The result backend.
+    pub conn: crate::redis::DedicatedConn,
+    /// beatd's key namespace.
+    pub namespace: String,
+}
+
+impl RedisFinality {
+    fn key(&self, id: &str) -> String {
+        format!("{}:claim:{id}", self.namespace)
+    }
+}
+
+/// Extends or drops a claim only while it is still the caller's.
+const IF_MINE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
 
 #[async_trait::async_trait]
 impl Finality for RedisFinality {
     async fn is_final(&self, task_id: &str) -> bool {
-        let mut c = self.0.clone();
-        let got: Option<String> = redis::cmd("GET")
+        let mut c = self.conn.clone();
+        let (meta, claim): (Option<String>, Option<String>) = redis::pipe()
+            .cmd("GET")
             .arg(format!("celery-task-meta-{task_id}"))
+            .cmd("GET")
+            .arg(self.key(task_id))
             .query_async(&mut c)
             .await
-            .unwrap_or(None);
-        got.and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .is_some_and(|m| {
-                matches!(
-                    m["status"].as_str(),
-                    Some("SUCCESS" | "FAILURE" | "REVOKED")
-                )
-            })
+            .unwrap_or((None, None));
+        claim.as_deref() == Some("done")
+            || meta
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .is_some_and(|m| {
+                    matches!(
+                        m["status"].as_str(),
+                        Some("SUCCESS" | "FAILURE" | "REVOKED")
+                    )
+                })
+    }
+
+    async fn claim(&self, task_id: &str, token: &str, ttl: Duration) -> bool {
+        let mut c = self.conn.clone();
+        let set: Result<Option<String>, _> = redis::cmd("SET")
+            .arg(self.key(task_id))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .query_async(&mut c)
+            .await;
+        // Redis unreachable: run it (at least once beats never).
+        set.map_or(true, |r| r.is_some())
+    }
+
+    async fn refresh(&self, task_id: &str, token: &str, ttl: Duration) {
+        let mut c = self.conn.clone();
+        let _: Result<i64, _> = redis::Script::new(IF_MINE)
+            .key(self.key(task_id))
+            .arg(token)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .invoke_async(&mut c)
+            .await;
+    }
+
+    async fn done(&self, task_id: &str) {
+        let mut c = self.conn.clone();
+        let _: Result<(), _> = redis::cmd("SET")
+            .arg(self.key(task_id))
+            .arg("done")
+            .arg("EX")
+            .arg(crate::protocol::RESULT_TTL_SECS)
+            .query_async(&mut c)
+            .await;
+    }
+
+    async fn release(&self, task_id: &str, token: &str) {
+        let mut c = self.conn.clone();
+        let _: Result<i64, _> = redis::Script::new(IF_MINE)
+            .key(self.key(task_id))
+            .arg(token)
+            .arg("")
+            .invoke_async(&mut c)
+            .await;
     }
 }
+
+/// How long a claim lives without its holder refreshing it: a killed worker's claim lapses
+/// after this, and the redelivered copy runs.
+const CLAIM_TTL: Duration = Duration::from_secs(15);
 
 /// The worker on RabbitMQ, with everything it runs on.
 pub struct AmqpWorker {
@@ -331,10 +423,52 @@ async fn handle(
         ack(&d).await;
         return;
     }
+    let token = uuid::Uuid::new_v4().to_string();
+    // Another worker runs this id: hold the copy until it is done (then drop it) or its
+    // claim lapses (its worker died: then this copy runs).
+    let mut waiting_logged = false;
+    loop {
+        if finality.claim(&task.id, &token, CLAIM_TTL).await {
+            break;
+        }
+        if !waiting_logged {
+            tracing::info!(task_id = %task.id, "task id running on another worker; holding this copy");
+            waiting_logged = true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => {
+                if let Ok(mut r) = running.lock() { r.remove(&task.id); }
+                return requeue(&d).await;
+            }
+        }
+        if finality.is_final(&task.id).await {
+            tracing::info!(task_id = %task.id, "task id done by another worker; duplicate delivery acked");
+            if let Ok(mut r) = running.lock() {
+                r.remove(&task.id);
+            }
+            return ack(&d).await;
+        }
+    }
+    let refresher = {
+        let (finality, id, token) = (finality.clone(), task.id.clone(), token.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CLAIM_TTL / 3).await;
+                finality.refresh(&id, &token, CLAIM_TTL).await;
+            }
+        })
+    };
     let outcome = tokio::select! {
         o = pipeline.execute(&task) => Some(o),
         () = abort.cancelled() => None,
     };
+    refresher.abort();
+    if outcome.is_some() {
+        finality.done(&task.id).await;
+    } else {
+        finality.release(&task.id, &token).await;
+    }
     if let Ok(mut r) = running.lock() {
         r.remove(&task.id);
     }

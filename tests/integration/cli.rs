@@ -304,13 +304,20 @@ fn a_broker_url_that_is_not_redis_names_the_variable_it_came_from() {
         "schedules/a.toml",
         "[[entry]]\nname = \"a\"\ntask = \"t\"\nevery = \"1m\"\n",
     )]);
-    let out = output(
-        beatd(dir.path())
-            .env("CELERY_BROKER_URL", "amqp://guest:secret@localhost:5672//")
-            .args(["beat", "--http-addr", "off"]),
-    );
-    let (_, stderr) = texts(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("(set by CELERY_BROKER_URL)"), "{stderr}");
-    assert!(!stderr.contains("secret"), "{stderr}");
+    // A broker beatd does not speak, and an AMQP URL with an option it cannot honour (a
+    // valid amqp:// URL would be used: see tests/on_rabbitmq).
+    for url in [
+        "sqs://key:secret@",
+        "amqp://guest:secret@localhost:5672//?ssl_options=1",
+    ] {
+        let out = output(beatd(dir.path()).env("CELERY_BROKER_URL", url).args([
+            "beat",
+            "--http-addr",
+            "off",
+        ]));
+        let (_, stderr) = texts(&out);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("(set by CELERY_BROKER_URL)"), "{stderr}");
+        assert!(!stderr.contains("secret"), "{stderr}");
+    }
 }

@@ -46,14 +46,39 @@ pub(crate) struct Scene {
 
 impl Scene {
     pub(crate) fn new() -> Self {
+        Self::on(node())
+    }
+
+    /// A scene on a vhost of `server` (a node of its own, for a test that restarts it).
+    pub(crate) fn on(server: &beatd::testkit::RabbitServer) -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
             redis: RedisServer::start().expect("redis-server"),
-            amqp: node()
+            amqp: server
                 .vhost(&format!("c-{}", uuid::Uuid::new_v4().simple()))
                 .unwrap(),
             procs: Vec::new(),
         }
+    }
+
+    /// `kill -9` the named process.
+    pub(crate) fn kill9(&mut self, name: &str) {
+        let (_, p) = self
+            .procs
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no process {name}"));
+        let _ = p.0.kill();
+        let _ = p.0.wait();
+    }
+
+    /// The named process's log.
+    pub(crate) fn log_of(&self, name: &str) -> String {
+        self.procs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| std::fs::read_to_string(&p.1).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     pub(crate) fn path(&self, name: &str) -> PathBuf {

@@ -9,6 +9,10 @@
 mod celery;
 /// Intent, publish with confirm, sent; fencing; republish; unroutable returns.
 mod emit;
+/// Three beats, kill -9 and SIGSTOP of the leader.
+mod ha;
+/// RabbitMQ without Redis: one beat sends, a second stands by.
+mod single;
 /// What beatd publishes, field by field against `tests/fixtures/celery-amqp`.
 mod wire;
 /// `beatd worker` on RabbitMQ with Python clients.
