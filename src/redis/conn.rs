@@ -202,6 +202,15 @@ impl RedisConn {
             .map_err(|e| self.classify(Arc::new(e), true))
     }
 
+    /// Resolves when the Sentinels' master changes (never for a plain URL): for long-lived
+    /// connections of their own (pub/sub) to follow it.
+    pub(crate) async fn master_changed(&self) {
+        match &self.inner.source {
+            Source::Direct(_) => std::future::pending().await,
+            Source::Sentinel(s) => s.changed_since(s.generation()).await,
+        }
+    }
+
     /// Whether the URL names Sentinels.
     #[must_use]
     pub fn is_sentinel(&self) -> bool {

@@ -27,6 +27,8 @@ pub(crate) struct Sentinels {
     url: RedactedUrl,
     /// Moves on whenever the master may have changed.
     generation: Arc<AtomicU64>,
+    /// Wakes commands blocked on the former master when the generation moves.
+    changed: Arc<tokio::sync::Notify>,
     /// The `+switch-master` watcher runs (started on the first resolution, in the runtime).
     watching: OnceLock<()>,
     /// For the watcher, which stops once nobody holds these Sentinels.
@@ -51,6 +53,7 @@ impl Sentinels {
             spec,
             url,
             generation: Arc::default(),
+            changed: Arc::default(),
             watching: OnceLock::new(),
             this: this.clone(),
         })
@@ -69,7 +72,23 @@ impl Sentinels {
             .compare_exchange(seen, seen + 1, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
+            self.changed.notify_waiters();
             tracing::info!(url = %self.url, "redis master changed; resolving again");
+        }
+    }
+
+    /// Resolves once the generation is past `seen` (at once if it already is): a blocking
+    /// command on a paused former master would otherwise wait out its whole timeout.
+    pub async fn changed_since(&self, seen: u64) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a bump between the two is not missed.
+            notified.as_mut().enable();
+            if self.generation() != seen {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -199,6 +218,7 @@ impl Sentinels {
                 self.generation.clone(),
                 self.this.clone(),
             );
+            let changed = self.changed.clone();
             let url = self.url.clone();
             tokio::spawn(async move {
                 use futures_util::StreamExt;
@@ -224,6 +244,7 @@ impl Sentinels {
                                         let payload: String = msg.get_payload().unwrap_or_default();
                                         if payload.split(' ').next() == Some(&spec.master_name) {
                                             generation.fetch_add(1, Ordering::SeqCst);
+                                            changed.notify_waiters();
                                             tracing::info!(url = %url, switch = %payload,
                                                 "sentinel announced a new redis master");
                                         }
