@@ -9,6 +9,7 @@
 
 use super::sentinel_url::SentinelSpec;
 use super::{tls, Error, RedactedUrl};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,7 +98,7 @@ impl Sentinels {
         self.spec.master.db
     }
 
-    /// Asks the Sentinels in turn for the master and returns the first one whose `ROLE`
+    /// Asks every Sentinel for the master and returns the first named node whose `ROLE`
     /// says master, connected with `cfg`'s timeouts.
     ///
     /// # Errors
@@ -110,8 +111,16 @@ impl Sentinels {
         let name = &self.spec.master_name;
         let mut said = Vec::new();
         let mut unknown = 0;
-        for (host, port) in &self.spec.sentinels {
-            let answer = match self.ask(host, *port, cfg).await {
+        // All asked at once, answers taken as they come: a paused Sentinel (it accepts the
+        // connection, then says nothing) must not hold up the others for a whole timeout.
+        let mut asks: FuturesUnordered<_> = self
+            .spec
+            .sentinels
+            .iter()
+            .map(|(host, port)| async move { (host, port, self.ask(host, *port, cfg).await) })
+            .collect();
+        while let Some((host, port, answer)) = asks.next().await {
+            let answer = match answer {
                 Ok(a) => a,
                 Err(e) if is_auth(&e) => return Err(self.auth_failed(e)),
                 Err(e) => {
@@ -221,7 +230,6 @@ impl Sentinels {
             let changed = self.changed.clone();
             let url = self.url.clone();
             tokio::spawn(async move {
-                use futures_util::StreamExt;
                 for (host, port) in spec.sentinels.iter().cycle() {
                     if owner.strong_count() == 0 {
                         return;

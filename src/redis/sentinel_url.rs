@@ -37,7 +37,7 @@ impl std::fmt::Debug for SentinelOptions {
 /// A master behind a set of Sentinels, parsed.
 #[derive(Clone)]
 pub(crate) struct SentinelSpec {
-    /// The Sentinels, in the order given (asked in turn).
+    /// The Sentinels, in the order given.
     pub sentinels: Vec<(String, u16)>,
     /// The name the Sentinels monitor the master under.
     pub master_name: String,
