@@ -253,7 +253,8 @@ impl RedisConn {
 
     /// Server settings that silently break beatd's guarantees, as human-readable warnings
     /// for the startup log: an `allkeys-*` eviction policy may evict `{ns}:last_run` under
-    /// memory pressure, and an evicted last run is sent again.
+    /// memory pressure, and an evicted last run is sent again; fewer replicas attached than
+    /// writes `WAIT` for stops emission.
     ///
     /// # Errors
     /// As [`RedisConn::check`].
@@ -273,6 +274,28 @@ impl RedisConn {
                 "redis maxmemory-policy is {policy}: under memory pressure it can evict beatd's \
                  last-run state and cause repeated runs; use noeviction or a volatile-* policy"
             ));
+        }
+        if let Some(w) = self.inner.wait {
+            let info: String = self
+                .run(|mut c| async move {
+                    redis::cmd("INFO")
+                        .arg("replication")
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            let attached: u32 = info
+                .lines()
+                .find_map(|l| l.strip_prefix("connected_slaves:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if attached < w.replicas {
+                warnings.push(format!(
+                    "the redis master has {attached} replica(s) attached and writes wait for {}: \
+                     the beat sends nothing until enough replicas are back (--wait-replicas)",
+                    w.replicas
+                ));
+            }
         }
         Ok(warnings)
     }
