@@ -127,6 +127,9 @@ async fn check_redis(flags: &Flags, file: &AppConfig) -> bool {
         )
     });
     println!("ok: redis at {} answers{master}{wait}", url.redacted());
+    for w in conn.config_warnings().await.unwrap_or_default() {
+        eprintln!("warning: {w}");
+    }
     true
 }
 

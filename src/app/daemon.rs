@@ -230,7 +230,12 @@ pub fn load_entries(
 pub async fn redis(url: &BrokerUrl) -> Result<RedisConn, Error> {
     let conn = RedisConn::new(url, ConnectOptions::default())?;
     match conn.check().await {
-        Ok(()) => tracing::info!(redis = %url.redacted(), "redis reachable"),
+        Ok(()) => {
+            tracing::info!(redis = %url.redacted(), "redis reachable");
+            for w in conn.config_warnings().await.unwrap_or_default() {
+                tracing::warn!("{w}");
+            }
+        }
         // Retrying never fixes these; a Sentinel set that is only unreachable is retried.
         Err(
             e

@@ -7,6 +7,10 @@
 //! the instant (O(1) per queue), `scripts/settle.lua` then records the last runs, and at the
 //! start of a term rolls back whatever was staged and never committed.
 //!
+//! Every one of those calls goes through `RedisConn::run_replicated`: behind Sentinel it
+//! `WAIT`s for a replica, and a call whose writes did not reach one in time is an error like
+//! a lost reply, so the beat never moves on from a step a promotion could undo.
+//!
 //! Owns batching and the scripts' argument layout. Does not build messages (`protocol`) or
 //! decide what is due (`beat`).
 

@@ -72,8 +72,16 @@ impl RedisLeader {
                         Ok(mut pubsub) => {
                             if pubsub.subscribe(&channel).await.is_ok() {
                                 let mut messages = pubsub.on_message();
-                                while messages.next().await.is_some() {
-                                    released.notify_waiters();
+                                loop {
+                                    tokio::select! {
+                                        m = messages.next() => match m {
+                                            Some(_) => released.notify_waiters(),
+                                            None => break,
+                                        },
+                                        // A demoted master still delivers, but no release
+                                        // is published there any more.
+                                        () = conn.master_changed() => break,
+                                    }
                                 }
                             }
                         }

@@ -211,6 +211,15 @@ impl RedisConn {
         }
     }
 
+    /// Resolves when the Sentinels' master changes (never for a plain URL): for long-lived
+    /// connections of their own (pub/sub) to follow it.
+    pub(crate) async fn master_changed(&self) {
+        match &self.inner.source {
+            Source::Direct(_) => std::future::pending().await,
+            Source::Sentinel(s) => s.changed_since(s.generation()).await,
+        }
+    }
+
     /// Whether the URL names Sentinels.
     #[must_use]
     pub fn is_sentinel(&self) -> bool {
@@ -253,7 +262,8 @@ impl RedisConn {
 
     /// Server settings that silently break beatd's guarantees, as human-readable warnings
     /// for the startup log: an `allkeys-*` eviction policy may evict `{ns}:last_run` under
-    /// memory pressure, and an evicted last run is sent again.
+    /// memory pressure, and an evicted last run is sent again; fewer replicas attached than
+    /// writes `WAIT` for stops emission.
     ///
     /// # Errors
     /// As [`RedisConn::check`].
@@ -273,6 +283,28 @@ impl RedisConn {
                 "redis maxmemory-policy is {policy}: under memory pressure it can evict beatd's \
                  last-run state and cause repeated runs; use noeviction or a volatile-* policy"
             ));
+        }
+        if let Some(w) = self.inner.wait {
+            let info: String = self
+                .run(|mut c| async move {
+                    redis::cmd("INFO")
+                        .arg("replication")
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            let attached: u32 = info
+                .lines()
+                .find_map(|l| l.strip_prefix("connected_slaves:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if attached < w.replicas {
+                warnings.push(format!(
+                    "the redis master has {attached} replica(s) attached and writes wait for {}: \
+                     the beat sends nothing until enough replicas are back (--wait-replicas)",
+                    w.replicas
+                ));
+            }
         }
         Ok(warnings)
     }

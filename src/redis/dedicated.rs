@@ -118,6 +118,15 @@ fn as_redis_error(e: &Error) -> RedisError {
     RedisError::from((ErrorKind::IoError, "no redis master", crate::error_chain(e)))
 }
 
+/// A command left waiting on the former master (a blocking wait on a paused node): as
+/// unknown an outcome as a timeout, and the caller handles it as one.
+fn master_changed() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the redis master changed while the command waited",
+    ))
+}
+
 impl ConnectionLike for DedicatedConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.0 {
@@ -126,7 +135,10 @@ impl ConnectionLike for DedicatedConn {
                 let f = f.clone();
                 Box::pin(async move {
                     let (mut c, g) = f.current().await.map_err(|e| as_redis_error(&e))?;
-                    let r = c.req_packed_command(cmd).await;
+                    let r = tokio::select! {
+                        r = c.req_packed_command(cmd) => r,
+                        () = f.sentinels.changed_since(g) => Err(master_changed()),
+                    };
                     if let Err(e) = &r {
                         f.failed(e, g).await;
                     }
@@ -148,7 +160,10 @@ impl ConnectionLike for DedicatedConn {
                 let f = f.clone();
                 Box::pin(async move {
                     let (mut c, g) = f.current().await.map_err(|e| as_redis_error(&e))?;
-                    let r = c.req_packed_commands(cmd, offset, count).await;
+                    let r = tokio::select! {
+                        r = c.req_packed_commands(cmd, offset, count) => r,
+                        () = f.sentinels.changed_since(g) => Err(master_changed()),
+                    };
                     if let Err(e) = &r {
                         f.failed(e, g).await;
                     }

@@ -9,6 +9,7 @@
 
 use super::sentinel_url::SentinelSpec;
 use super::{tls, Error, RedactedUrl};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,8 @@ pub(crate) struct Sentinels {
     url: RedactedUrl,
     /// Moves on whenever the master may have changed.
     generation: Arc<AtomicU64>,
+    /// Wakes commands blocked on the former master when the generation moves.
+    changed: Arc<tokio::sync::Notify>,
     /// The `+switch-master` watcher runs (started on the first resolution, in the runtime).
     watching: OnceLock<()>,
     /// For the watcher, which stops once nobody holds these Sentinels.
@@ -51,6 +54,7 @@ impl Sentinels {
             spec,
             url,
             generation: Arc::default(),
+            changed: Arc::default(),
             watching: OnceLock::new(),
             this: this.clone(),
         })
@@ -69,7 +73,23 @@ impl Sentinels {
             .compare_exchange(seen, seen + 1, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
+            self.changed.notify_waiters();
             tracing::info!(url = %self.url, "redis master changed; resolving again");
+        }
+    }
+
+    /// Resolves once the generation is past `seen` (at once if it already is): a blocking
+    /// command on a paused former master would otherwise wait out its whole timeout.
+    pub async fn changed_since(&self, seen: u64) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a bump between the two is not missed.
+            notified.as_mut().enable();
+            if self.generation() != seen {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -78,7 +98,7 @@ impl Sentinels {
         self.spec.master.db
     }
 
-    /// Asks the Sentinels in turn for the master and returns the first one whose `ROLE`
+    /// Asks every Sentinel for the master and returns the first named node whose `ROLE`
     /// says master, connected with `cfg`'s timeouts.
     ///
     /// # Errors
@@ -91,8 +111,16 @@ impl Sentinels {
         let name = &self.spec.master_name;
         let mut said = Vec::new();
         let mut unknown = 0;
-        for (host, port) in &self.spec.sentinels {
-            let answer = match self.ask(host, *port, cfg).await {
+        // All asked at once, answers taken as they come: a paused Sentinel (it accepts the
+        // connection, then says nothing) must not hold up the others for a whole timeout.
+        let mut asks: FuturesUnordered<_> = self
+            .spec
+            .sentinels
+            .iter()
+            .map(|(host, port)| async move { (host, port, self.ask(host, *port, cfg).await) })
+            .collect();
+        while let Some((host, port, answer)) = asks.next().await {
+            let answer = match answer {
                 Ok(a) => a,
                 Err(e) if is_auth(&e) => return Err(self.auth_failed(e)),
                 Err(e) => {
@@ -199,9 +227,9 @@ impl Sentinels {
                 self.generation.clone(),
                 self.this.clone(),
             );
+            let changed = self.changed.clone();
             let url = self.url.clone();
             tokio::spawn(async move {
-                use futures_util::StreamExt;
                 for (host, port) in spec.sentinels.iter().cycle() {
                     if owner.strong_count() == 0 {
                         return;
@@ -224,6 +252,7 @@ impl Sentinels {
                                         let payload: String = msg.get_payload().unwrap_or_default();
                                         if payload.split(' ').next() == Some(&spec.master_name) {
                                             generation.fetch_add(1, Ordering::SeqCst);
+                                            changed.notify_waiters();
                                             tracing::info!(url = %url, switch = %payload,
                                                 "sentinel announced a new redis master");
                                         }

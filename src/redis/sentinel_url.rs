@@ -17,7 +17,7 @@ const SENTINEL_PORT: u16 = 26379;
 const REDBEAT_MASTER: &str = "master";
 
 /// What flags and environment add to a Sentinel URL; they win over the URL's query.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct SentinelOptions {
     /// `--sentinel-master` / `BEATD_SENTINEL_MASTER`.
     pub master: Option<String>,
@@ -25,10 +25,19 @@ pub struct SentinelOptions {
     pub password: Option<String>,
 }
 
+impl std::fmt::Debug for SentinelOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelOptions")
+            .field("master", &self.master)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
 /// A master behind a set of Sentinels, parsed.
 #[derive(Clone)]
 pub(crate) struct SentinelSpec {
-    /// The Sentinels, in the order given (asked in turn).
+    /// The Sentinels, in the order given.
     pub sentinels: Vec<(String, u16)>,
     /// The name the Sentinels monitor the master under.
     pub master_name: String,
@@ -247,6 +256,7 @@ mod tests {
             master: Some("fromflag".into()),
             password: Some("sentpw".into()),
         };
+        assert!(!format!("{flag:?}").contains("sentpw"));
         let s = ok(url, &flag);
         assert_eq!(s.master_name, "fromflag");
         assert_eq!(s.sentinel.password.as_deref(), Some("sentpw"));

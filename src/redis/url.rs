@@ -210,8 +210,12 @@ impl BrokerUrl {
             ));
         }
         let certs = tls.certificates().map_err(invalid)?;
-        if tls.given && !raw.starts_with("rediss://") {
-            return Err(invalid("TLS options (ssl_*) need a rediss:// URL".into()));
+        // ssl_cert_reqs alone on redis:// was always let through (it changes nothing there);
+        // certificates would be silently unused.
+        if tls.has_files() && !raw.starts_with("rediss://") {
+            return Err(invalid(
+                "ssl_ca_certs / ssl_certfile need a rediss:// URL".into(),
+            ));
         }
         let this = Self {
             target: Target::Direct(certs),
@@ -403,6 +407,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("ssl_ca_certs /x.pem"));
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let e = BrokerUrl::parse(&format!("redis://h/0?ssl_ca_certs={}", ca.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("need a rediss://"), "{e}");
+        // As before: ssl_cert_reqs alone on redis:// is accepted.
+        assert!(BrokerUrl::parse("redis://h/0?ssl_cert_reqs=none").is_ok());
     }
 
     #[test]

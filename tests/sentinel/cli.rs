@@ -1,4 +1,4 @@
-use crate::ha_util::Schedules;
+use crate::ha_util::{wait_until, Schedules};
 use beatd::testkit::free_port;
 use beatd::testkit::sentinel::SentinelSet;
 use std::process::{Command, Output};
@@ -28,7 +28,7 @@ const TICK: &str = "[[entry]]\nname = \"tick\"\ntask = \"t\"\nevery = \"1s\"\n";
 
 #[test]
 fn check_redis_names_the_master_or_says_what_each_sentinel_answered() {
-    let set = SentinelSet::start().expect("sentinel set");
+    let mut set = SentinelSet::start().expect("sentinel set");
     let s = Schedules::new(TICK);
     let dir = s.path().to_str().unwrap();
     let out = beatd(&["check", "--redis", dir], &set.url());
@@ -63,6 +63,27 @@ fn check_redis_names_the_master_or_says_what_each_sentinel_answered() {
             && stderr.contains(&format!("127.0.0.1:{b}: ")),
         "each sentinel and what it answered: {stderr}"
     );
+
+    // A master without the replica writes wait for: a warning, not an error.
+    let master = set.master_port().unwrap();
+    let replica = set.nodes.iter().position(|n| n.port() != master).unwrap();
+    set.nodes[replica].kill();
+    wait_until(
+        "the master sees its replica gone",
+        Duration::from_secs(20),
+        || {
+            let c = redis::Client::open(format!("redis://127.0.0.1:{master}")).unwrap();
+            let info: String = c
+                .get_connection()
+                .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c))
+                .unwrap_or_default();
+            info.contains("connected_slaves:0")
+        },
+    );
+    let out = beatd(&["check", "--redis", dir], &set.url());
+    let (_, stderr) = texts(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("0 replica(s) attached"), "{stderr}");
 
     // Without a master name the URL itself is refused, by check and at startup alike.
     let nameless = set.url().replace("?master_name=beatdtest", "");
