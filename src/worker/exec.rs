@@ -112,8 +112,18 @@ impl Handler for ExecHandler {
         };
         let out = read_head(child.stdout.take(), STDOUT_LIMIT);
         let err = log_stderr(child.stderr.take(), &req);
+        // Progress is read while the program runs and not waited for after: a grandchild
+        // left holding the fd must not hold the task, and a state after the end is moot.
         let updates = read_progress(progress, &req.updates, &req);
-        let ((), stdout, stderr, (), status) = tokio::join!(feed, out, err, updates, child.wait());
+        let run = async { tokio::join!(feed, out, err, child.wait()) };
+        tokio::pin!(updates, run);
+        let mut updates_ended = false;
+        let ((), stdout, stderr, status) = loop {
+            tokio::select! {
+                r = &mut run => break r,
+                () = &mut updates, if !updates_ended => updates_ended = true,
+            }
+        };
         group.0 = None; // reaped: the id may be reused, never signal it again
         let status = status.map_err(|e| TaskError::fatal("ExecFailed", e.to_string()))?;
         if status.success() {
