@@ -283,7 +283,8 @@ impl Worker {
                 stop_control.clone(),
             )));
         }
-        let pipeline = Pipeline::new(self.registry.clone(), Arc::new(results), self.clock.clone())
+        let results: Arc<dyn ResultSink> = Arc::new(results);
+        let pipeline = Pipeline::new(self.registry.clone(), results.clone(), self.clock.clone())
             .with_max_message_bytes(opts.max_message_bytes)
             .with_metrics(self.metrics)
             .with_state(state.clone())
@@ -294,6 +295,10 @@ impl Worker {
             registry: self.registry,
             concurrency: opts.concurrency.max(1),
             prefetch: opts.concurrency.max(1) * opts.prefetch_multiplier.max(1),
+            marks: Some(control::RevokeMarks {
+                results,
+                clock: self.clock.clone(),
+            }),
         };
         let remote = tokio::spawn(pidbox::serve(
             conn.clone(),

@@ -252,7 +252,10 @@ fn remote_control_inspect_and_revoke() {
     );
     // Celery's own workers mark a PENDING task REVOKED at once; beatd's skips the message
     // when it comes, storing the same record.
-    s.wait_log("beatd-worker", &format!("discarding revoked task task_id={later}"));
+    s.wait_log(
+        "beatd-worker",
+        &format!("discarding revoked task task_id={later}"),
+    );
     let r = s.wait_result(&later, "REVOKED");
     assert_eq!(r["result"]["exc_type"], "TaskRevokedError");
     assert_eq!(r["result"]["exc_message"], json!(["revoked"]));
