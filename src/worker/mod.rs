@@ -3,7 +3,10 @@
 //!
 //! Owns: consuming kombu's Redis transport reliably (`broker`, `consumer`, `restore`), the
 //! execution pipeline shared with the embedded in-process queue (`pipeline`, `local`), the
-//! task kinds (`exec`, `http`, Rust handlers through [`Registry`]) and result sinks. Does not
+//! task kinds (`exec`, `http`, Rust handlers through [`Registry`]) and result sinks, the
+//! interim states tasks report (`progress`, `progress_http`), Celery's canvas (`canvas`), and
+//! remote control (`pidbox` on Redis, `control` for the answers, `state` for what they read
+//! and revoke). Does not
 //! own: message format (`protocol`), configuration files (`config` maps `TaskDef` onto
 //! [`TaskSpec`]), signals (the binary turns them into the [`Shutdown`] tokens).
 //!
