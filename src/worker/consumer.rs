@@ -74,6 +74,10 @@ pub(crate) async fn consume(
         result_ttl: opts.result_ttl.as_secs().max(1),
     };
     let mut seq: u64 = 0;
+    // Messages due now take their run slots in the order they were taken (the runtime polls
+    // newly spawned jobs in no particular order): each waits until the one before has its
+    // slot, or has ended.
+    let mut turn: Option<tokio::sync::oneshot::Receiver<()>> = None;
     let prefetch = Arc::new(Semaphore::new(
         opts.concurrency.max(1) * opts.prefetch_multiplier.max(1),
     ));
@@ -200,7 +204,23 @@ pub(crate) async fn consume(
             if let Ok(mut w) = ctx.waiting.lock() {
                 w.insert(seq, delivery);
             }
-            jobs.spawn(job(ctx.clone(), task, seq, tag, permits.pop(), guard));
+            let due_now = task.eta.is_none_or(|eta| eta <= now);
+            let (after, next) = if due_now {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (turn.replace(rx), Some(tx))
+            } else {
+                (None, None)
+            };
+            let order = Turn { after, next };
+            jobs.spawn(job(
+                ctx.clone(),
+                task,
+                seq,
+                tag,
+                permits.pop(),
+                guard,
+                order,
+            ));
         }
     }
     if !abort.is_cancelled() {
@@ -274,6 +294,12 @@ async fn return_unstarted(ctx: &Ctx) {
     }
 }
 
+/// A job's place in the run-slot queue: the turn it waits for, the one it hands on.
+struct Turn {
+    after: Option<tokio::sync::oneshot::Receiver<()>>,
+    next: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
 async fn job(
     ctx: Ctx,
     task: ParsedTask,
@@ -281,16 +307,27 @@ async fn job(
     tag: String,
     prefetch: Option<OwnedSemaphorePermit>,
     _held: HeldGuard,
+    order: Turn,
 ) {
     let clock = ctx.pipeline.clock().clone();
     let mut prefetch = prefetch;
+    let Turn { after, mut next } = order;
     let wait = async {
         if let Some(eta) = task.eta.filter(|eta| *eta > clock.now()) {
             // A far-away ETA must not hold a prefetch slot (Celery raises its prefetch for them).
             prefetch.take();
             crate::clock::sleep_until(clock.as_ref(), eta).await;
         }
-        ctx.run_slots.clone().acquire_owned().await
+        if let Some(after) = after {
+            // Ok: the previous job has its slot; Err: it ended first. Either way, our turn.
+            let _ = after.await;
+        }
+        let slot = ctx.run_slots.clone().acquire_owned().await;
+        // Dropping `next` (any way this job ends) also hands the turn on.
+        if let Some(next) = next.take() {
+            let _ = next.send(());
+        }
+        slot
     };
     // On a graceful stop the consumer returns this message (see `return_unstarted`).
     let slot = tokio::select! {
