@@ -6,8 +6,28 @@
 
 use super::pidbox::Control;
 use super::registry::LiveRegistry;
+use super::results::ResultSink;
 use super::state::WorkerState;
+use crate::clock::SharedClock;
+use crate::protocol::ResultRecord;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+/// Where a revoke marks tasks that have not started (as Celery's workers do), and the clock
+/// of the record's `date_done`.
+#[derive(Clone)]
+pub struct RevokeMarks {
+    /// The result backend.
+    pub results: Arc<dyn ResultSink>,
+    /// Wall time.
+    pub clock: SharedClock,
+}
+
+impl std::fmt::Debug for RevokeMarks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RevokeMarks")
+    }
+}
 
 /// The worker's answers.
 #[derive(Debug, Clone)]
@@ -20,6 +40,40 @@ pub struct WorkerControl {
     pub concurrency: usize,
     /// Messages held at most (`stats.prefetch_count`).
     pub prefetch: usize,
+    /// Mark revoked tasks that have not started REVOKED at once (none: only on arrival).
+    pub marks: Option<RevokeMarks>,
+}
+
+impl WorkerControl {
+    /// Celery's `_revoke`: each id not running here gets REVOKED unless some worker has
+    /// started it or it has a result (the check and the write are one script).
+    fn mark_revoked(&self, ids: &[String]) {
+        let Some(marks) = self.marks.clone() else {
+            return;
+        };
+        let running: Vec<String> = self
+            .state
+            .active()
+            .iter()
+            .filter_map(|a| a["id"].as_str().map(str::to_owned))
+            .collect();
+        let ids: Vec<String> = ids
+            .iter()
+            .filter(|id| !running.contains(id))
+            .cloned()
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for id in ids {
+                let record = ResultRecord::revoked(&id, "revoked", marks.clock.now());
+                if let Err(e) = marks.results.store_if_pending(&record).await {
+                    tracing::warn!(task_id = %id, error = %e, "cannot mark revoked task");
+                }
+            }
+        });
+    }
 }
 
 /// Python's repr of a set of strings, as Celery's revoke reply prints it.
@@ -54,6 +108,7 @@ impl Control for WorkerControl {
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
                 let killed = self.state.revoke(&ids, terminate);
+                self.mark_revoked(&ids);
                 tracing::info!(ids = ?ids, terminate, terminated = ?killed, "tasks revoked");
                 if terminate {
                     if killed.is_empty() {
@@ -82,6 +137,7 @@ mod tests {
             registry: LiveRegistry::default(),
             concurrency: 2,
             prefetch: 8,
+            marks: None,
         };
         let mut args = Map::new();
         args.insert("task_id".into(), json!(["abc-123"]));

@@ -21,8 +21,6 @@ const STDOUT_LIMIT: usize = 1 << 20;
 const ENV_LIMIT: usize = 64 << 10;
 /// Most stderr kept (its tail) as the traceback.
 const STDERR_TAIL: usize = 8 << 10;
-/// The fd number the child finds its progress pipe at.
-const PROGRESS_FD: i32 = 3;
 /// Longest stderr line logged whole; longer ones are cut.
 const LOG_LINE: usize = 4 << 10;
 /// Most stderr lines logged per run; the rest only counted.
@@ -91,10 +89,7 @@ impl Handler for ExecHandler {
         if let Some(cwd) = &self.cwd {
             cmd.current_dir(cwd);
         }
-        let progress = progress_pipe(&mut cmd);
-        let spawned = cmd.spawn();
-        // The command holds the pipe's write end: drop it so the pipe ends with the child.
-        drop(cmd);
+        let (spawned, progress) = spawn_with_progress(&mut cmd);
         let mut child = spawned.map_err(|e| {
             TaskError::fatal(
                 "ExecFailed",
@@ -112,8 +107,18 @@ impl Handler for ExecHandler {
         };
         let out = read_head(child.stdout.take(), STDOUT_LIMIT);
         let err = log_stderr(child.stderr.take(), &req);
+        // Progress is read while the program runs and not waited for after: a grandchild
+        // left holding the fd must not hold the task, and a state after the end is moot.
         let updates = read_progress(progress, &req.updates, &req);
-        let ((), stdout, stderr, (), status) = tokio::join!(feed, out, err, updates, child.wait());
+        let run = async { tokio::join!(feed, out, err, child.wait()) };
+        tokio::pin!(updates, run);
+        let mut updates_ended = false;
+        let ((), stdout, stderr, status) = loop {
+            tokio::select! {
+                r = &mut run => break r,
+                () = &mut updates, if !updates_ended => updates_ended = true,
+            }
+        };
         group.0 = None; // reaped: the id may be reused, never signal it again
         let status = status.map_err(|e| TaskError::fatal("ExecFailed", e.to_string()))?;
         if status.success() {
@@ -155,32 +160,54 @@ impl Drop for GroupKill {
     }
 }
 
-/// A pipe whose write end the child gets as fd [`PROGRESS_FD`], announced in
-/// `BEATD_TASK_PROGRESS_FD`; `None` (and no variable) when it cannot be made.
-fn progress_pipe(cmd: &mut Command) -> Option<tokio::net::unix::pipe::Receiver> {
-    use command_fds::{CommandFdExt, FdMapping};
+/// Held while a progress pipe's write end is inheritable: only the child spawned meanwhile
+/// gets it. (Setting it up in the child instead, after fork, would take std off its
+/// `posix_spawn` path; forking a large process is much slower.)
+static SPAWNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Spawns `cmd` with the write end of a progress pipe inherited, its number announced in
+/// `BEATD_TASK_PROGRESS_FD`; returns the child and the read end (`None`, and no variable,
+/// when the pipe cannot be made).
+fn spawn_with_progress(
+    cmd: &mut Command,
+) -> (
+    std::io::Result<tokio::process::Child>,
+    Option<tokio::net::unix::pipe::Receiver>,
+) {
+    use std::os::fd::AsRawFd;
     let made = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| e.to_string())
+        .map_err(std::io::Error::from)
         .and_then(|(read, write)| {
-            let rx =
-                tokio::net::unix::pipe::Receiver::from_owned_fd(read).map_err(|e| e.to_string())?;
-            cmd.fd_mappings(vec![FdMapping {
-                parent_fd: write,
-                child_fd: PROGRESS_FD,
-            }])
-            .map_err(|e| e.to_string())?;
-            Ok(rx)
+            Ok((
+                tokio::net::unix::pipe::Receiver::from_owned_fd(read)?,
+                write,
+            ))
         });
-    match made {
-        Ok(rx) => {
-            cmd.env("BEATD_TASK_PROGRESS_FD", PROGRESS_FD.to_string());
-            Some(rx)
-        }
+    let (rx, write) = match made {
+        Ok(pair) => pair,
         Err(e) => {
             tracing::warn!(error = %e, "cannot make the progress pipe; the task runs without");
-            None
+            return (cmd.spawn(), None);
         }
-    }
+    };
+    cmd.env("BEATD_TASK_PROGRESS_FD", write.as_raw_fd().to_string());
+    let spawned = {
+        let _only_this_child = SPAWNING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let spawned = match rustix::io::fcntl_setfd(&write, rustix::io::FdFlags::empty()) {
+            Ok(()) => cmd.spawn(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand the progress pipe over; the task runs without");
+                cmd.env_remove("BEATD_TASK_PROGRESS_FD");
+                cmd.spawn()
+            }
+        };
+        // Closed still under the lock: no other child can inherit it.
+        drop(write);
+        spawned
+    };
+    (spawned, Some(rx))
 }
 
 /// Reads the progress pipe line by line into `updates`; malformed lines are logged (a few per

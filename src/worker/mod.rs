@@ -3,7 +3,10 @@
 //!
 //! Owns: consuming kombu's Redis transport reliably (`broker`, `consumer`, `restore`), the
 //! execution pipeline shared with the embedded in-process queue (`pipeline`, `local`), the
-//! task kinds (`exec`, `http`, Rust handlers through [`Registry`]) and result sinks. Does not
+//! task kinds (`exec`, `http`, Rust handlers through [`Registry`]) and result sinks, the
+//! interim states tasks report (`progress`, `progress_http`), Celery's canvas (`canvas`), and
+//! remote control (`pidbox` on Redis, `control` for the answers, `state` for what they read
+//! and revoke). Does not
 //! own: message format (`protocol`), configuration files (`config` maps `TaskDef` onto
 //! [`TaskSpec`]), signals (the binary turns them into the [`Shutdown`] tokens).
 //!
@@ -285,7 +288,8 @@ impl Worker {
                 stop_control.clone(),
             )));
         }
-        let pipeline = Pipeline::new(self.registry.clone(), Arc::new(results), self.clock.clone())
+        let results: Arc<dyn ResultSink> = Arc::new(results);
+        let pipeline = Pipeline::new(self.registry.clone(), results.clone(), self.clock.clone())
             .with_max_message_bytes(opts.max_message_bytes)
             .with_metrics(self.metrics)
             .with_state(state.clone())
@@ -296,6 +300,10 @@ impl Worker {
             registry: self.registry,
             concurrency: opts.concurrency.max(1),
             prefetch: opts.concurrency.max(1) * opts.prefetch_multiplier.max(1),
+            marks: Some(control::RevokeMarks {
+                results,
+                clock: self.clock.clone(),
+            }),
         };
         let remote = tokio::spawn(pidbox::serve(
             conn.clone(),

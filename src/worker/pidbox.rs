@@ -48,6 +48,8 @@ pub struct Request {
     pub arguments: Map<String, Value>,
     /// Nodes it is for; every node when `None`.
     pub destination: Option<Vec<String>>,
+    /// A node-name pattern it is for, with its matcher (`glob` unless given).
+    pub pattern: Option<(String, String)>,
     /// Matched against the reply's `ticket` header by the caller.
     pub ticket: String,
     /// Reply exchange and routing key, when a reply is wanted.
@@ -111,6 +113,13 @@ impl Request {
                 .map(str::to_owned)
                 .collect()
         });
+        let pattern = body.get("pattern").and_then(Value::as_str).map(|p| {
+            let matcher = body
+                .get("matcher")
+                .and_then(Value::as_str)
+                .unwrap_or("glob");
+            (p.to_owned(), matcher.to_owned())
+        });
         let reply_to = body.get("reply_to").and_then(|r| {
             Some((
                 r.get("exchange")?.as_str()?.to_owned(),
@@ -121,6 +130,7 @@ impl Request {
             method,
             arguments,
             destination,
+            pattern,
             ticket: body
                 .get("ticket")
                 .and_then(Value::as_str)
@@ -138,8 +148,42 @@ impl Request {
             .destination
             .as_ref()
             .is_none_or(|d| d.is_empty() || d.iter().any(|n| n == node));
-        addressed && self.expires.is_none_or(|e| e >= now)
+        // kombu's matchers are `glob` and `pcre`; without a regex engine a pcre pattern
+        // matches only the exact name.
+        let matched = self.pattern.as_ref().is_none_or(|(p, m)| match m.as_str() {
+            "glob" => glob(p.as_bytes(), node.as_bytes()),
+            _ => p == node,
+        });
+        addressed && matched && self.expires.is_none_or(|e| e >= now)
     }
+}
+
+/// fnmatch's `*` and `?` (kombu's default matcher); other characters match themselves.
+/// Backtracks only to the last `*`, so a hostile pattern costs at most pattern × name steps.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, si));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                Some((sp, ss)) => {
+                    pi = sp + 1;
+                    si = ss + 1;
+                    star = Some((sp, ss + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|c| *c == b'*')
 }
 
 /// The reply envelope kombu's `Mailbox._publish_reply` sends: `{node: answer}` with the
@@ -291,6 +335,12 @@ mod tests {
         let mut d = r.clone();
         d.destination = Some(vec!["celery@other".into()]);
         assert!(!d.is_for("beatd@h", 1_796_156_795.0));
+        let mut p = r.clone();
+        p.pattern = Some(("beatd@*".into(), "glob".into()));
+        assert!(p.is_for("beatd@h", 1_796_156_795.0));
+        assert!(!p.is_for("celery@h", 1_796_156_795.0));
+        assert!(glob(b"*@w?b*", b"beatd@web1") && !glob(b"*@w?b", b"beatd@web1"));
+        assert!(glob(b"*", b"") && !glob(b"a*b", b"a"));
     }
 
     #[test]

@@ -306,6 +306,12 @@ impl Pipeline {
         #[allow(clippy::cast_precision_loss)]
         let time_start = now.timestamp_micros() as f64 / 1e6;
         let active = self.state.begin(task, time_start, updates.clone());
+        // A revoke that came while STARTED was being stored found nothing running to stop.
+        if self.state.is_revoked(&task.id) {
+            tracing::info!(task_id = %task.id, task = %task.task, "discarding revoked task");
+            self.count(&task.task, "revoked");
+            return Finished::done(keep(ResultRecord::revoked(&task.id, "revoked", now)));
+        }
         let started = tokio::time::Instant::now();
         let mut req = request(task);
         req.updates = updates;

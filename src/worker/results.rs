@@ -16,7 +16,31 @@ pub trait ResultSink: Send + Sync + 'static {
     /// Stores an interim state (`STARTED`, `PROGRESS`…) unless the task's record is final
     /// already; returns whether it was stored.
     async fn store_state(&self, record: &StateRecord) -> Result<bool, Error>;
+
+    /// Stores `record` only while the task has not started (no record, or `PENDING`,
+    /// `RECEIVED`, `RETRY`, `REJECTED`), as Celery's workers mark a revoked task; returns
+    /// whether it was stored.
+    async fn store_if_pending(&self, record: &ResultRecord) -> Result<bool, Error> {
+        self.store(record).await.map(|()| true)
+    }
 }
+
+/// Celery's `_revoke`: a task that has not started gets its REVOKED record at once.
+const STORE_IF_PENDING: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, meta = pcall(cjson.decode, cur)
+  if ok and type(meta) == 'table' then
+    local s = meta['status']
+    if s ~= 'PENDING' and s ~= 'RECEIVED' and s ~= 'RETRY' and s ~= 'REJECTED' then
+      return 0
+    end
+  end
+end
+redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+";
 
 /// Celery's `update_state` write (SETEX + PUBLISH), skipped over a final record: an update
 /// that arrives after the task ended must not hide its result.
@@ -94,6 +118,19 @@ impl ResultSink for RedisResults {
     async fn store_state(&self, record: &StateRecord) -> Result<bool, Error> {
         static SCRIPT: std::sync::LazyLock<redis::Script> =
             std::sync::LazyLock::new(|| redis::Script::new(STORE_STATE));
+        let mut conn = self.conn.clone();
+        let stored: i64 = SCRIPT
+            .key(record.key())
+            .arg(record.to_json())
+            .arg(self.ttl_secs)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(stored == 1)
+    }
+
+    async fn store_if_pending(&self, record: &ResultRecord) -> Result<bool, Error> {
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(STORE_IF_PENDING));
         let mut conn = self.conn.clone();
         let stored: i64 = SCRIPT
             .key(record.key())

@@ -107,3 +107,81 @@ fn kill_9_then_restart_repeats_nothing_and_catches_up() {
         "no catch-up fire logged:\n{second_log}"
     );
 }
+
+/// Regression (each success was logged twice in `beatd run`): one line per finished task,
+/// with its id, and the task's stderr lines logged as they come, with its id and name.
+#[test]
+fn one_log_line_per_finished_task_and_stderr_lines_logged() {
+    let dir = project(&[("schedules/s.toml", SCHEDULE)]);
+    let config = format!(
+        r#"[worker.tasks."demo.record"]
+kind = "exec"
+command = ["sh", "-c", "echo \"note from $BEATD_TASK_ID\" >&2; echo \"$BEATD_TASK_ID\" >> '{}'"]
+"#,
+        dir.path().join("runs.txt").display()
+    );
+    std::fs::write(dir.path().join("beatd.toml"), config).unwrap();
+    let mut run = start(dir.path(), "run.log");
+    assert!(
+        wait_for(Duration::from_secs(30), || runs(dir.path()).len() >= 2),
+        "no runs"
+    );
+    signal(&run, "TERM");
+    assert!(wait_exit(&mut run, Duration::from_secs(20)).success());
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    // Only ids whose run ended before the stop are counted.
+    for id in runs(dir.path()) {
+        let finished = log
+            .lines()
+            .filter(|l| l.contains(&id) && l.contains("task succeeded"))
+            .count();
+        let stderr = log
+            .lines()
+            .filter(|l| {
+                l.contains("task stderr")
+                    && l.contains("demo.record")
+                    && l.contains(&format!("note from {id}"))
+            })
+            .count();
+        assert_eq!((finished, stderr), (1, 1), "task {id}:\n{log}");
+    }
+}
+
+/// A chatty task's stderr is bounded in the log: lines are cut at 4 KiB, and a run logs at
+/// most 1,000 lines, then says that the rest are not logged.
+#[test]
+fn task_stderr_in_the_log_is_bounded() {
+    let dir = project(&[("schedules/s.toml", SCHEDULE)]);
+    let config = format!(
+        r#"[worker.tasks."demo.record"]
+kind = "exec"
+command = ["sh", "-c", "head -c 5000 /dev/zero | tr '\\000' x >&2; echo >&2; seq 1 1100 >&2; echo \"$BEATD_TASK_ID\" >> '{}'"]
+"#,
+        dir.path().join("runs.txt").display()
+    );
+    std::fs::write(dir.path().join("beatd.toml"), config).unwrap();
+    let mut run = start(dir.path(), "run.log");
+    assert!(
+        wait_for(Duration::from_secs(30), || !runs(dir.path()).is_empty()),
+        "no runs"
+    );
+    signal(&run, "TERM");
+    assert!(wait_exit(&mut run, Duration::from_secs(20)).success());
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    let id = &runs(dir.path())[0];
+    let mine: Vec<&str> = log.lines().filter(|l| l.contains(id.as_str())).collect();
+    let logged = mine.iter().filter(|l| l.contains("task stderr")).count();
+    let cut: Vec<&&str> = mine.iter().filter(|l| l.contains("(line cut)")).collect();
+    assert_eq!(cut.len(), 1, "{log}");
+    assert!(cut[0].contains(&"x".repeat(4096)) && !cut[0].contains(&"x".repeat(4097)));
+    // 1,000 lines logged (the cut one first, then seq's 1 to 999), plus the one notice.
+    assert_eq!(logged, 1001, "{log}");
+    assert_eq!(
+        mine.iter()
+            .filter(|l| l.contains("further lines are not logged"))
+            .count(),
+        1
+    );
+    assert!(mine.iter().any(|l| l.contains("line=999")));
+    assert!(!mine.iter().any(|l| l.contains("line=1000")));
+}

@@ -5,6 +5,7 @@ Used three ways, always with PYTHONPATH pointing at this directory:
   python -m celery -A pyapp worker ...   a stock Celery worker running the tasks below
   python -m celery -A pyapp beat ...     a stock Celery beat sending INTEROP_BEAT_SCHEDULE
   python pyapp.py COMMAND JSON           a client: send_task / AsyncResult, prints one JSON line
+                                         (also: wait_state polling, chain, chord, revoke)
 
 Environment:
   INTEROP_REDIS_URL      broker and result backend (a private redis-server the test started)

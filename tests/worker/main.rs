@@ -16,3 +16,5 @@ mod end_to_end;
 mod tasks;
 // Interim states: update_state from Rust handlers, STARTED, the final-state guard.
 mod states;
+// Remote control over the pidbox: ping, revoke.
+mod control;

@@ -198,3 +198,32 @@ async fn http_task_posts_progress_to_its_url() {
     assert_eq!(h.try_result(&id).await.unwrap()["status"], "SUCCESS");
     h.stop().await;
 }
+
+/// A program that leaves a background child holding the progress fd (but not stdout or
+/// stderr) finishes when the program does: the fd is not waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_holding_the_progress_fd_does_not_hold_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("bg.pid");
+    let script = format!(
+        "sleep 120 >/dev/null 2>&1 </dev/null & echo $! > {}; echo '\"done\"'",
+        pidfile.display()
+    );
+    let mut reg = Registry::new();
+    reg.add_spec(
+        "tasks.bg",
+        &beatd::worker::TaskSpec::new(beatd::worker::TaskKind::Exec {
+            command: vec!["sh".into(), "-c".into(), script],
+            env: std::collections::BTreeMap::new(),
+            cwd: None,
+        }),
+    )
+    .unwrap();
+    let h = Harness::start(reg, opts()).await;
+    let id = h.send(TaskMessage::new("tasks.bg")).await;
+    let r = h.wait_status(&id, "SUCCESS").await;
+    assert_eq!(r["result"], "done");
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    h.stop().await;
+}

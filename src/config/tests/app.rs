@@ -45,6 +45,7 @@ cwd = "work"
 time_limit = "1m"
 max_retries = 3
 retry_backoff = "2s"
+track_started = true
 
 [worker.tasks."hooks.notify"]
 kind = "http"
@@ -127,6 +128,7 @@ fn every_key_is_read_and_relative_paths_follow_the_file() {
         (Some(Duration::from_secs(5)), 0, Duration::from_secs(1))
     );
     assert!(notify.ignore_result && notify.time_limit.is_none());
+    assert!(hello.track_started && !notify.track_started);
 }
 
 #[test]

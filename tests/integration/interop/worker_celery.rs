@@ -189,7 +189,9 @@ wait("never")
 fn remote_control_inspect_and_revoke() {
     let mut s = Scene::new();
     let script = format!("{WAIT_FN}{HOLD_SCRIPT}");
-    let go = exec_config_go(&s, &[("rc.hold", &script)], "");
+    // STARTED tells the Python worker, which also gets every revoke, that the task is
+    // another worker's: Celery marks only PENDING tasks REVOKED on a revoke.
+    let go = exec_config_go(&s, &[("rc.hold", &script)], "track_started = true\n");
     s.start_beatd_worker_with("beatd", &["--node-name", "beatd-rc@test"]);
     s.start_celery_worker("py");
     let both = |v: &Value| {
@@ -248,6 +250,12 @@ fn remote_control_inspect_and_revoke() {
         "send",
         &json!({"task": "rc.hold", "args": [2], "kwargs": {}, "queue": "beatd", "task_id": later}),
     );
+    // Celery's own workers mark a PENDING task REVOKED at once; beatd's skips the message
+    // when it comes, storing the same record.
+    s.wait_log(
+        "beatd-worker",
+        &format!("discarding revoked task task_id={later}"),
+    );
     let r = s.wait_result(&later, "REVOKED");
     assert_eq!(r["result"]["exc_type"], "TaskRevokedError");
     assert_eq!(r["result"]["exc_message"], json!(["revoked"]));
@@ -268,7 +276,12 @@ fn remote_control_inspect_and_revoke() {
         "{out}"
     );
     let r = s.wait_result(&running, "REVOKED");
-    assert_eq!(r["result"]["exc_message"], json!(["terminated"]));
+    assert_eq!(
+        r["result"]["exc_message"],
+        json!(["terminated"]),
+        "{}",
+        s.log_of("beatd-worker")
+    );
     let pids: Vec<u32> = pids
         .split_whitespace()
         .map(|p| p.parse().unwrap())
