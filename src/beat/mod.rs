@@ -349,9 +349,11 @@ impl Beat {
         };
         loop {
             self.heartbeat.beat();
-            let until = term
-                .wake(plan.next_wake(), self.now(), timing)
-                .min(self.controls.poll_at());
+            let mut until = term.wake(plan.next_wake(), self.now(), timing);
+            // Controls are polled only while the term follows a plan (see `turn`).
+            if !matches!(term.phase, Phase::Replan { .. }) {
+                until = until.min(self.controls.poll_at());
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return (TermEnd::Cancelled, term.lease),
                 () = tokio::time::sleep_until(until) => {}
