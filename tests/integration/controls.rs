@@ -74,6 +74,10 @@ fn rfc(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+fn logs(beats: &[Beat]) -> String {
+    dump_logs(&beats.iter().collect::<Vec<_>>())
+}
+
 fn ttl3() -> BeatOpts {
     BeatOpts {
         lock_ttl: Some("3s"),
@@ -96,26 +100,29 @@ fn pause_survives_a_kill9_failover_trigger_and_backfill_during_it_send_once() {
     let out = ctl(&url, &["pause", "tick"]);
     assert!(out.status.success(), "{}", text(&out));
     let paused_at = now();
-    let logs = || dump_logs(&beats.iter().collect::<Vec<_>>());
     // Effective within a second: nothing scheduled later than that is sent.
     std::thread::sleep(Duration::from_secs(3));
     let late: Vec<_> = with_trigger(&url, "tick", None)
         .into_iter()
         .filter(|m| scheduled(m) > paused_at + TimeDelta::seconds(1))
         .collect();
-    assert!(late.is_empty(), "sent while paused: {late:#?}\n{}", logs());
+    assert!(
+        late.is_empty(),
+        "sent while paused: {late:#?}\n{}",
+        logs(&beats)
+    );
 
     // Kill the leader; ask for a trigger while no replica leads (the request waits).
     beats.iter_mut().find(|b| b.pid == leader).unwrap().kill9();
     let trig = ctl(&url, &["trigger", "tick", "--wait", "20s"]);
-    assert!(trig.status.success(), "{}\n{}", text(&trig), logs());
+    assert!(trig.status.success(), "{}\n{}", text(&trig), logs(&beats));
     let survivor = *pids.iter().find(|p| **p != leader).unwrap();
     assert_eq!(leader_pid(&url), Some(survivor));
     assert_eq!(
         with_trigger(&url, "tick", Some("manual")).len(),
         1,
         "{}",
-        logs()
+        logs(&beats)
     );
 
     // The pause held across the failover: the new leader sent no regular fire.
@@ -127,7 +134,7 @@ fn pause_survives_a_kill9_failover_trigger_and_backfill_during_it_send_once() {
     assert!(
         late.is_empty(),
         "sent while paused after failover: {late:#?}\n{}",
-        logs()
+        logs(&beats)
     );
     let status = ctl(
         &url,
@@ -158,7 +165,7 @@ fn pause_survives_a_kill9_failover_trigger_and_backfill_during_it_send_once() {
     let b1 = ctl(&url, &["backfill", "tick", "--from", &from, "--to", &to]);
     assert!(b1.status.success(), "{}", text(&b1));
     let first = with_trigger(&url, "tick", Some("backfill")).len();
-    assert!(first >= 4, "{}\n{}", text(&b1), logs());
+    assert!(first >= 4, "{}\n{}", text(&b1), logs(&beats));
     let b2 = ctl(&url, &["backfill", "tick", "--from", &from, "--to", &to]);
     assert!(b2.status.success(), "{}", text(&b2));
     assert_eq!(
@@ -187,7 +194,8 @@ fn pause_survives_a_kill9_failover_trigger_and_backfill_during_it_send_once() {
         .filter(|(_, m)| m["headers"]["beatd_trigger"] != "manual")
         .map(|(m, _)| m.clone())
         .collect();
-    assert_exactly_once(&not_manual, &logs());
+    let ctx = logs(&beats);
+    assert_exactly_once(&not_manual, &ctx);
     for b in &mut beats {
         if b.running() {
             b.terminate(Duration::from_secs(15));
