@@ -289,3 +289,120 @@ fn bad_requests_are_refused_with_their_exit_codes_and_send_nothing() {
     );
     beat.terminate(Duration::from_secs(15));
 }
+
+/// `beatd run` (embedded) whose task appends its scheduled time and task id to `runs.txt`.
+mod embedded {
+    use super::text;
+    use crate::util::{beatd, output, project, signal, spawn_logged, wait_exit, wait_for};
+    use std::path::Path;
+    use std::time::Duration;
+
+    const TOKEN: &str = "s3cret-token";
+
+    fn config(dir: &Path) -> String {
+        format!(
+            "[worker.tasks.\"demo.record\"]\nkind = \"exec\"\n\
+             command = [\"sh\", \"-c\", \"echo \\\"$BEATD_TASK_SCHEDULED_AT $BEATD_TASK_ID\\\" >> '{}'\"]\n",
+            dir.join("runs.txt").display()
+        )
+    }
+
+    fn runs(dir: &Path) -> Vec<String> {
+        std::fs::read_to_string(dir.join("runs.txt"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn start(dir: &Path, port: u16, log: &str) -> std::process::Child {
+        spawn_logged(
+            beatd(dir).args([
+                "run",
+                "--http-addr",
+                &format!("127.0.0.1:{port}"),
+                "--control-token",
+                TOKEN,
+            ]),
+            &dir.join(log),
+        )
+    }
+
+    fn ctl(dir: &Path, port: u16, token: &str, args: &[&str]) -> std::process::Output {
+        output(
+            beatd(dir)
+                .args(args)
+                .args(["--url", &format!("http://127.0.0.1:{port}"), "--control-token", token]),
+        )
+    }
+
+    #[test]
+    fn pause_over_http_survives_a_restart_trigger_sends_one_wrong_token_none() {
+        let dir = project(&[(
+            "schedules/s.toml",
+            "[[entry]]\nname = \"tick\"\ntask = \"demo.record\"\nevery = \"1s\"\n",
+        )]);
+        let d = dir.path();
+        std::fs::write(d.join("beatd.toml"), config(d)).unwrap();
+        let port = beatd::testkit::free_port().unwrap();
+        let mut first = start(d, port, "first.log");
+        let log = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
+        assert!(
+            wait_for(Duration::from_secs(30), || runs(d).len() >= 2),
+            "{}",
+            log("first.log")
+        );
+        let out = ctl(d, port, TOKEN, &["pause", "tick"]);
+        assert!(out.status.success(), "{}\n{}", text(&out), log("first.log"));
+        // Restart: the pause is in the controls file beside the state file.
+        signal(&first, "TERM");
+        assert!(wait_exit(&mut first, Duration::from_secs(20)).success());
+        let before = runs(d).len();
+        let mut second = start(d, port, "second.log");
+        assert!(
+            wait_for(Duration::from_secs(20), || log("second.log")
+                .contains("fire time skipped: entry paused")),
+            "{}",
+            log("second.log")
+        );
+        assert_eq!(runs(d).len(), before, "ran while paused:\n{}", log("second.log"));
+        let status = output(beatd(d).args(["status", "--format", "json"]));
+        let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        assert!(st["entries"][0]["paused"].is_object(), "{st:#}");
+
+        // A wrong token sends nothing; the right one exactly one run.
+        let bad = ctl(d, port, "wrong", &["trigger", "tick"]);
+        assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+        let ok = ctl(d, port, TOKEN, &["trigger", "tick"]);
+        assert!(ok.status.success(), "{}", text(&ok));
+        assert!(
+            wait_for(Duration::from_secs(20), || runs(d).len() == before + 1),
+            "{}",
+            log("second.log")
+        );
+        // Still paused after the trigger: the count stays.
+        assert!(
+            wait_for(Duration::from_secs(10), || log("second.log")
+                .matches("fire time skipped: entry paused")
+                .count()
+                >= 3),
+            "{}",
+            log("second.log")
+        );
+        assert_eq!(runs(d).len(), before + 1, "{}", log("second.log"));
+        let resume = ctl(d, port, TOKEN, &["resume", "tick"]);
+        assert!(resume.status.success(), "{}", text(&resume));
+        assert!(
+            wait_for(Duration::from_secs(20), || runs(d).len() >= before + 3),
+            "{}",
+            log("second.log")
+        );
+        let metrics = crate::ops_util::http_get(port, "/metrics").unwrap().1;
+        assert!(
+            metrics.contains("beatd_fires_skipped_total{entry=\"tick\",reason=\"pause\"}"),
+            "{metrics}"
+        );
+        signal(&second, "TERM");
+        assert!(wait_exit(&mut second, Duration::from_secs(20)).success());
+    }
+}
