@@ -329,11 +329,12 @@ mod embedded {
     }
 
     fn ctl(dir: &Path, port: u16, token: &str, args: &[&str]) -> std::process::Output {
-        output(
-            beatd(dir)
-                .args(args)
-                .args(["--url", &format!("http://127.0.0.1:{port}"), "--control-token", token]),
-        )
+        output(beatd(dir).args(args).args([
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "--control-token",
+            token,
+        ]))
     }
 
     #[test]
@@ -365,7 +366,12 @@ mod embedded {
             "{}",
             log("second.log")
         );
-        assert_eq!(runs(d).len(), before, "ran while paused:\n{}", log("second.log"));
+        assert_eq!(
+            runs(d).len(),
+            before,
+            "ran while paused:\n{}",
+            log("second.log")
+        );
         let status = output(beatd(d).args(["status", "--format", "json"]));
         let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
         assert!(st["entries"][0]["paused"].is_object(), "{st:#}");

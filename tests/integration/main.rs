@@ -10,6 +10,8 @@ mod celery_import;
 mod chaos;
 // Command line: check diagnostics and exit codes, next, help.
 mod cli;
+// The status page in headless Chromium: entries, timeline, trigger only with the token.
+mod console;
 // Runtime controls: pause, resume, trigger, backfill against HA replicas and `beatd run`.
 mod controls;
 // Bad input at the edges: huge files, many entries, deep nesting, symlink loops, huge messages.
