@@ -18,6 +18,7 @@
 
 pub mod controls;
 pub mod message;
+mod overlap;
 pub mod plan;
 pub(crate) mod term;
 
@@ -474,6 +475,7 @@ impl Beat {
             self.reach(at).await;
             let due = plan.pop_due(self.clock.now());
             let due = self.hold_paused(plan, due);
+            let due = self.hold_overlapping(plan, due).await;
             if term.expired(Instant::now()) {
                 return Err(TermEnd::LeaseLost);
             }
@@ -483,6 +485,7 @@ impl Beat {
             if (at - now).to_std().unwrap_or_default() <= self.options.stage_ahead {
                 let due = plan.pop_due(at);
                 let due = self.hold_paused(plan, due);
+                let due = self.hold_overlapping(plan, due).await;
                 term.phase = Phase::Staging(Staging::new(&term.lease, at, due, emitter.clone()));
             }
         }

@@ -26,6 +26,8 @@ mod ha;
 mod ha_util;
 // Interoperability with real Python Celery (worker, beat, client) on a private redis-server.
 mod interop;
+// Overlap policies with slow tasks on beatd's worker; `check` without a result backend.
+mod overlap;
 // Operations: HTTP endpoints and metrics, systemd notify, reloads, deploy files, logs and
 // secrets.
 mod ops;
