@@ -92,6 +92,12 @@ fn entry(
             .with_help(help.to_owned())
     };
     let name = match &e.name {
+        // Control characters would make log lines and the state keys of triggers and
+        // backfills (`entry US kind US id`) ambiguous.
+        Some(n) if n.get_ref().chars().any(char::is_control) => {
+            out.push(file.error(n.span(), "`name` contains a control character"));
+            None
+        }
         Some(n) => keep(nonempty(file, "name", n), out),
         None if reported("name") => None,
         None => {
