@@ -13,6 +13,9 @@ command -v rabbitmq-server >/dev/null 2>&1 || need_apt+=(rabbitmq-server)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 # the TLS tests make their certificates with the openssl command line
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The status page's test drives Debian's chromium with playwright-core (node from npm).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if ((${#need_apt[@]})); then
   echo "== installing ${need_apt[*]} (Debian packages)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -37,6 +40,13 @@ if ! "$VENV/bin/python" -c 'import celery, redis, kubernetes_validate, honcho, r
     'rq>=3,<4' 'kubernetes-validate>=1.28' 'honcho>=2,<3'
 fi
 export BEATD_TEST_PYTHON="$VENV/bin/python"
+
+# playwright-core for tests/integration/console.rs, into tests/browser/node_modules (not in
+# git); it drives the system's chromium, it downloads no browser.
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "== installing playwright-core (npm) into tests/browser"
+  npm install --prefix tests/browser --no-audit --no-fund --silent
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

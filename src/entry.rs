@@ -46,6 +46,11 @@ pub struct Entry {
     pub catch_up_window: Duration,
     /// Disabled entries are parsed and validated but never fire.
     pub enabled: bool,
+    /// What to do at a fire time while the previous run has no final state (`overlap`).
+    pub overlap: Overlap,
+    /// Longest a run without a final state holds back the next (`overlap_timeout`): a lost
+    /// result must not block the entry forever.
+    pub overlap_timeout: Duration,
     /// No fire time before this instant.
     pub start_at: Option<DateTime<Utc>>,
     /// No fire time after this instant.
@@ -217,3 +222,30 @@ impl Entry {
 
 #[cfg(test)]
 mod tests;
+
+/// The overlap policy of an entry, named as Temporal and Kubernetes name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overlap {
+    /// Send at every fire time, whatever the previous run does (the default).
+    #[default]
+    Allow,
+    /// Send nothing while the previous run has no final state in the result backend.
+    Skip,
+    /// Keep at most one fire time waiting, sent when the previous run finishes.
+    BufferOne,
+}
+
+impl Overlap {
+    /// The name in schedule files.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Skip => "skip",
+            Self::BufferOne => "buffer_one",
+        }
+    }
+}
+
+/// The default `overlap_timeout`.
+pub const DEFAULT_OVERLAP_TIMEOUT: Duration = Duration::from_secs(3600);

@@ -65,6 +65,9 @@ pub async fn check(flags: &Flags) -> Result<u8, Error> {
                     warnings += unhandled(&loaded.entries, &file);
                 }
                 entries = loaded.entries.len();
+                let has_redis = file.redis_url.is_some()
+                    || crate::redis::resolve_url(None, |k| std::env::var(k).ok()).is_some();
+                errors += overlap_without_backend(&loaded.entries, has_redis);
             }
             Err(d) => {
                 eprint!("{d}");
@@ -162,6 +165,36 @@ pub fn unhandled(entries: &[Entry], file: &AppConfig) -> usize {
         );
     }
     missing.len()
+}
+
+/// `overlap = "skip"` and `"buffer_one"` read the previous run's state from the result
+/// backend, which is the Redis the beat runs on: without one they cannot work. Returns how
+/// many entries were reported.
+pub fn overlap_without_backend(entries: &[Entry], has_redis: bool) -> usize {
+    if has_redis {
+        return 0;
+    }
+    let mut n = 0;
+    for e in entries
+        .iter()
+        .filter(|e| e.overlap != crate::entry::Overlap::Allow)
+    {
+        let at = e.source.as_ref().map_or(String::new(), |s| {
+            format!("{}:{}: ", s.path.display(), s.line)
+        });
+        eprintln!(
+            "{at}error: entry {:?} sets overlap = \"{}\", which needs a result backend to see \
+             whether the previous run finished; none is configured",
+            e.name,
+            e.overlap.as_str()
+        );
+        eprintln!(
+            "  = help: run the beat on Redis (redis_url in beatd.toml, BEATD_REDIS_URL, \
+             CELERY_BROKER_URL or REDIS_URL), where workers store results, or use overlap = \"allow\""
+        );
+        n += 1;
+    }
+    n
 }
 
 fn summary(errors: usize, warnings: usize) -> String {

@@ -289,6 +289,8 @@ pub struct BeatPorts {
     pub state: Arc<dyn StateStore>,
     /// Pause, resume, trigger and backfill requests and the pauses they leave.
     pub controls: Arc<dyn ControlStore>,
+    /// Run states for the overlap policies; `None`: no result backend.
+    pub results: Option<Arc<dyn crate::control::RunStates>>,
 }
 
 impl BeatPorts {
@@ -307,6 +309,9 @@ impl BeatPorts {
             ))),
             state: Arc::new(RedisState::new(conn.clone(), keys)),
             controls: Arc::new(RedisControls::new(conn.clone(), namespace)),
+            results: Some(Arc::new(crate::control::RedisRunStates {
+                conn: conn.clone(),
+            })),
         }
     }
 
@@ -339,6 +344,9 @@ impl BeatPorts {
             ))),
             state: Arc::new(RedisState::new(conn.clone(), keys)),
             controls: Arc::new(RedisControls::new(conn.clone(), namespace)),
+            results: Some(Arc::new(crate::control::RedisRunStates {
+                conn: conn.clone(),
+            })),
         }
     }
 
@@ -361,6 +369,7 @@ impl BeatPorts {
             .map_err(Error::Controls)?;
         Ok(Self {
             controls: Arc::new(controls),
+            results: None,
             leader: Arc::new(crate::leader::AmqpLeader::new(amqp.clone(), namespace, ttl)),
             handover: Arc::new(Poll),
             emission: Emission::Direct(Arc::new(crate::emit::AmqpFileEmitter::new(
@@ -386,6 +395,7 @@ impl BeatPorts {
             .map_err(Error::Controls)?;
         Ok(Self {
             controls: Arc::new(controls),
+            results: None,
             leader,
             handover: Arc::new(Poll),
             emission: Emission::Direct(Arc::new(LocalEmitter::new(state.clone(), queue))),
@@ -446,7 +456,8 @@ pub fn start_beat(
         metrics: d.metrics.clone(),
         options,
         heartbeat,
-        controls: crate::beat::controls::Controls::new(ports.controls.clone()),
+        controls: crate::beat::controls::Controls::new(ports.controls.clone())
+            .with_results(ports.results.clone()),
     };
     d.tracker.spawn(beat.run(d.signals.graceful.clone()));
     d.tracker.spawn(super::reload::run(

@@ -52,6 +52,17 @@ pub async fn run(settings: Settings) -> Result<u8, Error> {
         let strict = settings.strict_schedule;
         Arc::new(move || redis_up() && !(strict && agreement.mismatch().is_some()))
     } else {
+        if let Some(e) = entries
+            .iter()
+            .find(|e| e.overlap != crate::entry::Overlap::Allow)
+        {
+            return Err(Error::Usage(format!(
+                "entry {:?} sets overlap = \"{}\", which needs the result backend of a beat \
+                 on Redis: set --redis-url or REDIS_URL (the embedded worker stores no results)",
+                e.name,
+                e.overlap.as_str()
+            )));
+        }
         if let Some(e) = entries.iter().find(|e| e.rq.is_some()) {
             return Err(Error::Usage(format!(
                 "entry {:?} targets RQ (protocol = \"rq\"), which needs Redis: set \

@@ -14,7 +14,7 @@ use super::term::{Phase, Term};
 use super::{Beat, TermEnd};
 use crate::control::{
     one_off_key, Action, ControlStore, Pause, Persisted, Refusal, Reply, Request, ResumeCatchUp,
-    SkipReason, Update, BACKFILL_CAP, BACKFILL_CONFIRM,
+    RunStates, SkipReason, Update, BACKFILL_CAP, BACKFILL_CONFIRM,
 };
 use crate::emit::{EmitOutcome, Fire};
 use crate::entry::Entry;
@@ -37,18 +37,25 @@ const CHUNK: usize = 500;
 pub struct Controls {
     /// Where requests wait and pauses are kept.
     store: Arc<dyn ControlStore>,
+    /// Where run states are read for the overlap policies; `None`: every run counts as
+    /// finished.
+    pub(super) results: Option<Arc<dyn RunStates>>,
     /// The leader's view, loaded at each plan and kept up to date by what it writes.
     local: Mutex<Local>,
 }
 
 #[derive(Default)]
-struct Local {
+pub(super) struct Local {
     /// Pauses and counts as last read or written.
     persisted: Persisted,
     /// Counts and marks not yet written (flushed at the next poll).
-    unsaved: Update,
+    pub(super) unsaved: Update,
     /// When to poll next.
     next_poll: Option<Instant>,
+    /// Per entry, the last message sent (task id) and when.
+    pub(super) running: HashMap<String, (String, Instant)>,
+    /// Per entry, the fire time `buffer_one` keeps waiting.
+    pub(super) buffered: HashMap<String, Due>,
 }
 
 impl Controls {
@@ -57,11 +64,19 @@ impl Controls {
     pub fn new(store: Arc<dyn ControlStore>) -> Self {
         Self {
             store,
+            results: None,
             local: Mutex::default(),
         }
     }
 
-    fn local(&self) -> std::sync::MutexGuard<'_, Local> {
+    /// Reads run states from `results` for the overlap policies.
+    #[must_use]
+    pub fn with_results(mut self, results: Option<Arc<dyn RunStates>>) -> Self {
+        self.results = results;
+        self
+    }
+
+    pub(super) fn local(&self) -> std::sync::MutexGuard<'_, Local> {
         self.local.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -83,6 +98,9 @@ impl Controls {
     /// `regular`: the fire time of a regular (or catch-up) send, the first of which is kept.
     pub fn sent(&self, entry: &str, task_id: &str, regular: Option<i64>) {
         let mut local = self.local();
+        local
+            .running
+            .insert(entry.to_owned(), (task_id.to_owned(), Instant::now()));
         if let Some(at) = regular {
             if !local.persisted.first_run.contains_key(entry) {
                 local.persisted.first_run.insert(entry.to_owned(), at);
@@ -256,6 +274,15 @@ impl Beat {
         update.apply(&mut local.persisted);
         local.unsaved.merge(update);
         local.next_poll = Some(Instant::now());
+        let since = Instant::now();
+        for e in entries
+            .iter()
+            .filter(|e| e.overlap != crate::entry::Overlap::Allow)
+        {
+            if let Some(id) = local.persisted.last_task.get(&e.name).cloned() {
+                local.running.entry(e.name.clone()).or_insert((id, since));
+            }
+        }
         drop(local);
         Some(())
     }
@@ -333,6 +360,9 @@ impl Beat {
             update.pauses.push((entry, None));
         }
         if let Err(e) = self.control_write(&lease, update).await {
+            return self.control_failed(e);
+        }
+        if let Err(e) = self.release_buffered(&lease, plan).await {
             return self.control_failed(e);
         }
         let requests = match self.controls.store.pending().await {
@@ -668,7 +698,7 @@ impl Beat {
     }
 
     /// Sends `fires` of `entry` in chunks through the fenced emitter; (sent, already sent).
-    async fn send(
+    pub(super) async fn send(
         &self,
         lease: &Lease,
         entry: &Entry,

@@ -18,6 +18,7 @@
 
 pub mod controls;
 pub mod message;
+mod overlap;
 pub mod plan;
 pub(crate) mod term;
 
@@ -353,9 +354,11 @@ impl Beat {
         };
         loop {
             self.heartbeat.beat();
-            let until = term
-                .wake(plan.next_wake(), self.now(), timing)
-                .min(self.controls.poll_at());
+            let mut until = term.wake(plan.next_wake(), self.now(), timing);
+            // Controls are polled only while the term follows a plan (see `turn`).
+            if !matches!(term.phase, Phase::Replan { .. }) {
+                until = until.min(self.controls.poll_at());
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return (TermEnd::Cancelled, term.lease),
                 () = tokio::time::sleep_until(until) => {}
@@ -513,6 +516,7 @@ impl Beat {
             let now = self.clock.now();
             let due = plan.pop_due(now);
             let due = self.hold_paused(plan, due);
+            let due = self.hold_overlapping(plan, due).await;
             if term.expired(Instant::now()) {
                 return Err(TermEnd::LeaseLost);
             }
@@ -532,6 +536,7 @@ impl Beat {
             if (at - now).to_std().unwrap_or_default() <= self.options.stage_ahead {
                 let due = plan.pop_due(at);
                 let due = self.hold_paused(plan, due);
+                let due = self.hold_overlapping(plan, due).await;
                 term.phase = Phase::Staging(Staging::new(&term.lease, at, due, emitter.clone()));
             }
         }

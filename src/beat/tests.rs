@@ -37,6 +37,8 @@ fn every(name: &str, secs: u64, catch_up: CatchUp) -> Entry {
         catch_up,
         catch_up_window: Duration::from_secs(3600),
         enabled: true,
+        overlap: crate::entry::Overlap::Allow,
+        overlap_timeout: crate::entry::DEFAULT_OVERLAP_TIMEOUT,
         start_at: None,
         end_at: None,
         description: None,

@@ -72,6 +72,8 @@ pub(crate) struct RawEntry {
     pub(crate) catch_up: Option<Spanned<String>>,
     pub(crate) catch_up_window: Option<Spanned<String>>,
     pub(crate) enabled: Option<Spanned<bool>>,
+    pub(crate) overlap: Option<Spanned<String>>,
+    pub(crate) overlap_timeout: Option<Spanned<String>>,
     pub(crate) start_at: Option<Spanned<toml::Value>>,
     pub(crate) end_at: Option<Spanned<toml::Value>>,
     pub(crate) description: Option<Spanned<String>>,

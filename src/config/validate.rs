@@ -92,6 +92,12 @@ fn entry(
             .with_help(help.to_owned())
     };
     let name = match &e.name {
+        // Control characters would make log lines and the state keys of triggers and
+        // backfills (`entry US kind US id`) ambiguous.
+        Some(n) if n.get_ref().chars().any(char::is_control) => {
+            out.push(file.error(n.span(), "`name` contains a control character"));
+            None
+        }
         Some(n) => keep(nonempty(file, "name", n), out),
         None if reported("name") => None,
         None => {
@@ -165,6 +171,14 @@ fn entry(
         Some(c) => keep(catch_up(file, c), out),
         None => defaults.catch_up,
     };
+    let overlap = match &e.overlap {
+        Some(o) => keep(values::overlap(file, o), out),
+        None => Some(crate::entry::Overlap::Allow),
+    };
+    let overlap_timeout = match &e.overlap_timeout {
+        Some(v) => keep(values::positive_duration(file, "overlap_timeout", v), out),
+        None => Some(crate::entry::DEFAULT_OVERLAP_TIMEOUT),
+    };
     if let (Some(CatchUp::None), Some(w)) = (catch_up, &e.catch_up_window) {
         out.push(
             file.warning(
@@ -210,7 +224,10 @@ fn entry(
     let (name, task, schedule) = (name?, task?, schedule?);
     let (start_at, end_at) = window?;
     let rq = rq?;
+    let (overlap, overlap_timeout) = (overlap?, overlap_timeout?);
     Some(Entry {
+        overlap,
+        overlap_timeout,
         jitter_offset: jitter.map_or(Duration::ZERO, |max| schedule::jitter_offset(&name, max)),
         catch_up_window: catch_up_window
             .unwrap_or_else(|| schedule::default_catch_up_window(&schedule)),

@@ -292,6 +292,29 @@ pub(crate) fn catch_up(file: &SourceFile, v: &Spanned<String>) -> Result<CatchUp
     }
 }
 
+/// An entry's `overlap` policy.
+pub(crate) fn overlap(
+    file: &SourceFile,
+    v: &Spanned<String>,
+) -> Result<crate::entry::Overlap, Diagnostic> {
+    use crate::entry::Overlap;
+    const NAMES: [&str; 3] = ["allow", "skip", "buffer_one"];
+    match v.get_ref().as_str() {
+        "allow" => Ok(Overlap::Allow),
+        "skip" => Ok(Overlap::Skip),
+        "buffer_one" => Ok(Overlap::BufferOne),
+        other => {
+            let d = file.error(v.span(), format!("unknown overlap policy `{other}`"));
+            Err(match suggest(other, NAMES.into_iter()) {
+                Some(best) => d.with_help(format!(
+                    "did you mean `{best}`? (allow | skip | buffer_one)"
+                )),
+                None => d.with_help("overlap is one of allow, skip, buffer_one"),
+            })
+        }
+    }
+}
+
 /// A TOML table as a JSON object (`kwargs`, `headers`).
 pub(crate) fn json_table(
     file: &SourceFile,

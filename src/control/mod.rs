@@ -14,7 +14,7 @@ pub mod redis;
 
 pub use crate::store::Error;
 pub use local::LocalControls;
-pub use redis::RedisControls;
+pub use redis::{RedisControls, RedisRunStates};
 
 use crate::leader::Lease;
 use async_trait::async_trait;
@@ -330,6 +330,14 @@ pub trait ControlStore: Send + Sync {
     /// # Errors
     /// [`Error::LeaseLost`] when it no longer does; nothing is written then.
     async fn write(&self, lease: &Lease, update: &Update) -> Result<(), Error>;
+}
+
+/// Whether runs are over, from the result backend (the overlap policies).
+#[async_trait]
+pub trait RunStates: Send + Sync {
+    /// For each task id, whether its result has a final state (`SUCCESS`, `FAILURE`,
+    /// `REVOKED`).
+    async fn finished(&self, task_ids: &[String]) -> Result<Vec<bool>, Error>;
 }
 
 /// The state key under which the one-off sends of `entry` are recorded: `kind` is `trigger`

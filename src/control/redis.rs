@@ -301,3 +301,39 @@ impl ControlStore for RedisControls {
         }
     }
 }
+
+/// Run states from Celery's result keys (`celery-task-meta-<id>`), which Celery workers and
+/// beatd's worker write.
+#[derive(Debug, Clone)]
+pub struct RedisRunStates {
+    /// The result backend.
+    pub conn: RedisConn,
+}
+
+#[async_trait]
+impl super::RunStates for RedisRunStates {
+    async fn finished(&self, task_ids: &[String]) -> Result<Vec<bool>, store::Error> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = task_ids
+            .iter()
+            .map(|id| format!("celery-task-meta-{id}"))
+            .collect();
+        let raw: Vec<Option<String>> = self
+            .conn
+            .run(|mut c| {
+                let k = keys.clone();
+                async move { ::redis::cmd("MGET").arg(k).query_async(&mut c).await }
+            })
+            .await?;
+        Ok(raw
+            .into_iter()
+            .map(|r| {
+                r.and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
+                    .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_owned))
+                    .is_some_and(|s| matches!(s.as_str(), "SUCCESS" | "FAILURE" | "REVOKED"))
+            })
+            .collect())
+    }
+}

@@ -25,6 +25,8 @@ fn entry(schedule: Schedule) -> Entry {
         catch_up: CatchUp::Latest,
         catch_up_window: Duration::from_secs(3600),
         enabled: true,
+        overlap: crate::entry::Overlap::Allow,
+        overlap_timeout: crate::entry::DEFAULT_OVERLAP_TIMEOUT,
         start_at: None,
         end_at: None,
         description: None,

@@ -74,6 +74,10 @@ fn rfc(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+fn logs(beats: &[Beat]) -> String {
+    dump_logs(&beats.iter().collect::<Vec<_>>())
+}
+
 fn ttl3() -> BeatOpts {
     BeatOpts {
         lock_ttl: Some("3s"),
@@ -96,26 +100,29 @@ fn pause_survives_a_kill9_failover_trigger_and_backfill_during_it_send_once() {
     let out = ctl(&url, &["pause", "tick"]);
     assert!(out.status.success(), "{}", text(&out));
     let paused_at = now();
-    let logs = || dump_logs(&beats.iter().collect::<Vec<_>>());
     // Effective within a second: nothing scheduled later than that is sent.
     std::thread::sleep(Duration::from_secs(3));
     let late: Vec<_> = with_trigger(&url, "tick", None)
         .into_iter()
         .filter(|m| scheduled(m) > paused_at + TimeDelta::seconds(1))
         .collect();
-    assert!(late.is_empty(), "sent while paused: {late:#?}\n{}", logs());
+    assert!(
+        late.is_empty(),
+        "sent while paused: {late:#?}\n{}",
+        logs(&beats)
+    );
 
     // Kill the leader; ask for a trigger while no replica leads (the request waits).
     beats.iter_mut().find(|b| b.pid == leader).unwrap().kill9();
     let trig = ctl(&url, &["trigger", "tick", "--wait", "20s"]);
-    assert!(trig.status.success(), "{}\n{}", text(&trig), logs());
+    assert!(trig.status.success(), "{}\n{}", text(&trig), logs(&beats));
     let survivor = *pids.iter().find(|p| **p != leader).unwrap();
     assert_eq!(leader_pid(&url), Some(survivor));
     assert_eq!(
         with_trigger(&url, "tick", Some("manual")).len(),
         1,
         "{}",
-        logs()
+        logs(&beats)
     );
 
     // The pause held across the failover: the new leader sent no regular fire.
@@ -127,7 +134,7 @@ fn pause_survives_a_kill9_failover_trigger_and_backfill_during_it_send_once() {
     assert!(
         late.is_empty(),
         "sent while paused after failover: {late:#?}\n{}",
-        logs()
+        logs(&beats)
     );
     let status = ctl(
         &url,
@@ -158,7 +165,7 @@ fn pause_survives_a_kill9_failover_trigger_and_backfill_during_it_send_once() {
     let b1 = ctl(&url, &["backfill", "tick", "--from", &from, "--to", &to]);
     assert!(b1.status.success(), "{}", text(&b1));
     let first = with_trigger(&url, "tick", Some("backfill")).len();
-    assert!(first >= 4, "{}\n{}", text(&b1), logs());
+    assert!(first >= 4, "{}\n{}", text(&b1), logs(&beats));
     let b2 = ctl(&url, &["backfill", "tick", "--from", &from, "--to", &to]);
     assert!(b2.status.success(), "{}", text(&b2));
     assert_eq!(
@@ -187,7 +194,8 @@ fn pause_survives_a_kill9_failover_trigger_and_backfill_during_it_send_once() {
         .filter(|(_, m)| m["headers"]["beatd_trigger"] != "manual")
         .map(|(m, _)| m.clone())
         .collect();
-    assert_exactly_once(&not_manual, &logs());
+    let ctx = logs(&beats);
+    assert_exactly_once(&not_manual, &ctx);
     for b in &mut beats {
         if b.running() {
             b.terminate(Duration::from_secs(15));
@@ -280,4 +288,127 @@ fn bad_requests_are_refused_with_their_exit_codes_and_send_nothing() {
         beat.log_text()
     );
     beat.terminate(Duration::from_secs(15));
+}
+
+/// `beatd run` (embedded) whose task appends its scheduled time and task id to `runs.txt`.
+mod embedded {
+    use super::text;
+    use crate::util::{beatd, output, project, signal, spawn_logged, wait_exit, wait_for};
+    use std::path::Path;
+    use std::time::Duration;
+
+    const TOKEN: &str = "s3cret-token";
+
+    fn config(dir: &Path) -> String {
+        format!(
+            "[worker.tasks.\"demo.record\"]\nkind = \"exec\"\n\
+             command = [\"sh\", \"-c\", \"echo \\\"$BEATD_TASK_SCHEDULED_AT $BEATD_TASK_ID\\\" >> '{}'\"]\n",
+            dir.join("runs.txt").display()
+        )
+    }
+
+    fn runs(dir: &Path) -> Vec<String> {
+        std::fs::read_to_string(dir.join("runs.txt"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn start(dir: &Path, port: u16, log: &str) -> std::process::Child {
+        spawn_logged(
+            beatd(dir).args([
+                "run",
+                "--http-addr",
+                &format!("127.0.0.1:{port}"),
+                "--control-token",
+                TOKEN,
+            ]),
+            &dir.join(log),
+        )
+    }
+
+    fn ctl(dir: &Path, port: u16, token: &str, args: &[&str]) -> std::process::Output {
+        output(beatd(dir).args(args).args([
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "--control-token",
+            token,
+        ]))
+    }
+
+    #[test]
+    fn pause_over_http_survives_a_restart_trigger_sends_one_wrong_token_none() {
+        let dir = project(&[(
+            "schedules/s.toml",
+            "[[entry]]\nname = \"tick\"\ntask = \"demo.record\"\nevery = \"1s\"\n",
+        )]);
+        let d = dir.path();
+        std::fs::write(d.join("beatd.toml"), config(d)).unwrap();
+        let port = beatd::testkit::free_port().unwrap();
+        let mut first = start(d, port, "first.log");
+        let log = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
+        assert!(
+            wait_for(Duration::from_secs(30), || runs(d).len() >= 2),
+            "{}",
+            log("first.log")
+        );
+        let out = ctl(d, port, TOKEN, &["pause", "tick"]);
+        assert!(out.status.success(), "{}\n{}", text(&out), log("first.log"));
+        // Restart: the pause is in the controls file beside the state file.
+        signal(&first, "TERM");
+        assert!(wait_exit(&mut first, Duration::from_secs(20)).success());
+        let before = runs(d).len();
+        let mut second = start(d, port, "second.log");
+        assert!(
+            wait_for(Duration::from_secs(20), || log("second.log")
+                .contains("fire time skipped: entry paused")),
+            "{}",
+            log("second.log")
+        );
+        assert_eq!(
+            runs(d).len(),
+            before,
+            "ran while paused:\n{}",
+            log("second.log")
+        );
+        let status = output(beatd(d).args(["status", "--format", "json"]));
+        let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        assert!(st["entries"][0]["paused"].is_object(), "{st:#}");
+
+        // A wrong token sends nothing; the right one exactly one run.
+        let bad = ctl(d, port, "wrong", &["trigger", "tick"]);
+        assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+        let ok = ctl(d, port, TOKEN, &["trigger", "tick"]);
+        assert!(ok.status.success(), "{}", text(&ok));
+        assert!(
+            wait_for(Duration::from_secs(20), || runs(d).len() == before + 1),
+            "{}",
+            log("second.log")
+        );
+        // Still paused after the trigger: the count stays.
+        assert!(
+            wait_for(Duration::from_secs(10), || log("second.log")
+                .matches("fire time skipped: entry paused")
+                .count()
+                >= 3),
+            "{}",
+            log("second.log")
+        );
+        assert_eq!(runs(d).len(), before + 1, "{}", log("second.log"));
+        let resume = ctl(d, port, TOKEN, &["resume", "tick"]);
+        assert!(resume.status.success(), "{}", text(&resume));
+        assert!(
+            wait_for(Duration::from_secs(20), || runs(d).len() >= before + 3),
+            "{}",
+            log("second.log")
+        );
+        let metrics = crate::ops_util::http_get(port, "/metrics").unwrap().1;
+        assert!(
+            metrics.contains("beatd_fires_skipped_total{entry=\"tick\",reason=\"pause\"}"),
+            "{metrics}"
+        );
+        signal(&second, "TERM");
+        assert!(wait_exit(&mut second, Duration::from_secs(20)).success());
+    }
 }

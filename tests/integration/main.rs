@@ -10,6 +10,8 @@ mod celery_import;
 mod chaos;
 // Command line: check diagnostics and exit codes, next, help.
 mod cli;
+// The status page in headless Chromium: entries, timeline, trigger only with the token.
+mod console;
 // Runtime controls: pause, resume, trigger, backfill against HA replicas and `beatd run`.
 mod controls;
 // Bad input at the edges: huge files, many entries, deep nesting, symlink loops, huge messages.
@@ -24,6 +26,8 @@ mod ha;
 mod ha_util;
 // Interoperability with real Python Celery (worker, beat, client) on a private redis-server.
 mod interop;
+// Overlap policies with slow tasks on beatd's worker; `check` without a result backend.
+mod overlap;
 // Operations: HTTP endpoints and metrics, systemd notify, reloads, deploy files, logs and
 // secrets.
 mod ops;

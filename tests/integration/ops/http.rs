@@ -267,6 +267,7 @@ fn readme_metrics_table_lists_exactly_the_exported_metrics() {
         .worker_tasks
         .get_or_create(&labels(&[("task", "t"), ("state", "success")]));
     let _ = m.task_duration.get_or_create(&labels(&[("task", "t")]));
+    m.count_skip("e", "pause", 1);
     let exported: std::collections::BTreeSet<String> = m
         .render()
         .lines()

@@ -76,6 +76,7 @@ fn a_wedged_beat_loop_turns_healthz_503_and_stops_the_watchdog() {
         emission: Emission::Direct(Arc::new(MemoryEmitter::new(leader, state.clone()))),
         state: Arc::new(state),
         controls: Arc::new(beatd::control::LocalControls::in_memory()),
+        results: None,
     };
     let options = BeatOptions {
         acquire_interval: Duration::from_millis(100),
