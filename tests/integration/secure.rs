@@ -20,9 +20,12 @@ const ACL: &[&str] = &[
     "~unacked",
     "~unacked_index",
     "~unacked_mutex",
+    "~_kombu.binding.*",
+    "~*.reply.celery.pidbox",
     "resetchannels",
     "&celery-task-meta-*",
     "&beatd:*",
+    "&/0.celery.pidbox",
     "-@all",
     "+ping",
     "+select",
@@ -62,6 +65,15 @@ const ACL: &[&str] = &[
     "+zrange",
     "+publish",
     "+subscribe",
+    "+psubscribe",
+    "+lrange",
+    "+lrem",
+    "+hincrby",
+    "+hsetnx",
+    "+zremrangebyrank",
+    "+zrangebyscore",
+    "+mget",
+    "+smembers",
 ];
 
 const SCHEDULE: &str = r#"
