@@ -118,23 +118,31 @@ impl ResultSink for RedisResults {
     async fn store_state(&self, record: &StateRecord) -> Result<bool, Error> {
         static SCRIPT: std::sync::LazyLock<redis::Script> =
             std::sync::LazyLock::new(|| redis::Script::new(STORE_STATE));
-        let mut conn = self.conn.clone();
-        let stored: i64 = SCRIPT
-            .key(record.key())
-            .arg(record.to_json())
-            .arg(self.ttl_secs)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(stored == 1)
+        self.store_guarded(&SCRIPT, record.key(), record.to_json())
+            .await
     }
 
     async fn store_if_pending(&self, record: &ResultRecord) -> Result<bool, Error> {
         static SCRIPT: std::sync::LazyLock<redis::Script> =
             std::sync::LazyLock::new(|| redis::Script::new(STORE_IF_PENDING));
+        self.store_guarded(&SCRIPT, record.key(), record.to_json())
+            .await
+    }
+}
+
+impl RedisResults {
+    /// Runs a script that stores `json` under `key` with the result TTL only if the record
+    /// there allows it; whether it stored.
+    async fn store_guarded(
+        &self,
+        script: &redis::Script,
+        key: impl redis::ToRedisArgs,
+        json: impl redis::ToRedisArgs,
+    ) -> Result<bool, Error> {
         let mut conn = self.conn.clone();
-        let stored: i64 = SCRIPT
-            .key(record.key())
-            .arg(record.to_json())
+        let stored: i64 = script
+            .key(key)
+            .arg(json)
             .arg(self.ttl_secs)
             .invoke_async(&mut conn)
             .await?;
