@@ -452,6 +452,9 @@ impl Beat {
                 let step = self.stage_step(&term.lease, plan, &mut st).await;
                 if step.is_ok() {
                     term.phase = if st.complete() {
+                        // Parked whole: the emitter may now ready the commit (onto busy
+                        // queues, the pushes themselves) so the instant costs less.
+                        st.emitter.prepare(&term.lease, st.batch).await;
                         Phase::Staged(st)
                     } else {
                         Phase::Staging(st)

@@ -224,6 +224,10 @@ impl StagedEmitter for MemoryEmitter {
         Ok(Committed::Recorded)
     }
 
+    async fn prepare(&self, _lease: &Lease, _batch: BatchId) {
+        // Nothing to get ready: the commit is one in-memory step.
+    }
+
     async fn recover(&self, lease: &Lease) -> Result<(), Error> {
         self.fence(lease).await?;
         let mut q = lock(&self.queue);

@@ -12,6 +12,7 @@
 pub mod amqp;
 pub mod local;
 pub mod memory;
+mod prepared;
 pub mod redis;
 
 pub use crate::store::Error;
@@ -128,6 +129,11 @@ pub trait StagedEmitter: Emitter {
     /// [`StagedEmitter::recover`]). A failure after it became visible is
     /// [`Committed::Unrecorded`], not an error.
     async fn commit(&self, lease: &Lease, batch: BatchId) -> Result<Committed, Error>;
+
+    /// Called once a batch is fully staged, before its instant: lets an implementation get
+    /// the commit ready (Redis queues the pushes onto busy queues, see `emit/prepared.rs`).
+    /// Best effort, never fails: without it, or after a failure, the commit does everything.
+    async fn prepare(&self, lease: &Lease, batch: BatchId);
 
     /// At the start of a term (and before any replan): records every committed batch and
     /// rolls back every batch never committed, whoever staged them, so the recorded last

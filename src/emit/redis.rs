@@ -7,6 +7,10 @@
 //! the instant (O(1) per queue), `scripts/settle.lua` then records the last runs, and at the
 //! start of a term rolls back whatever was staged and never committed.
 //!
+//! Onto a queue that already holds messages, the commit goes faster through transactions
+//! queued before the instant ([`super::prepared`]); the scripts stay the path that finishes
+//! whatever those did not.
+//!
 //! Every one of those calls goes through `RedisConn::run_replicated`: behind Sentinel it
 //! `WAIT`s for a replica, and a call whose writes did not reach one in time is an error like
 //! a lost reply, so the beat never moves on from a step a promotion could undo.
@@ -14,6 +18,7 @@
 //! Owns batching and the scripts' argument layout. Does not build messages (`protocol`) or
 //! decide what is due (`beat`).
 
+use super::prepared::{Copies, Executed, Prepared};
 use super::{BatchId, Committed, EmitOutcome, Emitter, Fire, RqJobHash, StagedEmitter};
 use crate::leader::Lease;
 use crate::redis::{Error, Keys, RedisConn};
@@ -21,7 +26,7 @@ use crate::store;
 use ::redis::{Script, Value};
 use async_trait::async_trait;
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 static EMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/emit.lua")));
 static STAGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/stage.lua")));
@@ -86,13 +91,85 @@ pub struct RedisEmitter {
     keys: Keys,
     /// Chunking limits.
     opts: EmitOptions,
+    /// The batch being staged: its copies, then its prepared transactions. Clones share it.
+    busy: Arc<Mutex<Busy>>,
+}
+
+/// One batch at a time: the beat stages, prepares and commits one fire time after another.
+#[derive(Debug, Default)]
+struct Busy {
+    copies: Option<Copies>,
+    prepared: Option<Prepared>,
 }
 
 impl RedisEmitter {
     /// An emitter writing under `keys`.
     #[must_use]
     pub fn new(conn: RedisConn, keys: Keys, opts: EmitOptions) -> Self {
-        Self { conn, keys, opts }
+        Self {
+            conn,
+            keys,
+            opts,
+            busy: Arc::default(),
+        }
+    }
+
+    fn busy(&self) -> std::sync::MutexGuard<'_, Busy> {
+        self.busy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps copies of what a stage call parked, for [`RedisEmitter::prepare_batch`]; a new
+    /// batch drops whatever an older one left.
+    fn keep_copies(&self, batch: BatchId, fires: &[Fire], outcomes: &[EmitOutcome]) {
+        let mut busy = self.busy();
+        // Staging more into a batch changes its staged lists: what was prepared is void.
+        busy.prepared = None;
+        if busy.copies.as_ref().map(Copies::batch) != Some(batch) {
+            busy.copies = Some(Copies::new(batch));
+        }
+        let Some(copies) = busy.copies.as_mut() else {
+            return;
+        };
+        for (f, o) in fires.iter().zip(outcomes) {
+            if *o == EmitOutcome::Sent {
+                match f.rq {
+                    None => copies.add(&f.list_key, &f.payload),
+                    Some(_) => copies.add(&format!("r:{}", f.list_key), &f.payload),
+                }
+            }
+        }
+    }
+
+    fn forget_batch(&self) {
+        let mut busy = self.busy();
+        busy.copies = None;
+        busy.prepared = None;
+    }
+
+    /// Queues the transactions that push a fully staged batch onto the queues that are busy
+    /// now ([`super::prepared`]). Best effort: on any failure the commit takes the scripted
+    /// path.
+    pub async fn prepare_batch(&self, lease: &Lease, batch: BatchId) {
+        let copies = {
+            let mut busy = self.busy();
+            busy.prepared = None;
+            match busy.copies.take() {
+                Some(c) if c.batch() == batch => c,
+                _ => return,
+            }
+        };
+        let key = self.batch_key(batch);
+        match Prepared::queue(&self.conn, &self.keys, lease, &key, copies).await {
+            Ok(Some(p)) => {
+                tracing::debug!(%batch, messages = p.messages(), "commit onto busy queues prepared");
+                self.busy().prepared = Some(p);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::info!(%batch, error = %crate::error_chain(&e),
+                    "could not prepare the commit; it goes by script");
+            }
+        }
     }
 
     /// [`Error::LeaseLost`] when the token no longer holds (this chunk and later ones push
@@ -134,7 +211,17 @@ impl RedisEmitter {
     ) -> Result<Vec<EmitOutcome>, Error> {
         let mut outcomes = Vec::with_capacity(fires.len());
         for chunk in chunks(fires, self.opts) {
-            outcomes.extend(self.stage_chunk(&lease.token, batch, chunk).await?);
+            match self.stage_chunk(&lease.token, batch, chunk).await {
+                Ok(o) => {
+                    self.keep_copies(batch, chunk, &o);
+                    outcomes.extend(o);
+                }
+                Err(e) => {
+                    // The chunk may or may not be parked; the beat recovers and replans.
+                    self.forget_batch();
+                    return Err(e);
+                }
+            }
         }
         // The commit must not pay a NOSCRIPT round trip at the fire instant (a restarted
         // Redis, or the first batch of a process): load both scripts now.
@@ -204,6 +291,46 @@ impl RedisEmitter {
     /// # Errors
     /// As [`RedisEmitter::publish`].
     pub async fn publish_step(&self, lease: &Lease, batch: BatchId) -> Result<bool, Error> {
+        self.commit_call(lease, batch, self.opts.max_moves_per_call.max(1), &[])
+            .await
+    }
+
+    /// The prepared half of a commit: the empty queues by rename, then the transactions
+    /// [`RedisEmitter::prepare_batch`] queued, if it did. `true` when the batch is all
+    /// visible; else [`RedisEmitter::publish`] finishes it by script (tests stop in between,
+    /// as a leader that dies there would).
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] (also when the epoch moved before a prepared transaction ran);
+    /// otherwise as [`RedisEmitter::publish`].
+    pub async fn publish_prepared(&self, lease: &Lease, batch: BatchId) -> Result<bool, Error> {
+        let prepared = {
+            let mut busy = self.busy();
+            busy.copies = None;
+            busy.prepared.take()
+        };
+        let Some(p) = prepared.filter(|p| p.batch() == batch) else {
+            return Ok(false);
+        };
+        // The prepared destinations are skipped there: a rename would push them twice.
+        if self.commit_call(lease, batch, 0, p.skip()).await? {
+            return Ok(true);
+        }
+        match p.execute().await {
+            Executed::Fenced => Err(Error::LeaseLost),
+            Executed::All | Executed::Stopped => Ok(false),
+        }
+    }
+
+    /// One call of commit.lua: at most `moves` scripted moves, leaving the destinations in
+    /// `skip` to prepared transactions.
+    async fn commit_call(
+        &self,
+        lease: &Lease,
+        batch: BatchId,
+        moves: usize,
+        skip: &[String],
+    ) -> Result<bool, Error> {
         let key = self.batch_key(batch);
         let mut inv = COMMIT.prepare_invoke();
         inv.key(&self.keys.leader)
@@ -212,7 +339,10 @@ impl RedisEmitter {
             .arg(&lease.token)
             .arg(batch.to_string())
             .arg(&key)
-            .arg(self.opts.max_moves_per_call.max(1));
+            .arg(moves);
+        for i in skip {
+            inv.arg(i);
+        }
         let reply: Vec<Value> = self
             .conn
             .run_replicated(|mut c| async move { inv.invoke_async(&mut c).await })
@@ -421,8 +551,14 @@ impl StagedEmitter for RedisEmitter {
         Ok(self.stage_fires(lease, batch, fires).await?)
     }
 
+    async fn prepare(&self, lease: &Lease, batch: BatchId) {
+        self.prepare_batch(lease, batch).await;
+    }
+
     async fn commit(&self, lease: &Lease, batch: BatchId) -> Result<Committed, store::Error> {
-        self.publish(lease, batch).await?;
+        if !self.publish_prepared(lease, batch).await? {
+            self.publish(lease, batch).await?;
+        }
         Ok(match self.settle(batch).await {
             Ok(()) => Committed::Recorded,
             Err(e) => Committed::Unrecorded(e.into()),
@@ -430,6 +566,8 @@ impl StagedEmitter for RedisEmitter {
     }
 
     async fn recover(&self, lease: &Lease) -> Result<(), store::Error> {
+        // Whatever is rolled back or finished here, nothing prepared may run after it.
+        self.forget_batch();
         let (mut settled, mut rolled_back) = (0, 0);
         loop {
             let (s, r, more) = self.settle_batches(Some(lease), None).await?;

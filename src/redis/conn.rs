@@ -202,6 +202,29 @@ impl RedisConn {
             .map_err(|e| self.classify(Arc::new(e), true))
     }
 
+    /// A connection no other caller shares and that never reconnects by itself, to the
+    /// master behind Sentinels: for a `WATCH` … `EXEC` sequence, whose guard belongs to the
+    /// connection that set it (a silently reconnected one would run the transaction
+    /// unguarded). Errors are the caller's to classify with [`RedisConn::classify_error`].
+    ///
+    /// # Errors
+    /// As [`RedisConn::check`], when the connection cannot be made.
+    pub(crate) async fn exclusive(&self) -> Result<MultiplexedConnection, Error> {
+        let cfg = self.connect_config();
+        match &self.inner.source {
+            Source::Direct(client) => client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await
+                .map_err(|e| self.classify(Arc::new(e), true)),
+            Source::Sentinel(s) => s.master(&cfg).await.map(|m| m.conn),
+        }
+    }
+
+    /// Names a failure of a command on an [`RedisConn::exclusive`] connection.
+    pub(crate) fn classify_error(&self, e: redis::RedisError) -> Error {
+        self.classify(Arc::new(e), false)
+    }
+
     /// The database number commands run in (pub/sub channels such as Celery's pidbox carry it).
     #[must_use]
     pub fn db(&self) -> i64 {

@@ -11,6 +11,8 @@ mod emit;
 mod failover;
 /// Leader lock: acquire, renew, release, expiry, contenders, fencing.
 mod lock;
+/// Commits onto busy queues prepared before the instant: order, fencing, partial states.
+mod prepared;
 /// RQ jobs through the same scripts, direct and staged.
 mod rq;
 /// Two-phase emission: stage, commit, settle, recovery, fencing.

@@ -180,3 +180,45 @@ async fn staged_rq_jobs_commit_in_order_and_a_rollback_leaves_no_hash() {
         .unwrap();
     assert_eq!(none, -1);
 }
+
+#[tokio::test]
+async fn a_prepared_commit_onto_a_busy_rq_queue_keeps_rqs_order() {
+    let (_s, conn) = server().await;
+    let lease = acquire(&leader(&conn, 30_000)).await;
+    let em = emitter(&conn);
+    em.emit(&lease, &[job("first", 500, "reports")])
+        .await
+        .unwrap();
+    let at = BatchId {
+        epoch: lease.epoch,
+        at_ms: 1_000,
+    };
+    // Two prepared transactions (4,000 + 1,000): RPUSHed behind the job already queued.
+    let staged: Vec<Fire> = (0..5_000)
+        .map(|i| job(&format!("e{i:04}"), 1_000, "reports"))
+        .collect();
+    for part in staged.chunks(500) {
+        em.stage(&lease, at, part).await.unwrap();
+    }
+    em.prepare(&lease, at).await;
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut raw(&conn).await)
+        .await
+        .unwrap();
+    let in_multi = clients.lines().filter(|l| l.contains(" flags=x ")).count();
+    assert_eq!(in_multi, 2, "two transactions prepared: {clients}");
+    assert_eq!(list(&conn, "rq:queue:reports").await, ["first-500"]);
+    em.commit(&lease, at).await.unwrap();
+    let q = list(&conn, "rq:queue:reports").await;
+    let want: Vec<String> = std::iter::once("first-500".to_string())
+        .chain((0..5_000).map(|i| format!("e{i:04}-1000")))
+        .collect();
+    assert_eq!(q, want);
+    assert_eq!(queues(&conn).await, ["rq:queue:reports"]);
+    assert_eq!(hash(&conn, "rq:job:e4999-1000").await["status"], b"queued");
+    assert_eq!(
+        em.emit(&lease, &staged[..2]).await.unwrap(),
+        [AlreadySent, AlreadySent]
+    );
+}
