@@ -313,7 +313,10 @@ impl RedisEmitter {
             return Ok(false);
         };
         // The prepared destinations are skipped there: a rename would push them twice.
-        if self.commit_call(lease, batch, 0, p.skip()).await? {
+        let t = std::time::Instant::now();
+        let renamed = self.commit_call(lease, batch, 0, p.skip()).await?;
+        tracing::debug!(%batch, elapsed = ?t.elapsed(), "empty queues renamed");
+        if renamed {
             return Ok(true);
         }
         match p.execute().await {
