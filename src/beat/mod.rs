@@ -360,7 +360,10 @@ impl Beat {
                 until = until.min(self.controls.poll_at());
             }
             tokio::select! {
-                () = shutdown.cancelled() => return (TermEnd::Cancelled, term.lease),
+                () = shutdown.cancelled() => {
+                    self.flush_controls(&term.lease).await;
+                    return (TermEnd::Cancelled, term.lease);
+                }
                 () = tokio::time::sleep_until(until) => {}
                 changed = self.entries.changed() => {
                     if changed.is_ok() {
@@ -516,7 +519,10 @@ impl Beat {
             let now = self.clock.now();
             let due = plan.pop_due(now);
             let due = self.hold_paused(plan, due);
-            let due = self.hold_overlapping(plan, due).await;
+            let due = self
+                .hold_overlapping(&term.lease, plan, due)
+                .await
+                .map_err(|e| self.failed(e))?;
             if term.expired(Instant::now()) {
                 return Err(TermEnd::LeaseLost);
             }
@@ -536,7 +542,10 @@ impl Beat {
             if (at - now).to_std().unwrap_or_default() <= self.options.stage_ahead {
                 let due = plan.pop_due(at);
                 let due = self.hold_paused(plan, due);
-                let due = self.hold_overlapping(plan, due).await;
+                let due = self
+                    .hold_overlapping(&term.lease, plan, due)
+                    .await
+                    .map_err(|e| self.failed(e))?;
                 term.phase = Phase::Staging(Staging::new(&term.lease, at, due, emitter.clone()));
             }
         }
@@ -768,12 +777,17 @@ impl Beat {
                         self.metrics.count_skip(&entry.name, "late", 1);
                     }
                     self.status.sent.fetch_add(1, Ordering::Relaxed);
-                    // Not for a big batch: that many ids would make the next control write
-                    // a large one; such schedules show no last result.
-                    if due.len() < BIG_BATCH {
-                        if let Some(id) = task_ids.get(i) {
-                            self.controls
-                                .sent(&entry.name, id, Some(d.at.timestamp_millis()));
+                    // A big batch is written through the control store only for the
+                    // entries with an overlap policy (that many ids would make the next control
+                    // write a large one); the rest are noted in the leader's copy, and on Redis
+                    // settling a staged batch records every task id itself.
+                    if let Some(id) = task_ids.get(i) {
+                        let at = d.at.timestamp_millis();
+                        let overlap = entry.overlap != crate::entry::Overlap::Allow;
+                        if due.len() < BIG_BATCH || overlap {
+                            self.controls.sent(&entry.name, id, Some(at));
+                        } else {
+                            self.controls.first_ran(&entry.name, at);
                         }
                     }
                     self.metrics
