@@ -608,6 +608,12 @@ impl Beat {
 
     /// Commits a fully staged batch at its fire time (which records it).
     async fn commit(&self, term: &mut Term, plan: &mut Plan, st: Staging) -> Result<(), TermEnd> {
+        if st.due.is_empty() {
+            // Every fire of the instant was held (paused, or put back to be decided at the
+            // instant by the overlap policy): nothing was staged, so the store knows no such
+            // batch and committing it would fail as rolled back.
+            return Ok(());
+        }
         match st.emitter.commit(&term.lease, st.batch).await {
             Ok(Committed::Recorded) => self.store_ok(),
             Ok(Committed::Unrecorded(e)) => {

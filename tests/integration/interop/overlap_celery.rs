@@ -11,12 +11,13 @@
 //! `crate::overlap`: runs never overlap, every fire time is sent or counted as skipped, the
 //! counts in `beatd status` and `/metrics` agree with the log, and for `buffer_one` exactly
 //! one waiting run per busy period, the first fire time due in it, sent once the previous
-//! one's result was stored.
+//! one's result was stored; and no fire time is held back that came due after the previous
+//! run's result was stored (the state is read at the fire time, not when it is staged).
 
 use super::*;
 use crate::overlap::{
-    assert_accounted, assert_buffer_one, assert_buffered_while_busy, assert_skip, decisions,
-    fired_ids, print_gaps, serial_runs, Decision, RunEvent,
+    assert_accounted, assert_buffer_one, assert_buffered_while_busy, assert_held_while_busy,
+    assert_skip, decisions, fired_ids, print_gaps, serial_runs, Decision, RunEvent,
 };
 
 /// The Celery worker with a thread pool of four: without the policy runs would overlap.
@@ -123,6 +124,13 @@ fn celery_policy(
     });
     s.stop("beatd-beat");
     let log = s.log_of("beatd-beat");
+    // A fire time whose only fire is held leaves an empty batch: it must not fail as a
+    // store error (and be decided again by the replan).
+    assert!(
+        !log.contains("store unavailable"),
+        "the beat saw store errors{}",
+        s.logs()
+    );
     let ds = decisions(&log, "busy");
     let fired = fired_ids(&ds);
     // What was sent before the stop still runs: wait for its result.
@@ -186,8 +194,9 @@ fn celery_policy(
 
 #[test]
 fn skip_on_a_celery_worker_never_overlaps_and_counts_every_skip() {
-    let (ds, runs, _, ctx) = celery_policy("skip", true);
+    let (ds, runs, stored, ctx) = celery_policy("skip", true);
     assert_skip(&ds, &ctx);
+    assert_held_while_busy(&ds, &stored, &ctx);
     // 2.5 s runs every second: at least one fire time skipped between two runs.
     for w in ds
         .iter()
@@ -211,5 +220,6 @@ fn buffer_one_on_a_celery_worker_sends_one_waiting_run_per_busy_period() {
     let released = assert_buffer_one(&ds, &ctx);
     assert_eq!(released, runs.len() - 1, "{ds:#?}{ctx}");
     assert_buffered_while_busy(&ds, &stored, &ctx);
+    assert_held_while_busy(&ds, &stored, &ctx);
     print_gaps("buffer_one on a Celery worker", &runs);
 }
