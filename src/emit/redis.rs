@@ -309,8 +309,10 @@ fn add_fires(inv: &mut ::redis::ScriptInvocation<'_>, fires: &[Fire], layout: La
         });
         inv.arg(&f.entry).arg(f.fire_at_ms);
         match layout {
-            Layout::Emit => inv.arg(&f.schedule_fingerprint),
-            Layout::Staged => inv.arg(format!("{}\u{1f}{}", f.schedule_fingerprint, f.task_id)),
+            Layout::Staged if !f.task_id.is_empty() => {
+                inv.arg(format!("{}\u{1f}{}", f.schedule_fingerprint, f.task_id))
+            }
+            _ => inv.arg(&f.schedule_fingerprint),
         };
         match &f.rq {
             None => {

@@ -58,7 +58,7 @@ local function settle(batch)
   for j = 1, #flat, 2 do
     names[#names + 1] = flat[j]
   end
-  local lr_out, rc_out, fp_out, lt_out, fr = {}, {}, {}, {}, {}
+  local lr_out, rc_out, fp_out, lt_out, fr, fr_at = {}, {}, {}, {}, {}, {}
   for s = 1, #names, CHUNK do
     local stop = min(s + CHUNK - 1, #names)
     local lr = redis.call('HMGET', KEYS[2], unpack(names, s, stop))
@@ -81,7 +81,7 @@ local function settle(batch)
           lt_out[#lt_out + 1] = e
           lt_out[#lt_out + 1] = string.sub(fp, us + 1)
           fr[#fr + 1] = e
-          fr[#fr + 1] = at_text
+          fr_at[#fr] = at_text
           fp = string.sub(fp, 1, us - 1)
         end
         fp_out[#fp_out + 1] = e
@@ -96,9 +96,20 @@ local function settle(batch)
   end
   if #lt_out > 0 then
     call_chunked('HSET', KEYS[6], lt_out)
-    for j = 1, #fr, 2 do
-      redis.call('HSETNX', KEYS[7], fr[j], fr[j + 1])
+    -- HSETNX one by one costs a call per entry; once every entry has a first run (all but
+    -- the first batch) one HMGET finds none to write.
+    local fr_out = {}
+    for s = 1, #fr, CHUNK do
+      local stop = min(s + CHUNK - 1, #fr)
+      local have = redis.call('HMGET', KEYS[7], unpack(fr, s, stop))
+      for j = 1, stop - s + 1 do
+        if not have[j] then
+          fr_out[#fr_out + 1] = fr[s + j - 1]
+          fr_out[#fr_out + 1] = fr_at[s + j - 1]
+        end
+      end
     end
+    if #fr_out > 0 then call_chunked('HSET', KEYS[7], fr_out) end
   end
   if #names > 0 then
     call_chunked('HDEL', batch, names)
