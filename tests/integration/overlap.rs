@@ -17,6 +17,9 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 
+/// A run as (task id, start, end), the instants in seconds since the epoch.
+pub(crate) type Run = (String, f64, f64);
+
 /// A start or an end of one run, in the order the tasks wrote them.
 #[derive(Debug, Clone)]
 pub(crate) struct RunEvent {
@@ -83,7 +86,7 @@ pub(crate) fn decisions(log: &str, entry: &str) -> Vec<Decision> {
 /// previous one had ended: the events alternate start, end of the same id.
 pub(crate) fn serial_runs(events: &[RunEvent], ctx: &str) -> Vec<(String, f64, f64)> {
     assert!(
-        events.len() % 2 == 0,
+        events.len().is_multiple_of(2),
         "a run did not end: {events:#?}\n{ctx}"
     );
     events

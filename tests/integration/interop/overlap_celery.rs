@@ -17,7 +17,7 @@
 use super::*;
 use crate::overlap::{
     assert_accounted, assert_buffer_one, assert_buffered_while_busy, assert_held_while_busy,
-    assert_skip, decisions, fired_ids, print_gaps, serial_runs, Decision, RunEvent,
+    assert_skip, decisions, fired_ids, print_gaps, serial_runs, Decision, Run, RunEvent,
 };
 
 /// The Celery worker with a thread pool of four: without the policy runs would overlap.
@@ -77,10 +77,7 @@ fn result_on(backend: &str, id: &str) -> Option<Value> {
 /// `split_backend`, Celery's results go to database 1 (Celery's common layout: broker and
 /// backend apart), which beatd is told with `--result-backend`. Returns the decisions, the
 /// runs and the context for messages.
-fn celery_policy(
-    policy: &str,
-    split_backend: bool,
-) -> (Vec<Decision>, Vec<(String, f64, f64)>, Vec<f64>, String) {
+fn celery_policy(policy: &str, split_backend: bool) -> (Vec<Decision>, Vec<Run>, Vec<f64>, String) {
     let mut s = Scene::new();
     let url = s.url();
     let backend = if split_backend {
