@@ -172,7 +172,8 @@ pub struct RedisArgs {
     #[arg(long, value_name = "URL")]
     pub broker_url: Option<String>,
     /// Where results go with a RabbitMQ broker: redis:// or rediss://; else
-    /// CELERY_RESULT_BACKEND [default: none, results are logged].
+    /// CELERY_RESULT_BACKEND [default: none, results are logged]. With a Redis broker, where
+    /// the overlap policies also look for Celery workers' results.
     #[arg(long, value_name = "URL")]
     pub result_backend: Option<String>,
     /// Key namespace for the lock and last-run state [default: beatd].

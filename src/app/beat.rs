@@ -50,7 +50,7 @@ pub async fn beat(settings: Settings) -> Result<u8, Error> {
     }
     let url = settings.require_redis("beatd beat")?;
     let conn = daemon::redis(url).await?;
-    let ports = match &settings.amqp_url {
+    let mut ports = match &settings.amqp_url {
         Some(amqp) => {
             tracing::info!(
                 entries = entries.len(),
@@ -72,6 +72,19 @@ pub async fn beat(settings: Settings) -> Result<u8, Error> {
             BeatPorts::redis(&conn, &settings.namespace, settings.lock_ttl)
         }
     };
+    if let Some(backend) = settings
+        .result_backend
+        .as_ref()
+        .filter(|b| b.redacted().to_string() != url.redacted().to_string())
+    {
+        // Celery workers store results there; beatd's worker (on a Redis broker) on the
+        // broker: the overlap policies read both.
+        let results = daemon::redis(backend).await?;
+        ports.results = Some(std::sync::Arc::new(crate::control::RedisRunStates {
+            conn: results,
+            also: Some(conn.clone()),
+        }));
+    }
     d.set_console(daemon::console_on_redis(&conn, &settings));
     let listener = daemon::bind(settings.http_addr).await?;
     // `celery inspect ping -d beatd-beat@<host>` is the health check Celery users ask of beat.

@@ -309,9 +309,7 @@ impl BeatPorts {
             ))),
             state: Arc::new(RedisState::new(conn.clone(), keys)),
             controls: Arc::new(RedisControls::new(conn.clone(), namespace)),
-            results: Some(Arc::new(crate::control::RedisRunStates {
-                conn: conn.clone(),
-            })),
+            results: Some(Arc::new(crate::control::RedisRunStates::on(conn.clone()))),
         }
     }
 
@@ -344,9 +342,7 @@ impl BeatPorts {
             ))),
             state: Arc::new(RedisState::new(conn.clone(), keys)),
             controls: Arc::new(RedisControls::new(conn.clone(), namespace)),
-            results: Some(Arc::new(crate::control::RedisRunStates {
-                conn: conn.clone(),
-            })),
+            results: Some(Arc::new(crate::control::RedisRunStates::on(conn.clone()))),
         }
     }
 

@@ -169,7 +169,8 @@ pub struct Settings {
     pub amqp_url: Option<AmqpUrl>,
     /// The Redis results go to with a RabbitMQ broker (`--result-backend`,
     /// `CELERY_RESULT_BACKEND`); `None`: results are only logged. On a Redis broker the
-    /// worker stores them in that Redis, as before.
+    /// worker stores them in that Redis, as before, and the beat's overlap policies read
+    /// Celery workers' results here first (`app::beat`).
     pub result_backend: Option<BrokerUrl>,
     /// Arguments of the RabbitMQ queues beatd creates (`BEATD_QUEUE_MAX_PRIORITY`,
     /// `BEATD_QUEUE_TYPE`: Celery's `task_queue_max_priority`, `task_default_queue_type`).

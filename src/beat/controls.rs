@@ -113,6 +113,18 @@ impl Controls {
             .push((entry.to_owned(), task_id.to_owned()));
     }
 
+    /// Notes in the leader's copy only the first regular run of an entry sent in a big
+    /// batch of entries without an overlap policy (a control write of that many would be a
+    /// large one; settling a staged batch on Redis records first runs and task ids itself,
+    /// and the next plan marks the rest), so a backfill in this term does not send its fire
+    /// times again.
+    pub fn first_ran(&self, entry: &str, at: i64) {
+        let mut local = self.local();
+        if !local.persisted.first_run.contains_key(entry) {
+            local.persisted.first_run.insert(entry.to_owned(), at);
+        }
+    }
+
     /// Counts `n` fire times of `entry` under `reason` (written at the next poll).
     pub fn count(&self, entry: &str, reason: SkipReason, n: u64) {
         self.local()
@@ -400,6 +412,45 @@ impl Beat {
             }
         }
         Ok(())
+    }
+
+    /// At a graceful stop, under the lease still held: a fire time `buffer_one` kept waiting
+    /// is not sent (the next leader knows nothing of it), so it counts as skipped by overlap,
+    /// and what is unsaved is written, so the counts match what was sent. Best effort, two
+    /// seconds at most; a failure is logged.
+    pub(super) async fn flush_controls(&self, lease: &Lease) {
+        let update = {
+            let mut local = self.controls.local();
+            let buffered: Vec<(String, Due)> = local.buffered.drain().collect();
+            for (name, d) in buffered {
+                tracing::info!(entry = %name, scheduled = %crate::protocol::rfc3339_millis(d.at),
+                    "fire time skipped: the leader stopped while it was buffered");
+                self.metrics
+                    .count_skip(&name, SkipReason::Overlap.as_str(), 1);
+                local
+                    .unsaved
+                    .skips
+                    .push((name.clone(), SkipReason::Overlap, 1));
+                local.unsaved.missed.push((name, ms(d.at)));
+            }
+            std::mem::take(&mut local.unsaved)
+        };
+        if update.is_empty() {
+            return;
+        }
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            self.controls.store.write(lease, &update),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %crate::error_chain(&e),
+                "counts of the last moments not written at shutdown"),
+            Err(_) => {
+                tracing::warn!("counts of the last moments not written at shutdown: timed out")
+            }
+        }
     }
 
     fn control_failed(&self, e: Error) -> Result<(), TermEnd> {

@@ -360,7 +360,10 @@ impl Beat {
                 until = until.min(self.controls.poll_at());
             }
             tokio::select! {
-                () = shutdown.cancelled() => return (TermEnd::Cancelled, term.lease),
+                () = shutdown.cancelled() => {
+                    self.flush_controls(&term.lease).await;
+                    return (TermEnd::Cancelled, term.lease);
+                }
                 () = tokio::time::sleep_until(until) => {}
                 changed = self.entries.changed() => {
                     if changed.is_ok() {
@@ -519,7 +522,10 @@ impl Beat {
             let now = self.clock.now();
             let due = plan.pop_due(now);
             let due = self.hold_paused(plan, due);
-            let due = self.hold_overlapping(plan, due).await;
+            let due = self
+                .hold_overlapping(&term.lease, plan, due)
+                .await
+                .map_err(|e| self.failed(e))?;
             if term.expired(Instant::now()) {
                 return Err(TermEnd::LeaseLost);
             }
@@ -539,7 +545,10 @@ impl Beat {
             if (at - now).to_std().unwrap_or_default() <= self.options.stage_ahead {
                 let due = plan.pop_due(at);
                 let due = self.hold_paused(plan, due);
-                let due = self.hold_overlapping(plan, due).await;
+                let due = self
+                    .hold_overlapping(&term.lease, plan, due)
+                    .await
+                    .map_err(|e| self.failed(e))?;
                 term.phase = Phase::Staging(Staging::new(&term.lease, at, due, emitter.clone()));
             }
         }
@@ -602,6 +611,12 @@ impl Beat {
 
     /// Commits a fully staged batch at its fire time (which records it).
     async fn commit(&self, term: &mut Term, plan: &mut Plan, st: Staging) -> Result<(), TermEnd> {
+        if st.due.is_empty() {
+            // Every fire of the instant was held (paused, or put back to be decided at the
+            // instant by the overlap policy): nothing was staged, so the store knows no such
+            // batch and committing it would fail as rolled back.
+            return Ok(());
+        }
         match st.emitter.commit(&term.lease, st.batch).await {
             Ok(Committed::Recorded) => self.store_ok(),
             Ok(Committed::Unrecorded(e)) => {
@@ -771,12 +786,17 @@ impl Beat {
                         self.metrics.count_skip(&entry.name, "late", 1);
                     }
                     self.status.sent.fetch_add(1, Ordering::Relaxed);
-                    // Not for a big batch: that many ids would make the next control write
-                    // a large one; such schedules show no last result.
-                    if due.len() < BIG_BATCH {
-                        if let Some(id) = task_ids.get(i) {
-                            self.controls
-                                .sent(&entry.name, id, Some(d.at.timestamp_millis()));
+                    // A big batch is written through the control store only for the
+                    // entries with an overlap policy (that many ids would make the next control
+                    // write a large one); the rest are noted in the leader's copy, and on Redis
+                    // settling a staged batch records every task id itself.
+                    if let Some(id) = task_ids.get(i) {
+                        let at = d.at.timestamp_millis();
+                        let overlap = entry.overlap != crate::entry::Overlap::Allow;
+                        if due.len() < BIG_BATCH || overlap {
+                            self.controls.sent(&entry.name, id, Some(at));
+                        } else {
+                            self.controls.first_ran(&entry.name, at);
                         }
                     }
                     self.metrics

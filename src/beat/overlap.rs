@@ -3,6 +3,12 @@
 //! previous run is the last message the leader sent for the entry (after a failover, the one
 //! the controls recorded, timed from the term start); it holds the next back at most
 //! `overlap_timeout`, so a lost result cannot block the entry forever.
+//!
+//! Decided at the fire time: a fire time staged ahead whose previous run is still going is
+//! put back and decided again at its instant (on the direct path), so a run that finishes
+//! in between is not skipped for nothing. A waiting `buffer_one` fire time is sent before
+//! any later one is decided, and while one waits every later one is held: the buffered run
+//! is always the next run of its entry.
 
 use super::plan::{Due, Plan};
 use super::Beat;
@@ -20,48 +26,78 @@ impl Beat {
     /// Takes out of `due` the fires whose previous run is still going: `skip` counts them as
     /// skipped by overlap, `buffer_one` keeps the first waiting (sent by
     /// [`Beat::release_buffered`]) and skips the rest. Each plans its entry's next fire time.
-    /// A result backend that does not answer lets them through (logged).
-    pub(super) async fn hold_overlapping(&self, plan: &mut Plan, due: Vec<Due>) -> Vec<Due> {
+    /// A fire time not yet due (staged ahead) is put back instead, to be decided at its
+    /// instant. Waiting fire times whose previous run finished are sent first. A result
+    /// backend that does not answer lets them through (logged).
+    ///
+    /// # Errors
+    /// As [`Beat::release_buffered`]'s.
+    pub(super) async fn hold_overlapping(
+        &self,
+        lease: &Lease,
+        plan: &mut Plan,
+        due: Vec<Due>,
+    ) -> Result<Vec<Due>, Error> {
         let Some(results) = self.controls.results.clone() else {
-            return due;
+            return Ok(due);
         };
+        if !self.controls.local().buffered.is_empty() {
+            self.release_buffered(lease, plan).await?;
+        }
         let now = Instant::now();
-        let ask: Vec<(usize, String)> = {
+        let (ask, mut held): (Vec<(usize, String)>, HashSet<usize>) = {
             let local = self.controls.local();
-            due.iter()
+            let mut held = HashSet::new();
+            let ask = due
+                .iter()
                 .enumerate()
                 .filter_map(|(i, d)| {
                     let e = &plan.entries()[d.idx];
                     if e.overlap == Overlap::Allow {
                         return None;
                     }
+                    if local.buffered.contains_key(&e.name) {
+                        // One waits already: it goes next, this one is held.
+                        held.insert(i);
+                        return None;
+                    }
                     let (id, sent) = local.running.get(&e.name)?;
                     (now.duration_since(*sent) < e.overlap_timeout).then(|| (i, id.clone()))
                 })
-                .collect()
+                .collect();
+            (ask, held)
         };
-        if ask.is_empty() {
-            return due;
+        if ask.is_empty() && held.is_empty() {
+            return Ok(due);
         }
         let ids: Vec<String> = ask.iter().map(|(_, id)| id.clone()).collect();
-        let finished = match results.finished(&ids).await {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(error = %crate::error_chain(&e),
-                    "result backend unavailable: overlap policies let these fire times through");
-                return due;
+        let finished = if ids.is_empty() {
+            Vec::new()
+        } else {
+            match results.finished(&ids).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %crate::error_chain(&e),
+                        "result backend unavailable: overlap policies let these fire times through");
+                    vec![true; ids.len()]
+                }
             }
         };
-        let held: HashSet<usize> = ask
-            .iter()
-            .zip(finished)
-            .filter(|(_, done)| !done)
-            .map(|((i, _), _)| *i)
-            .collect();
+        held.extend(
+            ask.iter()
+                .zip(finished)
+                .filter(|(_, done)| !done)
+                .map(|((i, _), _)| *i),
+        );
+        let wall = self.clock.now();
         let mut keep = Vec::with_capacity(due.len());
         for (i, d) in due.into_iter().enumerate() {
             if !held.contains(&i) {
                 keep.push(d);
+                continue;
+            }
+            if d.at > wall {
+                plan.defer(d);
                 continue;
             }
             let e = &plan.entries()[d.idx];
@@ -86,11 +122,12 @@ impl Beat {
             drop(local);
             plan.complete(d);
         }
-        keep
+        Ok(keep)
     }
 
-    /// Each poll: sends each buffered fire time whose previous run finished (or ran past
-    /// `overlap_timeout`), through the entry's own key like a catch-up.
+    /// Each poll, and before overlap is decided: sends each buffered fire time whose previous
+    /// run finished (or ran past `overlap_timeout`), through the entry's own key like a
+    /// catch-up.
     pub(super) async fn release_buffered(&self, lease: &Lease, plan: &Plan) -> Result<(), Error> {
         let Some(results) = self.controls.results.clone() else {
             return Ok(());
@@ -108,6 +145,10 @@ impl Beat {
                 self.controls.local().buffered.remove(&name);
                 continue;
             };
+            if d.at > self.clock.now() {
+                // Never before its fire time (only a fire time already due is buffered).
+                continue;
+            }
             let ready = match running {
                 None => true,
                 Some((_, sent)) if sent.elapsed() >= entry.overlap_timeout => true,

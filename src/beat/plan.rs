@@ -149,6 +149,15 @@ impl Plan {
         }
     }
 
+    /// Puts `due` back, undecided: it is due again at its fire time.
+    pub fn defer(&mut self, due: Due) {
+        self.heap.push(Reverse(Pending {
+            at: due.at,
+            idx: due.idx,
+            catch_up: due.catch_up,
+        }));
+    }
+
     /// Takes the fires of a batch parked under an earlier plan out of this one, so they are
     /// not planned twice, and gives each its catch-up flag as planned here. `false` (and the
     /// plan unchanged) when one of them is not pending in this plan.

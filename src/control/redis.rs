@@ -308,6 +308,41 @@ impl ControlStore for RedisControls {
 pub struct RedisRunStates {
     /// The result backend.
     pub conn: RedisConn,
+    /// A second Redis where results may be stored, asked about the runs `conn` has no final
+    /// state of: with a Redis broker and a separate result backend (Celery's common
+    /// `redis://h/0` broker, `redis://h/1` backend), Celery workers store results in the
+    /// backend while beatd's worker stores them on the broker.
+    pub also: Option<RedisConn>,
+}
+
+impl RedisRunStates {
+    /// Run states on `conn` only.
+    #[must_use]
+    pub fn on(conn: RedisConn) -> Self {
+        Self { conn, also: None }
+    }
+}
+
+/// For each task id, whether `conn` holds a final state of it.
+async fn finished_on(conn: &RedisConn, task_ids: &[String]) -> Result<Vec<bool>, Error> {
+    let keys: Vec<String> = task_ids
+        .iter()
+        .map(|id| format!("celery-task-meta-{id}"))
+        .collect();
+    let raw: Vec<Option<String>> = conn
+        .run(|mut c| {
+            let k = keys.clone();
+            async move { ::redis::cmd("MGET").arg(k).query_async(&mut c).await }
+        })
+        .await?;
+    Ok(raw
+        .into_iter()
+        .map(|r| {
+            r.and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
+                .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_owned))
+                .is_some_and(|s| matches!(s.as_str(), "SUCCESS" | "FAILURE" | "REVOKED"))
+        })
+        .collect())
 }
 
 #[async_trait]
@@ -316,24 +351,16 @@ impl super::RunStates for RedisRunStates {
         if task_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = task_ids
-            .iter()
-            .map(|id| format!("celery-task-meta-{id}"))
-            .collect();
-        let raw: Vec<Option<String>> = self
-            .conn
-            .run(|mut c| {
-                let k = keys.clone();
-                async move { ::redis::cmd("MGET").arg(k).query_async(&mut c).await }
-            })
-            .await?;
-        Ok(raw
-            .into_iter()
-            .map(|r| {
-                r.and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
-                    .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_owned))
-                    .is_some_and(|s| matches!(s.as_str(), "SUCCESS" | "FAILURE" | "REVOKED"))
-            })
-            .collect())
+        let mut done = finished_on(&self.conn, task_ids).await?;
+        if let Some(also) = &self.also {
+            let open: Vec<usize> = (0..done.len()).filter(|&i| !done[i]).collect();
+            if !open.is_empty() {
+                let ids: Vec<String> = open.iter().map(|&i| task_ids[i].clone()).collect();
+                for (i, d) in open.into_iter().zip(finished_on(also, &ids).await?) {
+                    done[i] = d;
+                }
+            }
+        }
+        Ok(done)
     }
 }

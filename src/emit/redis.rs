@@ -189,7 +189,7 @@ impl RedisEmitter {
             .key(&self.keys.run_count)
             .key(&self.keys.fingerprint)
             .arg(token);
-        add_fires(&mut inv, fires);
+        add_fires(&mut inv, fires, Layout::Emit);
         let reply: Vec<Value> = self
             .conn
             .run_replicated(|mut c| async move { inv.invoke_async(&mut c).await })
@@ -259,7 +259,7 @@ impl RedisEmitter {
             .arg(token)
             .arg(batch.to_string())
             .arg(STAGED_TTL_MS);
-        add_fires(&mut inv, fires);
+        add_fires(&mut inv, fires, Layout::Staged);
         let reply: Vec<Value> = self
             .conn
             .run_replicated(|mut c| async move { inv.invoke_async(&mut c).await })
@@ -400,6 +400,8 @@ impl RedisEmitter {
             .key(&self.keys.run_count)
             .key(&self.keys.fingerprint)
             .key(&self.keys.batches)
+            .key(&self.keys.control_last_task)
+            .key(&self.keys.control_first_run)
             .arg(lease.map_or("", |l| l.token.as_str()))
             .arg(if batch.is_some() { "one" } else { "all" })
             .arg(&self.keys.batch_prefix)
@@ -426,7 +428,11 @@ impl RedisEmitter {
 /// then five arguments per fire (entry, fire ms, fingerprint, list number, payload). An RQ
 /// job's list number is `r<number>` and its payload the msgpack array
 /// `[job id, expire, field, value, ...]` the scripts unpack with `cmsgpack`.
-fn add_fires(inv: &mut ::redis::ScriptInvocation<'_>, fires: &[Fire]) {
+///
+/// Staged, the fingerprint carries the task id after a unit separator (which no fingerprint
+/// contains): `stage.lua` keeps it with the fire as given, and `settle.lua` records it as the
+/// entry's last task when it records the run, so staging needs no layout of its own.
+fn add_fires(inv: &mut ::redis::ScriptInvocation<'_>, fires: &[Fire], layout: Layout) {
     let mut lists: HashMap<&str, usize> = HashMap::new();
     for f in fires {
         let next = lists.len() + 1;
@@ -434,9 +440,13 @@ fn add_fires(inv: &mut ::redis::ScriptInvocation<'_>, fires: &[Fire]) {
             inv.key(f.list_key.as_bytes());
             next
         });
-        inv.arg(&f.entry)
-            .arg(f.fire_at_ms)
-            .arg(&f.schedule_fingerprint);
+        inv.arg(&f.entry).arg(f.fire_at_ms);
+        match layout {
+            Layout::Staged if !f.task_id.is_empty() => {
+                inv.arg(format!("{}\u{1f}{}", f.schedule_fingerprint, f.task_id))
+            }
+            _ => inv.arg(&f.schedule_fingerprint),
+        };
         match &f.rq {
             None => {
                 inv.arg(idx).arg(f.payload.as_slice());
@@ -446,6 +456,15 @@ fn add_fires(inv: &mut ::redis::ScriptInvocation<'_>, fires: &[Fire]) {
             }
         }
     }
+}
+
+/// Which script the fires of [`add_fires`] are for.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// `emit.lua`.
+    Emit,
+    /// `stage.lua`.
+    Staged,
 }
 
 /// msgpack `[id, expire seconds or "", field, value, ...]`, strings only (Lua strings are

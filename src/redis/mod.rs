@@ -179,6 +179,11 @@ pub struct Keys {
     pub schedule_set: String,
     /// `{ns}:amqp_intents`
     pub amqp_intents: String,
+    /// `{ns}:control:last_task`: per entry, the task id of its last message, which settling
+    /// a staged batch records beside its last run (the controls own the key).
+    pub control_last_task: String,
+    /// `{ns}:control:first_run`: per entry, its first regular fire time sent (likewise).
+    pub control_first_run: String,
 }
 
 impl Keys {
@@ -196,6 +201,8 @@ impl Keys {
             schedule_set_id: format!("{ns}:schedule_set_id"),
             schedule_set: format!("{ns}:schedule_set"),
             amqp_intents: format!("{ns}:amqp_intents"),
+            control_last_task: format!("{ns}:control:last_task"),
+            control_first_run: format!("{ns}:control:first_run"),
         }
     }
 }

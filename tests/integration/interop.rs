@@ -1265,3 +1265,5 @@ fn time_limit_raises_celerys_exception_in_python() {
 // The worker as Celery users expect it: progress, STARTED, task logs, remote control, chains,
 // reloads.
 mod worker_celery;
+// Overlap policies with slow tasks on a stock Celery worker.
+mod overlap_celery;

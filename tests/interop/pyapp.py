@@ -10,6 +10,7 @@ Used three ways, always with PYTHONPATH pointing at this directory:
 Environment:
   INTEROP_REDIS_URL      broker and result backend (a private redis-server the test started)
   INTEROP_BROKER_URL     the broker instead, when set (a private RabbitMQ vhost)
+  INTEROP_BACKEND_URL    the result backend instead, when set (another database)
   INTEROP_RECORD         file the tasks append one JSON line per run to
   INTEROP_BEAT_SCHEDULE  JSON {name: {task, every, args, kwargs, queue}} for `celery beat`
   INTEROP_VISIBILITY     broker visibility_timeout in seconds (restore tests)
@@ -20,10 +21,15 @@ import sys
 import time
 
 from celery import Celery
+from celery.signals import task_postrun
 
 URL = os.environ["INTEROP_REDIS_URL"]
 
-app = Celery("pyapp", broker=os.environ.get("INTEROP_BROKER_URL") or URL, backend=URL)
+app = Celery(
+    "pyapp",
+    broker=os.environ.get("INTEROP_BROKER_URL") or URL,
+    backend=os.environ.get("INTEROP_BACKEND_URL") or URL,
+)
 
 
 def _beat_schedule():
@@ -106,6 +112,24 @@ def slow(self, seconds, sleep_on):
     if sleep_on == "python":
         time.sleep(seconds)
     return "python"
+
+
+@app.task(name="interop.busy", bind=True)
+def busy(self, seconds):
+    """Runs `seconds` (the overlap tests): notes its start and end, in order, in the record."""
+    r = self.request
+    note = {"who": "python", "id": r.id, "scheduled": getattr(r, "beatd_scheduled_at", None)}
+    _append(json.dumps(dict(note, phase="start", t=time.time())))
+    time.sleep(seconds)
+    _append(json.dumps(dict(note, phase="end", t=time.time())))
+    return r.id
+
+
+@task_postrun.connect
+def _stored(sender=None, task_id=None, **_):
+    # After the worker stored the result: when beatd can first see the run as finished.
+    if sender is not None and sender.name == "interop.busy":
+        _append(json.dumps({"who": "python", "id": task_id, "phase": "stored", "t": time.time()}))
 
 
 @app.task(name="interop.add")

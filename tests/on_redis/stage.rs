@@ -329,3 +329,72 @@ async fn settle_records_in_bounded_steps_and_recovery_records_the_rest_once() {
         "{r:?}"
     );
 }
+
+async fn hash(conn: &RedisConn, key: &str) -> std::collections::HashMap<String, String> {
+    let raw = redis::Client::open(conn_url(conn)).unwrap();
+    let mut c = raw.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("HGETALL")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+/// Settling records each entry's task id (what the overlap policies wait for) and first run
+/// with its last run, in bounded steps and in recovery alike; the fingerprint stays as it
+/// was; a fire without a task id leaves the last task as it was.
+#[tokio::test]
+async fn settle_records_task_ids_and_first_runs_with_the_runs() {
+    let (_s, conn) = server().await;
+    let lock = leader(&conn, 10_000);
+    let old = acquire(&lock).await;
+    let em = small_steps(&conn, 3, 4);
+    let batch = BatchId {
+        epoch: old.epoch,
+        at_ms: 2_000,
+    };
+    let fires: Vec<_> = (0..10)
+        .map(|i| fire(&format!("s{i}"), 2_000, "reports"))
+        .collect();
+    em.stage(&old, batch, &fires).await.unwrap();
+    assert!(em.publish_step(&old, batch).await.unwrap());
+    assert!(hash(&conn, "beatd:control:last_task").await.is_empty());
+    // One step records four; the leader dies; recovery records the rest.
+    assert!(!em.settle_step(batch).await.unwrap());
+    assert_eq!(hash(&conn, "beatd:control:last_task").await.len(), 4);
+    lock.release(&old).await.unwrap();
+    let new = acquire(&lock).await;
+    em.recover(&new).await.unwrap();
+    let tasks = hash(&conn, "beatd:control:last_task").await;
+    let first = hash(&conn, "beatd:control:first_run").await;
+    for i in 0..10 {
+        let e = format!("s{i}");
+        assert_eq!(tasks.get(&e), Some(&format!("s{i}@2000")), "{tasks:?}");
+        assert_eq!(first.get(&e).map(String::as_str), Some("2000"), "{first:?}");
+    }
+    let r = runs(&conn).await;
+    assert!(
+        r.iter()
+            .all(|(e, l)| l.fingerprint.as_deref() == Some(format!("fp-{e}").as_str())),
+        "{r:?}"
+    );
+    // The next run: a new task id, the first run kept; a fire without a task id leaves it.
+    let b2 = BatchId {
+        epoch: new.epoch,
+        at_ms: 3_000,
+    };
+    let mut more: Vec<_> = (0..10)
+        .map(|i| fire(&format!("s{i}"), 3_000, "reports"))
+        .collect();
+    more[0].task_id.clear();
+    em.stage(&new, b2, &more).await.unwrap();
+    em.commit(&new, b2).await.unwrap();
+    let tasks = hash(&conn, "beatd:control:last_task").await;
+    let first = hash(&conn, "beatd:control:first_run").await;
+    assert_eq!(tasks["s0"], "s0@2000");
+    assert_eq!(tasks["s1"], "s1@3000");
+    assert!(first.values().all(|v| v == "2000"), "{first:?}");
+    let r = runs(&conn).await;
+    assert!(r.values().all(|l| l.fire_at_ms == 3_000), "{r:?}");
+    assert_eq!(r["s0"].fingerprint.as_deref(), Some("fp-s0"));
+}

@@ -103,3 +103,102 @@ async fn redis_cpu_ms(raw: &mut redis::aio::MultiplexedConnection) -> f64 {
         .sum::<f64>()
         * 1000.0
 }
+
+/// Not a timed assertion: the longest single settle call (Redis's own time, from SLOWLOG)
+/// for 10,000 staged fires in the default steps, with task ids recorded beside the runs and
+/// without (fires with no task id). Run with `--nocapture`.
+#[tokio::test]
+async fn settle_10k_with_task_ids_timing() {
+    use beatd::emit::{BatchId, StagedEmitter};
+    let (_s, conn) = server().await;
+    let lease = acquire(&leader(&conn, 600_000)).await;
+    let mut raw = redis::Client::open(conn_url(&conn))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let em = RedisEmitter::new(conn.clone(), Keys::default(), EmitOptions::default());
+    let mut at = 1_900_000_000_000;
+    for with_ids in [true, false, true, false, true, false] {
+        at += 1_000;
+        let fires: Vec<Fire> = herd(at)
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut f)| {
+                if with_ids {
+                    f.task_id = format!("{:08x}-0000-4000-8000-{i:012x}", at % 1_000_000);
+                }
+                f
+            })
+            .collect();
+        let batch = BatchId {
+            epoch: lease.epoch,
+            at_ms: at,
+        };
+        em.stage(&lease, batch, &fires).await.unwrap();
+        em.publish(&lease, batch).await.unwrap();
+        for (k, v) in [
+            ("slowlog-log-slower-than", "0"),
+            ("slowlog-max-len", "10000"),
+        ] {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(k)
+                .arg(v)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+        }
+        let _: () = redis::cmd("SLOWLOG")
+            .arg("RESET")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let t = Instant::now();
+        em.settle(batch).await.unwrap();
+        let wall = t.elapsed();
+        let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
+            .arg("GET")
+            .arg(10_000)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("slowlog-log-slower-than")
+            .arg("10000")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let mut calls = 0;
+        let (mut longest_us, mut total_us) = (0i64, 0i64);
+        for entry in &log {
+            let redis::Value::Array(parts) = entry else {
+                continue;
+            };
+            let (Some(redis::Value::Int(us)), Some(redis::Value::Array(args))) =
+                (parts.get(2), parts.get(3))
+            else {
+                continue;
+            };
+            let is_script = matches!(args.first(), Some(redis::Value::BulkString(c))
+                if c.eq_ignore_ascii_case(b"evalsha") || c.eq_ignore_ascii_case(b"eval"));
+            if is_script {
+                calls += 1;
+                longest_us = longest_us.max(*us);
+                total_us += *us;
+            }
+        }
+        println!(
+            "settle 10,000 staged fires {}: {calls} calls, longest {:.2} ms, all {:.1} ms in \
+             redis, {wall:?} end to end (debug build)",
+            if with_ids {
+                "with task ids"
+            } else {
+                "without task ids"
+            },
+            longest_us as f64 / 1000.0,
+            total_us as f64 / 1000.0
+        );
+    }
+}

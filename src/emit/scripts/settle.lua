@@ -6,7 +6,11 @@
 -- has fewer entries left: recording is idempotent (only a newer fire time is written).
 --
 -- KEYS[1] = {ns}:leader, KEYS[2] = {ns}:last_run, KEYS[3] = {ns}:run_count,
--- KEYS[4] = {ns}:fingerprint, KEYS[5] = {ns}:batches.
+-- KEYS[4] = {ns}:fingerprint, KEYS[5] = {ns}:batches, KEYS[6] = {ns}:control:last_task,
+-- KEYS[7] = {ns}:control:first_run.
+-- A batch's hash maps entry -> "at fingerprint" or "at fingerprint<US>task id": with the
+-- task id, recording a run also records it as the entry's last task (what the overlap
+-- policies wait for) and, if none is, as its first regular run, in the same step.
 -- ARGV[1] = lease token (checked for 'all' only), ARGV[2] = 'one' or 'all',
 -- ARGV[3] = batch key prefix ({ns}:batch:), ARGV[4] = the batch id for 'one',
 -- ARGV[5] = the budget of this call.
@@ -54,7 +58,7 @@ local function settle(batch)
   for j = 1, #flat, 2 do
     names[#names + 1] = flat[j]
   end
-  local lr_out, rc_out, fp_out = {}, {}, {}
+  local lr_out, rc_out, fp_out, lt_out, fr, fr_at = {}, {}, {}, {}, {}, {}
   for s = 1, #names, CHUNK do
     local stop = min(s + CHUNK - 1, #names)
     local lr = redis.call('HMGET', KEYS[2], unpack(names, s, stop))
@@ -71,8 +75,17 @@ local function settle(batch)
         lr_out[#lr_out + 1] = at_text
         rc_out[#rc_out + 1] = e
         rc_out[#rc_out + 1] = tostring((tonumber(rc[j]) or 0) + 1)
+        local fp = string.sub(v, sp + 1)
+        local us = string.find(fp, '\31', 1, true)
+        if us then
+          lt_out[#lt_out + 1] = e
+          lt_out[#lt_out + 1] = string.sub(fp, us + 1)
+          fr[#fr + 1] = e
+          fr_at[#fr] = at_text
+          fp = string.sub(fp, 1, us - 1)
+        end
         fp_out[#fp_out + 1] = e
-        fp_out[#fp_out + 1] = string.sub(v, sp + 1)
+        fp_out[#fp_out + 1] = fp
       end
     end
   end
@@ -80,6 +93,23 @@ local function settle(batch)
     call_chunked('HSET', KEYS[2], lr_out)
     call_chunked('HSET', KEYS[3], rc_out)
     call_chunked('HSET', KEYS[4], fp_out)
+  end
+  if #lt_out > 0 then
+    call_chunked('HSET', KEYS[6], lt_out)
+    -- HSETNX one by one costs a call per entry; once every entry has a first run (all but
+    -- the first batch) one HMGET finds none to write.
+    local fr_out = {}
+    for s = 1, #fr, CHUNK do
+      local stop = min(s + CHUNK - 1, #fr)
+      local have = redis.call('HMGET', KEYS[7], unpack(fr, s, stop))
+      for j = 1, stop - s + 1 do
+        if not have[j] then
+          fr_out[#fr_out + 1] = fr[s + j - 1]
+          fr_out[#fr_out + 1] = fr_at[s + j - 1]
+        end
+      end
+    end
+    if #fr_out > 0 then call_chunked('HSET', KEYS[7], fr_out) end
   end
   if #names > 0 then
     call_chunked('HDEL', batch, names)
