@@ -74,10 +74,12 @@ impl Default for EmitOptions {
             max_bytes_per_call: 4 << 20,
             // Measured as an unrelated client's longest PING (bench client_emission, 2
             // cores): a message moved onto a busy queue costs 2-4 µs (one RPOPLPUSH each;
-            // LRANGE + a multi-value push was slower), a recorded run 4-8 µs: 1,500 and 400
-            // per call keep each call near 6 and 3 ms (longest PING 6.1 ms at every N).
+            // LRANGE + a multi-value push was slower; prepared transactions do most of it
+            // now), a recorded run 4-8 µs, 10-20 µs since settle also records the task id
+            // and first run (SLOWLOG: 400 per call took up to 7.8 ms, 11.7 ms when every
+            // field was new): 1,500 and 250 per call keep each call near 6 and 4 ms.
             max_moves_per_call: 1_500,
-            max_settles_per_call: 400,
+            max_settles_per_call: 250,
         }
     }
 }
