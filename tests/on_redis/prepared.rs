@@ -78,8 +78,9 @@ async fn a_prepared_commit_pushes_onto_busy_queues_in_order_and_renames_the_empt
         epoch: lease.epoch,
         at_ms: 1_000,
     };
-    // 9,000 onto the busy queue: three transactions (4,000, 4,000, 1,000); 10 onto an empty one.
-    let busy = names("b", 9_000);
+    // 12,000 onto the busy queue: three transactions (5,000, 5,000, 2,000); 10 onto an empty
+    // one.
+    let busy = names("b", 12_000);
     let empty = names("r", 10);
     let mut fires: Vec<_> = busy.iter().map(|e| fire(e, 1_000, "celery")).collect();
     fires.extend(empty.iter().map(|e| fire(e, 1_000, "reports")));
@@ -169,7 +170,7 @@ async fn a_transaction_lost_midway_leaves_a_partial_batch_that_recovery_finishes
         epoch: old.epoch,
         at_ms: 1_000,
     };
-    let busy = names("b", 9_000);
+    let busy = names("b", 12_000);
     let fires: Vec<_> = busy.iter().map(|e| fire(e, 1_000, "celery")).collect();
     stage_all(&em, &old, batch, &fires).await;
     em.prepare(&old, batch).await;
@@ -189,7 +190,7 @@ async fn a_transaction_lost_midway_leaves_a_partial_batch_that_recovery_finishes
     // The prepared half runs the first transaction and stops at the lost one.
     assert!(!em.publish_prepared(&old, batch).await.unwrap());
     let mut want = vec!["old".to_string()];
-    want.extend(busy[..4_000].iter().cloned());
+    want.extend(busy[..5_000].iter().cloned());
     assert_eq!(taken_order(&conn, "celery").await, want);
     // The leader dies here. The next one finishes the batch from what Redis holds.
     lock.release(&old).await.unwrap();
@@ -199,7 +200,7 @@ async fn a_transaction_lost_midway_leaves_a_partial_batch_that_recovery_finishes
     want.extend(busy.iter().cloned());
     assert_eq!(taken_order(&conn, "celery").await, want);
     assert_once_each(&conn, &busy, 1_000).await;
-    let again = em.emit(&new, &fires[8_990..]).await.unwrap();
+    let again = em.emit(&new, &fires[11_990..]).await.unwrap();
     assert!(again.iter().all(|o| *o == EmitOutcome::AlreadySent));
 }
 

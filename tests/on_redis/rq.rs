@@ -193,8 +193,8 @@ async fn a_prepared_commit_onto_a_busy_rq_queue_keeps_rqs_order() {
         epoch: lease.epoch,
         at_ms: 1_000,
     };
-    // Two prepared transactions (4,000 + 1,000): RPUSHed behind the job already queued.
-    let staged: Vec<Fire> = (0..5_000)
+    // Two prepared transactions (5,000 + 1,000): RPUSHed behind the job already queued.
+    let staged: Vec<Fire> = (0..6_000)
         .map(|i| job(&format!("e{i:04}"), 1_000, "reports"))
         .collect();
     for part in staged.chunks(500) {
@@ -212,11 +212,11 @@ async fn a_prepared_commit_onto_a_busy_rq_queue_keeps_rqs_order() {
     em.commit(&lease, at).await.unwrap();
     let q = list(&conn, "rq:queue:reports").await;
     let want: Vec<String> = std::iter::once("first-500".to_string())
-        .chain((0..5_000).map(|i| format!("e{i:04}-1000")))
+        .chain((0..6_000).map(|i| format!("e{i:04}-1000")))
         .collect();
     assert_eq!(q, want);
     assert_eq!(queues(&conn).await, ["rq:queue:reports"]);
-    assert_eq!(hash(&conn, "rq:job:e4999-1000").await["status"], b"queued");
+    assert_eq!(hash(&conn, "rq:job:e5999-1000").await["status"], b"queued");
     assert_eq!(
         em.emit(&lease, &staged[..2]).await.unwrap(),
         [AlreadySent, AlreadySent]
