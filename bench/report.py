@@ -44,8 +44,10 @@ def main():
     w(f"- load at end: `{m.get('load_end', '')}`")
     for k, val in v.items():
         w(f"- {k}: {val}")
-    w("- one private `redis-server` on a free port, no persistence; every process on the "
-      "same machine\n")
+    rabbit = " and, for the RabbitMQ sections, one private `rabbitmq-server` node" if (
+        r.get("amqp_emission") or r.get("amqp_worker")) else ""
+    w(f"- one private `redis-server` on a free port, no persistence{rabbit}; every process on "
+      "the same machine\n")
 
     targets = []
     em = r.get("emission")
@@ -496,7 +498,7 @@ def amqp_emission(w, ae):
     w(f"One private RabbitMQ node ({ae.get('rabbitmq')}, no plugins, on free ports) and the "
       "Redis above, one run. beatd: `beatd beat --broker-url amqp://… --redis-url redis://…` "
       "(lock and last runs in Redis; publisher confirms and `mandatory`), N one-shot entries "
-      "(`at`) due 8–15 s after it starts. Celery beat: its default PersistentScheduler, "
+      "(`at`) due 7 s or more after it starts. Celery beat: its default PersistentScheduler, "
       "`crontab()` (it has no seconds field), the same RabbitMQ as broker; watched for "
       f"{bound} s after the minute. Entry i sends task `bench.e<i>`, so every message names "
       "its entry: duplicates and misses are counted by task name. The queue `celery` is "
