@@ -291,6 +291,20 @@ def drain_queued(port, n, limit):
     return [x for _, x in got], span
 
 
+def beatd_log_connected(path, fire):
+    """When beatd's `rabbitmq connected` line was written, in ms after the fire time: the beat
+    opens its link to RabbitMQ at its first publish, so a first fire pays the handshake."""
+    with open(path) as f:
+        for line in f:
+            if "rabbitmq connected" in line:
+                try:
+                    t = datetime.fromisoformat(line.split()[0].replace("Z", "+00:00"))
+                except ValueError:
+                    return None
+                return ms(t.timestamp(), fire)
+    return None
+
+
 def beatd_log_lateness(path):
     """The largest `lateness_ms` of beatd's `fire` lines: when the beat recorded the fires as
     sent (after their confirms), by its own clock."""
@@ -406,6 +420,7 @@ def emission_run(b, rn, system, n, mode, bound):
         res["consumer_drain_ms"] = span
     if beat:
         res["log_recorded_ms"] = beatd_log_lateness(logpath)
+        res["log_connected_ms"] = beatd_log_connected(logpath, fire)
     if ready is None:
         with open(logpath) as f:
             res["log_tail"] = f.read()[-800:]
@@ -505,7 +520,7 @@ def drain(b, rn, name, cmd, n, limit, env):
         r["tasks_per_s_from_start"] = round(n / (last - t0))
         if first and last > first:
             r["tasks_per_s"] = round(n / (last - first))
-    if r["timed_out"]:
+    if r["timed_out"] or (first and first - t0 > 1.0):  # what it did meanwhile
         with open(os.path.join(d, "log")) as f:
             r["log_tail"] = f.read()[-800:]
     log("amqp_worker", name, {k: v for k, v in r.items() if k != "log_tail"})
