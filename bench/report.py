@@ -550,6 +550,15 @@ def amqp_emission(w, ae):
     w("")
     w("Celery beat publishes without publisher confirms (kombu's default), so it has no "
       "\"confirmed\" column.\n")
+    for mode in ("consumer", "depth"):
+        for label, n, x in amqp_runs(ae, mode):
+            if x.get("log_warnings"):
+                w(f"- {label}, N = {n:,}, {mode} run: beatd logged " + "; ".join(
+                    f"`{line}`" for line in x["log_warnings"]))
+            if x.get("moved_to_next_minute"):
+                w(f"- {label}, N = {n:,}, {mode} run: not up 2 s before its minute; measured "
+                  "at the next one (`crontab()` fires every minute)")
+    w("")
     b, c = ae.get("beatd", {}), ae.get("celery_beat", {})
     lines = []
     for n in b:
