@@ -9,7 +9,6 @@ queue and stamps each batch with the time its reply arrived: the time the messag
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import pickle
 import platform
@@ -26,84 +25,9 @@ from datetime import datetime, timezone
 
 import redis
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "bench")
-BEATD = os.environ.get("BENCH_BEATD", os.path.join(ROOT, "target", "footprint", "beatd"))
-NOOP_WORKER = os.path.join(ROOT, "target", "footprint", "examples", "bench_noop_worker")
-PEERS_BIN = os.environ.get("BENCH_PEERS_BIN", os.path.join(BENCH, "tcs", "target", "release"))
-OBSERVE = os.path.join(PEERS_BIN, "observe")
-TCS = os.path.join(PEERS_BIN, "tcs")
-HTTP_SINK = os.path.join(PEERS_BIN, "http_sink")
-VENV_BIN = os.path.join(BENCH, ".venv", "bin")
-if not os.path.exists(os.path.join(VENV_BIN, "celery")):
-    VENV_BIN = os.path.dirname(sys.executable)  # run by another checkout's bench/.venv python
-CELERY = os.path.join(VENV_BIN, "celery")
-RQ = os.path.join(VENV_BIN, "rq")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def log(*a):
-    print(f"[{datetime.now(timezone.utc).strftime('%H:%M:%S')}]", *a, file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def proc_stats(pid):
-    """Peak RSS (VmHWM), current RSS (MB) and CPU seconds (utime + stime) of one process."""
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in ("VmHWM", "VmRSS"):
-                    out[k] = int(v.split()[0]) / 1024.0
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        out["cpu_s"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-        # CPU of children it has waited for (an exec worker's task processes).
-        out["cpu_waited_s"] = (int(fields[13]) + int(fields[14])) / CLK_TCK
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        pass
-    return out
-
-
-def children(pid):
-    """Direct children of every thread of `pid` (a tokio worker thread spawns exec tasks)."""
-    out = []
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out.extend(int(x) for x in f.read().split())
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return out
-
-
-def tree_stats(pid):
-    """Sum of VmHWM and CPU over a process and its children (a prefork pool)."""
-    total = {"VmHWM": 0.0, "VmRSS": 0.0, "cpu_s": 0.0, "procs": 0}
-    for p in [pid] + children(pid):
-        s = proc_stats(p)
-        for k in ("VmHWM", "VmRSS", "cpu_s"):
-            total[k] += s.get(k, 0.0)
-        total["procs"] += 1
-    return total
-
-
-def pct(sorted_vals, p):
-    if not sorted_vals:
-        return None
-    k = max(0, min(len(sorted_vals) - 1, math.ceil(p / 100.0 * len(sorted_vals)) - 1))
-    return sorted_vals[k]
+import rabbit
+from kit import (BEATD, BENCH, CELERY, HTTP_SINK, NOOP_WORKER, OBSERVE, ROOT, RQ, TCS, VENV_BIN,
+                 Clients, Clock, free_port, log, pct, proc_stats, sleep_until, stop, tree_stats)
 
 
 def lateness_stats(lat):
@@ -115,22 +39,6 @@ def lateness_stats(lat):
         "p99_ms": round(pct(lat, 99) * 1000, 2),
         "max_ms": round(lat[-1] * 1000, 2),
     }
-
-
-def sleep_until(t):
-    d = t - time.time()
-    if d > 0:
-        time.sleep(d)
-
-
-def stop(p, sig=signal.SIGTERM, wait=10):
-    if p.poll() is None:
-        try:
-            p.send_signal(sig)
-            p.wait(wait)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
 
 
 class Observer:
@@ -162,15 +70,6 @@ class Observer:
 # Each runs in its own process (fork) with its own Redis connection, speaking RESP on a raw
 # socket (no client library in the timed loop). Times are wall clock: time.time() once, then
 # time.perf_counter() from there, so they compare with the fire time across processes.
-
-
-class Clock:
-    def __init__(self):
-        self.wall0 = time.time()
-        self.perf0 = time.perf_counter()
-
-    def now(self):
-        return self.wall0 + (time.perf_counter() - self.perf0)
 
 
 def resp_connect(port):
@@ -253,33 +152,6 @@ def client_ping(port, start, end, pause, pipe):
     pipe.send({"rtts": rtts})
 
 
-class Clients:
-    """Starts client processes, waits until each is connected, collects what they send."""
-
-    def __init__(self):
-        self.ctx = multiprocessing.get_context("fork")
-        self.procs = {}
-
-    def start(self, name, fn, *args):
-        parent, child = self.ctx.Pipe(duplex=False)
-        p = self.ctx.Process(target=fn, args=args + (child,), daemon=True)
-        p.start()
-        child.close()
-        if not parent.poll(10) or parent.recv() != "ready":
-            raise RuntimeError(f"client {name} did not start")
-        self.procs[name] = (p, parent)
-
-    def collect(self, deadline):
-        out = {}
-        for name, (p, pipe) in self.procs.items():
-            if pipe.poll(max(0.1, deadline - time.time())):
-                out[name] = pipe.recv()
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-        return out
-
 class ListWatch:
     """Stamps every job id that appears on an RQ queue list with the time it was first seen
     (LLEN polled every `period` s; the whole list read on each change, so an insert anywhere is
@@ -332,8 +204,11 @@ class Bench:
             except redis.ConnectionError:
                 time.sleep(0.02)
         self.results = {}
+        self.rabbit = None  # a private RabbitMQ node, started by the first section that needs it
 
     def close(self):
+        if self.rabbit:
+            self.rabbit.stop()
         stop(self.redis_p)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -356,7 +231,7 @@ class Bench:
 
     # ---------------------------------------------------------------- processes
 
-    def beatd(self, name, entries_toml, lock_ttl="10s", http=True):
+    def beatd(self, name, entries_toml, lock_ttl="10s", http=True, extra=()):
         d = self.dir(name)
         # Schedules in their own directory: beatd watches it, and its log must not be there.
         sd = os.path.join(d, "schedules")
@@ -365,7 +240,7 @@ class Bench:
             f.write(entries_toml)
         hp = free_port() if http else None
         args = [BEATD, "beat", "--redis-url", self.url, "--schedules", sd, "--lock-ttl", lock_ttl,
-                "--http-addr", f"127.0.0.1:{hp}" if hp else "off"]
+                "--http-addr", f"127.0.0.1:{hp}" if hp else "off", *extra]
         logf = open(os.path.join(d, "beatd.log"), "w")
         p = subprocess.Popen(args, cwd=d, stdout=logf, stderr=subprocess.STDOUT, env=self.env())
         p.http_port = hp
@@ -1078,6 +953,14 @@ class Bench:
             "hashes_not_listed_ttls": ttls,  # -1: no expiry
         }
 
+    # ---------------------------------------------------------------- RabbitMQ (bench/rabbit.py)
+
+    def amqp_emission(self):
+        self.results["amqp_emission"] = rabbit.emission(self)
+
+    def amqp_worker(self):
+        self.results["amqp_worker"] = rabbit.worker(self)
+
     # ---------------------------------------------------------------- footprint
 
     def footprint(self):
@@ -1381,11 +1264,14 @@ def versions():
         "celery-redbeat": sh(f"{py} -m pip show celery-redbeat | sed -n 's/^Version: //p'"),
         "redis-py": sh(f"{py} -c 'import redis; print(redis.__version__)'"),
         "rq": sh(f"{py} -c 'import rq; print(rq.__version__)'"),
+        "py-amqp": sh(f"{py} -c 'import amqp; print(amqp.__version__)'"),
+        "rabbitmq-server": sh("dpkg-query -W -f='${Version}' rabbitmq-server"),
         "tokio-cron-scheduler": "0.15.1",
     }
 
 
-ALL_SECTIONS = "emission,client_emission,burst_reload,drift,failover,worker,worker_kinds,footprint,rq"
+ALL_SECTIONS = ("emission,client_emission,burst_reload,drift,failover,worker,worker_kinds,"
+                "footprint,rq,amqp_emission,amqp_worker")
 
 
 def main():

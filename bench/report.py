@@ -44,8 +44,10 @@ def main():
     w(f"- load at end: `{m.get('load_end', '')}`")
     for k, val in v.items():
         w(f"- {k}: {val}")
-    w("- one private `redis-server` on a free port, no persistence; every process on the "
-      "same machine\n")
+    rabbit = " and, for the RabbitMQ sections, one private `rabbitmq-server` node" if (
+        r.get("amqp_emission") or r.get("amqp_worker")) else ""
+    w(f"- one private `redis-server` on a free port, no persistence{rabbit}; every process on "
+      "the same machine\n")
 
     targets = []
     em = r.get("emission")
@@ -436,6 +438,14 @@ def main():
               f"| {f((x.get('ping') or {}).get('max_ms'), ' ms')} |")
         w("")
 
+    ae = r.get("amqp_emission")
+    if ae:
+        amqp_emission(w, ae)
+
+    aw = r.get("amqp_worker")
+    if aw:
+        amqp_worker(w, aw)
+
     crit = os.path.join(BENCH, "results", "criterion.txt")
     if os.path.exists(crit):
         w("## Micro-benchmarks (`cargo bench`, criterion, benches/hot_paths.rs)\n")
@@ -465,6 +475,148 @@ def main():
     if os.path.exists(notes):
         w(open(notes).read().strip() + "\n")
     print("\n".join(out))
+
+
+AMQP_SYSTEMS = (("beatd", "beatd"), ("celery_beat", "Celery beat"))
+
+
+def amqp_runs(ae, mode):
+    """(label, N, run) of one mode, beatd first; failed runs included (they carry "error")."""
+    for k, label in AMQP_SYSTEMS:
+        for n, modes in ae.get(k, {}).items():
+            x = modes.get(mode)
+            if x:
+                yield label, int(n), x
+
+
+def amqp_emission(w, ae):
+    w("## RabbitMQ emission: N entries due at the same second\n")
+    if "error" in ae:
+        w(f"Not run: `{ae['error']}`.\n")
+        return
+    bound = ae["bound_s"]
+    w(f"One private RabbitMQ node ({ae.get('rabbitmq')}, no plugins, on free ports) and the "
+      "Redis above, one run. beatd: `beatd beat --broker-url amqp://… --redis-url redis://…` "
+      "(lock and last runs in Redis; publisher confirms and `mandatory`), N one-shot entries "
+      "(`at`) due 7 s or more after it starts. Celery beat: its default PersistentScheduler, "
+      "`crontab()` (it has no seconds field), the same RabbitMQ as broker; watched for "
+      f"{bound} s after the minute. Entry i sends task `bench.e<i>`, so every message names "
+      "its entry: duplicates and misses are counted by task name. The queue `celery` is "
+      "deleted and declared again (as Celery declares it) before each run; each (system, N) "
+      "runs twice. Times in ms after the fire time (wall clock, same host).\n")
+    w("**With a consumer.** A separate process (py-amqp, Celery's transport library) "
+      "subscribed to `celery` before the fire time (`basic_consume`, no ack), stamping each "
+      "message as py-amqp hands it over: when it has the first, 50 %, 99 % and all N. "
+      "\"Recorded as sent\" is the largest `lateness_ms` of beatd's own `fire` log lines: when "
+      "the beat had every confirm and had recorded the runs in Redis. beatd opens its "
+      "connection to RabbitMQ at its first publish, so the first message of a first fire "
+      "includes the AMQP handshake (\"connected\": beatd's `rabbitmq connected` log line).\n")
+    w("| system | N | received | duplicates | missing | first | 50 % | 99 % | all | "
+      "connected | recorded as sent | CPU at fire | peak RSS |")
+    w("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for label, n, x in amqp_runs(ae, "consumer"):
+        if "error" in x:
+            w(f"| {label} | {n:,} | run failed: `{x['error']}` |||||||||")
+            continue
+        w(f"| {label} | {n:,} | {f(x.get('received'))} ({f(x.get('sent_pct'), ' %', 2)}) | "
+          f"{f(x.get('duplicates'))} | {f(x.get('missing'))} | {f(x.get('first_ms'), ' ms')} | "
+          f"{f(x.get('p50_ms'), ' ms')} | {f(x.get('p99_ms'), ' ms')} | "
+          f"{f(x.get('all_ms'), ' ms')} | {f(x.get('log_connected_ms'), ' ms')} | "
+          f"{f(x.get('log_recorded_ms'), ' ms')} | "
+          f"{f(x.get('cpu_fire_s'), ' s', 2)} | {f(x.get('peak_rss_mb'), ' MB')} |")
+    w("")
+    w("**Nobody consuming.** The same, with no consumer attached: RabbitMQ's queue depth "
+      "(the `message_count` of a passive `queue.declare`, polled every 1 ms from 0.2 s "
+      "before the fire time) and, for beatd, `beatd_amqp_confirms_total` read from its "
+      "`/metrics` (polled every 1 ms on one keep-alive connection): when each first "
+      "reached 1, 50 %, 99 % and N. After the scheduler stopped, the consumer of the table "
+      "above took what the queue held (task names: duplicates, misses); \"consumer drain\" is "
+      "its time from the first of those messages to the last, its own ceiling on N messages "
+      "already queued.\n")
+    w("| system | N | in the queue | duplicates | missing | depth: first | 50 % | 99 % | all "
+      "| confirmed: first | 50 % | 99 % | all | consumer drain |")
+    w("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for label, n, x in amqp_runs(ae, "depth"):
+        if "error" in x:
+            w(f"| {label} | {n:,} | run failed: `{x['error']}` ||||||||||||")
+            continue
+        conf = ([f(x.get(f"confirms_{k}_ms"), " ms") for k in ("first", "p50", "p99", "all")]
+                if label == "beatd" else ["n/a"] * 4)
+        w(f"| {label} | {n:,} | {f(x.get('depth_at_end'))} | {f(x.get('duplicates'))} | "
+          f"{f(x.get('missing'))} | {f(x.get('depth_first_ms'), ' ms')} | "
+          f"{f(x.get('depth_p50_ms'), ' ms')} | {f(x.get('depth_p99_ms'), ' ms')} | "
+          f"{f(x.get('depth_all_ms'), ' ms')} | " + " | ".join(conf) +
+          f" | {f(x.get('consumer_drain_ms'), ' ms')} |")
+    w("")
+    w("Celery beat publishes without publisher confirms (kombu's default), so it has no "
+      "\"confirmed\" column.\n")
+    for mode in ("consumer", "depth"):
+        for label, n, x in amqp_runs(ae, mode):
+            if x.get("log_warnings"):
+                w(f"- {label}, N = {n:,}, {mode} run: beatd logged " + "; ".join(
+                    f"`{line}`" for line in x["log_warnings"]))
+            if x.get("moved_to_next_minute"):
+                w(f"- {label}, N = {n:,}, {mode} run: not up 2 s before its minute; measured "
+                  "at the next one (`crontab()` fires every minute)")
+    w("")
+    b, c = ae.get("beatd", {}), ae.get("celery_beat", {})
+    lines = []
+    for n in b:
+        x, y = b[n].get("consumer", {}), c.get(n, {}).get("consumer", {})
+        if x.get("all_ms") and y.get("all_ms"):
+            ratio = y["all_ms"] / max(x["all_ms"], 0.01)
+            lines.append(f"- N = {int(n):,}: with Celery beat, the consumer had all {ratio:,.0f}× "
+                         "later")
+        elif x.get("all_ms") and y and "error" not in y:
+            lines.append(f"- N = {int(n):,}: Celery beat sent {y.get('sent_pct')} % within "
+                         f"its {bound} s bound")
+    if lines:
+        w("Ratios (the consumer's last message, beatd vs Celery beat):\n")
+        w("\n".join(lines) + "\n")
+
+
+def amqp_worker(w, aw):
+    if "error" in aw:
+        w(f"## Worker on RabbitMQ\n\nNot run: `{aw['error']}`.\n")
+        return
+    w(f"## Worker on RabbitMQ: {aw['tasks']:,} no-op tasks queued beforehand\n")
+    w(f"The same RabbitMQ node ({aw.get('rabbitmq')}) and Redis, one run. One `bench.noop` "
+      "message made by Celery's `send_task`, read back and published again N times by "
+      "py-amqp with its properties and headers (a new id in `id`, `root_id` and "
+      "`correlation_id`) to the default exchange with routing key `celery`, as Celery "
+      "publishes; the worker starts once all N are queued. Results go to the Redis result "
+      "backend in every row. beatd: the Rust no-op handler (`bench/noop_worker.rs` on the "
+      "library's RabbitMQ worker, default options: concurrency = CPUs, prefetch × 4, the "
+      "at-most-once claims in Redis), and `beatd worker --broker-url amqp://… "
+      "--result-backend redis://… --http-addr off` with `bench.noop` as `kind = \"exec\"`, "
+      "`command = [\"/bin/true\"]` (logs at `warn`); Celery: `celery worker --pool=prefork "
+      "--without-gossip --without-mingle --without-heartbeat -l warning` running the Python "
+      "no-op. Timed until the queue is empty (passive `queue.declare`) and every result is "
+      "in Redis: from the worker's start (startup included), and from its first stored "
+      "result to its last. Peak RSS sums the worker and its children, sampled every 5 ms.\n")
+    w("| worker | completed | tasks/s (first → last result) | tasks/s from start | "
+      "startup to first result | peak RSS | peak RSS, main process | processes | CPU |")
+    w("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for k, label in (("rust_noop", "beatd, Rust no-op (library)"),
+                     ("exec", "`beatd worker`, exec `/bin/true`"),
+                     ("celery_prefork", "celery worker --pool=prefork")):
+        x = aw.get(k)
+        if not x:
+            continue
+        if "error" in x:
+            w(f"| {label} | run failed: `{x['error']}` ||||||||")
+            continue
+        w(f"| {label} | {x['completed']:,} | {f(x.get('tasks_per_s'))} | "
+          f"{f(x.get('tasks_per_s_from_start'))} | "
+          f"{f(x.get('startup_to_first_result_s'), ' s', 2)} | "
+          f"{f(x['peak_rss_mb'], ' MB')} | {f(x.get('peak_rss_main_mb'), ' MB')} | "
+          f"{x.get('processes')} | {f(x.get('cpu_s'), ' s', 2)} |")
+    w("")
+    for k in ("rust_noop", "exec"):
+        ratio, ratio0 = aw.get(f"ratio_{k}_vs_prefork"), aw.get(f"ratio_{k}_vs_prefork_from_start")
+        if ratio is not None:
+            w(f"- {k} / prefork: {ratio}× (first → last result), {ratio0}× from start")
+    w("")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The Celery peer of bench/run.sh: one app whose beat schedule is chosen by environment.
 
 BENCH_REDIS_URL   broker and result backend
+BENCH_BROKER_URL  the broker instead (amqp://...: RabbitMQ; results stay in BENCH_REDIS_URL)
 BENCH_SCHEDULE    emission: BENCH_N entries, crontab() (every minute)
+                  named:    as emission, entry i sending task `bench.e<i>` (counted by name)
                   idle:     BENCH_N entries, crontab(minute=0, hour=BENCH_HOUR)
                   tick:     one entry, timedelta(seconds=1), to queue BENCH_QUEUE
                   none:     no entries (the worker)
@@ -15,7 +17,7 @@ from celery import Celery
 from celery.schedules import crontab
 
 url = os.environ["BENCH_REDIS_URL"]
-app = Celery("benchapp", broker=url, backend=url)
+app = Celery("benchapp", broker=os.environ.get("BENCH_BROKER_URL", url), backend=url)
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],
@@ -38,6 +40,11 @@ queue = os.environ.get("BENCH_QUEUE", "celery")
 if kind == "emission":
     app.conf.beat_schedule = {
         f"e{i}": {"task": "bench.noop", "schedule": crontab(), "options": {"queue": queue}}
+        for i in range(n)
+    }
+elif kind == "named":
+    app.conf.beat_schedule = {
+        f"e{i}": {"task": f"bench.e{i}", "schedule": crontab(), "options": {"queue": queue}}
         for i in range(n)
     }
 elif kind == "idle":
