@@ -95,6 +95,9 @@ struct ConnState {
     master_generation: u64,
     /// The master's `ip:port` behind Sentinels.
     master: Option<String>,
+    /// The Sentinels' generation when the last attempt failed: once it moves on (a new
+    /// master announced), the next attempt need not wait out the backoff.
+    failed_generation: u64,
 }
 
 impl std::fmt::Debug for RedisConn {
@@ -346,7 +349,11 @@ impl RedisConn {
             }
         }
         if let (Some(at), Some(err)) = (st.next_attempt, &st.last_error) {
-            if Instant::now() < at {
+            let announced = match &self.inner.source {
+                Source::Sentinel(s) => s.generation() != st.failed_generation,
+                Source::Direct(_) => false,
+            };
+            if Instant::now() < at && !announced {
                 return Err(err.clone());
             }
         }
@@ -376,6 +383,9 @@ impl RedisConn {
                 Ok((c, st.generation))
             }
             Err(e) => {
+                if let Source::Sentinel(s) = &self.inner.source {
+                    st.failed_generation = s.generation();
+                }
                 st.failures = st.failures.saturating_add(1);
                 let wait = self.inner.opts.backoff(st.failures);
                 st.next_attempt = Some(Instant::now() + wait);
@@ -417,7 +427,22 @@ impl RedisConn {
     {
         let (conn, generation) = self.get().await?;
         let mut same = conn.clone();
-        let result = match op(conn).await {
+        let done = async {
+            match &self.inner.source {
+                // A reply from a master the Sentinels start failing over is not acted on,
+                // even if it comes: its writes may be lost with it (a paused primary that
+                // resumes while a replica is promoted).
+                Source::Sentinel(s) => {
+                    let seen = s.failovers();
+                    tokio::select! {
+                        r = op(conn) => r,
+                        () = s.failover_since(seen) => Err(master_changed()),
+                    }
+                }
+                Source::Direct(_) => op(conn).await,
+            }
+        };
+        let result = match done.await {
             Ok(v) => match wait {
                 None => Ok((v, None)),
                 Some(w) => {
@@ -468,6 +493,13 @@ impl RedisConn {
         let timeout = (!connecting).then_some(self.inner.opts.response_timeout);
         classify(&self.inner.url, timeout, e)
     }
+}
+
+fn master_changed() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the sentinels started failing the redis master over while the command waited",
+    ))
 }
 
 /// Names what happened. `NOAUTH` (no password given; redis-rs reports it as "Authentication

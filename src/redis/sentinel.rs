@@ -19,6 +19,17 @@ use std::time::Duration;
 /// The channel Sentinels announce a new master on: `<name> <old ip> <old port> <new ip> <new port>`.
 const SWITCH_MASTER: &str = "+switch-master";
 
+/// Channels on which Sentinels say a failover may be starting: `master <name> <ip> <port> …`.
+/// The master they name may come back (a paused process resumes) while a replica is already
+/// being promoted; writes it takes then are lost when the other replicas follow the new one.
+/// So on these, every connection leaves it, and [`Sentinels::master`] names no master
+/// until the failover is over.
+const FAILOVER_STARTING: [&str; 2] = ["+odown", "+try-failover"];
+
+/// The master's flags (`SENTINEL MASTER`) under which no node is used: down in the
+/// Sentinels' agreed view, or a failover under way.
+const UNSAFE_FLAGS: [&str; 2] = ["o_down", "failover_in_progress"];
+
 /// Pause before the watcher tries the next Sentinel.
 const WATCH_RETRY: Duration = Duration::from_secs(1);
 
@@ -28,6 +39,8 @@ pub(crate) struct Sentinels {
     url: RedactedUrl,
     /// Moves on whenever the master may have changed.
     generation: Arc<AtomicU64>,
+    /// Moves on when the Sentinels say a failover may be starting ([`FAILOVER_STARTING`]).
+    failovers: Arc<AtomicU64>,
     /// Wakes commands blocked on the former master when the generation moves.
     changed: Arc<tokio::sync::Notify>,
     /// The `+switch-master` watcher runs (started on the first resolution, in the runtime).
@@ -55,6 +68,7 @@ impl Sentinels {
             url,
             generation: Arc::default(),
             changed: Arc::default(),
+            failovers: Arc::default(),
             watching: OnceLock::new(),
             this: this.clone(),
         })
@@ -93,6 +107,25 @@ impl Sentinels {
         }
     }
 
+    /// How many failover starts were announced so far.
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once a failover start is announced after `seen` ([`Sentinels::failovers`]):
+    /// a reply still to come from the master being failed over must not be acted on.
+    pub async fn failover_since(&self, seen: u64) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.failovers() != seen {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// The master's db, for `ConnectionLike::get_db`.
     pub fn db(&self) -> i64 {
         self.spec.master.db
@@ -119,7 +152,24 @@ impl Sentinels {
             .iter()
             .map(|(host, port)| async move { (host, port, self.ask(host, *port, cfg).await) })
             .collect();
+        let mut answers = Vec::new();
         while let Some((host, port, answer)) = asks.next().await {
+            match answer {
+                Ok(Some((_, _, Some(flags)))) => {
+                    // One Sentinel seeing a failover under way is enough to wait: the one
+                    // leading it may be the only one that says so.
+                    return Err(Error::NoMaster {
+                        url: self.url.clone(),
+                        master: name.clone(),
+                        detail: format!(
+                            "{host}:{port} reports the master {flags} (a failover under way)"
+                        ),
+                    });
+                }
+                other => answers.push((host, port, other.map(|a| a.map(|(i, p, _)| (i, p))))),
+            }
+        }
+        for (host, port, answer) in answers {
             let answer = match answer {
                 Ok(a) => a,
                 Err(e) if is_auth(&e) => return Err(self.auth_failed(e)),
@@ -177,7 +227,7 @@ impl Sentinels {
         host: &str,
         port: u16,
         cfg: &AsyncConnectionConfig,
-    ) -> redis::RedisResult<Option<(String, u16)>> {
+    ) -> redis::RedisResult<Option<(String, u16, Option<String>)>> {
         let client = tls::client(
             host,
             port,
@@ -192,7 +242,24 @@ impl Sentinels {
             .arg(&self.spec.master_name)
             .query_async(&mut c)
             .await?;
-        Ok(addr)
+        let Some((ip, port)) = addr else {
+            return Ok(None);
+        };
+        // Flat field/value pairs; a Sentinel that refuses the command (an ACL without it)
+        // leaves the check to the others.
+        let info: redis::RedisResult<Vec<String>> = redis::cmd("SENTINEL")
+            .arg("MASTER")
+            .arg(&self.spec.master_name)
+            .query_async(&mut c)
+            .await;
+        let unsafe_flags = info.ok().and_then(|kv| {
+            let flags = kv.chunks(2).find(|p| p[0] == "flags")?.get(1)?.clone();
+            flags
+                .split(',')
+                .any(|f| UNSAFE_FLAGS.contains(&f))
+                .then_some(flags)
+        });
+        Ok(Some((ip, port, unsafe_flags)))
     }
 
     /// Connects to `ip:port` and checks that `ROLE` says master.
@@ -222,9 +289,10 @@ impl Sentinels {
     /// A missed announcement only delays the switch to the next error or `READONLY`.
     fn watch(&self) {
         self.watching.get_or_init(|| {
-            let (spec, generation, owner) = (
+            let (spec, generation, failovers, owner) = (
                 self.spec.clone(),
                 self.generation.clone(),
+                self.failovers.clone(),
                 self.this.clone(),
             );
             let changed = self.changed.clone();
@@ -239,6 +307,9 @@ impl Sentinels {
                             tls::client(host, *port, &spec.sentinel, spec.sentinel_tls.as_ref())?;
                         let mut p = client.get_async_pubsub().await?;
                         p.subscribe(SWITCH_MASTER).await?;
+                        for ch in FAILOVER_STARTING {
+                            p.subscribe(ch).await?;
+                        }
                         Ok::<_, RedisError>(p)
                     };
                     match tokio::time::timeout(Duration::from_secs(5), pubsub).await {
@@ -250,11 +321,22 @@ impl Sentinels {
                                 match next.await {
                                     Ok(Some(msg)) => {
                                         let payload: String = msg.get_payload().unwrap_or_default();
-                                        if payload.split(' ').next() == Some(&spec.master_name) {
+                                        let channel = msg.get_channel_name().to_owned();
+                                        // `+switch-master <name> …`; the others `master <name> …`.
+                                        let named = if channel == SWITCH_MASTER {
+                                            payload.split(' ').next()
+                                        } else {
+                                            payload.split(' ').nth(1)
+                                        };
+                                        if named == Some(spec.master_name.as_str()) {
+                                            if channel != SWITCH_MASTER {
+                                                failovers.fetch_add(1, Ordering::SeqCst);
+                                            }
                                             generation.fetch_add(1, Ordering::SeqCst);
                                             changed.notify_waiters();
-                                            tracing::info!(url = %url, switch = %payload,
-                                                "sentinel announced a new redis master");
+                                            tracing::info!(url = %url, event = %channel,
+                                                detail = %payload,
+                                                "sentinel announced a master change; resolving again");
                                         }
                                     }
                                     Ok(None) => break,
