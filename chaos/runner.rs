@@ -336,9 +336,11 @@ fn processes(
 #[allow(clippy::too_many_lines)]
 async fn drive(opts: Options, dir: PathBuf, mut backend: impl Backend) -> Result<Report, String> {
     let mut rng = StdRng::seed_from_u64(opts.seed);
+    // Wall-clock stamps, to match a fault with the beats' and workers' logs.
     let say = |msg: &str| {
         if opts.verbose {
-            eprintln!("[chaos] {msg}");
+            let at = chrono::Utc::now().format("%H:%M:%S%.3f");
+            eprintln!("[chaos {at}] {msg}");
         }
     };
 
