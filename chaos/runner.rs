@@ -339,7 +339,7 @@ async fn drive(opts: Options, dir: PathBuf, mut backend: impl Backend) -> Result
     // Wall-clock stamps, to match a fault with the beats' and workers' logs.
     let say = |msg: &str| {
         if opts.verbose {
-            let at = chrono::Utc::now().format("%H:%M:%S%.3f");
+            let at = beatd::clock::Clock::now(&beatd::clock::SystemClock).format("%H:%M:%S%.3f");
             eprintln!("[chaos {at}] {msg}");
         }
     };
