@@ -1,27 +1,30 @@
-//! The chaos run: a durable redis-server (`--appendonly yes --appendfsync always`), three
-//! `beatd beat` replicas (one behind the flaky [`proxy`](super::proxy)), two `beatd worker`s
+//! The chaos run: the servers of a [`Mode`], three `beatd beat` replicas, two `beatd worker`s
 //! running an `exec` task that appends `scheduled_at task_id args` to the worker's own log,
-//! and seeded faults at random intervals until the duration is over. Then every process is
-//! brought back, the entries run to their `end_at`, the queue drains, and the
-//! [checker](super::check) reads the logs and `{ns}:run_count`.
+//! and seeded faults at random intervals until the duration is over: the
+//! [process faults](super::procs) in every mode, and the mode's own (its servers killed,
+//! paused, cut off). Then every process is brought back, the entries run to their `end_at`,
+//! the queue drains, and the [checker](super::check) reads the logs and `{ns}:run_count`.
+//!
+//! Each mode is a [`Backend`] in a file of its own: [`mode_redis`](super::mode_redis),
+//! [`mode_sentinel`](super::mode_sentinel), [`mode_rabbit`](super::mode_rabbit).
 
 use super::check::{self, Counts, Execution, GridEntry};
-use super::proxy::{self, Mode};
-use beatd::testkit::RedisServer;
+use super::mode_redis::conn;
+use super::procs::{self, between, Proc};
+use super::{mode_rabbit, mode_redis, mode_sentinel};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::time::{sleep, Instant};
 
 /// Redis key namespace of the run.
-const NS: &str = "chaos";
+pub const NS: &str = "chaos";
 /// Queue the entries send to and the workers consume.
-const QUEUE: &str = "chaos";
+pub const QUEUE: &str = "chaos";
 /// Leader lock TTL of the beats (`--lock-ttl`): faults are measured against it.
 const LOCK_TTL: &str = "3s";
 /// Visibility timeout of the workers: a dead worker's message runs again after it.
@@ -33,9 +36,46 @@ const ENTRIES: &[(&str, &str, i64)] = &[
     ("cron-5s", "cron = \"*/5 * * * * *\"", 5000),
 ];
 
+/// Which servers beatd runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// One durable redis-server: broker, lock and state.
+    #[default]
+    Redis,
+    /// A primary, two replicas and three Sentinels.
+    Sentinel,
+    /// RabbitMQ as the broker, a durable Redis for the lock, state and results.
+    Rabbitmq,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "redis" => Ok(Self::Redis),
+            "sentinel" => Ok(Self::Sentinel),
+            "rabbitmq" => Ok(Self::Rabbitmq),
+            _ => Err(format!("unknown mode {s:?} (redis, sentinel, rabbitmq)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Redis => "redis",
+            Self::Sentinel => "sentinel",
+            Self::Rabbitmq => "rabbitmq",
+        })
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Which servers.
+    pub mode: Mode,
     /// How long faults are injected.
     pub duration: Duration,
     /// Seed of the fault sequence.
@@ -48,9 +88,57 @@ pub struct Options {
     pub verbose: bool,
 }
 
+/// Messages not yet done at the end of a run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pending {
+    /// Waiting in the queue (on RabbitMQ: also intents not yet confirmed).
+    pub queued: u64,
+    /// Taken by a worker and not acknowledged.
+    pub unacked: u64,
+}
+
+/// What a mode provides: its servers, how beats and workers reach them, and its own faults.
+/// Used with static dispatch only, inside this harness.
+#[allow(async_fn_in_trait)]
+pub trait Backend {
+    /// The mode's fault kinds, besides the [process ones](procs::KINDS).
+    fn kinds(&self) -> &'static [&'static str];
+    /// How beat `i` reaches the servers (arguments after `beat`).
+    fn beat_args(&self, i: usize) -> Vec<String>;
+    /// How the workers reach them (arguments after `worker`).
+    fn worker_args(&self) -> Vec<String>;
+    /// Where the servers are, for the log.
+    fn describe(&self) -> String;
+    /// Injects one of [`Backend::kinds`]; `None` when it cannot be done now (the same fault,
+    /// or another one of this mode, is still in progress).
+    async fn inject(
+        &mut self,
+        kind: &'static str,
+        rng: &mut StdRng,
+        now: Instant,
+    ) -> Result<Option<String>, String>;
+    /// Undoes the mode's faults that are due (all of them when `ending`); lines to print.
+    async fn undo_due(&mut self, now: Instant, ending: bool) -> Result<Vec<String>, String>;
+    /// The fault phase is over: waits for faults in progress until every server is up.
+    async fn settle(&mut self) -> Result<Vec<String>, String>;
+    /// The Redis holding `{ns}:last_run` and `{ns}:run_count` now.
+    async fn state_url(&self) -> Option<String>;
+    /// Messages not yet done.
+    async fn pending(&self) -> Result<Pending, String>;
+    /// Whether unacknowledged messages come back only when a worker restores them (the
+    /// Redis transport), so the drain restarts a worker while some remain.
+    fn restores_unacked(&self) -> bool;
+    /// Figures of the mode's own faults.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 /// The outcome: the faults and the checker's figures.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// Mode.
+    pub mode: Mode,
     /// Seed.
     pub seed: u64,
     /// Fault phase length.
@@ -63,6 +151,8 @@ pub struct Report {
     pub crashes: u64,
     /// Messages still queued or unacknowledged at the end.
     pub leftover: u64,
+    /// Figures of the mode's own faults (failover times, node boots).
+    pub notes: Vec<String>,
     /// Where logs are.
     pub dir: PathBuf,
 }
@@ -73,7 +163,8 @@ impl Report {
         self.counts.pass() && self.crashes == 0 && self.leftover == 0
     }
 
-    /// The one line of figures.
+    /// The one line of figures (`mode=` only outside the default mode, so that lines of
+    /// redis runs compare with earlier ones).
     pub fn line(&self) -> String {
         let c = &self.counts;
         let total: u64 = self.faults.values().sum();
@@ -82,8 +173,13 @@ impl Report {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
+        let mode = if self.mode == Mode::Redis {
+            String::new()
+        } else {
+            format!(" mode={}", self.mode)
+        };
         format!(
-            "chaos seed={} duration={}s faults={total} ({}) due={} sent={} duplicated={} \
+            "chaos{mode} seed={} duration={}s faults={total} ({}) due={} sent={} duplicated={} \
              missed={} executed={} reexecuted={} lost={} unexpected={} unaccounted={} \
              crashes={} leftover={}: {}",
             self.seed,
@@ -103,94 +199,6 @@ impl Report {
             if self.pass() { "PASS" } else { "FAIL" }
         )
     }
-}
-
-/// The kinds of fault, drawn from a shuffled bag so each kind occurs once per round.
-const KINDS: &[&str] = &[
-    "beat_kill",
-    "beat_stop",
-    "beat_term",
-    "worker_kill",
-    "worker_stop",
-    "worker_term",
-    "redis_kill",
-    "proxy_drop",
-    "proxy_stall",
-];
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum State {
-    Running,
-    /// SIGSTOPped; SIGCONT at the instant.
-    Stopped(Instant),
-    /// SIGTERM sent; kill -9 if still alive at the instant.
-    Terminating(Instant),
-    /// Not running; start at the instant.
-    Down(Instant),
-}
-
-struct Proc {
-    name: String,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-    state: State,
-}
-
-impl Proc {
-    fn start(&mut self, beatd: &Path) -> Result<(), String> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .map_err(|e| format!("{}: {e}", self.log.display()))?;
-        let mut cmd = Command::new(beatd);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("BEATD_") || k == "CELERY_BROKER_URL" || k == "REDIS_URL" {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .args(&self.args)
-            .env("BEATD_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", beatd.display()))?;
-        self.child = Some(child);
-        self.state = State::Running;
-        Ok(())
-    }
-
-    fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            let _ = Command::new("kill")
-                .arg(format!("-{sig}"))
-                .arg(c.id().to_string())
-                .status();
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Exited already (reaped)?
-    fn exited(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => matches!(c.try_wait(), Ok(Some(_))),
-            None => true,
-        }
-    }
-}
-
-fn between(rng: &mut StdRng, lo_ms: u64, hi_ms: u64) -> Duration {
-    Duration::from_millis(rng.random_range(lo_ms..=hi_ms))
 }
 
 fn schedule_file(
@@ -221,57 +229,24 @@ fn worker_config(log: &Path) -> String {
     )
 }
 
-async fn redis_conn(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0"))?;
-    let cfg = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Duration::from_secs(2))
-        .set_response_timeout(Duration::from_secs(2));
-    client
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
-}
-
-async fn run_counts(port: u16) -> redis::RedisResult<HashMap<String, u64>> {
-    let mut c = redis_conn(port).await?;
+async fn hgetall<V: redis::FromRedisValue>(
+    url: Option<String>,
+    key: &str,
+) -> Result<HashMap<String, V>, String> {
+    let url = url.ok_or("no Redis to read the state from")?;
+    let mut c = conn(&url).await.map_err(|e| e.to_string())?;
     redis::cmd("HGETALL")
-        .arg(format!("{NS}:run_count"))
+        .arg(format!("{NS}:{key}"))
         .query_async(&mut c)
         .await
+        .map_err(|e| e.to_string())
 }
 
-async fn last_runs(port: u16) -> HashMap<String, i64> {
-    let Ok(mut c) = redis_conn(port).await else {
-        return HashMap::new();
-    };
-    redis::cmd("HGETALL")
-        .arg(format!("{NS}:last_run"))
-        .query_async(&mut c)
-        .await
-        .unwrap_or_default()
-}
-
-/// Messages in the queue lists (every priority step) and in `unacked`.
-async fn pending(port: u16) -> redis::RedisResult<(u64, u64)> {
-    let mut c = redis_conn(port).await?;
-    let mut queued = 0;
-    for step in beatd::protocol::PRIORITY_STEPS {
-        let key = beatd::protocol::priority_list_key(QUEUE, Some(step));
-        let n: u64 = redis::cmd("LLEN").arg(key).query_async(&mut c).await?;
-        queued += n;
-    }
-    let unacked: u64 = redis::cmd("HLEN")
-        .arg("unacked")
-        .query_async(&mut c)
-        .await?;
-    Ok((queued, unacked))
-}
-
-/// Runs the whole chaos run and checks it.
+/// Runs the whole chaos run of `opts.mode` and checks it.
 ///
 /// # Errors
-/// When the setup fails (no redis-server, no beatd binary); a failed invariant is a
-/// [`Report`] that does not pass.
-#[allow(clippy::too_many_lines)]
+/// When the setup fails (no redis-server or rabbitmq-server, no beatd binary, a server set
+/// that does not recover); a failed invariant is a [`Report`] that does not pass.
 pub async fn run(opts: Options) -> Result<Report, String> {
     let tmp;
     let dir = if let Some(d) = &opts.dir {
@@ -284,15 +259,90 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             .map_err(|e| e.to_string())?;
         tmp.keep()
     };
+    match opts.mode {
+        Mode::Redis => drive(opts, dir, mode_redis::Plain::start().await?).await,
+        Mode::Sentinel => drive(opts, dir, mode_sentinel::Sentinel::start().await?).await,
+        Mode::Rabbitmq => drive(opts, dir, mode_rabbit::Rabbit::start().await?).await,
+    }
+}
+
+/// The processes of the run: three beats, then two workers; the workers' execution logs.
+fn processes(
+    backend: &impl Backend,
+    dir: &Path,
+    sched_dir: &Path,
+) -> Result<(Vec<Proc>, Vec<PathBuf>), String> {
+    let mut procs = Vec::new();
+    for i in 0..3 {
+        let mut args = vec!["beat".to_string()];
+        args.extend(backend.beat_args(i));
+        args.extend(
+            [
+                "--schedules",
+                &sched_dir.display().to_string(),
+                "--namespace",
+                NS,
+                "--lock-ttl",
+                LOCK_TTL,
+                "--http-addr",
+                "off",
+                "--shutdown-grace",
+                "5s",
+            ]
+            .map(String::from),
+        );
+        procs.push(Proc::new(
+            format!("beat-{i}"),
+            args,
+            dir.join(format!("beat-{i}.log")),
+        ));
+    }
+    let mut exec_logs = Vec::new();
+    for i in 0..2 {
+        let exec_log = dir.join(format!("executions-{i}.log"));
+        let cfg = dir.join(format!("worker-{i}.toml"));
+        std::fs::write(&cfg, worker_config(&exec_log)).map_err(|e| e.to_string())?;
+        exec_logs.push(exec_log);
+        let mut args = vec![
+            "--config".to_string(),
+            cfg.display().to_string(),
+            "worker".to_string(),
+        ];
+        args.extend(backend.worker_args());
+        args.extend(
+            [
+                "--queues",
+                QUEUE,
+                "--concurrency",
+                "2",
+                "--visibility-timeout",
+                "5s",
+                "--shutdown-grace",
+                "5s",
+                "--http-addr",
+                "off",
+            ]
+            .map(String::from),
+        );
+        procs.push(Proc::new(
+            format!("worker-{i}"),
+            args,
+            dir.join(format!("worker-{i}.log")),
+        ));
+    }
+    Ok((procs, exec_logs))
+}
+
+#[allow(clippy::too_many_lines)]
+async fn drive(opts: Options, dir: PathBuf, mut backend: impl Backend) -> Result<Report, String> {
     let mut rng = StdRng::seed_from_u64(opts.seed);
-    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
-        .map_err(|e| e.to_string())?;
-    let port = redis.port();
-    let url = redis.url();
-    let proxy = proxy::start(([127, 0, 0, 1], port).into())
-        .await
-        .map_err(|e| e.to_string())?;
-    let proxied = format!("redis://{}/0", proxy.addr);
+    // Wall-clock stamps, to match a fault with the beats' and workers' logs.
+    let say = |msg: &str| {
+        if opts.verbose {
+            let at = beatd::clock::Clock::now(&beatd::clock::SystemClock).format("%H:%M:%S%.3f");
+            eprintln!("[chaos {at}] {msg}");
+        }
+    };
 
     // Fire times start a few seconds from now, once the beats are up, and end after the fault
     // phase plus time for every replica to come back and catch up.
@@ -310,83 +360,24 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     )
     .map_err(|e| e.to_string())?;
 
-    let mut procs = Vec::new();
-    for i in 0..3 {
-        let u = if i == 0 { proxied.clone() } else { url.clone() };
-        procs.push(Proc {
-            name: format!("beat-{i}"),
-            args: [
-                "beat",
-                "--redis-url",
-                &u,
-                "--schedules",
-                &sched_dir.display().to_string(),
-                "--namespace",
-                NS,
-                "--lock-ttl",
-                LOCK_TTL,
-                "--http-addr",
-                "off",
-                "--shutdown-grace",
-                "5s",
-            ]
-            .map(String::from)
-            .to_vec(),
-            log: dir.join(format!("beat-{i}.log")),
-            child: None,
-            state: State::Running,
-        });
-    }
-    let mut exec_logs = Vec::new();
-    for i in 0..2 {
-        let exec_log = dir.join(format!("executions-{i}.log"));
-        let cfg = dir.join(format!("worker-{i}.toml"));
-        std::fs::write(&cfg, worker_config(&exec_log)).map_err(|e| e.to_string())?;
-        exec_logs.push(exec_log);
-        procs.push(Proc {
-            name: format!("worker-{i}"),
-            args: [
-                "--config",
-                &cfg.display().to_string(),
-                "worker",
-                "--redis-url",
-                &url,
-                "--queues",
-                QUEUE,
-                "--concurrency",
-                "2",
-                "--visibility-timeout",
-                "5s",
-                "--shutdown-grace",
-                "5s",
-                "--http-addr",
-                "off",
-            ]
-            .map(String::from)
-            .to_vec(),
-            log: dir.join(format!("worker-{i}.log")),
-            child: None,
-            state: State::Running,
-        });
-    }
+    let (mut procs, exec_logs) = processes(&backend, &dir, &sched_dir)?;
     for p in &mut procs {
         p.start(&opts.beatd)?;
     }
-    let say = |msg: &str| {
-        if opts.verbose {
-            eprintln!("[chaos] {msg}");
-        }
-    };
     say(&format!(
-        "dir {} redis {url} proxy {proxied}",
-        dir.display()
+        "mode {} dir {} {}",
+        opts.mode,
+        dir.display(),
+        backend.describe()
     ));
 
     // No faults before every entry has fired once: the first fire of a never-run entry is
     // "from now", not caught up, so it must happen in calm.
     let first_deadline = Instant::now() + settle + Duration::from_secs(20);
     loop {
-        let lr = last_runs(port).await;
+        let lr: HashMap<String, i64> = hgetall(backend.state_url().await, "last_run")
+            .await
+            .unwrap_or_default();
         if ENTRIES.iter().all(|(n, _, _)| lr.contains_key(*n)) {
             break;
         }
@@ -402,121 +393,58 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut crashes = 0;
     let mut bag: Vec<&'static str> = Vec::new();
-    let mut redis_up_at: Option<Instant> = None;
-    let mut proxy_pass_at: Option<Instant> = None;
     let fault_end = Instant::now() + opts.duration;
     let mut next_fault = Instant::now() + between(&mut rng, 500, 2500);
     loop {
         let now = Instant::now();
         let ending = now >= fault_end;
         // Undo faults whose time has come (all of them once the fault phase is over).
-        for p in &mut procs {
-            let crashed = p.state == State::Running && p.exited();
-            match p.state {
-                State::Stopped(at) if ending || now >= at => {
-                    p.signal("CONT");
-                    p.state = State::Running;
-                    say(&format!("{} continued", p.name));
-                }
-                State::Terminating(at) => {
-                    if p.exited() {
-                        p.child = None;
-                        let back = if ending {
-                            now
-                        } else {
-                            now + between(&mut rng, 0, 2000)
-                        };
-                        p.state = State::Down(back);
-                    } else if now >= at {
-                        say(&format!("{} did not stop on SIGTERM; kill -9", p.name));
-                        *faults.entry("term_timeout").or_default() += 1;
-                        p.kill9();
-                        p.state = State::Down(now);
-                    }
-                }
-                State::Down(at) if ending || now >= at => {
-                    p.start(&opts.beatd)?;
-                    say(&format!("{} started", p.name));
-                }
-                State::Running if crashed => {
-                    crashes += 1;
-                    say(&format!("{} exited by itself; restarting", p.name));
-                    p.start(&opts.beatd)?;
-                }
-                _ => {}
-            }
+        let turn = procs::undo_due(&mut procs, &opts.beatd, &mut rng, now, ending)?;
+        crashes += turn.crashes;
+        if turn.term_timeouts > 0 {
+            *faults.entry("term_timeout").or_default() += turn.term_timeouts;
         }
-        if redis_up_at.is_some_and(|at| ending || now >= at) {
-            tokio::task::block_in_place(|| redis.restart()).map_err(|e| e.to_string())?;
-            redis_up_at = None;
-            say("redis restarted");
+        for line in turn.said {
+            say(&line);
         }
-        if proxy_pass_at.is_some_and(|at| ending || now >= at) {
-            let _ = proxy.mode.send(Mode::Pass);
-            proxy_pass_at = None;
-            say("proxy passes");
+        for line in backend.undo_due(now, ending).await? {
+            say(&line);
         }
         if ending {
             break;
         }
         if now >= next_fault {
             if bag.is_empty() {
-                bag = KINDS.to_vec();
+                bag = procs::KINDS
+                    .iter()
+                    .chain(backend.kinds())
+                    .copied()
+                    .collect();
                 bag.shuffle(&mut rng);
             }
             let kind = bag.pop().expect("refilled");
-            let injected = inject(kind, &mut procs, &mut rng, &redis, &proxy, now);
-            let injected = match injected {
-                Inject::Proc(msg) => Some(msg),
-                Inject::Redis(up) => {
-                    redis.kill();
-                    redis_up_at = Some(up);
-                    Some("redis killed".to_string())
-                }
-                Inject::Proxy(mode, until) => {
-                    let _ = proxy.mode.send(mode);
-                    proxy_pass_at = Some(until);
-                    Some(format!("proxy {mode:?}"))
-                }
-                Inject::Nothing => {
-                    bag.insert(0, kind); // nothing to do it to now: later in the round
-                    None
-                }
+            let injected = if procs::KINDS.contains(&kind) {
+                procs::inject(kind, &mut procs, &mut rng, now)
+            } else {
+                backend.inject(kind, &mut rng, now).await?
             };
             if let Some(msg) = injected {
                 *faults.entry(kind).or_default() += 1;
                 say(&msg);
+            } else {
+                bag.insert(0, kind); // nothing to do it to now: later in the round
             }
             next_fault = now + between(&mut rng, 500, 3000);
         }
         sleep(Duration::from_millis(50)).await;
     }
 
-    // Everything runs again: processes still stopping are waited for, then started.
-    for p in &mut procs {
-        match p.state {
-            State::Stopped(_) => {
-                p.signal("CONT");
-                p.state = State::Running;
-            }
-            State::Terminating(_) => {
-                for _ in 0..300 {
-                    if p.exited() {
-                        break;
-                    }
-                    sleep(Duration::from_millis(50)).await;
-                }
-                if !p.exited() {
-                    say(&format!("{} did not stop on SIGTERM; kill -9", p.name));
-                    *faults.entry("term_timeout").or_default() += 1;
-                }
-                p.kill9();
-                p.start(&opts.beatd)?;
-            }
-            State::Down(_) => p.start(&opts.beatd)?,
-            State::Running => {}
-        }
+    // Everything runs again: processes still stopping are waited for, then started; the
+    // mode's fault in progress is waited for.
+    for line in backend.settle().await? {
+        say(&line);
     }
+    procs::bring_back(&mut procs, &opts.beatd, &mut faults, say).await?;
 
     // Recovery: wait for the entries to reach their end and the queue
     // to drain. A dead worker's unacked messages come back when a worker starts after the
@@ -525,7 +453,9 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     let end_ms = end_at.timestamp_millis();
     let deadline = Instant::now() + recover + settle + Duration::from_secs(60);
     loop {
-        let lr = last_runs(port).await;
+        let lr: HashMap<String, i64> = hgetall(backend.state_url().await, "last_run")
+            .await
+            .unwrap_or_default();
         let done = ENTRIES
             .iter()
             .all(|(n, _, p)| lr.get(*n).is_some_and(|t| *t >= end_ms - end_ms % p));
@@ -544,12 +474,13 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     let drain_deadline = Instant::now() + VISIBILITY * 4 + Duration::from_secs(30);
     let mut unacked_since: Option<Instant> = None;
     let leftover = loop {
-        let (queued, unacked) = pending(port).await.unwrap_or((u64::MAX, u64::MAX));
+        let pending = backend.pending().await;
+        let (queued, unacked) = pending.map_or((u64::MAX, u64::MAX), |p| (p.queued, p.unacked));
         let leftover = queued.saturating_add(unacked);
         if leftover == 0 || Instant::now() > drain_deadline {
             break leftover;
         }
-        if queued == 0 && unacked > 0 {
+        if queued == 0 && unacked > 0 && backend.restores_unacked() {
             let since = *unacked_since.get_or_insert_with(Instant::now);
             if since.elapsed() > VISIBILITY + Duration::from_secs(1) {
                 // A worker restores at startup.
@@ -557,14 +488,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
                     .iter_mut()
                     .find(|p| p.name == "worker-0")
                     .expect("worker");
-                w.signal("TERM");
-                for _ in 0..200 {
-                    if w.exited() {
-                        break;
-                    }
-                    sleep(Duration::from_millis(50)).await;
-                }
-                w.kill9();
+                w.stop().await;
                 w.start(&opts.beatd)?;
                 unacked_since = None;
                 say("restarted worker-0 to restore unacked messages");
@@ -579,20 +503,14 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         p.signal("TERM");
     }
     for p in &mut procs {
-        for _ in 0..200 {
-            if p.exited() {
-                break;
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
-        if !p.exited() {
+        if !p.reap_within_10s().await {
             say(&format!("{} did not stop on SIGTERM", p.name));
             *faults.entry("term_timeout").or_default() += 1;
         }
-        p.kill9();
     }
 
-    let counts_by_entry = run_counts(port).await.map_err(|e| e.to_string())?;
+    let counts_by_entry: HashMap<String, u64> =
+        hgetall(backend.state_url().await, "run_count").await?;
     let mut executions: Vec<Execution> = Vec::new();
     for log in &exec_logs {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -619,86 +537,15 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         &counts_by_entry,
         &executions,
     );
-    drop(redis);
     Ok(Report {
+        mode: opts.mode,
         seed: opts.seed,
         duration: opts.duration,
         faults,
         counts,
         crashes,
         leftover,
+        notes: backend.notes(),
         dir,
     })
-}
-
-enum Inject {
-    Proc(String),
-    Redis(Instant),
-    Proxy(Mode, Instant),
-    Nothing,
-}
-
-fn inject(
-    kind: &str,
-    procs: &mut [Proc],
-    rng: &mut StdRng,
-    redis: &RedisServer,
-    proxy: &proxy::Proxy,
-    now: Instant,
-) -> Inject {
-    let (role, action) = kind.split_once('_').expect("kind");
-    match role {
-        "redis" => {
-            if !redis.is_running() {
-                return Inject::Nothing;
-            }
-            Inject::Redis(now + between(rng, 500, 4000))
-        }
-        "proxy" => {
-            if *proxy.mode.borrow() != Mode::Pass {
-                return Inject::Nothing;
-            }
-            if action == "drop" {
-                Inject::Proxy(Mode::Drop, now + between(rng, 0, 3000))
-            } else {
-                // Beyond the lock TTL: the beat behind the proxy loses the lock unawares, and
-                // its held requests arrive late.
-                Inject::Proxy(Mode::Stall, now + between(rng, 2000, 8000))
-            }
-        }
-        _ => {
-            let running: Vec<usize> = procs
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.name.starts_with(role) && p.state == State::Running)
-                .map(|(i, _)| i)
-                .collect();
-            let Some(&i) = running.get(rng.random_range(0..running.len().max(1))) else {
-                return Inject::Nothing;
-            };
-            let p = &mut procs[i];
-            match action {
-                "kill" => {
-                    p.kill9();
-                    p.state = State::Down(now + between(rng, 0, 3000));
-                    Inject::Proc(format!("{} kill -9", p.name))
-                }
-                "stop" => {
-                    let d = if role == "beat" {
-                        between(rng, 4000, 8000) // beyond the 3 s lock TTL
-                    } else {
-                        between(rng, 2000, 8000) // around the 5 s visibility timeout
-                    };
-                    p.signal("STOP");
-                    p.state = State::Stopped(now + d);
-                    Inject::Proc(format!("{} SIGSTOP for {d:?}", p.name))
-                }
-                _ => {
-                    p.signal("TERM");
-                    p.state = State::Terminating(now + Duration::from_secs(15));
-                    Inject::Proc(format!("{} SIGTERM", p.name))
-                }
-            }
-        }
-    }
 }

@@ -2,9 +2,11 @@
 //!
 //! ```sh
 //! cargo run --release --example chaos -- --duration 3m --seed 7
+//! cargo run --release --example chaos -- --mode sentinel --duration 10m --seed 7
 //! ```
 //!
-//! Flags: `--duration` (humantime, default 3m), `--seed` (default: random, printed),
+//! Flags: `--mode redis|sentinel|rabbitmq` (the servers beatd runs on, default redis; see
+//! `chaos/mode_*.rs`), `--duration` (humantime, default 3m), `--seed` (default: random, printed),
 //! `--beatd PATH` (default: build and use target/release/beatd), `--dir PATH` (keep logs
 //! there; default a temp dir, printed), `--quiet`. Prints one line of figures; exit 0 when
 //! every invariant held, 1 when one did not, 2 on a setup error.
@@ -17,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 fn usage(msg: &str) -> ExitCode {
-    eprintln!("error: {msg}\nusage: chaos [--duration 3m] [--seed N] [--beatd PATH] [--dir PATH] [--quiet]");
+    eprintln!("error: {msg}\nusage: chaos [--mode redis|sentinel|rabbitmq] [--duration 3m] [--seed N] [--beatd PATH] [--dir PATH] [--quiet]");
     ExitCode::from(2)
 }
 
@@ -53,6 +55,7 @@ fn default_beatd() -> Result<PathBuf, String> {
 }
 
 fn main() -> ExitCode {
+    let mut mode = chaos::runner::Mode::default();
     let mut duration = Duration::from_secs(180);
     let mut seed: Option<u64> = None;
     let mut beatd: Option<PathBuf> = None;
@@ -62,6 +65,11 @@ fn main() -> ExitCode {
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
+            "--mode" => match value().map(|v| v.parse()) {
+                Ok(Ok(m)) => mode = m,
+                Ok(Err(e)) => return usage(&format!("--mode: {e}")),
+                Err(e) => return usage(&e),
+            },
             "--duration" => match value().map(|v| humantime::parse_duration(&v)) {
                 Ok(Ok(d)) => duration = d,
                 Ok(Err(e)) => return usage(&format!("--duration: {e}")),
@@ -90,7 +98,7 @@ fn main() -> ExitCode {
     };
     let seed = seed.unwrap_or_else(rand::random);
     eprintln!(
-        "[chaos] seed {seed}, faults for {}",
+        "[chaos] mode {mode}, seed {seed}, faults for {}",
         humantime::format_duration(duration)
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -99,6 +107,7 @@ fn main() -> ExitCode {
         .build()
         .expect("runtime");
     let opts = chaos::runner::Options {
+        mode,
         duration,
         seed,
         beatd,
@@ -108,6 +117,9 @@ fn main() -> ExitCode {
     match rt.block_on(chaos::runner::run(opts)) {
         Ok(report) => {
             eprintln!("[chaos] logs in {}", report.dir.display());
+            for note in &report.notes {
+                eprintln!("[chaos] {note}");
+            }
             println!("{}", report.line());
             if report.pass() {
                 ExitCode::SUCCESS

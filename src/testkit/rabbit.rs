@@ -179,8 +179,40 @@ rabbitmqctl -n "$RABBITMQ_NODENAME" stop >/dev/null 2>&1 || kill -9 "$srv""#;
         &self.dir
     }
 
-    /// Stops the node (`rabbitmqctl stop`) and its guard.
+    /// `kill -9` of the node: no clean shutdown, as a crash or an OOM kill leaves it; the
+    /// next [`RabbitServer::restart`] recovers durable queues and persistent messages.
+    ///
+    /// # Errors
+    /// When the node's OS pid cannot be read (it is not running).
+    pub fn kill(&mut self) -> io::Result<()> {
+        let out = self.ctl(&["eval", "os:getpid()."])?;
+        let pid = out.trim().trim_matches('"').to_owned();
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(io::Error::other(format!("no pid from the node: {out:?}")));
+        }
+        Command::new("kill").args(["-9", &pid]).status()?;
+        // The guard sees the node gone within a second and exits; its process group (the
+        // guard and what it started) is killed if it lingers.
+        if let Some(mut g) = self.guard.take() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while g.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    let group = format!("-{}", g.id());
+                    Command::new("kill").args(["-9", "--", &group]).status()?;
+                    let _ = g.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the node (`rabbitmqctl stop`) and its guard; nothing to do once killed.
     pub fn stop(&mut self) {
+        if self.guard.is_none() {
+            return;
+        }
         let _ = self.ctl(&["stop"]);
         if let Some(mut g) = self.guard.take() {
             let _ = g.wait();

@@ -345,6 +345,18 @@ impl SentinelSet {
         }
     }
 
+    /// Waits until the set is whole again after a fault: the master has every other node as
+    /// an online replica, and every Sentinel sees them all up with no failover under way (so a
+    /// next fault has a replica to promote).
+    ///
+    /// # Errors
+    /// When that does not happen within `timeout`.
+    pub fn wait_whole(&self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        self.wait_replicated(self.nodes.len() - 1, timeout)?;
+        self.wait_formed(deadline.saturating_duration_since(Instant::now()))
+    }
+
     /// Waits until the master reports `n` replicas online.
     fn wait_replicated(&self, n: usize, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
@@ -375,7 +387,7 @@ impl SentinelSet {
     }
 
     /// Waits until every Sentinel knows every replica, up, and two other Sentinels, and
-    /// the master is not down in its view.
+    /// the master is neither down nor being failed over in its view.
     fn wait_formed(&self, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -391,6 +403,7 @@ impl SentinelSet {
                     get("num-slaves") == (self.nodes.len() - 1).to_string()
                         && get("num-other-sentinels") == "2"
                         && !get("flags").contains("down")
+                        && !get("flags").contains("failover")
                         && replicas_up(p)
                 })
             });

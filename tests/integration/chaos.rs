@@ -94,6 +94,7 @@ fn chaos_short_run_holds_every_invariant() {
         .unwrap();
     let report = rt
         .block_on(harness::runner::run(harness::runner::Options {
+            mode: harness::runner::Mode::Redis,
             duration: Duration::from_secs(35),
             seed,
             beatd: crate::util::bin(),
@@ -101,7 +102,7 @@ fn chaos_short_run_holds_every_invariant() {
             verbose: true,
         }))
         .expect("chaos run set up");
-    eprintln!("{}", report.line());
+    eprintln!("{}\n{}", report.line(), report.notes.join("\n"));
     let kinds = report
         .faults
         .keys()

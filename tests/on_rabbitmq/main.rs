@@ -7,6 +7,8 @@
 
 /// beatd beat → a stock `celery worker` on RabbitMQ.
 mod celery;
+/// A short chaos run in RabbitMQ mode (`chaos/mode_rabbit.rs`).
+mod chaos;
 /// Intent, publish with confirm, sent; fencing; republish; unroutable returns.
 mod emit;
 /// Three beats, kill -9 and SIGSTOP of the leader.

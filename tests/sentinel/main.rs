@@ -8,6 +8,8 @@
 
 /// Three `beatd beat` processes, an entry every second, the primary killed and paused.
 mod beat;
+/// A short chaos run in Sentinel mode (`chaos/mode_sentinel.rs`).
+mod chaos;
 /// `beatd check --redis` and startup on a bad or unreachable Sentinel set.
 mod cli;
 /// Resolution, errors, the lock's epoch and WAIT across a failover (library level).
