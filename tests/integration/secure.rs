@@ -73,6 +73,10 @@ const ACL: &[&str] = &[
     "+zremrangebyrank",
     "+zrangebyscore",
     "+mget",
+    // Commits onto busy queues prepared before the instant (emit/prepared.rs).
+    "+watch",
+    "+llen",
+    "+ltrim",
     "+smembers",
 ];
 
