@@ -570,10 +570,21 @@ class Bench:
         cl.start("ping", client_ping, self.port, fire - 1.0, fire + 3.0, ping_pause)
         if not prefill:
             cl.start("brpop", client_brpop, self.port, q, fire - 1.0, 5)
+        # Server-side: every command that held Redis 1 ms or more (SLOWLOG), and every
+        # latency event of 5 ms or more (LATENCY: also what is not a command, e.g. expiry).
+        self.r.config_set("slowlog-log-slower-than", 1000)
+        self.r.config_set("slowlog-max-len", 100000)
+        self.r.config_set("latency-monitor-threshold", 5)
+        sleep_until(fire - 1.0)
+        self.r.slowlog_reset()
+        self.r.execute_command("LATENCY", "RESET")
         sleep_until(fire - 0.3)
         before = proc_stats(p.pid)
         got = cl.collect(fire + bound + 10)
         after = proc_stats(p.pid)
+        slow = [e for e in self.r.slowlog_get(100000) if fire - 1 <= e["start_time"] <= fire + 3]
+        worst_cmd = max(slow, key=lambda e: e["duration"], default=None)
+        latency = self.r.execute_command("LATENCY", "LATEST") or []
         final_len = self.r.llen(q)
         stop(p)
         self.r.flushall()
@@ -594,6 +605,12 @@ class Bench:
             row["brpop_first_ms"] = (round((b["reply"] - fire) * 1000, 2)
                                      if b.get("reply") else None)
         row["ping"] = ping_stats(got.get("ping"), fire)
+        row["slowlog_calls_over_1ms"] = len(slow)
+        row["slowlog_max_ms"] = round(worst_cmd["duration"] / 1000, 2) if worst_cmd else 0.0
+        row["slowlog_max_cmd"] = (worst_cmd["command"].split(b" ")[0].decode(errors="replace")
+                                  if worst_cmd else None)
+        row["latency_events"] = {(ev[0].decode() if isinstance(ev[0], bytes) else ev[0]): ev[3]
+                                 for ev in latency}
         return row
 
     # ---------------------------------------------------------------- burst_reload
