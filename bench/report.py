@@ -47,6 +47,11 @@ def main():
     w(f"Produced by `{r['command']}` ({r['started']} → {r['finished']} UTC); raw figures in "
       f"[`{rel}`]({rel}). Regenerate with the same command; see the README's "
       "\"Benchmarks\" section.\n")
+    for again in r.get("remeasured", []):
+        w(f"Measured again later, replacing that run's figures: {', '.join(again['sections'])} "
+          f"(`{again['command']}`, {again['started']} → {again['finished']} UTC, beatd "
+          f"{again.get('commit')}, load at start `{again.get('load')}`; raw figures in "
+          f"`{os.path.relpath(again['file'], os.path.dirname(BENCH))}`).\n")
     w("## Machine and versions\n")
     w(f"- {m['nproc']} CPUs ({m['cpu']}), {m['memory_gb']} GB RAM, Linux {m['kernel']}")
     w(f"- load at start: `{m['load']}`")
