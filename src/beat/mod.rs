@@ -617,6 +617,10 @@ impl Beat {
             // batch and committing it would fail as rolled back.
             return Ok(());
         }
+        // Lateness counts to the commit, not to the end of the settle that follows it in the
+        // same call (about a second at 100,000 fires, long after the messages were visible):
+        // else a batch on time was counted late, entry by entry.
+        let committing = self.clock.now();
         match st.emitter.commit(&term.lease, st.batch).await {
             Ok(Committed::Recorded) => self.store_ok(),
             Ok(Committed::Unrecorded(e)) => {
@@ -627,8 +631,14 @@ impl Beat {
             }
             Err(e) => return Err(self.failed(e)),
         }
-        let now = self.clock.now();
-        self.account(&term.lease, plan, &st.due, &st.outcomes, &st.task_ids, now);
+        self.account(
+            &term.lease,
+            plan,
+            &st.due,
+            &st.outcomes,
+            &st.task_ids,
+            committing,
+        );
         if st.due.len() >= BIG_BATCH {
             drop(st);
             crate::ops::malloc::release_free_memory();

@@ -296,6 +296,36 @@ impl Update {
         }
     }
 
+    /// Splits the update into parts of at most `max` items of each kind, in order (the first
+    /// carries the pauses and the term), so that one write never holds the store long: a
+    /// batch of 100,000 fires counted late made one write of 2.3 MB that held Redis 135 ms.
+    #[must_use]
+    pub fn split(self, max: usize) -> Vec<Update> {
+        fn take<T>(v: &mut Vec<T>, max: usize) -> Vec<T> {
+            let rest = v.split_off(v.len().min(max));
+            std::mem::replace(v, rest)
+        }
+        let max = max.max(1);
+        let mut rest = self;
+        let mut parts = vec![Update {
+            pauses: std::mem::take(&mut rest.pauses),
+            leader_since: rest.leader_since.take(),
+            ..Update::default()
+        }];
+        loop {
+            let part = parts.last_mut().expect("one part at least");
+            part.skipped_through = take(&mut rest.skipped_through, max);
+            part.skips = take(&mut rest.skips, max);
+            part.last_task = take(&mut rest.last_task, max);
+            part.missed = take(&mut rest.missed, max);
+            part.first_run = take(&mut rest.first_run, max);
+            if rest.is_empty() {
+                return parts;
+            }
+            parts.push(Update::default());
+        }
+    }
+
     /// Folds `other` (written later) into this one.
     pub fn merge(&mut self, other: Update) {
         self.pauses.extend(other.pauses);
@@ -353,4 +383,36 @@ pub fn one_off_key(entry: &str, kind: &str, id: &str) -> String {
 #[must_use]
 pub fn entry_of_key(key: &str) -> &str {
     key.split('\u{1f}').next().unwrap_or(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_splits_into_bounded_parts_that_add_up_to_it() {
+        let skips: Vec<_> = (0..5)
+            .map(|i| (format!("e{i}"), SkipReason::Late, 1))
+            .collect();
+        let update = Update {
+            pauses: vec![("p".into(), None)],
+            skips: skips.clone(),
+            first_run: vec![("e0".into(), 7)],
+            leader_since: Some((3, 9)),
+            ..Update::default()
+        };
+        let parts = update.clone().split(2);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.skips.len() <= 2 && !p.is_empty()));
+        assert_eq!(parts[0].pauses.len(), 1);
+        assert_eq!(parts[0].leader_since, Some((3, 9)));
+        let mut joined = Update::default();
+        for p in parts {
+            joined.merge(p);
+        }
+        assert_eq!(joined, update);
+        // A small update stays one part; an empty one is one empty part.
+        assert_eq!(update.clone().split(100), vec![update]);
+        assert_eq!(Update::default().split(10).len(), 1);
+    }
 }
