@@ -49,7 +49,7 @@ def main():
       "\"Benchmarks\" section.\n")
     for again in r.get("remeasured", []):
         w(f"Measured again later, replacing that run's figures: {', '.join(again['sections'])} "
-          f"(`{again['command']}`, {again['started']} → {again['finished']} UTC, beatd "
+          f"(`{again['command']}`, {again['started']} → {again['finished']} UTC, "
           f"{again.get('commit')}, load at start `{again.get('load')}`; raw figures in "
           f"`{os.path.relpath(again['file'], os.path.dirname(BENCH))}`).\n")
     w("## Machine and versions\n")

@@ -620,3 +620,84 @@ async fn a_burst_already_due_is_staged_and_made_visible_in_one_commit() {
     assert!(runs.values().all(|r| r.fire_at_ms == at && r.count == 2));
     h.stop().await;
 }
+
+/// A staging emitter whose commit takes `delay` after making the batch visible, as Redis'
+/// settle of 100,000 last runs takes about a second.
+struct SlowSettle {
+    em: Arc<MemoryEmitter>,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl crate::emit::Emitter for SlowSettle {
+    async fn emit(&self, lease: &Lease, fires: &[Fire]) -> Result<Vec<EmitOutcome>, Error> {
+        self.em.emit(lease, fires).await
+    }
+}
+
+#[async_trait::async_trait]
+impl StagedEmitter for SlowSettle {
+    async fn stage(
+        &self,
+        lease: &Lease,
+        batch: BatchId,
+        fires: &[Fire],
+    ) -> Result<Vec<EmitOutcome>, Error> {
+        self.em.stage(lease, batch, fires).await
+    }
+    async fn commit(&self, lease: &Lease, batch: BatchId) -> Result<Committed, Error> {
+        let done = self.em.commit(lease, batch).await;
+        tokio::time::sleep(self.delay).await;
+        done
+    }
+    async fn prepare(&self, lease: &Lease, batch: BatchId) {
+        self.em.prepare(lease, batch).await;
+    }
+    async fn recover(&self, lease: &Lease) -> Result<(), Error> {
+        self.em.recover(lease).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_committed_on_time_is_not_late_however_long_its_settle_takes() {
+    let origin = t("2026-11-23T10:00:00Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let mem = mem_emitter(&leader, true);
+    let slow = Arc::new(SlowSettle {
+        em: mem.em.clone(),
+        delay: Duration::from_secs(2),
+    });
+    let entries: Vec<Entry> = (0..3)
+        .map(|i| every(&format!("e{i}"), 10, CatchUp::All))
+        .collect();
+    let (_tx, rx) = watch::channel::<Arc<[Entry]>>(entries.into());
+    let metrics = Arc::new(Metrics::default());
+    let shutdown = CancellationToken::new();
+    let beat = Beat {
+        clock: Arc::new(TokioClock::starting_at(origin)),
+        leader: leader.clone(),
+        handover: Arc::new(Poll),
+        emission: Emission::Staged(slow),
+        state: Arc::new(mem.state.clone()),
+        encoder: Arc::new(TestEncoder),
+        entries: rx,
+        status: Arc::new(BeatStatus::default()),
+        metrics: metrics.clone(),
+        options: BeatOptions::default(),
+        heartbeat: heartbeat(),
+        controls: controls::Controls::new(Arc::new(crate::control::LocalControls::in_memory())),
+    };
+    let task = tokio::spawn(beat.run(shutdown.clone()));
+    settle(Duration::from_millis(23_000)).await;
+    let at10 = t("2026-11-23T10:00:10Z").timestamp_millis();
+    let at20 = t("2026-11-23T10:00:20Z").timestamp_millis();
+    assert_eq!(fired(&mem, "e0"), [at10, at20]);
+    // Each commit ended 2 s after its instant; the messages were visible at it.
+    assert_eq!(
+        metrics.fires_late.get(),
+        0,
+        "counted late by the settle's length"
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+}
