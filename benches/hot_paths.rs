@@ -19,22 +19,30 @@ fn t0() -> DateTime<Utc> {
 fn next_fire(c: &mut Criterion) {
     let mut g = c.benchmark_group("next_fire");
     let cases = [
-        ("cron_every_minute_utc", "* * * * *", chrono_tz::UTC),
-        ("cron_daily_0230_utc", "30 2 * * *", chrono_tz::UTC),
+        (
+            "cron_every_minute_utc",
+            "* * * * *",
+            beatd::schedule::Tz::UTC,
+        ),
+        (
+            "cron_daily_0230_utc",
+            "30 2 * * *",
+            beatd::schedule::Tz::UTC,
+        ),
         (
             "cron_daily_0230_paris_dst_gap",
             "30 2 * * *",
-            chrono_tz::Europe::Paris,
+            beatd::schedule::Tz::named("Europe/Paris").unwrap(),
         ),
         (
             "cron_weekdays_9_to_17_new_york",
             "*/15 9-17 * * MON-FRI",
-            chrono_tz::America::New_York,
+            beatd::schedule::Tz::named("America/New_York").unwrap(),
         ),
         (
             "cron_last_day_of_month_tokyo",
             "0 0 L * *",
-            chrono_tz::Asia::Tokyo,
+            beatd::schedule::Tz::named("Asia/Tokyo").unwrap(),
         ),
     ];
     for (name, expr, tz) in cases {

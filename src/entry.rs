@@ -20,7 +20,7 @@ pub struct Entry {
     /// When it fires (cron in a time zone, anchored interval, or one-off).
     pub schedule: Schedule,
     /// IANA time zone name the entry is shown and evaluated in (`UTC` by default).
-    pub timezone: chrono_tz::Tz,
+    pub timezone: crate::schedule::Tz,
     /// Positional arguments of the task (shared: most entries have none, and a beat with
     /// 10,000 entries keeps them all in memory).
     pub args: Arc<[Value]>,

@@ -17,7 +17,9 @@ use std::time::Duration;
 /// A bad time or flag ([`exit::USAGE`]), a refusal by the leader ([`exit::REFUSED`]), no
 /// answer in time ([`exit::NO_ANSWER`]), Redis or the endpoint unreachable.
 pub async fn control(settings: &Settings, command: &Command) -> Result<u8, Error> {
-    let tz = settings.default_timezone.unwrap_or(chrono_tz::UTC);
+    let tz = settings
+        .default_timezone
+        .unwrap_or(crate::schedule::Tz::UTC);
     let (entry, action, args): (&str, Action, &ControlArgs) = match command {
         Command::Pause(a) => {
             let until_ms = a
@@ -160,7 +162,7 @@ async fn over_http(
 }
 
 /// An RFC 3339 instant, or a local date-time (seconds optional) read in `tz`.
-fn parse_instant(flag: &str, s: &str, tz: chrono_tz::Tz) -> Result<DateTime<Utc>, Error> {
+fn parse_instant(flag: &str, s: &str, tz: crate::schedule::Tz) -> Result<DateTime<Utc>, Error> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.to_utc());
     }

@@ -211,7 +211,7 @@ pub async fn bind(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, Error
 /// Diagnostics of invalid files.
 pub fn load_entries(
     paths: &[PathBuf],
-    default_timezone: Option<chrono_tz::Tz>,
+    default_timezone: Option<crate::schedule::Tz>,
     clock: &dyn Clock,
 ) -> Result<Vec<Entry>, Error> {
     let loaded =

@@ -16,7 +16,12 @@ use serde::Serialize;
 pub fn next(settings: &Settings, args: &NextArgs) -> Result<u8, Error> {
     let now = SystemClock.now();
     let from = match &args.from {
-        Some(s) => parse_from(s, settings.default_timezone.unwrap_or(chrono_tz::UTC))?,
+        Some(s) => parse_from(
+            s,
+            settings
+                .default_timezone
+                .unwrap_or(crate::schedule::Tz::UTC),
+        )?,
         None => now,
     };
     let loaded =
@@ -41,7 +46,7 @@ pub fn next(settings: &Settings, args: &NextArgs) -> Result<u8, Error> {
 }
 
 /// `--from`: an RFC 3339 instant, or a local date-time (seconds optional) read in `tz`.
-fn parse_from(s: &str, tz: chrono_tz::Tz) -> Result<DateTime<Utc>, Error> {
+fn parse_from(s: &str, tz: crate::schedule::Tz) -> Result<DateTime<Utc>, Error> {
     use chrono::TimeZone;
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.to_utc());

@@ -68,7 +68,7 @@ pub struct Sources {
     /// Schedule files and directories.
     pub paths: Vec<PathBuf>,
     /// The zone of entries whose file sets none.
-    pub default_timezone: Option<chrono_tz::Tz>,
+    pub default_timezone: Option<crate::schedule::Tz>,
 }
 
 impl Sources {

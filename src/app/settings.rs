@@ -159,7 +159,7 @@ pub struct Settings {
     /// The zone of entries whose schedule file sets none: `BEATD_TIMEZONE`,
     /// `CELERY_TIMEZONE` (Celery's `timezone` setting), else `beatd.toml`'s
     /// `[defaults] timezone`; `None`: UTC.
-    pub default_timezone: Option<chrono_tz::Tz>,
+    pub default_timezone: Option<crate::schedule::Tz>,
     /// Redis: `--redis-url`, `BEATD_REDIS_URL`, `CELERY_BROKER_URL`, `REDIS_URL`, the file.
     /// With a RabbitMQ broker, `CELERY_BROKER_URL` is that broker, and a Redis result
     /// backend is the last fallback (the FastAPI layout: RabbitMQ broker, Redis backend).
@@ -476,7 +476,7 @@ fn with_wait(url: BrokerUrl, flags: &Flags) -> Result<BrokerUrl, Error> {
 pub fn default_timezone(
     file: &AppConfig,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<Option<chrono_tz::Tz>, Error> {
+) -> Result<Option<crate::schedule::Tz>, Error> {
     for var in ["BEATD_TIMEZONE", "CELERY_TIMEZONE"] {
         if let Some(v) = env(var).filter(|v| !v.trim().is_empty()) {
             return v.trim().parse().map(Some).map_err(|_| {

@@ -24,7 +24,7 @@ fn every(name: &str, secs: u64, catch_up: CatchUp) -> Entry {
             interval: Duration::from_secs(secs),
             anchor: DateTime::UNIX_EPOCH,
         },
-        timezone: chrono_tz::UTC,
+        timezone: crate::schedule::Tz::UTC,
         args: vec![].into(),
         kwargs: Map::new().into(),
         queue: "celery".into(),

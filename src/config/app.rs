@@ -36,7 +36,7 @@ pub struct AppConfig {
     pub worker: WorkerConfig,
     /// `[defaults] timezone`: the zone of entries whose schedule file sets none (Celery's
     /// `timezone` setting). `None`: UTC.
-    pub default_timezone: Option<chrono_tz::Tz>,
+    pub default_timezone: Option<crate::schedule::Tz>,
 }
 
 /// `[worker]`: what the bundled worker consumes and how it runs tasks.

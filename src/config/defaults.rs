@@ -6,7 +6,7 @@ use super::diagnostic::{Diagnostic, SourceFile};
 use super::raw::RawDefaults;
 use super::values::{self, catch_up, json_table, keep, nonempty, priority, When};
 use crate::schedule::CatchUp;
-use chrono_tz::Tz;
+use crate::schedule::Tz;
 use serde_json::{Map, Value};
 use std::time::Duration;
 use toml::Spanned;

@@ -67,7 +67,7 @@ pub fn load_schedules(paths: &[PathBuf], now: DateTime<Utc>) -> Result<Schedules
 pub fn load_schedules_in(
     paths: &[PathBuf],
     now: DateTime<Utc>,
-    default_timezone: Option<chrono_tz::Tz>,
+    default_timezone: Option<crate::schedule::Tz>,
 ) -> Result<Schedules, Diagnostics> {
     let mut diags = Vec::new();
     let mut sources = Vec::new();
@@ -133,7 +133,7 @@ fn finish(
 fn check_sources(
     files: &[SourceFile],
     now: DateTime<Utc>,
-    default_timezone: Option<chrono_tz::Tz>,
+    default_timezone: Option<crate::schedule::Tz>,
 ) -> (Vec<Entry>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut entries = Vec::new();

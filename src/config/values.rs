@@ -5,8 +5,8 @@
 
 use super::diagnostic::{Diagnostic, SourceFile};
 use crate::schedule::CatchUp;
+use crate::schedule::Tz;
 use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
-use chrono_tz::Tz;
 use std::ops::Range;
 use std::time::Duration;
 use toml::Spanned;
@@ -58,7 +58,7 @@ pub(crate) fn positive_duration(
     Ok(d)
 }
 
-/// An IANA time zone name; on failure suggests the closest one from chrono-tz's table.
+/// An IANA time zone name; on failure suggests the closest one from the tz database.
 pub(crate) fn timezone(file: &SourceFile, v: &Spanned<String>) -> Result<Tz, Diagnostic> {
     let name = v.get_ref().trim();
     name.parse::<Tz>().map_err(|_| {
@@ -99,15 +99,14 @@ fn abbreviation(name: &str) -> Option<&'static str> {
 
 /// Scores against the full name and against its last segment, so `Paris` finds `Europe/Paris`
 /// and `America/New York` finds `America/New_York`.
-fn closest_zone(name: &str) -> Option<&'static str> {
+fn closest_zone(name: &str) -> Option<String> {
     let want = name.to_lowercase().replace(' ', "_");
-    chrono_tz::TZ_VARIANTS
-        .iter()
-        .map(|tz| {
-            let full = tz.name().to_lowercase();
+    Tz::names()
+        .map(|name| {
+            let full = name.to_lowercase();
             let city = full.rsplit('/').next().unwrap_or(&full).to_owned();
             let score = strsim::jaro_winkler(&want, &full).max(strsim::jaro_winkler(&want, &city));
-            (score, tz.name())
+            (score, name)
         })
         .filter(|(score, _)| *score >= 0.85)
         .max_by(|a, b| a.0.total_cmp(&b.0))

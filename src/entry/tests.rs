@@ -12,7 +12,7 @@ fn entry(schedule: Schedule) -> Entry {
         name: "nightly-report".into(),
         task: "reports.generate".into(),
         schedule,
-        timezone: chrono_tz::UTC,
+        timezone: crate::schedule::Tz::UTC,
         args: Vec::new().into(),
         kwargs: Map::new().into(),
         queue: "celery".into(),
@@ -37,7 +37,7 @@ fn entry(schedule: Schedule) -> Entry {
 
 fn hourly() -> Entry {
     entry(Schedule::Cron(
-        CronSchedule::parse("0 * * * *", chrono_tz::UTC).unwrap(),
+        CronSchedule::parse("0 * * * *", crate::schedule::Tz::UTC).unwrap(),
     ))
 }
 
@@ -173,7 +173,7 @@ fn catch_up_after_downtime_with_simulated_instants() {
 
 #[test]
 fn catch_up_across_dst_transitions() {
-    let paris = chrono_tz::Europe::Paris;
+    let paris = crate::schedule::Tz::named("Europe/Paris").unwrap();
     let mut hourly = entry(Schedule::Cron(
         CronSchedule::parse("0 * * * *", paris).unwrap(),
     ));

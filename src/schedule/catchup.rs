@@ -91,7 +91,9 @@ mod tests {
     }
 
     fn cron(expr: &str) -> Schedule {
-        Schedule::Cron(CronSchedule::parse(expr, chrono_tz::Europe::Paris).unwrap())
+        Schedule::Cron(
+            CronSchedule::parse(expr, crate::schedule::Tz::named("Europe/Paris").unwrap()).unwrap(),
+        )
     }
 
     const H: u64 = 3600;

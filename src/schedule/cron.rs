@@ -29,7 +29,7 @@ pub struct CronSchedule {
     /// The expression as written; shared between entries that write it the same way.
     pub expr: Arc<str>,
     /// Zone the fields are interpreted in.
-    pub tz: chrono_tz::Tz,
+    pub tz: crate::schedule::Tz,
     /// The parsed pattern, matched against naive wall clock times. Shared between entries
     /// with the same expression (see [`shared_pattern`]): croner 4 keeps a byte per
     /// possible value of every field, years 1–5000 included, about 5.3 KB per pattern, which
@@ -277,7 +277,7 @@ impl CronSchedule {
     /// # Errors
     /// A [`CronError`] naming the field and value at fault, with its byte span in `expr`, or
     /// saying that the expression never matches a real date (`0 0 30 2 *`).
-    pub fn parse(expr: &str, tz: chrono_tz::Tz) -> Result<Self, CronError> {
+    pub fn parse(expr: &str, tz: crate::schedule::Tz) -> Result<Self, CronError> {
         let whole = Some(0..expr.len());
         let trimmed = expr.trim();
         let text = if trimmed.starts_with('@') {

@@ -1,7 +1,8 @@
 //! Cron parsing errors, syntax coverage and plain (UTC) fire times.
 
 use super::*;
-use chrono_tz::UTC;
+use crate::schedule::Tz;
+const UTC: Tz = Tz::UTC;
 
 fn utc(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()

@@ -23,8 +23,8 @@
 //! A gap's civil time is resolved as "the first instant whose wall clock is at or past it",
 //! which is monotone in the civil time; the cron search relies on that to stop early.
 
+use crate::schedule::Tz;
 use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
-use chrono_tz::Tz;
 
 /// The instants one civil time names in a zone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn gap_resolves_to_the_transition_instant() {
-        let paris = chrono_tz::Europe::Paris;
+        let paris = crate::schedule::Tz::named("Europe/Paris").unwrap();
         let got = resolve(paris, civil(2026, 3, 29, 2, 30));
         assert_eq!(
             got,
@@ -154,17 +154,17 @@ mod tests {
                 in_gap: true,
             }
         );
-        let lord_howe = chrono_tz::Australia::Lord_Howe;
+        let lord_howe = crate::schedule::Tz::named("Australia/Lord_Howe").unwrap();
         let got = resolve(lord_howe, civil(2026, 10, 4, 2, 15));
         assert_eq!(got.first, utc("2026-10-03T15:30:00Z"));
-        let apia = chrono_tz::Pacific::Apia;
+        let apia = crate::schedule::Tz::named("Pacific/Apia").unwrap();
         let got = resolve(apia, civil(2011, 12, 30, 12, 0));
         assert_eq!(got.first, utc("2011-12-30T10:00:00Z"));
     }
 
     #[test]
     fn fold_reports_both_occurrences() {
-        let ny = chrono_tz::America::New_York;
+        let ny = crate::schedule::Tz::named("America/New_York").unwrap();
         let got = resolve(ny, civil(2026, 11, 1, 1, 30));
         assert_eq!(
             got,
@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn fold_margins_only_near_a_fall_back() {
-        let paris = chrono_tz::Europe::Paris;
+        let paris = crate::schedule::Tz::named("Europe/Paris").unwrap();
         assert_eq!(
             fold_ahead(paris, utc("2026-10-25T00:30:00Z")),
             TimeDelta::hours(1)
@@ -213,7 +213,7 @@ mod tests {
             fold_ahead(paris, utc("2026-03-29T00:30:00Z")),
             TimeDelta::zero()
         );
-        let lord_howe = chrono_tz::Australia::Lord_Howe;
+        let lord_howe = crate::schedule::Tz::named("Australia/Lord_Howe").unwrap();
         assert_eq!(
             fold_ahead(lord_howe, utc("2026-04-04T14:45:00Z")),
             TimeDelta::minutes(30)

@@ -1,4 +1,4 @@
-//! Next-fire math: cron in a time zone (croner + chrono-tz, DST policy), anchored intervals,
+//! Next-fire math: cron in a time zone (croner + jiff's tz database, DST policy), anchored intervals,
 //! one-offs, jitter and catch-up. Pure: no I/O, no system clock; every function takes the
 //! instant it reasons about. Per-entry rules layered on top (jitter offset, `start_at` /
 //! `end_at`, `enabled`) live in `impl Entry` in `entry.rs`.
@@ -13,11 +13,13 @@ mod dst;
 mod dst_tests;
 mod interval;
 mod jitter;
+mod zone;
 
 pub use catchup::default_catch_up_window;
 pub(crate) use catchup::select_missed;
 pub use cron::{CronError, CronSchedule};
 pub use jitter::jitter_offset;
+pub use zone::{Tz, UnknownZone, ZoneOffset};
 
 use chrono::{DateTime, Utc};
 use std::time::Duration;

@@ -52,13 +52,19 @@ fn defaults_apply_and_entries_override_them() {
 
     assert_eq!(nightly.name, "nightly");
     assert_eq!(&*nightly.task, "reports.generate");
-    assert_eq!(nightly.timezone, chrono_tz::Europe::Paris);
+    assert_eq!(
+        nightly.timezone,
+        crate::schedule::Tz::named("Europe/Paris").unwrap()
+    );
     let Schedule::Cron(cron) = &nightly.schedule else {
         panic!()
     };
     assert_eq!(
         (&*cron.expr, cron.tz),
-        ("30 2 * * *", chrono_tz::Europe::Paris)
+        (
+            "30 2 * * *",
+            crate::schedule::Tz::named("Europe/Paris").unwrap()
+        )
     );
     assert_eq!(
         *nightly.args,
@@ -104,7 +110,7 @@ fn defaults_apply_and_entries_override_them() {
         anchor: at("2026-01-01T00:00:10Z"),
     };
     assert_eq!(heartbeat.schedule, every);
-    assert_eq!(heartbeat.timezone, chrono_tz::UTC);
+    assert_eq!(heartbeat.timezone, crate::schedule::Tz::UTC);
     assert_eq!((&*heartbeat.queue, heartbeat.priority), ("fast", Some(0)));
     assert_eq!(heartbeat.catch_up, CatchUp::None);
     assert_eq!(
@@ -131,7 +137,10 @@ fn bare_entries_get_the_documented_defaults() {
             anchor: at("1970-01-01T00:00:00Z")
         }
     );
-    assert_eq!((e.timezone, &*e.queue), (chrono_tz::UTC, "celery"));
+    assert_eq!(
+        (e.timezone, &*e.queue),
+        (crate::schedule::Tz::UTC, "celery")
+    );
     assert_eq!(
         (e.routing_key.as_ref(), e.exchange.as_ref(), e.priority),
         (None, None, None)

@@ -402,7 +402,7 @@ fn the_app_wide_zone_applies_where_file_and_entry_set_none() {
          [[entry]]\nname = \"file\"\ntask = \"t\"\ncron = \"0 9 * * *\"\n",
     )
     .unwrap();
-    let paris: chrono_tz::Tz = "Europe/Paris".parse().unwrap();
+    let paris: crate::schedule::Tz = "Europe/Paris".parse().unwrap();
     let s = load_schedules_in(&[dir.path().to_path_buf()], NOW, Some(paris)).unwrap();
     let zone = |n: &str| {
         s.entries
@@ -423,7 +423,7 @@ fn the_app_wide_zone_applies_where_file_and_entry_set_none() {
             .find(|e| e.name == "plain")
             .unwrap()
             .timezone,
-        chrono_tz::UTC
+        crate::schedule::Tz::UTC
     );
     let _ = at;
 }
