@@ -1004,8 +1004,37 @@ class Bench:
             "window_s": dur,
             "beatd": idle_stats(ready_b, b0, b1),
             "celery_beat": idle_stats(ready_c, c0, c1),
+            "beatd_after_fire": self.footprint_after_fire(n, dur),
         }
         log("footprint", self.results["footprint"])
+
+    def footprint_after_fire(self, n, dur):
+        """The same beat once all n entries have fired at one instant: each entry fires at a
+        second 25 s after start (hourly, so not again in the window); the window starts 5 s
+        after the queue holds all n messages (the settle of the batch done)."""
+        self.r.flushall()
+        fire = int(time.time()) + 25
+        ft = datetime.fromtimestamp(fire, timezone.utc)
+        cron = f"{ft.second} {ft.minute} * * * *"
+        toml = "".join(
+            f'[[entry]]\nname = "e{i}"\ntask = "bench.noop"\ncron = "{cron}"\n\n'
+            for i in range(n)
+        )
+        pb = self.beatd("idle-after-fire", toml)
+        ready = self.wait_ready(pb)
+        deadline = fire + 60
+        while time.time() < deadline and self.r.llen("celery") < n:
+            time.sleep(0.05)
+        sent = self.r.llen("celery")
+        all_seen = round(time.time() - fire, 2) if sent >= n else None
+        time.sleep(5)
+        s0 = proc_stats(pb.pid)
+        time.sleep(dur)
+        s1 = proc_stats(pb.pid)
+        stop(pb)
+        out = idle_stats(ready, s0, s1)
+        out.update({"sent": sent, "all_in_queue_after_s": all_seen})
+        return out
 
 
 # -------------------------------------------------------------------- analysis
@@ -1235,6 +1264,10 @@ def idle_stats(ready, s0, s1):
     return {
         "startup_to_ready_s": round(ready, 3) if ready is not None else None,
         "rss_mb": round(s1.get("VmRSS", 0.0), 1),
+        # RSS = anonymous (heap, stacks, written data) + file-backed (the binary's and the C
+        # library's pages mapped in; clean, shared with the page cache).
+        "rss_anon_mb": round(s1.get("RssAnon", 0.0), 1),
+        "rss_file_mb": round(s1.get("RssFile", 0.0), 1),
         "peak_rss_mb": round(s1.get("VmHWM", 0.0), 1),
         "cpu_in_window_s": round(s1.get("cpu_s", 0.0) - s0.get("cpu_s", 0.0), 2),
     }

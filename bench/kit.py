@@ -45,7 +45,7 @@ def proc_stats(pid):
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 k, _, v = line.partition(":")
-                if k in ("VmHWM", "VmRSS"):
+                if k in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
                     out[k] = int(v.split()[0]) / 1024.0
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()

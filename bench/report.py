@@ -323,21 +323,40 @@ def main():
     fp = r.get("footprint")
     if fp:
         w(f"## Footprint: {fp['entries']:,} entries, idle, {fp['window_s']} s\n")
-        w("No entry falls due in the window (daily cron). Startup to ready: beatd until "
-          "`/readyz` answers 200; Celery beat until its `beat: Starting...` line.\n")
-        w("| system | startup to ready | RSS | peak RSS | CPU in the window |")
-        w("|---|--:|--:|--:|--:|")
-        for k, label in (("beatd", "beatd"), ("celery_beat", "Celery beat")):
-            x = fp[k]
-            w(f"| {label} | {f(x['startup_to_ready_s'], ' s', 3)} | {f(x['rss_mb'], ' MB')} | "
+        w("\"Before any fire\": no entry falls due in the window (daily cron). \"After all fired\": "
+          "the same number of entries all fired at one instant 25 s after start (the queue "
+          "held them all after the time shown); the window starts 5 s later. Startup to ready: "
+          "beatd until `/readyz` answers 200; Celery beat until its `beat: Starting...` line. "
+          "RSS splits into anonymous memory (heap, stacks) and file-backed pages (the "
+          "binary's and the C library's code and data mapped in; clean pages shared with the "
+          "page cache), from `/proc/<pid>/status`.\n")
+        w("| system | state | startup to ready | RSS | anonymous | file-backed | peak RSS | CPU in the window |")
+        w("|---|---|--:|--:|--:|--:|--:|--:|")
+        rows = [("beatd", "beatd", "before any fire"),
+                ("beatd_after_fire", "beatd", "after all fired"),
+                ("celery_beat", "Celery beat", "before any fire")]
+        for k, label, state in rows:
+            x = fp.get(k)
+            if not x:
+                continue
+            if k == "beatd_after_fire" and x.get("all_in_queue_after_s") is not None:
+                state += f" (all in the queue {x['all_in_queue_after_s']} s after the fire time)"
+            w(f"| {label} | {state} | {f(x['startup_to_ready_s'], ' s', 3)} | {f(x['rss_mb'], ' MB')} | "
+              f"{f(x.get('rss_anon_mb'), ' MB')} | {f(x.get('rss_file_mb'), ' MB')} | "
               f"{f(x['peak_rss_mb'], ' MB')} | {f(x['cpu_in_window_s'], ' s', 2)} |")
         w("")
-        w("beatd's CPU in the window is its lease renewals (every TTL/3 = 3.3 s); Celery beat "
-          "sleeps until its next due entry (at most its 300 s max interval).\n")
-        x = fp["beatd"]
-        targets.append(("idle with 10,000 entries: < 15 MB RSS, no CPU",
-                        f"{x['rss_mb']} MB, {x['cpu_in_window_s']} s CPU in "
-                        f"{fp['window_s']} s", x["rss_mb"] < 15 and x["cpu_in_window_s"] <= 0.02))
+        w("beatd's CPU in the window is its lease renewals (every TTL/3 = 3.3 s) and the "
+          "leader's poll for control requests (every 250 ms); Celery beat sleeps until its "
+          "next due entry (at most its 300 s max interval).\n")
+        for k, state in (("beatd", "before any fire"), ("beatd_after_fire", "after all fired")):
+            x = fp.get(k)
+            if not x:
+                continue
+            targets.append((f"idle with 10,000 entries, {state}: < 15 MB RSS",
+                            f"{x['rss_mb']} MB", x["rss_mb"] < 15))
+            targets.append((f"idle with 10,000 entries, {state}: no CPU between fire times "
+                            f"(≤ 0.02 s in {fp['window_s']} s)",
+                            f"{x['cpu_in_window_s']} s", x["cpu_in_window_s"] <= 0.02))
 
     rq = r.get("rq")
     if rq:

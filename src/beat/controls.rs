@@ -777,10 +777,7 @@ impl Beat {
                         self.status
                             .sent
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        self.metrics
-                            .messages_sent
-                            .get_or_create(&vec![("entry", entry.name.clone())])
-                            .inc();
+                        self.metrics.count_sent(&entry.name);
                         tracing::info!(entry = %entry.name, task = %entry.task,
                             task_id = %fire.task_id,
                             scheduled = %crate::protocol::rfc3339_millis(from_ms(fire.fire_at_ms)),

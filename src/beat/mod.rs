@@ -809,10 +809,7 @@ impl Beat {
                             self.controls.first_ran(&entry.name, at);
                         }
                     }
-                    self.metrics
-                        .messages_sent
-                        .get_or_create(&vec![("entry", entry.name.clone())])
-                        .inc();
+                    self.metrics.count_sent(&entry.name);
                     self.metrics
                         .emission_lateness
                         .observe((now - d.at).as_seconds_f64().max(0.0));

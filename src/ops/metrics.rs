@@ -12,13 +12,21 @@ use prometheus_client::registry::Registry;
 /// Label set: a list of (name, value) pairs.
 pub type Labels = Vec<(&'static str, String)>;
 
+/// The one label of a per-entry series. A struct rather than [`Labels`]: a beat keeps one
+/// series per entry sent, and the list's own allocation was half a megabyte at 10,000 entries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+pub struct EntryLabel {
+    /// The entry's name.
+    pub entry: String,
+}
+
 /// Every metric beatd exports.
 #[derive(Debug)]
 pub struct Metrics {
     /// The registry the families are in.
     registry: Registry,
     /// `beatd_messages_sent_total{entry}`.
-    pub messages_sent: Family<Labels, Counter>,
+    pub messages_sent: Family<EntryLabel, Counter>,
     /// `beatd_emission_lateness_seconds`: from the scheduled fire time to the message in Redis.
     pub emission_lateness: Histogram,
     /// `beatd_is_leader`: 1 while this replica holds the lease.
@@ -74,7 +82,7 @@ fn duration_histogram() -> Histogram {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("beatd");
-        let messages_sent = Family::<Labels, Counter>::default();
+        let messages_sent = Family::<EntryLabel, Counter>::default();
         registry.register(
             "messages_sent",
             "Messages sent per entry",
@@ -216,6 +224,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a message sent for `entry` in `beatd_messages_sent_total`.
+    pub fn count_sent(&self, entry: &str) {
+        self.messages_sent
+            .get_or_create(&EntryLabel {
+                entry: entry.to_owned(),
+            })
+            .inc();
+    }
+
     /// Counts `n` fire times of `entry` under `reason` in `beatd_fires_skipped_total`.
     pub fn count_skip(&self, entry: &str, reason: &'static str, n: u64) {
         self.fires_skipped
@@ -242,9 +259,7 @@ mod tests {
     #[test]
     fn renders_documented_names() {
         let m = Metrics::default();
-        m.messages_sent
-            .get_or_create(&vec![("entry", "a".to_string())])
-            .inc();
+        m.count_sent("a");
         m.emission_lateness.observe(0.003);
         m.is_leader.set(1);
         let text = m.render();
