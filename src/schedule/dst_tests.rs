@@ -9,6 +9,22 @@ use super::CronSchedule;
 use crate::schedule::Tz;
 use chrono::{DateTime, TimeDelta, Utc};
 
+fn paris() -> Tz {
+    Tz::named("Europe/Paris").unwrap()
+}
+
+fn new_york() -> Tz {
+    Tz::named("America/New_York").unwrap()
+}
+
+fn lord_howe() -> Tz {
+    Tz::named("Australia/Lord_Howe").unwrap()
+}
+
+fn apia() -> Tz {
+    Tz::named("Pacific/Apia").unwrap()
+}
+
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().to_utc()
 }
@@ -65,7 +81,7 @@ fn check(expr: &str, tz: Tz, from: &str, expected: &[&str]) {
 #[test]
 #[rustfmt::skip]
 fn paris_gap() {
-    let p = Tz::named("Europe/Paris").unwrap();
+    let p = paris();
     // Fixed time: the nonexistent 02:30 runs at the first instant after the gap.
     check("30 2 * * *", p, "2026-03-28T23:00:00Z",
         &["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"]);
@@ -86,7 +102,7 @@ fn paris_gap() {
 #[test]
 #[rustfmt::skip]
 fn paris_fold() {
-    let p = Tz::named("Europe/Paris").unwrap();
+    let p = paris();
     check("30 2 * * *", p, "2026-10-24T12:00:00Z",
         &["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]);
     // A list of hours is fixed-time: once, where croner alone would fire twice.
@@ -113,7 +129,7 @@ fn paris_fold() {
 
 #[test]
 fn paris_searches_from_inside_the_fold() {
-    let fixed = CronSchedule::parse("50 2 * * *", Tz::named("Europe/Paris").unwrap()).unwrap();
+    let fixed = CronSchedule::parse("50 2 * * *", paris()).unwrap();
     // 02:20 in the second pass: the first pass already showed 02:50.
     let second_pass = at("2026-10-25T02:20:00+01:00");
     assert_eq!(
@@ -124,7 +140,7 @@ fn paris_searches_from_inside_the_fold() {
         fixed.next_after(second_pass),
         Some(at("2026-10-26T02:50:00+01:00"))
     );
-    let elapsed = CronSchedule::parse("10 * * * *", Tz::named("Europe/Paris").unwrap()).unwrap();
+    let elapsed = CronSchedule::parse("10 * * * *", paris()).unwrap();
     // 02:50 in the first pass: the repeat of 02:10 is next, though its wall clock is earlier.
     let first_pass = at("2026-10-25T02:50:00+02:00");
     assert_eq!(
@@ -146,7 +162,7 @@ fn paris_searches_from_inside_the_fold() {
 #[test]
 #[rustfmt::skip]
 fn new_york_gap() {
-    let ny = Tz::named("America/New_York").unwrap();
+    let ny = new_york();
     check("30 2 * * *", ny, "2026-03-07T12:00:00-05:00",
         &["2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"]);
     check("0 * * * *", ny, "2026-03-08T00:30:00-05:00",
@@ -161,7 +177,7 @@ fn new_york_gap() {
 #[test]
 #[rustfmt::skip]
 fn new_york_fold() {
-    let ny = Tz::named("America/New_York").unwrap();
+    let ny = new_york();
     check("30 1 * * *", ny, "2026-10-31T12:00:00-04:00",
         &["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]);
     check("0 * * * *", ny, "2026-11-01T00:30:00-04:00",
@@ -179,7 +195,7 @@ fn new_york_fold() {
 #[test]
 #[rustfmt::skip]
 fn lord_howe_gap() {
-    let lh = Tz::named("Australia/Lord_Howe").unwrap();
+    let lh = lord_howe();
     check("15 2 * * *", lh, "2026-10-03T12:00:00+10:30",
         &["2026-10-04T02:30:00+11:00", "2026-10-05T02:15:00+11:00"]);
     // Elapsed time: 02:00 never happens, so 03:00 follows 01:00 (1.5 real hours).
@@ -192,7 +208,7 @@ fn lord_howe_gap() {
 #[test]
 #[rustfmt::skip]
 fn lord_howe_fold() {
-    let lh = Tz::named("Australia/Lord_Howe").unwrap();
+    let lh = lord_howe();
     check("45 1 * * *", lh, "2026-04-04T12:00:00+11:00",
         &["2026-04-05T01:45:00+11:00", "2026-04-06T01:45:00+10:30"]);
     check("*/15 * * * *", lh, "2026-04-05T01:20:00+11:00", &[
@@ -211,7 +227,7 @@ fn lord_howe_fold() {
 #[test]
 #[rustfmt::skip]
 fn apia_skipped_day() {
-    let apia = Tz::named("Pacific/Apia").unwrap();
+    let apia = apia();
     // Fixed time: the skipped day's 09:00 runs once, at the first instant of the 31st.
     check("0 9 * * *", apia, "2011-12-29T00:00:00-10:00",
         &["2011-12-29T09:00:00-10:00", "2011-12-31T00:00:00+14:00", "2011-12-31T09:00:00+14:00"]);
@@ -267,25 +283,13 @@ fn brute_force(s: &CronSchedule, from: DateTime<Utc>, minutes: i64) -> Vec<DateT
 #[test]
 fn search_agrees_with_a_minute_by_minute_reference() {
     let cases = [
-        (Tz::named("Europe/Paris").unwrap(), "2026-03-28T12:00:00Z"),
-        (Tz::named("Europe/Paris").unwrap(), "2026-10-24T12:00:00Z"),
-        (
-            Tz::named("America/New_York").unwrap(),
-            "2026-03-07T18:00:00Z",
-        ),
-        (
-            Tz::named("America/New_York").unwrap(),
-            "2026-10-31T18:00:00Z",
-        ),
-        (
-            Tz::named("Australia/Lord_Howe").unwrap(),
-            "2026-04-04T00:00:00Z",
-        ),
-        (
-            Tz::named("Australia/Lord_Howe").unwrap(),
-            "2026-10-03T00:00:00Z",
-        ),
-        (Tz::named("Pacific/Apia").unwrap(), "2011-12-29T00:00:00Z"),
+        (paris(), "2026-03-28T12:00:00Z"),
+        (paris(), "2026-10-24T12:00:00Z"),
+        (new_york(), "2026-03-07T18:00:00Z"),
+        (new_york(), "2026-10-31T18:00:00Z"),
+        (lord_howe(), "2026-04-04T00:00:00Z"),
+        (lord_howe(), "2026-10-03T00:00:00Z"),
+        (apia(), "2011-12-29T00:00:00Z"),
     ];
     let exprs = [
         "30 2 * * *",

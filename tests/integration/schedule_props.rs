@@ -136,6 +136,7 @@ fn transitions(tz: Tz) -> Vec<DateTime<Utc>> {
 fn zone_and_start() -> impl Strategy<Value = (Tz, DateTime<Utc>)> {
     static TRANSITIONS: std::sync::OnceLock<Vec<Vec<DateTime<Utc>>>> = std::sync::OnceLock::new();
     let all = TRANSITIONS.get_or_init(|| zones().into_iter().map(transitions).collect());
+    let zones = zones();
     (
         0..ZONE_NAMES.len(),
         any::<prop::sample::Index>(),
@@ -143,7 +144,7 @@ fn zone_and_start() -> impl Strategy<Value = (Tz, DateTime<Utc>)> {
         0u32..10,
     )
         .prop_map(move |(z, pick, before, anywhere)| {
-            let tz = zones()[z];
+            let tz = zones[z];
             let t = match &all[z] {
                 list if !list.is_empty() && anywhere > 0 => *pick.get(list),
                 _ => {
