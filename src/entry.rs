@@ -13,8 +13,9 @@ use std::time::Duration;
 /// One `[[entry]]` of a schedule file, with `[defaults]` applied and every value validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    /// Unique id across all files; last-run state is keyed by it.
-    pub name: String,
+    /// Unique id across all files; last-run state is keyed by it. Shared with what is kept
+    /// per entry (the sent counts, the controls' first runs), so those hold no copy.
+    pub name: Arc<str>,
     /// Celery task name; shared between entries of the same task.
     pub task: Arc<str>,
     /// When it fires (cron in a time zone, anchored interval, or one-off).

@@ -28,7 +28,7 @@ pub fn next(settings: &Settings, args: &NextArgs) -> Result<u8, Error> {
         crate::config::load_schedules_in(&settings.schedules, now, settings.default_timezone)
             .map_err(Error::Config)?;
     for name in &args.entry {
-        if !loaded.entries.iter().any(|e| &e.name == name) {
+        if !loaded.entries.iter().any(|e| *e.name == **name) {
             return Err(Error::Usage(format!("no entry named {name:?}")));
         }
     }
@@ -102,7 +102,7 @@ pub fn next_fires(
 ) -> Vec<NextFires> {
     entries
         .iter()
-        .filter(|e| only.is_empty() || only.contains(&e.name))
+        .filter(|e| only.is_empty() || only.iter().any(|n| **n == *e.name))
         .map(|e| {
             let mut fires = Vec::with_capacity(count);
             let mut after = from;
@@ -114,7 +114,7 @@ pub fn next_fires(
                 after = at;
             }
             NextFires {
-                entry: e.name.clone(),
+                entry: e.name.to_string(),
                 timezone: e.timezone.name().to_string(),
                 fires,
             }

@@ -105,9 +105,9 @@ fn rows(
     entries
         .iter()
         .map(|e| {
-            let l = last.get(&e.name);
+            let l = last.get(&*e.name);
             let mut row = Map::new();
-            row.insert("entry".into(), e.name.clone().into());
+            row.insert("entry".into(), Value::from(&*e.name));
             row.insert("task".into(), Value::from(&*e.task));
             row.insert(
                 "last_run".into(),
@@ -120,11 +120,11 @@ fn rows(
             let ms = |ms: i64| DateTime::from_timestamp_millis(ms).map(rfc);
             row.insert(
                 "paused".into(),
-                controls.pauses.get(&e.name).map_or(Value::Null, |p| {
+                controls.pauses.get(&*e.name).map_or(Value::Null, |p| {
                     json!({"since": ms(p.since_ms), "until": p.until_ms.and_then(ms), "by": p.by})
                 }),
             );
-            let counts = controls.skips.get(&e.name);
+            let counts = controls.skips.get(&*e.name);
             let skipped: Map<String, Value> = SkipReason::ALL
                 .iter()
                 .map(|r| {

@@ -1,5 +1,6 @@
-//! The leader's side of the runtime controls ([`crate::control`]): it polls the queued
-//! requests every [`POLL`], answers each (pause, resume, trigger, backfill), keeps paused
+//! The leader's side of the runtime controls ([`crate::control`]): it looks at the queued
+//! requests when the store's [`Doorbell`] rings and polls them every [`POLL`] while it
+//! cannot hear it (or has counts to write), every [`IDLE_POLL`] otherwise; it answers each (pause, resume, trigger, backfill), keeps paused
 //! entries from sending, and counts every fire time not sent by reason. Hooks into the loop
 //! are small: [`Beat::control_turn`] each poll, [`Beat::hold_paused`] on due fires, and
 //! [`Beat::control_replan`] at each plan.
@@ -13,8 +14,8 @@ use super::plan::{Due, Plan};
 use super::term::{Phase, Term};
 use super::{Beat, TermEnd};
 use crate::control::{
-    one_off_key, Action, ControlStore, Pause, Persisted, Refusal, Reply, Request, ResumeCatchUp,
-    RunStates, SkipReason, Update, BACKFILL_CAP, BACKFILL_CONFIRM,
+    one_off_key, Action, ControlStore, Doorbell, Pause, Persisted, Refusal, Reply, Request,
+    ResumeCatchUp, RunStates, SkipReason, Update, BACKFILL_CAP, BACKFILL_CONFIRM,
 };
 use crate::emit::{EmitOutcome, Fire};
 use crate::entry::Entry;
@@ -27,8 +28,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// How often the leader looks for requests: "effective within a second".
+/// How often the leader looks for requests while the doorbell cannot be heard (no
+/// subscription), and how soon it writes counts and marks: "effective within a second".
 pub const POLL: Duration = Duration::from_millis(250);
+
+/// How often the leader looks for requests while the doorbell is heard: only for a request
+/// whose ring was lost (a subscription broken without the connection noticing), so an
+/// idle beat spends no CPU between fire times.
+pub const IDLE_POLL: Duration = Duration::from_secs(5);
 
 /// Fires sent per call of a backfill or a resume catch-up.
 const CHUNK: usize = 500;
@@ -54,8 +61,8 @@ pub(super) struct Local {
     persisted: Persisted,
     /// Counts and marks not yet written (flushed at the next poll).
     pub(super) unsaved: Update,
-    /// When to poll next.
-    next_poll: Option<Instant>,
+    /// When it last polled; `None`: poll at once.
+    last_poll: Option<Instant>,
     /// Per entry, the last message sent (task id) and when.
     pub(super) running: HashMap<String, (String, Instant)>,
     /// Per entry, the fire time `buffer_one` keeps waiting.
@@ -84,12 +91,47 @@ impl Controls {
         self.local.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// When the loop must wake next for the controls.
+    /// The store's doorbell, listening from this call on (`None`: it has none).
     #[must_use]
-    pub fn poll_at(&self) -> Instant {
-        self.local()
-            .next_poll
-            .unwrap_or_else(|| Instant::now() + POLL)
+    pub fn doorbell(&self) -> Option<Arc<Doorbell>> {
+        self.store.doorbell()
+    }
+
+    /// Makes the next turn poll (the doorbell rang).
+    pub fn poll_now(&self) {
+        self.local().last_poll = None;
+    }
+
+    /// When the loop must wake next for the controls, at `now` (`wall` on the clock) with
+    /// `bell` heard or not: soon while counts wait to be written, a buffered fire waits for
+    /// its run, or requests cannot be heard; otherwise at the fallback poll, or when the
+    /// first pause ends.
+    #[must_use]
+    pub fn poll_at(&self, now: Instant, wall: DateTime<Utc>, bell_heard: bool) -> Instant {
+        let local = self.local();
+        let Some(last) = local.last_poll else {
+            return now;
+        };
+        let quick = !bell_heard || !local.unsaved.is_empty() || !local.buffered.is_empty();
+        if quick {
+            return last + POLL;
+        }
+        let fallback = last + IDLE_POLL;
+        match local
+            .persisted
+            .pauses
+            .values()
+            .filter_map(|p| p.until_ms)
+            .min()
+        {
+            // Never sooner than the short interval: a pause whose end could not be written
+            // yet is retried at that pace, not in a busy loop.
+            Some(until) => {
+                let wait = u64::try_from(until - ms(wall)).unwrap_or(0);
+                fallback.min((now + Duration::from_millis(wait)).max(last + POLL))
+            }
+            None => fallback,
+        }
     }
 
     /// Whether `entry` is paused now.
@@ -100,21 +142,21 @@ impl Controls {
 
     /// Notes the task id of a message just sent for `entry` (written at the next poll);
     /// `regular`: the fire time of a regular (or catch-up) send, the first of which is kept.
-    pub fn sent(&self, entry: &str, task_id: &str, regular: Option<i64>) {
+    pub fn sent(&self, entry: &Arc<str>, task_id: &str, regular: Option<i64>) {
         let mut local = self.local();
         local
             .running
-            .insert(entry.to_owned(), (task_id.to_owned(), Instant::now()));
+            .insert(entry.to_string(), (task_id.to_owned(), Instant::now()));
         if let Some(at) = regular {
             if !local.persisted.first_run.contains_key(entry) {
-                local.persisted.first_run.insert(entry.to_owned(), at);
-                local.unsaved.first_run.push((entry.to_owned(), at));
+                local.persisted.first_run.insert(Arc::clone(entry), at);
+                local.unsaved.first_run.push((entry.to_string(), at));
             }
         }
         local
             .unsaved
             .last_task
-            .push((entry.to_owned(), task_id.to_owned()));
+            .push((entry.to_string(), task_id.to_owned()));
     }
 
     /// Notes in the leader's copy only the first regular run of an entry sent in a big
@@ -122,10 +164,10 @@ impl Controls {
     /// large one; settling a staged batch on Redis records first runs and task ids itself,
     /// and the next plan marks the rest), so a backfill in this term does not send its fire
     /// times again.
-    pub fn first_ran(&self, entry: &str, at: i64) {
+    pub fn first_ran(&self, entry: &Arc<str>, at: i64) {
         let mut local = self.local();
         if !local.persisted.first_run.contains_key(entry) {
-            local.persisted.first_run.insert(entry.to_owned(), at);
+            local.persisted.first_run.insert(Arc::clone(entry), at);
         }
     }
 
@@ -209,33 +251,41 @@ impl Beat {
         last: &mut HashMap<String, LastRun>,
         lease: &Lease,
     ) -> Option<()> {
-        let persisted = match self.controls.store.read().await {
+        let mut persisted = match self.controls.store.read().await {
             Ok(p) => p,
             Err(e) => {
                 self.store_failed(&e);
                 return None;
             }
         };
+        // Keyed by the entries' own names, so the leader's copy holds no second one.
+        for e in entries {
+            if let Some((_, at)) = persisted.first_run.remove_entry(&*e.name) {
+                persisted.first_run.insert(Arc::clone(&e.name), at);
+            }
+        }
         let now = self.clock.now();
         let tolerance =
             TimeDelta::from_std(self.options.takeover_tolerance).unwrap_or(TimeDelta::zero());
         let mut update = Update::default();
         for entry in entries {
             let fp = entry.fingerprint();
-            if let Some(&through) = persisted.skipped_through.get(&entry.name) {
-                let run = last.entry(entry.name.clone()).or_insert_with(|| LastRun {
-                    fire_at_ms: through,
-                    count: 0,
-                    fingerprint: Some(fp.clone()),
-                });
+            if let Some(&through) = persisted.skipped_through.get(&*entry.name) {
+                let run = last
+                    .entry(entry.name.to_string())
+                    .or_insert_with(|| LastRun {
+                        fire_at_ms: through,
+                        count: 0,
+                        fingerprint: Some(fp.clone()),
+                    });
                 run.fire_at_ms = run.fire_at_ms.max(through);
             }
-            if last.contains_key(&entry.name) && !persisted.first_run.contains_key(&entry.name) {
+            if last.contains_key(&*entry.name) && !persisted.first_run.contains_key(&*entry.name) {
                 // Ran before controls kept a first run: its history counts as sent.
-                update.first_run.push((entry.name.clone(), i64::MIN));
+                update.first_run.push((entry.name.to_string(), i64::MIN));
             }
             let Some(l) = last
-                .get(&entry.name)
+                .get(&*entry.name)
                 .filter(|l| l.fingerprint.as_deref() == Some(fp.as_str()))
             else {
                 continue;
@@ -259,18 +309,18 @@ impl Beat {
             let Some(&latest) = left_out.last() else {
                 continue;
             };
-            let reason = if persisted.pauses.contains_key(&entry.name) {
+            let reason = if persisted.pauses.contains_key(&*entry.name) {
                 SkipReason::Pause
             } else {
                 SkipReason::CatchUp
             };
             let n = u64::try_from(left_out.len()).unwrap_or(u64::MAX);
-            update.skips.push((entry.name.clone(), reason, n));
+            update.skips.push((entry.name.to_string(), reason, n));
             let newest = left_out.len().saturating_sub(crate::control::MISSED_CAP);
             update.missed.extend(
                 left_out[newest..]
                     .iter()
-                    .map(|t| (entry.name.clone(), ms(*t))),
+                    .map(|t| (entry.name.to_string(), ms(*t))),
             );
             self.metrics.count_skip(&entry.name, reason.as_str(), n);
             // Marked as decided (so a second plan does not count them again) only below the
@@ -278,8 +328,8 @@ impl Beat {
             if sent.first().is_none_or(|first| latest < *first) {
                 update
                     .skipped_through
-                    .push((entry.name.clone(), ms(latest)));
-                if let Some(run) = last.get_mut(&entry.name) {
+                    .push((entry.name.to_string(), ms(latest)));
+                if let Some(run) = last.get_mut(&*entry.name) {
                     run.fire_at_ms = run.fire_at_ms.max(ms(latest));
                 }
             }
@@ -289,14 +339,17 @@ impl Beat {
         local.persisted = persisted;
         update.apply(&mut local.persisted);
         local.unsaved.merge(update);
-        local.next_poll = Some(Instant::now());
+        local.last_poll = None;
         let since = Instant::now();
         for e in entries
             .iter()
             .filter(|e| e.overlap != crate::entry::Overlap::Allow)
         {
-            if let Some(id) = local.persisted.last_task.get(&e.name).cloned() {
-                local.running.entry(e.name.clone()).or_insert((id, since));
+            if let Some(id) = local.persisted.last_task.get(&*e.name).cloned() {
+                local
+                    .running
+                    .entry(e.name.to_string())
+                    .or_insert((id, since));
             }
         }
         drop(local);
@@ -316,14 +369,14 @@ impl Beat {
                     local
                         .persisted
                         .pauses
-                        .contains_key(&plan.entries()[d.idx].name)
+                        .contains_key(&*plan.entries()[d.idx].name)
                 })
                 .collect()
         };
         let mut keep = Vec::with_capacity(due.len());
         for (d, paused) in due.into_iter().zip(paused) {
             if paused {
-                let name = plan.entries()[d.idx].name.clone();
+                let name = plan.entries()[d.idx].name.to_string();
                 tracing::info!(entry = %name, scheduled = %crate::protocol::rfc3339_millis(d.at),
                     "fire time skipped: entry paused");
                 self.metrics
@@ -350,17 +403,17 @@ impl Beat {
         &self,
         term: &mut Term,
         plan: &mut Plan,
+        bell_heard: bool,
     ) -> Result<(), TermEnd> {
+        let now = self.clock.now();
         {
-            let mut local = self.controls.local();
-            let now = Instant::now();
-            if local.next_poll.is_some_and(|t| now < t) {
+            let at = Instant::now();
+            if at < self.controls.poll_at(at, now, bell_heard) {
                 return Ok(());
             }
-            local.next_poll = Some(now + POLL);
+            self.controls.local().last_poll = Some(at);
         }
         let lease = term.lease.clone();
-        let now = self.clock.now();
         let expired: Vec<String> = self
             .controls
             .local()
@@ -510,8 +563,8 @@ impl Beat {
                 epoch,
             ));
         }
-        let Some(entry) = plan.entries().iter().find(|e| e.name == r.entry) else {
-            let names: Vec<&str> = plan.entries().iter().map(|e| e.name.as_str()).collect();
+        let Some(entry) = plan.entries().iter().find(|e| *e.name == *r.entry) else {
+            let names: Vec<&str> = plan.entries().iter().map(|e| e.name.as_ref()).collect();
             let hint = names
                 .iter()
                 .map(|n| (strsim::jaro_winkler(&r.entry, n), *n))
@@ -591,7 +644,7 @@ impl Beat {
             .local()
             .persisted
             .pauses
-            .get(&entry.name)
+            .get(&*entry.name)
             .map_or(ms(now), |p| p.since_ms);
         let pause = Pause {
             since_ms,
@@ -599,7 +652,7 @@ impl Beat {
             by: r.by.clone(),
         };
         let update = Update {
-            pauses: vec![(entry.name.clone(), Some(pause))],
+            pauses: vec![(entry.name.to_string(), Some(pause))],
             ..Update::default()
         };
         self.control_write(lease, update).await?;
@@ -622,7 +675,7 @@ impl Beat {
             .local()
             .persisted
             .pauses
-            .get(&entry.name)
+            .get(&*entry.name)
             .cloned()
         else {
             return Ok(applied("was not paused".into(), 0, 0, lease.epoch));
@@ -641,13 +694,13 @@ impl Beat {
             .collect();
         let (sent, already) = self.send(lease, entry, &fires, true).await?;
         let mut update = Update {
-            pauses: vec![(entry.name.clone(), None)],
+            pauses: vec![(entry.name.to_string(), None)],
             ..Update::default()
         };
         if let Some(latest) = missed.last() {
             update
                 .skipped_through
-                .push((entry.name.clone(), ms(*latest)));
+                .push((entry.name.to_string(), ms(*latest)));
         }
         self.control_write(lease, update).await?;
         let _ = r;
@@ -715,13 +768,13 @@ impl Beat {
         // the first, was never sent regularly; between them only those recorded as not sent
         // (paused, left out by the catch-up policy) were not.
         let last = self.state.last_runs().await?;
-        let last_run = last.get(&entry.name).map_or(i64::MIN, |l| l.fire_at_ms);
+        let last_run = last.get(&*entry.name).map_or(i64::MIN, |l| l.fire_at_ms);
         let first_run = self
             .controls
             .local()
             .persisted
             .first_run
-            .get(&entry.name)
+            .get(&*entry.name)
             .copied()
             .unwrap_or(i64::MAX);
         let missed: std::collections::HashSet<i64> = self

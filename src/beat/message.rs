@@ -11,6 +11,7 @@ use crate::entry::{RqSerializer, RqTarget};
 use crate::protocol::RqJob;
 use crate::protocol::{beatd_headers, TaskMessage};
 use chrono::{DateTime, Utc};
+use serde_json::Value;
 
 /// Encodes fires with the Celery protocol.
 pub struct CeleryEncoder {
@@ -66,7 +67,7 @@ pub fn rq_job(entry: &Entry, rq: &RqTarget, at: DateTime<Utc>, epoch: u64) -> Rq
         "beatd_scheduled_at".into(),
         crate::protocol::rfc3339_millis(at).into(),
     );
-    meta.insert("beatd_entry".into(), entry.name.clone().into());
+    meta.insert("beatd_entry".into(), Value::from(&*entry.name));
     meta.insert("beatd_epoch".into(), epoch.into());
     let mut job = RqJob::new(crate::protocol::new_uuid(), &*entry.task, &*entry.queue);
     job.args = entry.args.to_vec();
@@ -93,7 +94,7 @@ impl CeleryEncoder {
             .encode(self.clock.now())
             .expect("an RQ entry is validated when its schedule is loaded");
         Fire {
-            entry: entry.name.clone(),
+            entry: entry.name.to_string(),
             fire_at_ms: at.timestamp_millis(),
             task_id: encoded.id.clone(),
             list_key: encoded.queue_key,
@@ -114,7 +115,7 @@ impl FireEncoder for CeleryEncoder {
         }
         let encoded = task_message(entry, at, epoch, &self.origin).encode(self.clock.now());
         Fire {
-            entry: entry.name.clone(),
+            entry: entry.name.to_string(),
             fire_at_ms: at.timestamp_millis(),
             task_id: encoded.id,
             rq: None,

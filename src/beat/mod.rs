@@ -352,12 +352,15 @@ impl Beat {
                 .then_some(self.options.stage_ahead),
             max_sleep: self.options.max_sleep,
         };
+        let bell = self.controls.doorbell();
         loop {
             self.heartbeat.beat();
-            let mut until = term.wake(plan.next_wake(), self.now(), timing);
+            let now = self.now();
+            let mut until = term.wake(plan.next_wake(), now, timing);
+            let heard = bell.as_ref().is_some_and(|b| b.is_listening());
             // Controls are polled only while the term follows a plan (see `turn`).
             if !matches!(term.phase, Phase::Replan { .. }) {
-                until = until.min(self.controls.poll_at());
+                until = until.min(self.controls.poll_at(now.instant, now.wall, heard));
             }
             tokio::select! {
                 () = shutdown.cancelled() => {
@@ -370,8 +373,13 @@ impl Beat {
                         term.entries_changed();
                     }
                 }
+                () = async { match &bell {
+                    Some(b) => b.rung().await,
+                    None => std::future::pending().await,
+                } } => self.controls.poll_now(),
             }
-            if let Err(end) = self.turn(&mut term, &mut plan).await {
+            let heard = bell.as_ref().is_some_and(|b| b.is_listening());
+            if let Err(end) = self.turn(&mut term, &mut plan, heard).await {
                 return (end, term.lease);
             }
         }
@@ -384,7 +392,12 @@ impl Beat {
     /// older ones follow the catch-up policy. The lease deadline still ends the term in time.
     /// Stepping down instead would leave the lock, unreleasable while the store is down,
     /// blocking every replica until the TTL runs out.
-    async fn turn(&mut self, term: &mut Term, plan: &mut Plan) -> Result<(), TermEnd> {
+    async fn turn(
+        &mut self,
+        term: &mut Term,
+        plan: &mut Plan,
+        bell_heard: bool,
+    ) -> Result<(), TermEnd> {
         let now = Instant::now();
         if term.expired(now) {
             // Paused or starved past the TTL: another replica may lead already.
@@ -394,7 +407,7 @@ impl Beat {
             self.renew(term).await?;
         }
         if !matches!(term.phase, Phase::Replan { .. }) {
-            self.control_turn(term, plan).await?;
+            self.control_turn(term, plan, bell_heard).await?;
         }
         let step = match std::mem::replace(&mut term.phase, Phase::Planned) {
             Phase::Replan {
@@ -680,13 +693,13 @@ impl Beat {
         let index: std::collections::HashMap<&str, usize> = entries
             .iter()
             .enumerate()
-            .map(|(i, e)| (e.name.as_str(), i))
+            .map(|(i, e)| (e.name.as_ref(), i))
             .collect();
         let before = old.entries();
         let mut due = Vec::with_capacity(st.due.len());
         for d in &st.due {
             let entry = &before[d.idx];
-            match index.get(entry.name.as_str()) {
+            match index.get(entry.name.as_ref()) {
                 Some(&idx) if entries[idx] == *entry => due.push(Due { idx, ..*d }),
                 _ => return Ok(None),
             }
@@ -714,7 +727,7 @@ impl Beat {
             }
         };
         let names: std::collections::HashSet<&str> =
-            entries.iter().map(|e| e.name.as_str()).collect();
+            entries.iter().map(|e| e.name.as_ref()).collect();
         // A trigger's or backfill's record goes with its entry.
         let mut removed: Vec<String> = last
             .keys()

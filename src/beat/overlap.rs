@@ -56,12 +56,12 @@ impl Beat {
                     if e.overlap == Overlap::Allow {
                         return None;
                     }
-                    if local.buffered.contains_key(&e.name) {
+                    if local.buffered.contains_key(&*e.name) {
                         // One waits already: it goes next, this one is held.
                         held.insert(i);
                         return None;
                     }
-                    let (id, sent) = local.running.get(&e.name)?;
+                    let (id, sent) = local.running.get(&*e.name)?;
                     (now.duration_since(*sent) < e.overlap_timeout).then(|| (i, id.clone()))
                 })
                 .collect();
@@ -101,7 +101,7 @@ impl Beat {
                 continue;
             }
             let e = &plan.entries()[d.idx];
-            let name = e.name.clone();
+            let name = e.name.to_string();
             let at = crate::protocol::rfc3339_millis(d.at);
             let mut local = self.controls.local();
             if e.overlap == Overlap::BufferOne && !local.buffered.contains_key(&name) {
@@ -141,7 +141,7 @@ impl Beat {
                 .collect()
         };
         for (name, d, running) in waiting {
-            let Some(entry) = plan.entries().iter().find(|e| e.name == name) else {
+            let Some(entry) = plan.entries().iter().find(|e| *e.name == *name) else {
                 self.controls.local().buffered.remove(&name);
                 continue;
             };

@@ -74,7 +74,7 @@ impl Plan {
         let mut heap = BinaryHeap::with_capacity(entries.len());
         for (idx, entry) in entries.iter().enumerate() {
             let last = last_runs
-                .get(&entry.name)
+                .get(&*entry.name)
                 .filter(|l| l.fingerprint.as_deref() == Some(entry.fingerprint().as_str()))
                 .and_then(|l| DateTime::from_timestamp_millis(l.fire_at_ms));
             let missed = entry.missed_fires(last, now);

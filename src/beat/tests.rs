@@ -2,7 +2,7 @@
 //! in-memory lock and emitter. No sleeping in real time.
 
 use super::*;
-use crate::clock::TokioClock;
+use crate::clock::{Clock, TokioClock};
 use crate::emit::{BatchId, MemoryEmitter};
 use crate::leader::{MemoryLeader, Poll};
 use crate::ops::liveness::Liveness;
@@ -53,7 +53,7 @@ struct TestEncoder;
 impl FireEncoder for TestEncoder {
     fn encode(&self, entry: &Entry, at: DateTime<Utc>, epoch: u64) -> Fire {
         Fire {
-            entry: entry.name.clone(),
+            entry: entry.name.to_string(),
             fire_at_ms: at.timestamp_millis(),
             task_id: format!("{}@{}", entry.name, at.timestamp_millis()),
             rq: None,
@@ -112,6 +112,17 @@ fn start(
     leader: Arc<MemoryLeader>,
     emitter: Mem,
 ) -> Harness {
+    let store = Arc::new(crate::control::LocalControls::in_memory());
+    start_with_controls(origin, entries, leader, emitter, store)
+}
+
+fn start_with_controls(
+    origin: DateTime<Utc>,
+    entries: Vec<Entry>,
+    leader: Arc<MemoryLeader>,
+    emitter: Mem,
+    store: Arc<crate::control::LocalControls>,
+) -> Harness {
     let (tx, rx) = watch::channel::<Arc<[Entry]>>(entries.into());
     let status = Arc::new(BeatStatus::default());
     let shutdown = CancellationToken::new();
@@ -127,7 +138,7 @@ fn start(
         metrics: Arc::new(Metrics::default()),
         options: BeatOptions::default(),
         heartbeat: heartbeat(),
-        controls: controls::Controls::new(Arc::new(crate::control::LocalControls::in_memory())),
+        controls: controls::Controls::new(store),
     };
     let task = tokio::spawn(beat.run(shutdown.clone()));
     Harness {
@@ -597,7 +608,7 @@ async fn a_burst_already_due_is_staged_and_made_visible_in_one_commit() {
     emitter.state.with(|last| {
         for e in &entries {
             last.insert(
-                e.name.clone(),
+                e.name.to_string(),
                 LastRun {
                     fire_at_ms: hour_ago,
                     count: 1,
@@ -700,4 +711,84 @@ async fn a_batch_committed_on_time_is_not_late_however_long_its_settle_takes() {
     );
     shutdown.cancel();
     task.await.unwrap();
+}
+
+/// An idle leader polls its requests seldom ([`controls::IDLE_POLL`]), yet answers at once a
+/// request that rings its doorbell, and still ends a pause at its end.
+#[tokio::test(start_paused = true)]
+async fn an_idle_leader_answers_a_rung_request_at_once_and_ends_a_pause_on_time() {
+    use crate::control::{Action, ControlStore, Request};
+    let origin = t("2026-11-23T10:00:00.500Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let emitter = mem_emitter(&leader, false);
+    let store = Arc::new(crate::control::LocalControls::in_memory());
+    let h = start_with_controls(
+        origin,
+        vec![every("hourly", 3600, CatchUp::Latest)],
+        leader,
+        emitter,
+        store.clone(),
+    );
+    // The beat's clock: both started at this tokio instant.
+    let clock = TokioClock::starting_at(origin);
+    // Idle: planned, nothing due for an hour.
+    settle(Duration::from_millis(7_300)).await;
+    let ask = |id: &str, action: Action| {
+        let now = clock.now().timestamp_millis();
+        Request {
+            id: id.into(),
+            entry: "hourly".into(),
+            action,
+            by: "test".into(),
+            at_ms: now,
+            deadline_ms: now + 60_000,
+        }
+    };
+    for (i, gap) in [1_300u64, 2_100, 700].into_iter().enumerate() {
+        settle(Duration::from_millis(gap)).await;
+        let asked = tokio::time::Instant::now();
+        let action = if i % 2 == 0 {
+            Action::Pause { until_ms: None }
+        } else {
+            Action::Resume {
+                catch_up: crate::control::ResumeCatchUp::None,
+            }
+        };
+        let reply = store
+            .submit(&ask(&format!("r{i}"), action), Duration::from_secs(30))
+            .await
+            .unwrap()
+            .expect("answered");
+        assert!(reply.refused.is_none(), "{reply:?}");
+        let took = asked.elapsed();
+        assert!(
+            took < Duration::from_millis(50),
+            "request {i} answered after {took:?} of tokio time (the idle poll is {:?})",
+            controls::IDLE_POLL
+        );
+    }
+    // A pause that ends by itself in 2 s ends then, not at the next idle poll.
+    let until = clock.now().timestamp_millis() + 2_000;
+    let reply = store
+        .submit(
+            &ask(
+                "timed",
+                Action::Pause {
+                    until_ms: Some(until),
+                },
+            ),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+        .expect("answered");
+    assert!(reply.refused.is_none(), "{reply:?}");
+    settle(Duration::from_millis(1_800)).await;
+    assert!(store.read().await.unwrap().pauses.contains_key("hourly"));
+    settle(Duration::from_millis(500)).await;
+    assert!(
+        !store.read().await.unwrap().pauses.contains_key("hourly"),
+        "the pause outlived its end"
+    );
+    h.stop().await;
 }

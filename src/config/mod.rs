@@ -50,7 +50,7 @@ pub fn unhandled_tasks(entries: &[Entry], app: &AppConfig) -> Vec<(String, Strin
     for e in entries.iter().filter(|e| e.enabled) {
         if !app.worker.tasks.contains_key(&*e.task) {
             seen.entry(e.task.to_string())
-                .or_insert_with(|| e.name.clone());
+                .or_insert_with(|| e.name.to_string());
         }
     }
     seen.into_iter().collect()

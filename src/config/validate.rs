@@ -231,7 +231,7 @@ fn entry(
         jitter_offset: jitter.map_or(Duration::ZERO, |max| schedule::jitter_offset(&name, max)),
         catch_up_window: catch_up_window
             .unwrap_or_else(|| schedule::default_catch_up_window(&schedule)),
-        name,
+        name: name.into(),
         task: crate::entry::shared_str(&task),
         schedule,
         timezone: tz,

@@ -225,20 +225,20 @@ pub async fn status(c: &Console) -> Result<StatusView, crate::store::Error> {
                 }
                 t = f;
             }
-            let l = last.get(&e.name);
-            let task = controls.last_task.get(&e.name).cloned();
+            let l = last.get(&*e.name);
+            let task = controls.last_task.get(&*e.name).cloned();
             let result = task.as_ref().and_then(|id| results.get(id)).cloned();
             if let (Some(id), Some((state, error))) = (&task, &result) {
                 if state == "FAILURE" || state == "REVOKED" {
                     failures.push(Failure {
-                        entry: e.name.clone(),
+                        entry: e.name.to_string(),
                         task_id: id.clone(),
                         state: state.clone(),
                         error: error.clone(),
                     });
                 }
             }
-            let paused = controls.pauses.get(&e.name).map(|p| PauseView {
+            let paused = controls.pauses.get(&*e.name).map(|p| PauseView {
                 since: rfc(at(p.since_ms)),
                 until: p.until_ms.map(|u| rfc(at(u))),
                 by: p.by.clone(),
@@ -251,7 +251,7 @@ pub async fn status(c: &Console) -> Result<StatusView, crate::store::Error> {
                     .map(|due| (now - due).as_seconds_f64()),
                 _ => None,
             };
-            let counts = controls.skips.get(&e.name);
+            let counts = controls.skips.get(&*e.name);
             let skips = SkipReason::ALL
                 .iter()
                 .map(|r| {
@@ -262,7 +262,7 @@ pub async fn status(c: &Console) -> Result<StatusView, crate::store::Error> {
                 })
                 .collect();
             EntryView {
-                name: e.name.clone(),
+                name: e.name.to_string(),
                 task: e.task.to_string(),
                 schedule: describe(e),
                 timezone: e.timezone.name().to_owned(),

@@ -4,13 +4,13 @@
 //! pause survives a restart. One process owns the state file (its lock is leadership), so
 //! there is no token to check.
 
-use super::{ControlStore, Persisted, Reply, Request, Update};
+use super::{ControlStore, Doorbell, Persisted, Reply, Request, Update};
 use crate::leader::Lease;
 use crate::store::{self, Fault};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -38,7 +38,7 @@ pub enum Error {
 }
 
 /// An in-process [`ControlStore`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LocalControls {
     /// Where [`Persisted`] is kept; `None`: memory only.
     path: Option<PathBuf>,
@@ -52,6 +52,22 @@ pub struct LocalControls {
     persisted: Mutex<Persisted>,
     /// Makes the store fail in tests.
     fault: Fault,
+    /// Rung by each submit, in the same process.
+    bell: Arc<Doorbell>,
+}
+
+impl Default for LocalControls {
+    fn default() -> Self {
+        Self {
+            path: None,
+            pending: Mutex::default(),
+            replies: Mutex::default(),
+            answered: Notify::new(),
+            persisted: Mutex::default(),
+            fault: Fault::default(),
+            bell: Arc::new(Doorbell::listening()),
+        }
+    }
 }
 
 /// The controls file beside `state_file`: `beatd-state.json` → `beatd-state.controls.json`.
@@ -145,6 +161,7 @@ impl ControlStore for LocalControls {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(request.clone());
+        self.bell.ring();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.answered.notified();
@@ -220,5 +237,9 @@ impl ControlStore for LocalControls {
         }
         *p = next;
         Ok(())
+    }
+
+    fn doorbell(&self) -> Option<Arc<Doorbell>> {
+        Some(self.bell.clone())
     }
 }

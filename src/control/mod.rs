@@ -9,10 +9,12 @@
 //! unknown entry or a stale request is refused in one place. Owns the requests' shape and
 //! storage; never imports `beat` or `emit`.
 
+mod doorbell;
 pub mod local;
 pub mod redis;
 
 pub use crate::store::Error;
+pub use doorbell::Doorbell;
 pub use local::LocalControls;
 pub use redis::{RedisControls, RedisRunStates};
 
@@ -20,6 +22,7 @@ use crate::leader::Lease;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a control request asks for.
@@ -208,7 +211,7 @@ pub struct Persisted {
     /// were never sent regularly, so a backfill may send them. `i64::MIN` for an entry that
     /// ran before (its history is unknown and counts as sent).
     #[serde(default)]
-    pub first_run: BTreeMap<String, i64>,
+    pub first_run: BTreeMap<Arc<str>, i64>,
     /// In-process stores only (Redis keeps these in a sorted set, read with
     /// [`ControlStore::missed`]): fire times not sent, per entry, the newest [`MISSED_CAP`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -281,7 +284,7 @@ impl Update {
             p.leader_since = self.leader_since;
         }
         for (entry, ms) in &self.first_run {
-            p.first_run.entry(entry.clone()).or_insert(*ms);
+            p.first_run.entry(entry.as_str().into()).or_insert(*ms);
         }
     }
 
@@ -360,6 +363,11 @@ pub trait ControlStore: Send + Sync {
     /// # Errors
     /// [`Error::LeaseLost`] when it no longer does; nothing is written then.
     async fn write(&self, lease: &Lease, update: &Update) -> Result<(), Error>;
+    /// The bell each submitted request rings, when this store has one; the first call starts
+    /// listening (call it inside the runtime). `None`: the leader polls at the short interval.
+    fn doorbell(&self) -> Option<Arc<Doorbell>> {
+        None
+    }
 }
 
 /// Whether runs are over, from the result backend (the overlap policies).

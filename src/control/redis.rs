@@ -1,16 +1,16 @@
 //! Controls on Redis: requests queued on `{ns}:control:requests` (a list of JSON, oldest
-//! first), replies under `{ns}:control:reply:<id>` (kept a minute), pauses, `skipped_through`
+//! first) and announced on the channel `{ns}:control:wake` (the leader's [`Doorbell`]), replies under `{ns}:control:reply:<id>` (kept a minute), pauses, `skipped_through`
 //! and skip counts in three hashes under `{ns}:control:`. Only the leader writes the hashes,
 //! through a script that checks its token (`scripts/write.lua`).
 
-use super::{ControlStore, Pause, Persisted, Reply, Request, SkipReason, Update};
+use super::{ControlStore, Doorbell, Pause, Persisted, Reply, Request, SkipReason, Update};
 use crate::leader::Lease;
 use crate::redis::{Error, RedisConn};
 use crate::store;
 use ::redis::{AsyncCommands, Script};
 use async_trait::async_trait;
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 static WRITE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/write.lua")));
@@ -35,6 +35,7 @@ type Hashes = (
 struct ControlKeys {
     leader: String,
     requests: String,
+    wake: String,
     reply_prefix: String,
     pauses: String,
     skipped_through: String,
@@ -52,6 +53,9 @@ pub struct RedisControls {
     conn: RedisConn,
     /// Key names.
     keys: ControlKeys,
+    /// Rung by the subscription to `wake`, which the first [`ControlStore::doorbell`] starts.
+    bell: Arc<Doorbell>,
+    listening: Arc<OnceLock<()>>,
 }
 
 impl RedisControls {
@@ -63,6 +67,7 @@ impl RedisControls {
             keys: ControlKeys {
                 leader: format!("{ns}:leader"),
                 requests: format!("{ns}:control:requests"),
+                wake: format!("{ns}:control:wake"),
                 reply_prefix: format!("{ns}:control:reply:"),
                 pauses: format!("{ns}:control:pauses"),
                 skipped_through: format!("{ns}:control:skipped_through"),
@@ -72,16 +77,28 @@ impl RedisControls {
                 first_run: format!("{ns}:control:first_run"),
                 missed: format!("{ns}:control:missed"),
             },
+            bell: Arc::default(),
+            listening: Arc::default(),
         }
     }
 
     async fn push(&self, request: &Request) -> Result<(), Error> {
         let json = serde_json::to_string(request).expect("a request serializes");
-        let key = &self.keys.requests;
+        let k = &self.keys;
+        // Queued first: a leader woken by the message finds it; one that missed the message
+        // finds it at its next poll.
         self.conn
             .run(|mut c| {
                 let j = json.clone();
-                async move { c.rpush::<_, _, ()>(key, j).await }
+                async move {
+                    ::redis::pipe()
+                        .rpush(&k.requests, j)
+                        .ignore()
+                        .publish(&k.wake, "request")
+                        .ignore()
+                        .query_async::<()>(&mut c)
+                        .await
+                }
             })
             .await
     }
@@ -128,7 +145,8 @@ impl RedisControls {
         }
         p.skipped_through.extend(through);
         p.last_task.extend(tasks);
-        p.first_run.extend(first);
+        p.first_run
+            .extend(first.into_iter().map(|(e, ms)| (Arc::from(e), ms)));
         p.leader_since = since.and_then(|s| {
             let (e, ms) = s.split_once(':')?;
             Some((e.parse().ok()?, ms.parse().ok()?))
@@ -299,6 +317,20 @@ impl ControlStore for RedisControls {
         } else {
             Err(store::Error::LeaseLost)
         }
+    }
+
+    fn doorbell(&self) -> Option<Arc<Doorbell>> {
+        self.listening.get_or_init(|| {
+            let bell = self.bell.clone();
+            crate::redis::channel::follow(self.conn.clone(), self.keys.wake.clone(), move |e| {
+                match e {
+                    crate::redis::channel::Event::Subscribed => bell.set_listening(true),
+                    crate::redis::channel::Event::Message => bell.ring(),
+                    crate::redis::channel::Event::Lost => bell.set_listening(false),
+                }
+            });
+        });
+        Some(self.bell.clone())
     }
 }
 

@@ -56,39 +56,14 @@ impl RedisLeader {
         }
     }
 
-    /// Subscribes to the lock's channel for as long as the process lives, reconnecting after
-    /// failures; a lost or refused subscription only means standbys poll as before.
+    /// Subscribes to the lock's channel for as long as the process lives; a lost or refused
+    /// subscription only means standbys poll as before.
     fn listen(&self) {
         self.listening.get_or_init(|| {
-            let conn = self.conn.clone();
-            let channel = self.keys.leader.clone();
             let released = self.released.clone();
-            tokio::spawn(async move {
-                use futures_util::StreamExt;
-                loop {
-                    // Behind Sentinels this is the master at the time; after a failover the
-                    // old one drops the subscription (or is gone), and the loop follows.
-                    match conn.pubsub().await {
-                        Ok(mut pubsub) => {
-                            if pubsub.subscribe(&channel).await.is_ok() {
-                                let mut messages = pubsub.on_message();
-                                loop {
-                                    tokio::select! {
-                                        m = messages.next() => match m {
-                                            Some(_) => released.notify_waiters(),
-                                            None => break,
-                                        },
-                                        // A demoted master still delivers, but no release
-                                        // is published there any more.
-                                        () = conn.master_changed() => break,
-                                    }
-                                }
-                            }
-                        }
-                        Err(e) => tracing::debug!(error = %crate::error_chain(&e),
-                            "release channel unavailable"),
-                    }
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+            crate::redis::channel::follow(self.conn.clone(), self.keys.leader.clone(), move |e| {
+                if e == crate::redis::channel::Event::Message {
+                    released.notify_waiters();
                 }
             });
         });

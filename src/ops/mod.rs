@@ -7,3 +7,4 @@ pub mod liveness;
 pub mod malloc;
 pub mod metrics;
 pub mod notify;
+pub mod per_entry;

@@ -25,6 +25,7 @@
 //! concern (`leader/scripts`, `emit/scripts`). Never imports `beat`, `leader`, `emit`,
 //! `state` or `worker`: they import this.
 
+pub mod channel;
 pub mod conn;
 pub mod dedicated;
 mod sentinel;

@@ -39,15 +39,15 @@ fn fnv(bytes: &[u8]) -> u64 {
 pub struct ScheduleSet {
     /// One id for the whole set.
     pub id: String,
-    /// Entry name → fingerprint of its schedule, task and queue.
-    pub entries: BTreeMap<String, String>,
+    /// Entry name (shared with the entry) → fingerprint of its schedule, task and queue.
+    pub entries: BTreeMap<Arc<str>, String>,
 }
 
 impl ScheduleSet {
     /// The set of `entries`.
     #[must_use]
     pub fn of(entries: &[Entry]) -> Self {
-        let entries: BTreeMap<String, String> = entries
+        let entries: BTreeMap<Arc<str>, String> = entries
             .iter()
             .map(|e| {
                 let what = format!("{}|{}|{}", e.fingerprint(), e.task, e.queue);
@@ -72,15 +72,15 @@ impl ScheduleSet {
     pub fn diff(&self, leader: &BTreeMap<String, String>) -> Diff {
         let mut d = Diff::default();
         for (name, fp) in &self.entries {
-            match leader.get(name) {
-                None => d.only_here.push(name.clone()),
-                Some(theirs) if theirs != fp => d.changed.push(name.clone()),
+            match leader.get(&**name) {
+                None => d.only_here.push(name.to_string()),
+                Some(theirs) if theirs != fp => d.changed.push(name.to_string()),
                 Some(_) => {}
             }
         }
         d.only_leader = leader
             .keys()
-            .filter(|n| !self.entries.contains_key(*n))
+            .filter(|n| !self.entries.contains_key(n.as_str()))
             .cloned()
             .collect();
         d
@@ -170,7 +170,11 @@ impl Fleet {
     pub async fn publish(&self, set: &ScheduleSet, me: &str) -> Result<(), Error> {
         let k = &self.keys;
         let ttl = u64::try_from(PUBLISHED_TTL.as_millis()).unwrap_or(u64::MAX);
-        let fields: Vec<(&String, &String)> = set.entries.iter().collect();
+        let fields: Vec<(&str, &str)> = set
+            .entries
+            .iter()
+            .map(|(k, v)| (&**k, v.as_str()))
+            .collect();
         let id = format!("{} {me}", set.id);
         self.conn
             .run(|mut c| async move {
@@ -401,7 +405,10 @@ mod tests {
     fn the_diff_names_entries_on_each_side_and_those_defined_differently() {
         let mine = ScheduleSet {
             id: "x".into(),
-            entries: set(&[("a", "1"), ("b", "2"), ("c", "3")]),
+            entries: set(&[("a", "1"), ("b", "2"), ("c", "3")])
+                .into_iter()
+                .map(|(k, v)| (Arc::from(k), v))
+                .collect(),
         };
         let d = mine.diff(&set(&[("b", "2"), ("c", "9"), ("z", "5")]));
         assert_eq!(d.only_here, ["a"]);

@@ -726,9 +726,9 @@ expires = "2h"
     for entry in loaded.entries.iter() {
         let last = (anchor - chrono::Duration::hours(1)).timestamp_millis();
         let _: () = redis::pipe()
-            .hset("beatd:last_run", &entry.name, last)
-            .hset("beatd:run_count", &entry.name, 1)
-            .hset("beatd:fingerprint", &entry.name, entry.fingerprint())
+            .hset("beatd:last_run", &*entry.name, last)
+            .hset("beatd:run_count", &*entry.name, 1)
+            .hset("beatd:fingerprint", &*entry.name, entry.fingerprint())
             .query(&mut c)
             .expect("seed state");
     }

@@ -5,6 +5,8 @@
 
 /// Connection: outages and reconnection, timeouts, passwords, server config warnings.
 mod conn;
+/// The controls' doorbell: a submit rings the leader, across a server restart.
+mod controls;
 /// Emission and state: exactly once per (entry, fire time), queues, bytes, namespaces.
 mod emit;
 /// Two replicas racing, one paused past its TTL: exactly once, no gap.

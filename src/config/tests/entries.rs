@@ -50,7 +50,7 @@ fn defaults_apply_and_entries_override_them() {
         panic!("{:?}", s.entries)
     };
 
-    assert_eq!(nightly.name, "nightly");
+    assert_eq!(&*nightly.name, "nightly");
     assert_eq!(&*nightly.task, "reports.generate");
     assert_eq!(
         nightly.timezone,

@@ -69,7 +69,7 @@ fn a_directory_is_read_in_name_order_and_non_toml_files_are_skipped() {
     std::fs::write(dir.path().join("notes.txt"), "not toml").unwrap();
     std::fs::create_dir(dir.path().join("sub.toml")).unwrap();
     let s = load_schedules(&[dir.path().to_owned()], NOW).unwrap();
-    let names: Vec<_> = s.entries.iter().map(|e| e.name.as_str()).collect();
+    let names: Vec<_> = s.entries.iter().map(|e| &*e.name).collect();
     assert_eq!(names, ["from-a", "from-b"]);
 }
 

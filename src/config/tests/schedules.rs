@@ -407,7 +407,7 @@ fn the_app_wide_zone_applies_where_file_and_entry_set_none() {
     let zone = |n: &str| {
         s.entries
             .iter()
-            .find(|e| e.name == n)
+            .find(|e| *e.name == *n)
             .unwrap()
             .timezone
             .name()
@@ -420,7 +420,7 @@ fn the_app_wide_zone_applies_where_file_and_entry_set_none() {
     assert_eq!(
         utc.entries
             .iter()
-            .find(|e| e.name == "plain")
+            .find(|e| &*e.name == "plain")
             .unwrap()
             .timezone,
         crate::schedule::Tz::UTC

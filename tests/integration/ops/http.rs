@@ -262,7 +262,7 @@ fn readme_metrics_table_lists_exactly_the_exported_metrics() {
     let labels = |pairs: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
         pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
     };
-    m.count_sent("e");
+    m.count_sent(&"e".into());
     let _ = m
         .worker_tasks
         .get_or_create(&labels(&[("task", "t"), ("state", "success")]));
