@@ -29,14 +29,6 @@ pub struct Entry {
     pub kwargs: Arc<Map<String, Value>>,
     /// Destination queue (default `celery`); shared between entries of the same queue.
     pub queue: Arc<str>,
-    /// Routing key written in `delivery_info`; the queue name when unset.
-    pub routing_key: Option<Box<str>>,
-    /// Exchange written in `delivery_info`; `""` (the direct default) when unset.
-    pub exchange: Option<Box<str>>,
-    /// kombu Redis priority 0–9 (0 runs first).
-    pub priority: Option<u8>,
-    /// The message expires this long after its scheduled fire time.
-    pub expires: Option<Duration>,
     /// Extra Celery headers copied into every message (shared when empty).
     pub headers: Arc<Map<String, Value>>,
     /// The fixed offset drawn from a hash of the name (already resolved from the `jitter` bound).
@@ -52,16 +44,41 @@ pub struct Entry {
     /// Longest a run without a final state holds back the next (`overlap_timeout`): a lost
     /// result must not block the entry forever.
     pub overlap_timeout: Duration,
+    /// What few entries set (routing, priority, expiry, a time window, a description):
+    /// `None` when the entry sets none of it, so the common entry stays small (a beat keeps
+    /// every entry in memory; inline, these took a third of each).
+    pub rare: Option<Box<Rare>>,
+    /// Where the entry was defined, for messages and `status`.
+    pub source: Option<SourceRef>,
+    /// `protocol = "rq"`: the entry enqueues an RQ job instead of sending a Celery message.
+    pub rq: Option<Box<RqTarget>>,
+}
+
+/// The settings of an [`Entry`] that few entries use ([`Entry::rare`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rare {
+    /// Routing key written in `delivery_info`; the queue name when unset.
+    pub routing_key: Option<Box<str>>,
+    /// Exchange written in `delivery_info`; `""` (the direct default) when unset.
+    pub exchange: Option<Box<str>>,
+    /// kombu Redis priority 0–9 (0 runs first).
+    pub priority: Option<u8>,
+    /// The message expires this long after its scheduled fire time.
+    pub expires: Option<Duration>,
     /// No fire time before this instant.
     pub start_at: Option<DateTime<Utc>>,
     /// No fire time after this instant.
     pub end_at: Option<DateTime<Utc>>,
     /// Free text for people.
     pub description: Option<Box<str>>,
-    /// Where the entry was defined, for messages and `status`.
-    pub source: Option<SourceRef>,
-    /// `protocol = "rq"`: the entry enqueues an RQ job instead of sending a Celery message.
-    pub rq: Option<Box<RqTarget>>,
+}
+
+impl Rare {
+    /// Boxed, or `None` when nothing is set.
+    #[must_use]
+    pub fn boxed(self) -> Option<Box<Self>> {
+        (self != Self::default()).then(|| Box::new(self))
+    }
 }
 
 /// What an RQ entry enqueues besides its function (`task`), arguments and queue.
@@ -148,6 +165,48 @@ pub fn shared_table(table: Map<String, Value>) -> Arc<Map<String, Value>> {
 const EPSILON: TimeDelta = TimeDelta::nanoseconds(1);
 
 impl Entry {
+    /// Routing key written in `delivery_info`; the queue name when unset.
+    #[must_use]
+    pub fn routing_key(&self) -> Option<&str> {
+        self.rare.as_ref()?.routing_key.as_deref()
+    }
+
+    /// Exchange written in `delivery_info`; `""` (the direct default) when unset.
+    #[must_use]
+    pub fn exchange(&self) -> Option<&str> {
+        self.rare.as_ref()?.exchange.as_deref()
+    }
+
+    /// kombu Redis priority 0–9 (0 runs first).
+    #[must_use]
+    pub fn priority(&self) -> Option<u8> {
+        self.rare.as_ref()?.priority
+    }
+
+    /// The message expires this long after its scheduled fire time.
+    #[must_use]
+    pub fn expires(&self) -> Option<Duration> {
+        self.rare.as_ref()?.expires
+    }
+
+    /// No fire time before this instant.
+    #[must_use]
+    pub fn start_at(&self) -> Option<DateTime<Utc>> {
+        self.rare.as_ref()?.start_at
+    }
+
+    /// No fire time after this instant.
+    #[must_use]
+    pub fn end_at(&self) -> Option<DateTime<Utc>> {
+        self.rare.as_ref()?.end_at
+    }
+
+    /// Free text for people.
+    #[must_use]
+    pub fn description(&self) -> Option<&str> {
+        self.rare.as_ref()?.description.as_deref()
+    }
+
     /// The fingerprint of what decides an entry's fire times. A different fingerprint means the
     /// schedule changed, so the old last run must not trigger a catch-up of the new schedule.
     #[must_use]
@@ -181,12 +240,12 @@ impl Entry {
         }
         let offset = self.offset();
         let mut from = after;
-        if let Some(start) = self.start_at.and_then(|s| s.checked_sub_signed(EPSILON)) {
+        if let Some(start) = self.start_at().and_then(|s| s.checked_sub_signed(EPSILON)) {
             from = from.max(start);
         }
         let base = self.schedule.next_after(from.checked_sub_signed(offset)?)?;
         let fire = base.checked_add_signed(offset)?;
-        self.end_at.is_none_or(|end| fire <= end).then_some(fire)
+        self.end_at().is_none_or(|end| fire <= end).then_some(fire)
     }
 
     /// The last fire time at or before `t` (jitter and windows applied); `None` if disabled.
@@ -196,12 +255,12 @@ impl Entry {
             return None;
         }
         let offset = self.offset();
-        let to = self.end_at.map_or(t, |end| end.min(t));
+        let to = self.end_at().map_or(t, |end| end.min(t));
         let base = self
             .schedule
             .latest_at_or_before(to.checked_sub_signed(offset)?)?;
         let fire = base.checked_add_signed(offset)?;
-        self.start_at
+        self.start_at()
             .is_none_or(|start| fire >= start)
             .then_some(fire)
     }

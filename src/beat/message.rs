@@ -35,25 +35,25 @@ pub fn task_message(entry: &Entry, at: DateTime<Utc>, epoch: u64, origin: &str) 
     let mut headers = (*entry.headers).clone();
     headers.extend(beatd_headers(&entry.name, at, epoch));
     let expires = entry
-        .expires
+        .expires()
         .and_then(|e| chrono::Duration::from_std(e).ok())
         .map(|e| at + e);
     let mut msg = TaskMessage::new(&*entry.task)
         .args(entry.args.to_vec())
         .kwargs((*entry.kwargs).clone())
         .queue(&*entry.queue)
-        .priority(entry.priority)
+        .priority(entry.priority())
         .expires(expires)
         // celery beat sends through apply_async for registered tasks: ignore_result false.
         .ignore_result(Some(false))
         .origin(origin)
         .beat(true)
         .headers(headers);
-    if let Some(key) = &entry.routing_key {
-        msg = msg.routing_key(key.clone());
+    if let Some(key) = entry.routing_key() {
+        msg = msg.routing_key(key);
     }
-    if let Some(exchange) = &entry.exchange {
-        msg = msg.exchange(exchange.clone());
+    if let Some(exchange) = entry.exchange() {
+        msg = msg.exchange(exchange);
     }
     msg
 }
@@ -76,7 +76,7 @@ pub fn rq_job(entry: &Entry, rq: &RqTarget, at: DateTime<Utc>, epoch: u64) -> Rq
     job.result_ttl = rq.result_ttl;
     job.ttl = rq.ttl;
     job.failure_ttl = rq.failure_ttl;
-    job.description = entry.description.as_deref().map(str::to_owned);
+    job.description = entry.description().map(str::to_owned);
     job.meta = meta;
     job.serializer = match rq.serializer {
         RqSerializer::Pickle => crate::protocol::RqSerializer::Pickle,

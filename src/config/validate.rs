@@ -243,26 +243,29 @@ fn entry(
         } else {
             "celery"
         })),
-        routing_key: e
-            .routing_key
-            .as_ref()
-            .map(Spanned::get_ref)
-            .or(defaults.routing_key.as_ref())
-            .map(|v| v.as_str().into()),
-        exchange: e
-            .exchange
-            .as_ref()
-            .map(Spanned::get_ref)
-            .or(defaults.exchange.as_ref())
-            .map(|v| v.as_str().into()),
-        priority,
-        expires,
+        rare: crate::entry::Rare {
+            routing_key: e
+                .routing_key
+                .as_ref()
+                .map(Spanned::get_ref)
+                .or(defaults.routing_key.as_ref())
+                .map(|v| v.as_str().into()),
+            exchange: e
+                .exchange
+                .as_ref()
+                .map(Spanned::get_ref)
+                .or(defaults.exchange.as_ref())
+                .map(|v| v.as_str().into()),
+            priority,
+            expires,
+            start_at,
+            end_at,
+            description: e.description.as_ref().map(|v| v.get_ref().as_str().into()),
+        }
+        .boxed(),
         headers: crate::entry::shared_table(headers),
         catch_up: catch_up.unwrap_or_default(),
         enabled,
-        start_at,
-        end_at,
-        description: e.description.as_ref().map(|v| v.get_ref().as_str().into()),
         source: Some(SourceRef {
             path: source.clone(),
             line: file.line_of(header.start),

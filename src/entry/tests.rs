@@ -16,10 +16,7 @@ fn entry(schedule: Schedule) -> Entry {
         args: Vec::new().into(),
         kwargs: Map::new().into(),
         queue: "celery".into(),
-        routing_key: None,
-        exchange: None,
-        priority: None,
-        expires: None,
+        rare: None,
         headers: Map::new().into(),
         jitter_offset: Duration::ZERO,
         catch_up: CatchUp::Latest,
@@ -27,9 +24,6 @@ fn entry(schedule: Schedule) -> Entry {
         enabled: true,
         overlap: crate::entry::Overlap::Allow,
         overlap_timeout: crate::entry::DEFAULT_OVERLAP_TIMEOUT,
-        start_at: None,
-        end_at: None,
-        description: None,
         source: None,
         rq: None,
     }
@@ -86,8 +80,12 @@ fn disabled_entries_never_fire() {
 #[test]
 fn start_and_end_bound_the_fire_times_inclusively() {
     let mut e = hourly();
-    e.start_at = Some(utc("2026-11-23T12:00:00Z"));
-    e.end_at = Some(utc("2026-11-23T14:00:00Z"));
+    e.rare = crate::entry::Rare {
+        start_at: Some(utc("2026-11-23T12:00:00Z")),
+        end_at: Some(utc("2026-11-23T14:00:00Z")),
+        ..Default::default()
+    }
+    .boxed();
     assert_eq!(
         e.next_fire_after(utc("2026-11-23T09:10:00Z")),
         Some(utc("2026-11-23T12:00:00Z"))
@@ -167,7 +165,11 @@ fn catch_up_after_downtime_with_simulated_instants() {
         .missed_fires(last, utc("2026-11-23T07:00:06.999Z"))
         .is_empty());
     // end_at stops catch-up too.
-    e.end_at = Some(utc("2026-11-23T08:30:00Z"));
+    e.rare = crate::entry::Rare {
+        end_at: Some(utc("2026-11-23T08:30:00Z")),
+        ..Default::default()
+    }
+    .boxed();
     assert_eq!(e.missed_fires(last, now), [utc("2026-11-23T08:00:07Z")]);
 }
 

@@ -34,32 +34,36 @@ fn fnv(bytes: &[u8]) -> u64 {
     })
 }
 
+/// A fingerprint as published: 16 lower-case hex digits.
+fn hex(fp: u64) -> String {
+    format!("{fp:016x}")
+}
+
 /// A schedule set, by entry: what decides when and what each sends.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ScheduleSet {
     /// One id for the whole set.
     pub id: String,
-    /// Entry name (shared with the entry) → fingerprint of its schedule, task and queue.
-    pub entries: BTreeMap<Arc<str>, String>,
+    /// Entry name (shared with the entry) → fingerprint of its schedule, task and queue
+    /// (published as 16 hex digits; kept as the number, a third of the memory).
+    pub entries: BTreeMap<Arc<str>, u64>,
 }
 
 impl ScheduleSet {
     /// The set of `entries`.
     #[must_use]
     pub fn of(entries: &[Entry]) -> Self {
-        let entries: BTreeMap<Arc<str>, String> = entries
+        let entries: BTreeMap<Arc<str>, u64> = entries
             .iter()
             .map(|e| {
                 let what = format!("{}|{}|{}", e.fingerprint(), e.task, e.queue);
-                (e.name.clone(), format!("{:016x}", fnv(what.as_bytes())))
+                (e.name.clone(), fnv(what.as_bytes()))
             })
             .collect();
         let mut all = String::new();
         for (name, fp) in &entries {
-            all.push_str(name);
-            all.push('=');
-            all.push_str(fp);
-            all.push('\n');
+            use std::fmt::Write;
+            let _ = writeln!(all, "{name}={}", hex(*fp));
         }
         Self {
             id: format!("{:016x}", fnv(all.as_bytes())),
@@ -74,7 +78,7 @@ impl ScheduleSet {
         for (name, fp) in &self.entries {
             match leader.get(&**name) {
                 None => d.only_here.push(name.to_string()),
-                Some(theirs) if theirs != fp => d.changed.push(name.to_string()),
+                Some(theirs) if *theirs != hex(*fp) => d.changed.push(name.to_string()),
                 Some(_) => {}
             }
         }
@@ -170,11 +174,8 @@ impl Fleet {
     pub async fn publish(&self, set: &ScheduleSet, me: &str) -> Result<(), Error> {
         let k = &self.keys;
         let ttl = u64::try_from(PUBLISHED_TTL.as_millis()).unwrap_or(u64::MAX);
-        let fields: Vec<(&str, &str)> = set
-            .entries
-            .iter()
-            .map(|(k, v)| (&**k, v.as_str()))
-            .collect();
+        let fields: Vec<(&str, String)> =
+            set.entries.iter().map(|(k, v)| (&**k, hex(*v))).collect();
         let id = format!("{} {me}", set.id);
         self.conn
             .run(|mut c| async move {
@@ -405,12 +406,17 @@ mod tests {
     fn the_diff_names_entries_on_each_side_and_those_defined_differently() {
         let mine = ScheduleSet {
             id: "x".into(),
-            entries: set(&[("a", "1"), ("b", "2"), ("c", "3")])
+            entries: [("a", 1), ("b", 2), ("c", 3)]
                 .into_iter()
                 .map(|(k, v)| (Arc::from(k), v))
                 .collect(),
         };
-        let d = mine.diff(&set(&[("b", "2"), ("c", "9"), ("z", "5")]));
+        let leader = |pairs: &[(&str, u64)]| {
+            let hexed: Vec<(&str, String)> = pairs.iter().map(|(k, v)| (*k, hex(*v))).collect();
+            let refs: Vec<(&str, &str)> = hexed.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            set(&refs)
+        };
+        let d = mine.diff(&leader(&[("b", 2), ("c", 9), ("z", 5)]));
         assert_eq!(d.only_here, ["a"]);
         assert_eq!(d.only_leader, ["z"]);
         assert_eq!(d.changed, ["c"]);

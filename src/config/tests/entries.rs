@@ -82,11 +82,11 @@ fn defaults_apply_and_entries_override_them() {
     );
     assert_eq!(&*nightly.queue, "reports");
     assert_eq!(
-        (nightly.routing_key.as_deref(), nightly.exchange.as_deref()),
+        (nightly.routing_key(), nightly.exchange()),
         (Some("rk"), Some("ex"))
     );
-    assert_eq!(nightly.priority, Some(3));
-    assert_eq!(nightly.expires, Some(Duration::from_secs(600)));
+    assert_eq!(nightly.priority(), Some(3));
+    assert_eq!(nightly.expires(), Some(Duration::from_secs(600)));
     assert_eq!(
         json!(*nightly.headers),
         json!({"team": "ops", "tier": "platinum"})
@@ -99,9 +99,9 @@ fn defaults_apply_and_entries_override_them() {
     assert_eq!(nightly.catch_up_window, Duration::from_secs(7200));
     assert!(nightly.enabled);
     // Civil datetimes are read in the entry's zone (CEST, then CET).
-    assert_eq!(nightly.start_at, Some(at("2026-05-31T22:00:00Z")));
-    assert_eq!(nightly.end_at, Some(at("2026-12-31T23:00:00Z")));
-    assert_eq!(nightly.description.as_deref(), Some("the nightly report"));
+    assert_eq!(nightly.start_at(), Some(at("2026-05-31T22:00:00Z")));
+    assert_eq!(nightly.end_at(), Some(at("2026-12-31T23:00:00Z")));
+    assert_eq!(nightly.description(), Some("the nightly report"));
     let source = nightly.source.as_ref().unwrap();
     assert_eq!((source.path.to_str(), source.line), (Some("full.toml"), 11));
 
@@ -111,13 +111,13 @@ fn defaults_apply_and_entries_override_them() {
     };
     assert_eq!(heartbeat.schedule, every);
     assert_eq!(heartbeat.timezone, crate::schedule::Tz::UTC);
-    assert_eq!((&*heartbeat.queue, heartbeat.priority), ("fast", Some(0)));
+    assert_eq!((&*heartbeat.queue, heartbeat.priority()), ("fast", Some(0)));
     assert_eq!(heartbeat.catch_up, CatchUp::None);
     assert_eq!(
         heartbeat.catch_up_window,
         schedule::default_catch_up_window(&every)
     );
-    assert_eq!(heartbeat.start_at, Some(at("2026-06-01T00:00:00Z")));
+    assert_eq!(heartbeat.start_at(), Some(at("2026-06-01T00:00:00Z")));
     assert!(!heartbeat.enabled);
 }
 
@@ -142,15 +142,15 @@ fn bare_entries_get_the_documented_defaults() {
         (crate::schedule::Tz::UTC, "celery")
     );
     assert_eq!(
-        (e.routing_key.as_ref(), e.exchange.as_ref(), e.priority),
+        (e.routing_key(), e.exchange(), e.priority()),
         (None, None, None)
     );
-    assert_eq!((e.expires, e.jitter_offset), (None, Duration::ZERO));
+    assert_eq!((e.expires(), e.jitter_offset), (None, Duration::ZERO));
     assert_eq!(e.catch_up, CatchUp::Latest);
     assert_eq!(e.catch_up_window, Duration::from_secs(3600));
     assert!(e.enabled && e.args.is_empty() && e.kwargs.is_empty() && e.headers.is_empty());
     assert_eq!(
-        (e.start_at, e.end_at, e.description.as_ref()),
+        (e.start_at(), e.end_at(), e.description()),
         (None, None, None)
     );
 }
