@@ -744,17 +744,20 @@ pub fn start_ping_answer(d: &Daemon, conn: RedisConn, node: String) {
     ));
 }
 
-/// Readiness from a background PING every 2 s.
+/// Readiness from Redis's answers, looked at every 2 s: a background `PING` when no other
+/// command got a reply in that time (a leader's renewals and polls usually did).
 pub fn redis_ready(conn: RedisConn, d: &Daemon) -> http::ReadyFn {
+    const EVERY: Duration = Duration::from_secs(2);
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     let stop = d.signals.graceful.clone();
     d.tracker.spawn(async move {
         loop {
-            f.store(conn.check().await.is_ok(), Ordering::Relaxed);
+            let ok = conn.answered_within(EVERY) || conn.check().await.is_ok();
+            f.store(ok, Ordering::Relaxed);
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                () = tokio::time::sleep(EVERY) => {}
             }
         }
     });

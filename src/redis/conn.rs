@@ -71,6 +71,9 @@ struct Inner {
     /// `WAIT` after each write the beat acts on ([`RedisConn::run_replicated`]).
     wait: Option<WaitReplicas>,
     state: Mutex<ConnState>,
+    /// When a command last got a reply on a live connection; `None` after the connection
+    /// was lost. Readiness needs no `PING` of its own while other commands answer.
+    answered: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Where connections go: one fixed Redis, or the master the Sentinels name at the time.
@@ -144,6 +147,7 @@ impl RedisConn {
             opts,
             wait: url.wait(),
             state: Mutex::new(ConnState::default()),
+            answered: std::sync::Mutex::new(None),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -459,6 +463,9 @@ impl RedisConn {
             },
             Err(e) => Err(e),
         };
+        if result.is_ok() {
+            self.note_answer(true);
+        }
         match result {
             Ok((v, None)) => Ok(v),
             Ok((_, Some((acked, w)))) if acked < i64::from(w.replicas) => {
@@ -473,6 +480,7 @@ impl RedisConn {
             Err(e) => {
                 let not_master = self.is_sentinel() && sentinel::means_not_master(&e);
                 if e.is_io_error() || e.is_timeout() || e.is_unrecoverable_error() || not_master {
+                    self.note_answer(false);
                     let mut st = self.inner.state.lock().await;
                     if st.generation == generation && st.conn.is_some() {
                         // The next call reconnects at once; backoff starts if that fails.
@@ -486,6 +494,26 @@ impl RedisConn {
                 Err(self.classify(Arc::new(e), false))
             }
         }
+    }
+
+    fn note_answer(&self, answered: bool) {
+        *self
+            .inner
+            .answered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            answered.then(tokio::time::Instant::now);
+    }
+
+    /// Whether a command got a reply within the last `d` and the connection has not been
+    /// lost since.
+    #[must_use]
+    pub fn answered_within(&self, d: Duration) -> bool {
+        self.inner
+            .answered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < d)
     }
 
     /// `connecting`: a timeout while connecting means the host is unreachable, not slow.
