@@ -1,7 +1,7 @@
 //! The leader's side of the runtime controls ([`crate::control`]): it looks at the queued
 //! requests when the store's [`Doorbell`] rings and polls them every [`POLL`] while it
-//! cannot hear it (or has counts to write), every [`IDLE_POLL`] otherwise; it answers each (pause, resume, trigger, backfill), keeps paused
-//! entries from sending, and counts every fire time not sent by reason. Hooks into the loop
+//! cannot hear it (or has counts to write), every [`IDLE_POLL`] otherwise; it answers each
+//! (pause, resume, trigger, backfill), keeps paused entries from sending, and counts every fire time not sent by reason. Hooks into the loop
 //! are small: [`Beat::control_turn`] each poll, [`Beat::hold_paused`] on due fires, and
 //! [`Beat::control_replan`] at each plan.
 //!
@@ -102,8 +102,8 @@ impl Controls {
         self.local().last_poll = None;
     }
 
-    /// When the loop must wake next for the controls, at `now` (`wall` on the clock) with
-    /// `bell` heard or not: soon while counts wait to be written, a buffered fire waits for
+    /// When the loop must wake next for the controls, at `now` (`wall` on the clock), with
+    /// the doorbell heard (`bell_heard`) or not: soon while counts wait to be written, a buffered fire waits for
     /// its run, or requests cannot be heard; otherwise at the fallback poll, or when the
     /// first pause ends.
     #[must_use]
