@@ -1,9 +1,9 @@
 //! The leader's side of the runtime controls ([`crate::control`]): it looks at the queued
 //! requests when the store's [`Doorbell`] rings and polls them every [`POLL`] while it
 //! cannot hear it (or has counts to write), every [`IDLE_POLL`] otherwise; it answers each
-//! (pause, resume, trigger, backfill), keeps paused entries from sending, and counts every fire time not sent by reason. Hooks into the loop
-//! are small: [`Beat::control_turn`] each poll, [`Beat::hold_paused`] on due fires, and
-//! [`Beat::control_replan`] at each plan.
+//! (pause, resume, trigger, backfill), keeps paused entries from sending, and counts every
+//! fire time not sent by reason. Hooks into the loop are small: [`Beat::control_turn`] each
+//! poll, [`Beat::hold_paused`] on due fires, and [`Beat::control_replan`] at each plan.
 //!
 //! Every send goes through the same fenced [`crate::emit::Emitter::emit`] as a regular fire.
 //! A trigger is recorded under a key of its own per request, a backfilled fire time under one
