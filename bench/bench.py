@@ -140,6 +140,7 @@ def client_ping(port, start, end, pause, pipe):
     pipe.send("ready")
     sleep_until(start)
     rtts = []
+    waited0 = run_delay_s("self")
     while True:
         t0 = clk.now()
         if t0 > end:
@@ -149,7 +150,17 @@ def client_ping(port, start, end, pause, pipe):
         rtts.append((t0, clk.now() - t0))
         if pause:
             time.sleep(pause)
-    pipe.send({"rtts": rtts})
+    pipe.send({"rtts": rtts, "own_run_delay_s": run_delay_s("self") - waited0})
+
+
+def run_delay_s(pid):
+    """How long the process has waited, runnable, for a CPU (the kernel's schedstat): a round
+    trip that is long while this grows was the machine's scheduling, not Redis's work."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 class ListWatch:
@@ -196,6 +207,14 @@ class Bench:
              "--appendonly", "no", "--dir", self.tmp],
             stdout=subprocess.DEVNULL,
         )
+        # `--redis-cpu`: Redis alone on one CPU and every other process of the run (beatd,
+        # its peers, the clients) on the others, as a production Redis has a host of its own:
+        # on a 2-core machine an unpinned Redis is preempted by the very clients measuring it.
+        if args.redis_cpu is not None:
+            others = os.sched_getaffinity(0) - {args.redis_cpu}
+            os.sched_setaffinity(self.redis_p.pid, {args.redis_cpu})
+            os.sched_setaffinity(0, others)
+        self.redis_cpu = args.redis_cpu
         self.r = redis.Redis(port=self.port)
         for _ in range(200):
             try:
@@ -580,7 +599,9 @@ class Bench:
         self.r.execute_command("LATENCY", "RESET")
         sleep_until(fire - 0.3)
         before = proc_stats(p.pid)
+        redis_waited = run_delay_s(self.redis_p.pid)
         got = cl.collect(fire + bound + 10)
+        redis_waited = run_delay_s(self.redis_p.pid) - redis_waited
         after = proc_stats(p.pid)
         slow = [e for e in self.r.slowlog_get(100000) if fire - 1 <= e["start_time"] <= fire + 3]
         worst_cmd = max(slow, key=lambda e: e["duration"], default=None)
@@ -605,6 +626,8 @@ class Bench:
             row["brpop_first_ms"] = (round((b["reply"] - fire) * 1000, 2)
                                      if b.get("reply") else None)
         row["ping"] = ping_stats(got.get("ping"), fire)
+        row["redis_cpu"] = self.redis_cpu
+        row["redis_run_delay_ms"] = round(redis_waited * 1000, 2)
         row["slowlog_calls_over_1ms"] = len(slow)
         row["slowlog_max_ms"] = round(worst_cmd["duration"] / 1000, 2) if worst_cmd else 0.0
         row["slowlog_max_cmd"] = (worst_cmd["command"].split(b" ")[0].decode(errors="replace")
@@ -1088,6 +1111,7 @@ def ping_stats(got, fire):
         "p99_ms": round(pct(vals, 99) * 1000, 3),
         "p50_ms": round(pct(vals, 50) * 1000, 3),
         "max_before_fire_ms": round(max(pre) * 1000, 2) if pre else None,
+        "own_run_delay_ms": round(got.get("own_run_delay_s", 0.0) * 1000, 2),
     }
 
 
@@ -1329,6 +1353,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default=ALL_SECTIONS)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--redis-cpu", type=int, default=None,
+                    help="pin redis-server to this CPU and everything else to the others")
     ap.add_argument("--beatd-only", action="store_true",
                     help="emission: measure beatd only (e.g. BENCH_BEATD=<older build>)")
     args = ap.parse_args()
@@ -1337,7 +1363,9 @@ def main():
     b.results["machine"] = machine()
     b.results["versions"] = versions()
     b.results["command"] = ("bench/run.sh" + (" --quick" if args.quick else "")
-                            + (f" --only {args.only}" if args.only != ALL_SECTIONS else ""))
+                            + (f" --only {args.only}" if args.only != ALL_SECTIONS else "")
+                            + (f" --redis-cpu {args.redis_cpu}" if args.redis_cpu is not None
+                               else ""))
     b.results["started"] = started.isoformat(timespec="seconds")
     try:
         for part in args.only.split(","):

@@ -35,10 +35,18 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::sync::Mutex;
 
-static INTENT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/amqp_intent.lua")));
-static SENT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/amqp_sent.lua")));
+static INTENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/listpack.lua"),
+        include_str!("scripts/amqp_intent.lua")
+    ))
+});
+static SENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/listpack.lua"),
+        include_str!("scripts/amqp_sent.lua")
+    ))
+});
 
 /// How the AMQP emitter declares and publishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,30 +325,37 @@ impl AmqpEmitter {
                 msg: String::from_utf8_lossy(&f.payload).into_owned(),
             })
             .collect();
-        let mut inv = INTENT.prepare_invoke();
-        inv.key(&self.keys.leader)
-            .key(&self.keys.last_run)
-            .key(&self.keys.amqp_intents)
-            .arg(token);
-        for i in &intents {
-            inv.arg(&i.entry)
-                .arg(i.at)
-                .arg(Intent::field(&i.entry, i.at))
-                .arg(serde_json::to_string(i).unwrap_or_default());
-        }
-        let reply: Vec<Value> = self
-            .redis
-            .run(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await?;
-        let outcomes = match reply.as_slice() {
-            [Value::Int(0)] => return Err(store::Error::LeaseLost),
-            [Value::Int(1), Value::BulkString(o)] if o.len() == fires.len() => o.clone(),
-            _ => {
-                return Err(store::Error::Unavailable(
-                    format!("unexpected reply from amqp_intent.lua: {reply:?}").into(),
-                ))
+        // The script may take only the first fires (small listpacks): send the rest again.
+        let mut outcomes: Vec<u8> = Vec::with_capacity(intents.len());
+        while outcomes.len() < intents.len() {
+            let rest = &intents[outcomes.len()..];
+            let mut inv = INTENT.prepare_invoke();
+            inv.key(&self.keys.leader)
+                .key(&self.keys.last_run)
+                .key(&self.keys.amqp_intents)
+                .arg(token);
+            for i in rest {
+                inv.arg(&i.entry)
+                    .arg(i.at)
+                    .arg(Intent::field(&i.entry, i.at))
+                    .arg(serde_json::to_string(i).unwrap_or_default());
             }
-        };
+            let reply: Vec<Value> = self
+                .redis
+                .run(|mut c| async move { inv.invoke_async(&mut c).await })
+                .await?;
+            match reply.as_slice() {
+                [Value::Int(0)] => return Err(store::Error::LeaseLost),
+                [Value::Int(1), Value::BulkString(o)] if (1..=rest.len()).contains(&o.len()) => {
+                    outcomes.extend_from_slice(o);
+                }
+                _ => {
+                    return Err(store::Error::Unavailable(
+                        format!("unexpected reply from amqp_intent.lua: {reply:?}").into(),
+                    ))
+                }
+            }
+        }
         // A pending intent keeps its first message (and task id): read those back.
         let fields: Vec<String> = intents
             .iter()
@@ -375,33 +390,41 @@ impl AmqpEmitter {
     }
 
     async fn mark_sent(&self, token: &str, sent: &[Intent]) -> Result<(), store::Error> {
-        if sent.is_empty() {
-            return Ok(());
+        // The script may take only the first fires (small listpacks): send the rest again.
+        let mut rest = sent;
+        while !rest.is_empty() {
+            let mut inv = SENT.prepare_invoke();
+            inv.key(&self.keys.leader)
+                .key(&self.keys.last_run)
+                .key(&self.keys.run_count)
+                .key(&self.keys.fingerprint)
+                .key(&self.keys.amqp_intents)
+                .arg(token);
+            for i in rest {
+                inv.arg(&i.entry)
+                    .arg(i.at)
+                    .arg(&i.fp)
+                    .arg(Intent::field(&i.entry, i.at));
+            }
+            let reply: Vec<Value> = self
+                .redis
+                .run(|mut c| async move { inv.invoke_async(&mut c).await })
+                .await?;
+            match reply.as_slice() {
+                [Value::Int(1), Value::Int(n)]
+                    if usize::try_from(*n).is_ok_and(|n| (1..=rest.len()).contains(&n)) =>
+                {
+                    rest = &rest[usize::try_from(*n).unwrap_or(rest.len())..];
+                }
+                [Value::Int(0)] => return Err(store::Error::LeaseLost),
+                _ => {
+                    return Err(store::Error::Unavailable(
+                        format!("unexpected reply from amqp_sent.lua: {reply:?}").into(),
+                    ))
+                }
+            }
         }
-        let mut inv = SENT.prepare_invoke();
-        inv.key(&self.keys.leader)
-            .key(&self.keys.last_run)
-            .key(&self.keys.run_count)
-            .key(&self.keys.fingerprint)
-            .key(&self.keys.amqp_intents)
-            .arg(token);
-        for i in sent {
-            inv.arg(&i.entry)
-                .arg(i.at)
-                .arg(&i.fp)
-                .arg(Intent::field(&i.entry, i.at));
-        }
-        let reply: Vec<Value> = self
-            .redis
-            .run(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await?;
-        match reply.as_slice() {
-            [Value::Int(1)] => Ok(()),
-            [Value::Int(0)] => Err(store::Error::LeaseLost),
-            _ => Err(store::Error::Unavailable(
-                format!("unexpected reply from amqp_sent.lua: {reply:?}").into(),
-            )),
-        }
+        Ok(())
     }
 
     /// Publishes `intents` under `lease` (margin first) and records them as sent.

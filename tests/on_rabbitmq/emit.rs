@@ -185,3 +185,55 @@ async fn an_unroutable_publish_is_an_error_counted_and_kept_until_confirmed() {
     let intents: usize = r.hlen("beatd:amqp_intents").unwrap();
     assert_eq!(intents, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_hashes_are_small_listpacks_a_round_goes_in_parts_each_fire_once() {
+    let url = vhost();
+    let (server, conn) = redis().await;
+    let (_l, lease) = lease(&conn, Duration::from_secs(30)).await;
+    let (em, metrics) = emitter(&url, &conn, AmqpOptions::default());
+    // A fresh namespace: the last runs are a listpack, so the intents and the sent marks of
+    // one round of 400 take several script calls; every fire still goes exactly once.
+    let fires: Vec<Fire> = (0..400)
+        .map(|i| fire(&format!("e{i:03}"), 1_000, "q1"))
+        .collect();
+    let mut r = raw(&server);
+    let calls = |r: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("commandstats").query(r).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    // Both scripts once, so that counting calls does not count a first NOSCRIPT.
+    let warm = fire("warm", 500, "q1");
+    em.emit(&lease, std::slice::from_ref(&warm)).await.unwrap();
+    let before = calls(&mut r);
+    let outcomes = em.emit(&lease, &fires).await.unwrap();
+    assert!(outcomes.iter().all(|o| *o == EmitOutcome::Sent));
+    assert!(
+        calls(&mut r) - before > 2,
+        "one call for the intents and one for sent"
+    );
+    let (_c, ch) = channel(&url).await;
+    let mut got: Vec<String> = drain(&ch, "q1").await.iter().map(task_id).collect();
+    got.sort();
+    let mut want: Vec<String> = fires.iter().map(|f| f.task_id.clone()).collect();
+    want.push(warm.task_id.clone());
+    want.sort();
+    assert_eq!(got, want);
+    let counts: std::collections::HashMap<String, String> = r.hgetall("beatd:run_count").unwrap();
+    assert_eq!(counts.len(), 1 + 400);
+    assert!(counts.values().all(|c| c == "1"), "{counts:?}");
+    let intents: usize = r.hlen("beatd:amqp_intents").unwrap();
+    assert_eq!(intents, 0);
+    assert_eq!(metrics.amqp_publishes.get(), 1 + 400);
+    // Again: all recorded, nothing published twice.
+    assert!(em
+        .emit(&lease, &fires)
+        .await
+        .unwrap()
+        .iter()
+        .all(|o| *o == EmitOutcome::AlreadySent));
+    assert_eq!(metrics.amqp_publishes.get(), 1 + 400);
+}

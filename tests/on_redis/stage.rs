@@ -398,3 +398,105 @@ async fn settle_records_task_ids_and_first_runs_with_the_runs() {
     assert!(r.values().all(|l| l.fire_at_ms == 3_000), "{r:?}");
     assert_eq!(r["s0"].fingerprint.as_deref(), Some("fp-s0"));
 }
+
+/// Calls of EVALSHA the server has served so far.
+async fn evalsha_calls(conn: &RedisConn) -> u64 {
+    let raw = redis::Client::open(conn_url(conn)).unwrap();
+    let mut c = raw.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+fn entry_of(message: &str) -> String {
+    message.split('"').nth(3).unwrap().to_string()
+}
+
+#[tokio::test]
+async fn while_the_hashes_are_small_listpacks_calls_take_part_and_the_rest_follows_once() {
+    let (_s, conn) = server().await;
+    let lease = acquire(&leader(&conn, 10_000)).await;
+    let em = emitter(&conn);
+    // Every script once, so that counting calls does not count a first NOSCRIPT.
+    let warm = BatchId {
+        epoch: lease.epoch,
+        at_ms: 500,
+    };
+    em.emit(&lease, &[fire("w1", 500, "warm")]).await.unwrap();
+    em.stage(&lease, warm, &[fire("w2", 500, "warm")])
+        .await
+        .unwrap();
+    em.commit(&lease, warm).await.unwrap();
+    em.settle(warm).await.unwrap();
+    // Emission without staging into a namespace that has recorded (almost) nothing: its
+    // hashes are listpacks, so the one chunk of 400 goes in several calls.
+    let direct: Vec<_> = (0..400)
+        .map(|i| fire(&format!("d{i:03}"), 1_000, "celery"))
+        .collect();
+    let before = evalsha_calls(&conn).await;
+    assert!(em
+        .emit(&lease, &direct)
+        .await
+        .unwrap()
+        .iter()
+        .all(|o| *o == Sent));
+    assert!(evalsha_calls(&conn).await - before > 1, "taken in one call");
+    let q: Vec<String> = list(&conn, "celery")
+        .await
+        .iter()
+        .map(|m| entry_of(m))
+        .collect();
+    let mut want: Vec<String> = direct.iter().map(|f| f.entry.to_string()).collect();
+    want.reverse();
+    assert_eq!(q, want, "each once, oldest at BRPOP's end");
+
+    // Staged, with every third fire one already sent: the outcomes of the calls that took
+    // part of the chunk must line up with the fires they took.
+    let batch = BatchId {
+        epoch: lease.epoch,
+        at_ms: 1_000,
+    };
+    let fires: Vec<_> = (0..500)
+        .map(|i| match i % 3 {
+            0 => fire(&format!("d{:03}", i / 3), 1_000, "reports"),
+            _ => fire(&format!("s{i:03}"), 1_000, "reports"),
+        })
+        .collect();
+    let before = evalsha_calls(&conn).await;
+    let outcomes = em.stage(&lease, batch, &fires).await.unwrap();
+    assert!(
+        evalsha_calls(&conn).await - before > 1,
+        "staged in one call"
+    );
+    let want: Vec<EmitOutcome> = (0..500)
+        .map(|i| if i % 3 == 0 { AlreadySent } else { Sent })
+        .collect();
+    assert_eq!(outcomes, want);
+    em.commit(&lease, batch).await.unwrap();
+    em.settle(batch).await.unwrap();
+    let q: Vec<String> = list(&conn, "reports")
+        .await
+        .iter()
+        .map(|m| entry_of(m))
+        .collect();
+    let mut want: Vec<String> = (0..500)
+        .filter(|i| i % 3 != 0)
+        .map(|i| format!("s{i:03}"))
+        .collect();
+    want.reverse();
+    assert_eq!(q, want);
+    let r = runs(&conn).await;
+    assert_eq!(r.len(), 2 + 400 + 333);
+    assert!(
+        r.iter()
+            .all(|(e, l)| e.starts_with('w') || (l.fire_at_ms, l.count) == (1_000, 1)),
+        "{r:?}"
+    );
+    assert!(keys_matching(&conn, "beatd:batch*").await.is_empty());
+}

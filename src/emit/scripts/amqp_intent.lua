@@ -8,13 +8,14 @@
 -- (entry NUL fire_at_ms), intent value.
 -- Returns {0} when the lock does not hold the token (nothing written), else {1, outcomes}
 -- with one character per fire: 'S' to publish (recorded now, or an intent already pending
--- for it, kept as it was), 'A' already sent.
+-- for it, kept as it was), 'A' already sent; for the first fires only while the last runs
+-- are a small listpack (listpack.lua): the caller sends the rest again.
 
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {0}
 end
 
-local n = (#ARGV - 1) / 4
+local n = listpack_allowance((#ARGV - 1) / 4, {{KEYS[2], 1}, {KEYS[3], 1}})
 local last = {}
 local out = {}
 for i = 0, n - 1 do

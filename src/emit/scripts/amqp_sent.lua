@@ -5,13 +5,16 @@
 -- KEYS[1] = {ns}:leader, KEYS[2] = {ns}:last_run, KEYS[3] = {ns}:run_count,
 -- KEYS[4] = {ns}:fingerprint, KEYS[5] = {ns}:amqp_intents.
 -- ARGV[1] = lease token, then 4 values per fire: entry, fire_at_ms, fingerprint, intent field.
--- Returns {0} when the lock does not hold the token (nothing written), else {1}.
+-- Returns {0} when the lock does not hold the token (nothing written), else {1, n}: the first
+-- n fires are recorded (all of them, or fewer while the hashes are small listpacks,
+-- listpack.lua); the caller sends the rest again.
 
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {0}
 end
 
-local n = (#ARGV - 1) / 4
+local n = listpack_allowance((#ARGV - 1) / 4,
+  {{KEYS[2], 2}, {KEYS[3], 1}, {KEYS[4], 1}, {KEYS[5], 1}})
 for i = 0, n - 1 do
   local b = 2 + i * 4
   local e, at = ARGV[b], tonumber(ARGV[b + 1])
@@ -25,4 +28,4 @@ for i = 0, n - 1 do
     end
   end
 end
-return {1}
+return {1, n}

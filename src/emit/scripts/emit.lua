@@ -9,7 +9,9 @@
 -- an RQ job's index is 'r' .. i and its payload msgpack [job id, expire seconds or '', field, value, ...]: the hash
 -- rq:job:<id> is written, the id RPUSHed (as RQ does) and the queue added to rq:queues.
 -- Returns {0} when the lock does not hold the token (nothing written), else
--- {1, outcomes} with outcomes one character per fire: 'S' sent, 'A' already sent.
+-- {1, outcomes} with outcomes one character per fire: 'S' sent, 'A' already sent. While the
+-- entries' hashes are small listpacks it takes only the first fires (listpack.lua) and has
+-- fewer outcomes than fires: the caller sends the rest again.
 --
 -- Speed: a constant number of Redis commands per batch (HMGET, one multi-value LPUSH per
 -- list, multi-field HSETs) instead of five per fire; the per-fire work is plain Lua.
@@ -30,7 +32,7 @@ local function call_chunked(cmd, key, values)
   end
 end
 
-local n = (#argv - 1) / 5
+local n = listpack_allowance((#argv - 1) / 5, {{keys[2], 2}, {keys[3], 2}, {keys[4], 1}})
 
 -- The entries' state, read with one HMGET per hash (repeated names simply read twice).
 local names = {}

@@ -2,7 +2,8 @@
 -- start of a term, only by the lock holder) also finishes batches partly committed
 -- (commit.lua's 'p', with publish.lua's publish_batch) and rolls back every batch never committed. Bounded: at most ARGV[5]
 -- entries recorded plus messages moved per call, so Redis is never held for long; the
--- caller calls again while the reply says there is more. A batch partly recorded simply
+-- caller calls again while the reply says there is more; fewer while the hashes are small
+-- listpacks (listpack.lua). A batch partly recorded simply
 -- has fewer entries left: recording is idempotent (only a newer fire time is written).
 --
 -- KEYS[1] = {ns}:leader, KEYS[2] = {ns}:last_run, KEYS[3] = {ns}:run_count,
@@ -53,7 +54,9 @@ end
 -- is left.
 local function settle(batch)
   if budget <= 0 then return false end
-  local flat = redis.call('HRANDFIELD', batch, budget, 'WITHVALUES')
+  local take = listpack_allowance(budget, {{batch, 2}, {KEYS[2], 2}, {KEYS[3], 2}, {KEYS[4], 1},
+    {KEYS[6], 1}, {KEYS[7], 2}})
+  local flat = redis.call('HRANDFIELD', batch, take, 'WITHVALUES')
   local names = {}
   for j = 1, #flat, 2 do
     names[#names + 1] = flat[j]

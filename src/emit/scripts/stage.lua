@@ -14,7 +14,9 @@
 -- under <batch>:jobs so a rollback deletes it; its destination is recorded as 'r:' .. list.
 -- Returns {0} when the lock does not hold the token, {2} when the batch was committed
 -- already, else {1, outcomes} with one character per fire: 'S' staged, 'A' already sent or
--- already in this batch.
+-- already in this batch. While the last runs or the batch are small listpacks it takes only
+-- the first fires (listpack.lua), with fewer outcomes than fires: the caller sends the rest
+-- again.
 
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {0}
@@ -48,7 +50,7 @@ for j = 1, #flat, 2 do
   if i > ndest then ndest = i end
 end
 
-local n = (#argv - 3) / 5
+local n = listpack_allowance((#argv - 3) / 5, {{keys[2], 1}, {batch, 2}})
 local names = {}
 for i = 0, n - 1 do
   names[i + 1] = argv[4 + i * 5]
