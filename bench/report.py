@@ -18,6 +18,24 @@ def slow_cell(x):
         return "< 1 ms"
     return f"{x['slowlog_max_ms']} ms ({x['slowlog_max_cmd']}; {x['slowlog_calls_over_1ms']} ≥ 1 ms)"
 
+def client_rows(w, ce):
+    """The table of one client_emission run."""
+    w("| N | queue | LLEN first | 50 % | 99 % | all | BRPOP first | max PING | "
+      "max PING before fire | longest Redis call | Redis waited for a CPU | visible steps |")
+    w("|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for x in ce["rows"]:
+        pg = x.get("ping", {})
+        q = "empty" if x["queue"] == "empty" else f"{ce['prefill']:,} queued"
+        w(f"| {x['n']:,} | {q} | {f(x['llen_first_ms'], ' ms', 2)} | "
+          f"{f(x['llen_50_ms'], ' ms', 2)} | {f(x['llen_99_ms'], ' ms', 2)} | "
+          f"{f(x['llen_all_ms'], ' ms', 2)} | "
+          f"{f(x.get('brpop_first_ms'), ' ms', 2) if x['queue'] == 'empty' else 'n/a'} | "
+          f"{f(pg.get('max_ms'), ' ms', 2)} | {f(pg.get('max_before_fire_ms'), ' ms', 2)} | "
+          f"{slow_cell(x)} | {f(x.get('redis_run_delay_ms'), ' ms', 1)} | "
+          f"{f(x.get('llen_changes'))} |")
+    w("")
+
+
 def f(v, unit="", nd=1):
     if v is None:
         return "–"
@@ -126,19 +144,21 @@ def main():
           f"after the fire time, {ce['ping_pause_ms']} ms between round trips: its longest "
           "round trip (and, for comparison, the longest in the second before the fire). beatd "
           "is stopped and Redis flushed between rows.\n")
-        w("| N | queue | LLEN first | 50 % | 99 % | all | BRPOP first | max PING | "
-          "max PING before fire | longest Redis call | visible steps |")
-        w("|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-        for x in ce["rows"]:
-            pg = x.get("ping", {})
-            q = "empty" if x["queue"] == "empty" else f"{ce['prefill']:,} queued"
-            w(f"| {x['n']:,} | {q} | {f(x['llen_first_ms'], ' ms', 2)} | "
-              f"{f(x['llen_50_ms'], ' ms', 2)} | {f(x['llen_99_ms'], ' ms', 2)} | "
-              f"{f(x['llen_all_ms'], ' ms', 2)} | "
-              f"{f(x.get('brpop_first_ms'), ' ms', 2) if x['queue'] == 'empty' else 'n/a'} | "
-              f"{f(pg.get('max_ms'), ' ms', 2)} | {f(pg.get('max_before_fire_ms'), ' ms', 2)} | "
-              f"{slow_cell(x)} | {f(x.get('llen_changes'))} |")
-        w("")
+        cpu = next((x.get("redis_cpu") for x in ce["rows"] if x.get("redis_cpu") is not None),
+                   None)
+        if cpu is not None:
+            w(f"redis-server ran alone on CPU {cpu} (`bench.py --redis-cpu {cpu}`), beatd and the "
+              "clients on the other, as a production Redis has cores of its own: unpinned on "
+              "this 2-core machine, the spinning LLEN client, beatd and Redis share two cores and "
+              "Redis itself waits for a CPU (the \"Redis waited\" column, from its "
+              "`/proc/<pid>/schedstat`, over the 3.3 s window). The same run unpinned is the "
+              "second table.\n")
+        client_rows(w, ce)
+        shared = r.get("client_emission_shared_cpus")
+        if shared:
+            w("The same measurement with Redis sharing both CPUs with beatd and the clients "
+              "(no pinning), in the same session:\n")
+            client_rows(w, shared)
         w("**Longest Redis call**: the longest command Redis' own `SLOWLOG` recorded from 1 s "
           "before to 3 s after the fire time (threshold 1 ms; the command's name, and how many "
           "took 1 ms or more); Redis' `LATENCY` monitor (threshold 5 ms) names anything else "

@@ -15,7 +15,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {0}
 end
 
-local n = listpack_allowance((#ARGV - 1) / 4, {{KEYS[2], 1}, {KEYS[3], 1}})
+local n = listpack_allowance((#ARGV - 1) / 4, {{KEYS[2], 1, 0}, {KEYS[3], 0, 1}})
 local last = {}
 local out = {}
 for i = 0, n - 1 do

@@ -14,7 +14,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 
 local n = listpack_allowance((#ARGV - 1) / 4,
-  {{KEYS[2], 2}, {KEYS[3], 1}, {KEYS[4], 1}, {KEYS[5], 1}})
+  {{KEYS[2], 1, 1}, {KEYS[3], 0, 1}, {KEYS[4], 0, 1}, {KEYS[5], 1, 0}})
 for i = 0, n - 1 do
   local b = 2 + i * 4
   local e, at = ARGV[b], tonumber(ARGV[b + 1])

@@ -32,7 +32,8 @@ local function call_chunked(cmd, key, values)
   end
 end
 
-local n = listpack_allowance((#argv - 1) / 5, {{keys[2], 2}, {keys[3], 2}, {keys[4], 1}})
+local n = listpack_allowance((#argv - 1) / 5, {{keys[2], 1, 1}, {keys[3], 1, 1},
+  {keys[4], 0, 1}})
 
 -- The entries' state, read with one HMGET per hash (repeated names simply read twice).
 local names = {}

@@ -54,8 +54,8 @@ end
 -- is left.
 local function settle(batch)
   if budget <= 0 then return false end
-  local take = listpack_allowance(budget, {{batch, 2}, {KEYS[2], 2}, {KEYS[3], 2}, {KEYS[4], 1},
-    {KEYS[6], 1}, {KEYS[7], 2}})
+  local take = listpack_allowance(budget, {{batch, 2, 0}, {KEYS[2], 1, 1}, {KEYS[3], 1, 1},
+    {KEYS[4], 0, 1}, {KEYS[6], 0, 1}, {KEYS[7], 1, 1}})
   local flat = redis.call('HRANDFIELD', batch, take, 'WITHVALUES')
   local names = {}
   for j = 1, #flat, 2 do

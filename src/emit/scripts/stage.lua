@@ -50,7 +50,7 @@ for j = 1, #flat, 2 do
   if i > ndest then ndest = i end
 end
 
-local n = listpack_allowance((#argv - 3) / 5, {{keys[2], 1}, {batch, 2}})
+local n = listpack_allowance((#argv - 3) / 5, {{keys[2], 1, 0}, {batch, 1, 1}})
 local names = {}
 for i = 0, n - 1 do
   names[i + 1] = argv[4 + i * 5]
