@@ -215,6 +215,11 @@ class Bench:
             os.sched_setaffinity(self.redis_p.pid, {args.redis_cpu})
             os.sched_setaffinity(0, others)
         self.redis_cpu = args.redis_cpu
+        # `--redis-first`: Redis's event loop runs as soon as it has work (SCHED_FIFO), on
+        # either CPU, and the rest of the run has both CPUs whenever Redis waits.
+        self.redis_first = args.redis_first
+        if args.redis_first:
+            os.sched_setscheduler(self.redis_p.pid, os.SCHED_FIFO, os.sched_param(1))
         self.r = redis.Redis(port=self.port)
         for _ in range(200):
             try:
@@ -547,6 +552,8 @@ class Bench:
         """beatd only: what clients of the queue see at a fire instant of N entries, onto an
         empty queue and onto one already holding `prefill` messages."""
         ns = [1000, 10000] if self.quick else [1000, 10000, 100000]
+        if os.environ.get("BENCH_CLIENT_NS"):
+            ns = [int(n) for n in os.environ["BENCH_CLIENT_NS"].split(",")]
         prefill = int(os.environ.get("BENCH_PREFILL", "20000"))
         out = {"prefill": prefill, "ping_pause_ms": 0.5, "bound_s": 10, "rows": []}
         for n in ns:
@@ -627,6 +634,7 @@ class Bench:
                                      if b.get("reply") else None)
         row["ping"] = ping_stats(got.get("ping"), fire)
         row["redis_cpu"] = self.redis_cpu
+        row["redis_first"] = self.redis_first
         row["redis_run_delay_ms"] = round(redis_waited * 1000, 2)
         row["slowlog_calls_over_1ms"] = len(slow)
         row["slowlog_max_ms"] = round(worst_cmd["duration"] / 1000, 2) if worst_cmd else 0.0
@@ -1355,6 +1363,8 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--redis-cpu", type=int, default=None,
                     help="pin redis-server to this CPU and everything else to the others")
+    ap.add_argument("--redis-first", action="store_true",
+                    help="run redis-server's event loop at a real-time priority (SCHED_FIFO)")
     ap.add_argument("--beatd-only", action="store_true",
                     help="emission: measure beatd only (e.g. BENCH_BEATD=<older build>)")
     args = ap.parse_args()
@@ -1365,7 +1375,8 @@ def main():
     b.results["command"] = ("bench/run.sh" + (" --quick" if args.quick else "")
                             + (f" --only {args.only}" if args.only != ALL_SECTIONS else "")
                             + (f" --redis-cpu {args.redis_cpu}" if args.redis_cpu is not None
-                               else ""))
+                               else "")
+                            + (" --redis-first" if args.redis_first else ""))
     b.results["started"] = started.isoformat(timespec="seconds")
     try:
         for part in args.only.split(","):

@@ -347,16 +347,18 @@ impl Beat {
             return (TermEnd::StoreError, lease);
         };
         let mut term = Term::new(lease);
-        let timing = Timing {
+        let stages = matches!(self.emission, Emission::Staged(_));
+        let mut timing = Timing {
             early: PRECISE,
-            stage_ahead: matches!(self.emission, Emission::Staged(_))
-                .then_some(self.options.stage_ahead),
+            stage_ahead: None,
             max_sleep: self.options.max_sleep,
         };
         let bell = self.controls.doorbell();
         loop {
             self.heartbeat.beat();
             let now = self.now();
+            timing.stage_ahead =
+                stages.then(|| term.stage_lead(plan.len(), self.options.stage_ahead));
             let mut until = term.wake(plan.next_wake(), now, timing);
             let heard = bell.as_ref().is_some_and(|b| b.is_listening());
             // Controls are polled only while the term follows a plan (see `turn`).
@@ -469,6 +471,7 @@ impl Beat {
                 let step = self.stage_step(&term.lease, plan, &mut st).await;
                 if step.is_ok() {
                     term.phase = if st.complete() {
+                        term.staged(&st);
                         // Parked whole: the emitter may now ready the commit (onto busy
                         // queues, the pushes themselves) so the instant costs less.
                         st.emitter.prepare(&term.lease, st.batch).await;
@@ -556,7 +559,8 @@ impl Beat {
             return self.emit(&term.lease, plan, &due).await;
         }
         if let Emission::Staged(emitter) = &self.emission {
-            if (at - now).to_std().unwrap_or_default() <= self.options.stage_ahead {
+            let lead = term.stage_lead(plan.len(), self.options.stage_ahead);
+            if (at - now).to_std().unwrap_or_default() <= lead {
                 let due = plan.pop_due(at);
                 let due = self.hold_paused(plan, due);
                 let due = self

@@ -55,6 +55,8 @@ pub(crate) struct Staging {
     pub(crate) outcomes: Vec<EmitOutcome>,
     /// Task ids of the fires staged so far, for the fire log lines.
     pub(crate) task_ids: Vec<String>,
+    /// When staging began, to time it ([`Term::staged`]).
+    started: Instant,
 }
 
 impl Staging {
@@ -75,6 +77,7 @@ impl Staging {
             outcomes: Vec::with_capacity(due.len()),
             task_ids: Vec::with_capacity(due.len()),
             due,
+            started: Instant::now(),
         }
     }
 
@@ -125,7 +128,19 @@ pub(crate) struct Term {
     pub(crate) phase: Phase,
     /// Replan retries after store errors.
     retry: Backoff,
+    /// What staging one fire took in this term's last big staging (wall time, encoding and
+    /// store calls), or a guess before one.
+    stage_cost: Duration,
 }
+
+/// What one fire costs to encode and stage before any big staging was timed: 55 µs was
+/// measured with 100,000 fires on a 2-core machine, beatd on one core and Redis on the
+/// other.
+const STAGE_COST_GUESS: Duration = Duration::from_micros(60);
+/// Stagings of fewer fires are not timed: fixed costs would dominate.
+const TIMED_STAGING: usize = 1_000;
+/// Staged messages wait in the store at most about this long before their instant.
+const MAX_STAGE_LEAD: Duration = Duration::from_secs(60);
 
 impl Term {
     /// A term that starts with a plan made from the store (the caller made it).
@@ -136,6 +151,27 @@ impl Term {
             lease,
             phase: Phase::Planned,
             retry: Backoff::new(REPLAN_BACKOFF_MAX),
+            stage_cost: STAGE_COST_GUESS,
+        }
+    }
+
+    /// How long before a fire time staging starts in a plan of `entries`: `ahead`, or twice
+    /// what staging all of them would take if they were all due at once, whichever is
+    /// longer (at most [`MAX_STAGE_LEAD`]). A fixed lead left 100,000 fires unstaged at
+    /// their instant when beatd had one core to itself (5.5 s to stage them).
+    pub(crate) fn stage_lead(&self, entries: usize, ahead: Duration) -> Duration {
+        let all = self
+            .stage_cost
+            .saturating_mul(u32::try_from(entries).unwrap_or(u32::MAX));
+        all.saturating_mul(2)
+            .clamp(ahead, MAX_STAGE_LEAD.max(ahead))
+    }
+
+    /// Notes that `st` is parked whole, timing it if it was a big one.
+    pub(crate) fn staged(&mut self, st: &Staging) {
+        if st.due.len() >= TIMED_STAGING {
+            let n = u32::try_from(st.due.len()).unwrap_or(u32::MAX);
+            self.stage_cost = st.started.elapsed() / n;
         }
     }
 
@@ -252,6 +288,31 @@ mod tests {
         // A fire time already past wakes at once.
         let past = Some(at("2026-12-01T09:59:00Z"));
         assert_eq!(term.wake(past, now, t), now.instant);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_plan_of_many_entries_starts_staging_earlier_by_what_staging_costs() {
+        let (mut term, _, _) = setup();
+        let ahead = Duration::from_secs(5);
+        // Few entries: the configured lead.
+        assert_eq!(term.stage_lead(10_000, ahead), ahead);
+        // 100,000 at the guessed 60 µs a fire: twice the 6 s staging them all would take.
+        assert_eq!(term.stage_lead(100_000, ahead), Duration::from_secs(12));
+        assert_eq!(term.stage_lead(10_000_000, ahead), MAX_STAGE_LEAD);
+        // A timed staging replaces the guess; fewer than TIMED_STAGING fires are not timed.
+        let lease = term.lease.clone();
+        let leader = Arc::new(crate::leader::MemoryLeader::default());
+        let em: Arc<dyn StagedEmitter> = Arc::new(crate::emit::MemoryEmitter::new(
+            leader,
+            crate::state::MemoryState::default(),
+        ));
+        let small = Staging::new(&lease, at("2026-12-01T10:00:02Z"), Vec::new(), em);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        term.staged(&small);
+        assert_eq!(term.stage_lead(100_000, ahead), Duration::from_secs(12));
+        term.stage_cost = Duration::from_micros(20);
+        assert_eq!(term.stage_lead(100_000, ahead), ahead);
+        assert_eq!(term.stage_lead(1_000_000, ahead), Duration::from_secs(40));
     }
 
     #[tokio::test(start_paused = true)]
