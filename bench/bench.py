@@ -132,8 +132,12 @@ def client_brpop(port, queue, at, timeout, pipe):
     pipe.send({"sent": sent, "reply": None if first.startswith(b"*-1") else t})
 
 
-def client_ping(port, start, end, pause, pipe):
-    """PING from `start` to `end`, `pause` s between round trips; sends back (sent, rtt)."""
+def client_ping(port, start, end, pause, first, pipe):
+    """PING from `start` to `end`, `pause` s between round trips; sends back (sent, rtt).
+    `first`: at a real-time priority (SCHED_FIFO), so that a round trip is Redis's time and
+    not this process waiting for a CPU behind beatd on a 2-core machine."""
+    if first:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
     s = resp_connect(port)
     cmd = resp_cmd("PING")
     clk = Clock()
@@ -210,16 +214,12 @@ class Bench:
         # `--redis-cpu`: Redis alone on one CPU and every other process of the run (beatd,
         # its peers, the clients) on the others, as a production Redis has a host of its own:
         # on a 2-core machine an unpinned Redis is preempted by the very clients measuring it.
+        # The PING client then runs at a real-time priority (client_ping).
         if args.redis_cpu is not None:
             others = os.sched_getaffinity(0) - {args.redis_cpu}
             os.sched_setaffinity(self.redis_p.pid, {args.redis_cpu})
             os.sched_setaffinity(0, others)
         self.redis_cpu = args.redis_cpu
-        # `--redis-first`: Redis's event loop runs as soon as it has work (SCHED_FIFO), on
-        # either CPU, and the rest of the run has both CPUs whenever Redis waits.
-        self.redis_first = args.redis_first
-        if args.redis_first:
-            os.sched_setscheduler(self.redis_p.pid, os.SCHED_FIFO, os.sched_param(1))
         self.r = redis.Redis(port=self.port)
         for _ in range(200):
             try:
@@ -593,7 +593,8 @@ class Bench:
         # The BRPOP client takes one message: on the empty queue the poller's "all" is N - 1.
         popped = 0 if prefill else 1
         cl.start("llen", client_llen, self.port, q, fire - 0.2, fire + bound, prefill + n - popped)
-        cl.start("ping", client_ping, self.port, fire - 1.0, fire + 3.0, ping_pause)
+        cl.start("ping", client_ping, self.port, fire - 1.0, fire + 3.0, ping_pause,
+                 self.redis_cpu is not None)
         if not prefill:
             cl.start("brpop", client_brpop, self.port, q, fire - 1.0, 5)
         # Server-side: every command that held Redis 1 ms or more (SLOWLOG), and every
@@ -634,7 +635,7 @@ class Bench:
                                      if b.get("reply") else None)
         row["ping"] = ping_stats(got.get("ping"), fire)
         row["redis_cpu"] = self.redis_cpu
-        row["redis_first"] = self.redis_first
+        row["ping_client_fifo"] = self.redis_cpu is not None
         row["redis_run_delay_ms"] = round(redis_waited * 1000, 2)
         row["slowlog_calls_over_1ms"] = len(slow)
         row["slowlog_max_ms"] = round(worst_cmd["duration"] / 1000, 2) if worst_cmd else 0.0
@@ -684,7 +685,8 @@ class Bench:
         self.r.delete(q)
         cl = Clients()
         cl.start("llen", client_llen, self.port, q, restart - 1.0, restart + 60, n)
-        cl.start("ping", client_ping, self.port, restart - 1.0, restart + 20, 0.0005)
+        cl.start("ping", client_ping, self.port, restart - 1.0, restart + 20, 0.0005,
+                 self.redis_cpu is not None)
         sleep_until(restart)
         p = self.beatd("burst-2", toml)
         t_start = p.started
@@ -724,7 +726,8 @@ class Bench:
         ready = self.wait_ready(p)
         cl = Clients()
         cl.start("llen", client_llen, self.port, q, fire - 0.2, fire + 10, n)
-        cl.start("ping", client_ping, self.port, fire - 1.0, fire + 3.0, 0.0005)
+        cl.start("ping", client_ping, self.port, fire - 1.0, fire + 3.0, 0.0005,
+                 self.redis_cpu is not None)
         sleep_until(fire - 0.5)
         sd = os.path.join(self.dir_of("reload"), "schedules")
         with open(os.path.join(sd, "extra.toml"), "w") as f:
@@ -1363,8 +1366,6 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--redis-cpu", type=int, default=None,
                     help="pin redis-server to this CPU and everything else to the others")
-    ap.add_argument("--redis-first", action="store_true",
-                    help="run redis-server's event loop at a real-time priority (SCHED_FIFO)")
     ap.add_argument("--beatd-only", action="store_true",
                     help="emission: measure beatd only (e.g. BENCH_BEATD=<older build>)")
     args = ap.parse_args()
@@ -1375,8 +1376,7 @@ def main():
     b.results["command"] = ("bench/run.sh" + (" --quick" if args.quick else "")
                             + (f" --only {args.only}" if args.only != ALL_SECTIONS else "")
                             + (f" --redis-cpu {args.redis_cpu}" if args.redis_cpu is not None
-                               else "")
-                            + (" --redis-first" if args.redis_first else ""))
+                               else ""))
     b.results["started"] = started.isoformat(timespec="seconds")
     try:
         for part in args.only.split(","):

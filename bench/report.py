@@ -151,8 +151,10 @@ def main():
               "clients on the other, as a production Redis has cores of its own: unpinned on "
               "this 2-core machine, the spinning LLEN client, beatd and Redis share two cores and "
               "Redis itself waits for a CPU (the \"Redis waited\" column, from its "
-              "`/proc/<pid>/schedstat`, over the 3.3 s window). The same run unpinned is the "
-              "second table.\n")
+              "`/proc/<pid>/schedstat`, over the 3.3 s window), and the PING client waits behind "
+              "beatd for a CPU, so it runs at a real-time priority (SCHED_FIFO; it sleeps "
+              "0.5 ms between round trips). The same measurement unpinned is the second "
+              "table.\n")
         client_rows(w, ce)
         shared = r.get("client_emission_shared_cpus")
         if shared:
