@@ -75,9 +75,9 @@ pub struct BeatOptions {
     pub takeover_tolerance: Duration,
     /// With a staged emitter ([`Emission::Staged`]), how long before a fire time its
     /// messages may be encoded and parked in the store, so that at the instant one O(1)
-    /// commit makes them visible. Large enough for 100,000 fires of one instant to be
-    /// encoded and staged on a slow machine; staging starts only once the previous fire
-    /// time is committed.
+    /// commit makes them visible: the shortest lead; a plan of many entries starts earlier,
+    /// by what staging them takes (`Term::stage_lead`). Staging starts only once the
+    /// previous fire time is committed.
     pub stage_ahead: Duration,
     /// Fires encoded and staged per step; the loop renews the lease between steps. The
     /// Redis client keeps a write buffer as large as its largest command for good (500

@@ -28,6 +28,7 @@
 pub mod channel;
 pub mod conn;
 pub mod dedicated;
+pub mod scan;
 mod sentinel;
 pub mod sentinel_url;
 mod tls;

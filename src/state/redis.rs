@@ -3,7 +3,7 @@
 
 use super::{LastRun, StateStore};
 use crate::leader::{LeaderInfo, RedisLeader, DEFAULT_TTL};
-use crate::redis::{Error, Keys, RedisConn};
+use crate::redis::{scan, Error, Keys, RedisConn};
 use crate::store;
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -36,20 +36,46 @@ impl RedisState {
     /// As the connection's; [`Error::Command`] if a hash holds a non-number.
     pub async fn read(&self) -> Result<HashMap<String, LastRun>, Error> {
         let k = &self.keys;
-        // One MULTI so the three hashes come from the same instant (an emission in between
-        // would otherwise pair a new last run with an old count).
-        let (last, counts, fps): Hashes = self
-            .conn
-            .run(|mut c| async move {
-                ::redis::pipe()
-                    .atomic()
-                    .hgetall(&k.last_run)
-                    .hgetall(&k.run_count)
-                    .hgetall(&k.fingerprint)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
+        // The names in steps (crate::redis::scan), then each step's three fields of every
+        // name in one MULTI, so an entry's last run, count and fingerprint come from the
+        // same instant (an emission in between would otherwise pair a new last run with an
+        // old count) without one reply of every entry at once.
+        let (mut last, mut counts, mut fps): Hashes = Hashes::default();
+        for names in scan::hash_fields(&self.conn, &k.last_run).await? {
+            if names.is_empty() {
+                continue;
+            }
+            let names = &names;
+            let (l, c, f): (Vec<Option<i64>>, Vec<Option<u64>>, Vec<Option<String>>) = self
+                .conn
+                .run(|mut c| async move {
+                    ::redis::pipe()
+                        .atomic()
+                        .cmd("HMGET")
+                        .arg(&k.last_run)
+                        .arg(names)
+                        .cmd("HMGET")
+                        .arg(&k.run_count)
+                        .arg(names)
+                        .cmd("HMGET")
+                        .arg(&k.fingerprint)
+                        .arg(names)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            for (i, name) in names.iter().enumerate() {
+                if let Some(Some(at)) = l.get(i) {
+                    last.insert(name.clone(), *at);
+                    if let Some(Some(n)) = c.get(i) {
+                        counts.insert(name.clone(), *n);
+                    }
+                    if let Some(Some(fp)) = f.get(i) {
+                        fps.insert(name.clone(), fp.clone());
+                    }
+                }
+            }
+        }
         Ok(merge(last, &counts, fps))
     }
 

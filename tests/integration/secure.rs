@@ -50,6 +50,7 @@ const ACL: &[&str] = &[
     "+hdel",
     "+hkeys",
     "+hlen",
+    "+hscan",
     "+hrandfield",
     "+object|encoding",
     "+unlink",

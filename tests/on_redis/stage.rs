@@ -205,7 +205,13 @@ async fn a_large_batch_commits_onto_an_empty_queue_whole_and_in_order() {
     // BRPOP takes from the right: the first staged fire must be there.
     assert_eq!(q.last().unwrap(), "{\"entry\":\"e0000\",\"at\":5000}");
     assert_eq!(q[0], "{\"entry\":\"e4999\",\"at\":5000}");
-    assert_eq!(runs(&conn).await.len(), 5_000);
+    // Read back in HSCAN steps of about 1,000 (crate::redis::scan), each entry whole.
+    let r = runs(&conn).await;
+    assert_eq!(r.len(), 5_000);
+    assert!(r
+        .iter()
+        .all(|(e, l)| (l.fire_at_ms, l.count, l.fingerprint.as_deref())
+            == (5_000, 1, Some(format!("fp-{e}").as_str()))));
 }
 
 fn small_steps(conn: &RedisConn, moves: usize, settles: usize) -> beatd::emit::RedisEmitter {
