@@ -20,8 +20,6 @@ const REPLY_TTL_SECS: u64 = 60;
 /// How often an asker looks for its reply.
 const REPLY_POLL: Duration = Duration::from_millis(50);
 
-/// The replies of one read: pauses, `skipped_through`, skips, last tasks, leader since.
-
 /// The control keys of one namespace.
 #[derive(Debug, Clone)]
 struct ControlKeys {

@@ -23,6 +23,9 @@ type Hashes = (
     HashMap<String, String>,
 );
 
+/// One step's fields, name by name: last run, count, fingerprint.
+type Step = (Vec<Option<i64>>, Vec<Option<u64>>, Vec<Option<String>>);
+
 impl RedisState {
     /// The state under `keys`.
     #[must_use]
@@ -46,7 +49,7 @@ impl RedisState {
                 continue;
             }
             let names = &names;
-            let (l, c, f): (Vec<Option<i64>>, Vec<Option<u64>>, Vec<Option<String>>) = self
+            let (l, c, f): Step = self
                 .conn
                 .run(|mut c| async move {
                     ::redis::pipe()
