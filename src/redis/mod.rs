@@ -19,6 +19,7 @@
 //! | `{ns}:batch:<id>:q<index>` | list | staged messages, renamed onto the queue at the instant |
 //! | `{ns}:schedule_set_id` | string, PX | the leader's `<schedule set id> <host>:<pid>` |
 //! | `{ns}:schedule_set` | hash, PX | entry → fingerprint of the leader's schedule set |
+//! | `{ns}:schedule_set:next` | hash, PX | the next one, written in steps, then renamed |
 //! | `{ns}:amqp_intents` | hash | `<entry>\0<fire ms>` → a fire to publish on RabbitMQ, until confirmed (JSON) |
 //!
 //! and the Celery queue lists it pushes to. The scripts that write them live with their

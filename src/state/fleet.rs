@@ -167,7 +167,10 @@ impl Fleet {
     }
 
     /// Publishes `set` as the leader `me`'s (the hash first, so a reader that sees the id
-    /// finds the entries).
+    /// finds the entries). The fields go into a scratch hash one command of 1,000 at a time,
+    /// then one transaction renames it into place: a single transaction of 100,000 fields
+    /// held Redis for over 100 ms at a term start, where each step now holds it about a
+    /// millisecond. The old hash is unlinked (freed off Redis's main thread).
     ///
     /// # Errors
     /// As the connection's.
@@ -177,16 +180,40 @@ impl Fleet {
         let fields: Vec<(&str, String)> =
             set.entries.iter().map(|(k, v)| (&**k, hex(*v))).collect();
         let id = format!("{} {me}", set.id);
+        let next = format!("{}:next", k.schedule_set);
+        let next = &next;
+        // A scratch hash a leader left half written is dropped first; it expires anyway.
+        self.conn
+            .run(|mut c| async move {
+                ::redis::cmd("UNLINK")
+                    .arg(next)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await?;
+        for chunk in fields.chunks(1_000) {
+            self.conn
+                .run(|mut c| async move {
+                    ::redis::pipe()
+                        .hset_multiple(next, chunk)
+                        .ignore()
+                        .pexpire(next, i64::try_from(ttl).unwrap_or(i64::MAX))
+                        .ignore()
+                        .query_async::<()>(&mut c)
+                        .await
+                })
+                .await?;
+        }
         self.conn
             .run(|mut c| async move {
                 let mut p = ::redis::pipe();
-                p.atomic().del(&k.schedule_set).ignore();
-                for chunk in fields.chunks(1_000) {
-                    p.hset_multiple(&k.schedule_set, chunk).ignore();
+                p.atomic().cmd("UNLINK").arg(&k.schedule_set).ignore();
+                if !fields.is_empty() {
+                    p.cmd("RENAME").arg(next).arg(&k.schedule_set).ignore();
+                    p.pexpire(&k.schedule_set, i64::try_from(ttl).unwrap_or(i64::MAX))
+                        .ignore();
                 }
-                p.pexpire(&k.schedule_set, i64::try_from(ttl).unwrap_or(i64::MAX))
-                    .ignore()
-                    .cmd("SET")
+                p.cmd("SET")
                     .arg(&k.schedule_set_id)
                     .arg(&id)
                     .arg("PX")
