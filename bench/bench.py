@@ -687,13 +687,24 @@ class Bench:
         cl.start("llen", client_llen, self.port, q, restart - 1.0, restart + 60, n)
         cl.start("ping", client_ping, self.port, restart - 1.0, restart + 20, 0.0005,
                  self.redis_cpu is not None)
+        self.r.config_set("slowlog-log-slower-than", 1000)
+        self.r.config_set("slowlog-max-len", 100000)
+        self.r.slowlog_reset()
         sleep_until(restart)
         p = self.beatd("burst-2", toml)
         t_start = p.started
         ready = self.wait_ready(p)
         got = cl.collect(restart + 70)
+        slow = self.r.slowlog_get(100000)
         stop(p)
         row = {"n": n, "first_run_sent": first_run, "startup_s": round(ready or 0, 3)}
+        # SLOWLOG's start times have a resolution of a second: the slowest calls, in seconds
+        # after the start, to find what holds Redis.
+        row["slowlog_top"] = [
+            {"s_after_start": e["start_time"] - math.floor(t_start),
+             "ms": round(e["duration"] / 1000, 2),
+             "cmd": e["command"][:80].decode(errors="replace")}
+            for e in sorted(slow, key=lambda e: -e["duration"])[:5]]
         marks = llen_marks(got.get("llen"), 0, n, 0, t_start)
         row.update({"from_start_" + k: v for k, v in marks.items()})
         if marks.get("llen_first_ms") is not None and marks.get("llen_all_ms") is not None:
