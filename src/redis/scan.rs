@@ -20,50 +20,47 @@ where
     T: redis::FromRedisValue + Send + 'static,
 {
     let mut out = HashMap::new();
-    let mut cursor: u64 = 0;
+    let mut cursor = 0;
     loop {
-        let (next, flat): (u64, Vec<(String, T)>) = conn
-            .run(|mut c| async move {
-                redis::cmd("HSCAN")
-                    .arg(key)
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(STEP)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        out.extend(flat);
-        if next == 0 {
-            return Ok(out);
+        let (next, pairs) = step::<T>(conn, key, cursor).await?;
+        out.extend(pairs);
+        match next {
+            0 => return Ok(out),
+            n => cursor = n,
         }
-        cursor = next;
     }
 }
 
-/// The field names of the hash at `key`, as [`hash`] finds them, in steps.
+/// The field names of the hash at `key`, as [`hash`] finds them, one list per step.
 ///
 /// # Errors
 /// As the connection's.
 pub async fn hash_fields(conn: &RedisConn, key: &str) -> Result<Vec<Vec<String>>, Error> {
     let mut steps = Vec::new();
-    let mut cursor: u64 = 0;
+    let mut cursor = 0;
     loop {
-        let (next, flat): (u64, Vec<(String, redis::Value)>) = conn
-            .run(|mut c| async move {
-                redis::cmd("HSCAN")
-                    .arg(key)
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(STEP)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        steps.push(flat.into_iter().map(|(f, _)| f).collect());
-        if next == 0 {
-            return Ok(steps);
+        let (next, pairs) = step::<redis::Value>(conn, key, cursor).await?;
+        steps.push(pairs.into_iter().map(|(f, _)| f).collect());
+        match next {
+            0 => return Ok(steps),
+            n => cursor = n,
         }
-        cursor = next;
     }
+}
+
+/// One `HSCAN` from `cursor`: the next cursor (0 at the end) and the pairs it returned.
+async fn step<T>(conn: &RedisConn, key: &str, cursor: u64) -> Result<(u64, Vec<(String, T)>), Error>
+where
+    T: redis::FromRedisValue + Send + 'static,
+{
+    conn.run(|mut c| async move {
+        redis::cmd("HSCAN")
+            .arg(key)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(STEP)
+            .query_async(&mut c)
+            .await
+    })
+    .await
 }
