@@ -115,7 +115,7 @@ fn start_with_controls(
     entries: Vec<Entry>,
     leader: Arc<MemoryLeader>,
     emitter: Mem,
-    store: Arc<crate::control::LocalControls>,
+    store: Arc<dyn crate::control::ControlStore>,
 ) -> Harness {
     let (tx, rx) = watch::channel::<Arc<[Entry]>>(entries.into());
     let status = Arc::new(BeatStatus::default());
@@ -623,6 +623,120 @@ async fn a_burst_already_due_is_staged_and_made_visible_in_one_commit() {
     // Recorded: a restart would not send them again.
     let runs = emitter.last_runs().await.unwrap();
     assert!(runs.values().all(|r| r.fire_at_ms == at && r.count == 2));
+    h.stop().await;
+}
+
+/// A control store whose writes each take `delay`, as a Redis write of 200 counts takes a
+/// few milliseconds, noting how many messages were visible when each write began.
+struct SlowWrites {
+    inner: Arc<crate::control::LocalControls>,
+    delay: Duration,
+    emitter: Mem,
+    visible_at_write: std::sync::Mutex<Vec<usize>>,
+}
+
+#[async_trait::async_trait]
+impl crate::control::ControlStore for SlowWrites {
+    async fn submit(
+        &self,
+        request: &crate::control::Request,
+        wait: Duration,
+    ) -> Result<Option<crate::control::Reply>, Error> {
+        self.inner.submit(request, wait).await
+    }
+    async fn pending(&self) -> Result<Vec<crate::control::Request>, Error> {
+        self.inner.pending().await
+    }
+    async fn answer(
+        &self,
+        request: &crate::control::Request,
+        reply: &crate::control::Reply,
+    ) -> Result<(), Error> {
+        self.inner.answer(request, reply).await
+    }
+    async fn read(&self) -> Result<crate::control::Persisted, Error> {
+        self.inner.read().await
+    }
+    async fn missed(&self, entry: &str, from_ms: i64, to_ms: i64) -> Result<Vec<i64>, Error> {
+        self.inner.missed(entry, from_ms, to_ms).await
+    }
+    async fn write(&self, lease: &Lease, update: &crate::control::Update) -> Result<(), Error> {
+        self.visible_at_write
+            .lock()
+            .unwrap()
+            .push(self.emitter.pushed().len());
+        tokio::time::sleep(self.delay).await;
+        self.inner.write(lease, update).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_counts_of_a_catch_up_start_are_written_behind_the_burst_not_before_it() {
+    let origin = t("2026-11-23T10:00:00.300Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let emitter = mem_emitter(&leader, true);
+    let entries: Vec<Entry> = (0..2_000)
+        .map(|i| every(&format!("e{i}"), 60, CatchUp::Latest))
+        .collect();
+    // Each ran last an hour ago: 59 fire times each are left out (counted, marked missed),
+    // the latest is due at once: 118,000 missed fire times, 590 writes of 200.
+    let hour_ago = t("2026-11-23T09:00:00Z").timestamp_millis();
+    emitter.state.with(|last| {
+        for e in &entries {
+            last.insert(
+                e.name.to_string(),
+                LastRun {
+                    fire_at_ms: hour_ago,
+                    count: 1,
+                    fingerprint: Some(e.fingerprint()),
+                },
+            );
+        }
+    });
+    let inner = Arc::new(crate::control::LocalControls::in_memory());
+    let store = Arc::new(SlowWrites {
+        inner: inner.clone(),
+        delay: Duration::from_millis(5),
+        emitter: emitter.clone(),
+        visible_at_write: std::sync::Mutex::default(),
+    });
+    let h = start_with_controls(
+        origin,
+        entries,
+        leader.clone(),
+        emitter.clone(),
+        store.clone(),
+    );
+    settle(Duration::from_secs(1)).await;
+    // The burst went out at once; written in one go, the counts alone would have held it
+    // back 3 s (590 writes of 5 ms), past the lease's renewal.
+    let at = t("2026-11-23T10:00:00Z").timestamp_millis();
+    assert_eq!(emitter.pushed().len(), 2_000);
+    assert!(emitter.pushed().iter().all(|p| p.fire_at_ms == at));
+    {
+        let seen = store.visible_at_write.lock().unwrap();
+        assert!(
+            seen.len() < 590,
+            "only part of the counts written in the first second"
+        );
+        assert_eq!(seen.last(), Some(&2_000), "writes go on after the burst");
+    }
+    // The rest follows, poll by poll: every count and mark, once.
+    settle(Duration::from_secs(60)).await;
+    use crate::control::ControlStore;
+    let persisted = inner.read().await.unwrap();
+    assert_eq!(persisted.skips.len(), 2_000);
+    assert!(persisted
+        .skips
+        .values()
+        .all(|by| by.get(&crate::control::SkipReason::CatchUp) == Some(&59)));
+    let missed = inner.missed("e7", hour_ago, at).await.unwrap();
+    assert_eq!(missed.len(), 59);
+    assert_eq!(
+        leader.holder().map(|l| l.epoch),
+        Some(1),
+        "one term: the lease was never lost"
+    );
     h.stop().await;
 }
 
