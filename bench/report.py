@@ -490,21 +490,32 @@ def main():
         w("A burst: N entries every 10 s with `catch_up = \"latest\"` sent one fire time, the "
           "beat stopped for two more, and a new beat owes the latest for every entry at once. A "
           "client polling `LLEN` sees them; times from the new process's start.\n")
-        w("| N | startup | first seen | all seen | first → all | longest PING |")
-        w("|--:|--:|--:|--:|--:|--:|")
+        w("Longest PING: an unrelated client's longest round trip in the 20 s after the start; "
+          "longest call: SLOWLOG's slowest command in that time; Redis CPU wait: how long "
+          "Redis's main thread waited, runnable, for its CPU over the 70 s (schedstat).\n")
+        w("| N | startup | first seen | all seen | first → all | longest PING | longest call "
+          "| Redis CPU wait |")
+        w("|--:|--:|--:|--:|--:|--:|--:|--:|")
         for x in br.get("burst", []):
+            top = (x.get("slowlog_top") or [{}])[0]
             w(f"| {x['n']:,} | {f(x.get('startup_s', 0) * 1000, ' ms')} "
               f"| {f(x.get('from_start_llen_first_ms'), ' ms')} "
               f"| {f(x.get('from_start_llen_all_ms'), ' ms')} "
               f"| {f(x.get('first_to_all_ms'), ' ms')} "
-              f"| {f((x.get('ping') or {}).get('max_ms'), ' ms')} |")
+              f"| {f((x.get('ping') or {}).get('max_ms'), ' ms')} "
+              f"| {f(top.get('ms'), ' ms')} "
+              f"| {f(x.get('redis_run_delay_ms'), ' ms')} |")
         w("")
-        w("A reload: N entries due at one instant; half a second before it a new file with one "
-          "more entry appears and the beat gets SIGHUP. Times after the fire time.\n")
-        w("| N | reload before the fire | parked batch | first seen | 99 % | all | longest PING |")
-        w("|--:|--:|---|--:|--:|--:|--:|")
+        w("A reload: N entries due at one instant; 3 s before it a new file with one more entry "
+          "appears and the beat gets SIGHUP; the beat applies it after the watcher's 300 ms "
+          "settle and the parse (\"applied\"). Times after the fire time; the PING window "
+          "runs from 3.5 s before it to 3 s after.\n")
+        w("| N | SIGHUP before the fire | applied before the fire | parked batch | first seen "
+          "| 99 % | all | longest PING |")
+        w("|--:|--:|--:|---|--:|--:|--:|--:|")
         for x in br.get("reload", []):
             w(f"| {x['n']:,} | {f(x.get('reload_before_fire_ms'), ' ms')} "
+              f"| {f(x.get('reload_applied_before_fire_ms'), ' ms')} "
               f"| {x.get('batch_outcome', 'kept' if x.get('kept_batch_logged') else '?')} "
               f"| {f(x.get('llen_first_ms'), ' ms')} | {f(x.get('llen_99_ms'), ' ms')} "
               f"| {f(x.get('llen_all_ms'), ' ms')} "
