@@ -263,14 +263,7 @@ impl RedisEmitter {
         fires: &[Fire],
     ) -> Result<Vec<EmitOutcome>, Error> {
         let mut outcomes = Vec::with_capacity(fires.len());
-        let opts = EmitOptions {
-            max_fires_per_call: self
-                .opts
-                .max_fires_per_call
-                .min(self.opts.max_stages_per_call),
-            ..self.opts
-        };
-        for chunk in chunks(fires, opts) {
+        for chunk in chunks(fires, stage_options(self.opts)) {
             // The script may take only the first fires (small listpacks): send the rest again.
             let mut rest = chunk;
             while !rest.is_empty() {
@@ -567,6 +560,14 @@ fn rq_args(id: &[u8], job: &RqJobHash) -> Vec<u8> {
 }
 
 /// Splits `fires` into runs within both limits, never empty, order kept.
+/// The limits of one stage call: those of any call, and at most `max_stages_per_call` fires.
+fn stage_options(opts: EmitOptions) -> EmitOptions {
+    EmitOptions {
+        max_fires_per_call: opts.max_fires_per_call.min(opts.max_stages_per_call),
+        ..opts
+    }
+}
+
 fn chunks(fires: &[Fire], opts: EmitOptions) -> Vec<&[Fire]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
@@ -691,6 +692,22 @@ mod tests {
             payload: vec![b'x'; len],
             schedule_fingerprint: String::new(),
         }
+    }
+
+    #[test]
+    fn a_stage_step_of_500_goes_in_calls_of_250() {
+        let fires: Vec<Fire> = (0..600).map(|_| fire(900)).collect();
+        let sizes: Vec<usize> = chunks(&fires, stage_options(EmitOptions::default()))
+            .iter()
+            .map(|c| c.len())
+            .collect();
+        assert_eq!(sizes, [250, 250, 100]);
+        // Emission without staging keeps its own, larger calls.
+        let sizes: Vec<usize> = chunks(&fires, EmitOptions::default())
+            .iter()
+            .map(|c| c.len())
+            .collect();
+        assert_eq!(sizes, [600]);
     }
 
     #[test]
