@@ -589,15 +589,12 @@ async fn a_reload_that_changes_one_parked_entry_restages_the_batch() {
     h.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_burst_already_due_is_staged_and_made_visible_in_one_commit() {
-    let origin = t("2026-11-23T10:00:00.300Z");
-    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
-    let emitter = mem_emitter(&leader, true);
-    let entries: Vec<Entry> = (0..2_000)
+/// `n` entries every minute with `catch_up = "latest"`, each last run at 09:00 (returned, in
+/// ms) as recorded in `emitter`'s state: at 10:00:00.300 the 10:00 fire time is due for all.
+fn ran_an_hour_ago(emitter: &Mem, n: usize) -> (Vec<Entry>, i64) {
+    let entries: Vec<Entry> = (0..n)
         .map(|i| every(&format!("e{i}"), 60, CatchUp::Latest))
         .collect();
-    // Each ran last an hour ago: the latest missed fire time (10:00:00) is due at start.
     let hour_ago = t("2026-11-23T09:00:00Z").timestamp_millis();
     emitter.state.with(|last| {
         for e in &entries {
@@ -611,6 +608,16 @@ async fn a_burst_already_due_is_staged_and_made_visible_in_one_commit() {
             );
         }
     });
+    (entries, hour_ago)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_already_due_is_staged_and_made_visible_in_one_commit() {
+    let origin = t("2026-11-23T10:00:00.300Z");
+    let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
+    let emitter = mem_emitter(&leader, true);
+    // Each ran last an hour ago: the latest missed fire time (10:00:00) is due at start.
+    let (entries, _) = ran_an_hour_ago(&emitter, 2_000);
     let h = start(origin, entries, leader, emitter.clone());
     settle(Duration::from_millis(1_000)).await;
     let at = t("2026-11-23T10:00:00Z").timestamp_millis();
@@ -675,24 +682,9 @@ async fn the_counts_of_a_catch_up_start_are_written_behind_the_burst_not_before_
     let origin = t("2026-11-23T10:00:00.300Z");
     let leader = Arc::new(MemoryLeader::new(Duration::from_secs(10)));
     let emitter = mem_emitter(&leader, true);
-    let entries: Vec<Entry> = (0..2_000)
-        .map(|i| every(&format!("e{i}"), 60, CatchUp::Latest))
-        .collect();
     // Each ran last an hour ago: 59 fire times each are left out (counted, marked missed),
     // the latest is due at once: 118,000 missed fire times, 590 writes of 200.
-    let hour_ago = t("2026-11-23T09:00:00Z").timestamp_millis();
-    emitter.state.with(|last| {
-        for e in &entries {
-            last.insert(
-                e.name.to_string(),
-                LastRun {
-                    fire_at_ms: hour_ago,
-                    count: 1,
-                    fingerprint: Some(e.fingerprint()),
-                },
-            );
-        }
-    });
+    let (entries, hour_ago) = ran_an_hour_ago(&emitter, 2_000);
     let inner = Arc::new(crate::control::LocalControls::in_memory());
     let store = Arc::new(SlowWrites {
         inner: inner.clone(),
